@@ -1,0 +1,12 @@
+//! gantry's agent: everything that runs on each machine.
+//!
+//! Vocabulary:
+//! - **bundle**: an OCI runtime bundle, a directory with `config.json` and a root filesystem;
+//! - **container**: a bundle being run: namespaces, cgroups and a process tree, with its
+//!   lifecycle state (creating, created, running, stopped) under the runtime's root dir;
+//! - **spec**: the OCI runtime spec (`config.json`), parsed with oci-spec.
+//!
+//! Modules:
+//! - [`runtime`]: the OCI runtime library (`gantry runtime …`, runc-compatible).
+
+pub mod runtime;

@@ -1,0 +1,1 @@
+//! The OCI runtime: takes a bundle and runs it as a container.

@@ -1,0 +1,39 @@
+//! `gantry`: one binary, several roles (like `nomad` or `k3s`).
+//!
+//! Daemons: `gantry controller …`, `gantry agent …`, `gantry registry …`;
+//! `gantry runtime …` is a runc-compatible OCI runtime; `gantry shim` is the per-container
+//! supervisor (internal). Every other verb is a client.
+//!
+//! `main` is synchronous on purpose: the runtime path must start no async runtime and no
+//! thread pool (that is where its speed comes from). Commands that need tokio build one.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "A container cluster platform",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// runc-compatible OCI runtime: runs bundles as containers.
+    Runtime(commands::runtime::RuntimeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Runtime(args) => commands::runtime::main(args),
+    };
+    std::process::exit(code);
+}
