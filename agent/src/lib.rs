@@ -8,5 +8,7 @@
 //!
 //! Modules:
 //! - [`runtime`]: the OCI runtime library (`gantry runtime …`, runc-compatible).
+//! - [`network`]: container networking: bridge, veth, IPAM, NAT, published ports.
 
+pub mod network;
 pub mod runtime;
