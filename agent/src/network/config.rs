@@ -103,7 +103,10 @@ impl BridgeConfig {
             .chars()
             .any(|c| c == '/' || c == ':' || c.is_whitespace())
         {
-            return bad("bridge", format!("'{}' contains '/', ':' or a space", self.bridge));
+            return bad(
+                "bridge",
+                format!("'{}' contains '/', ':' or a space", self.bridge),
+            );
         }
         if self.subnet.prefix_len() > 30 {
             return bad(
@@ -170,7 +173,10 @@ mod tests {
 
     #[test]
     fn modes_parse() {
-        assert_eq!("bridge".parse::<NetworkMode>().unwrap(), NetworkMode::Bridge);
+        assert_eq!(
+            "bridge".parse::<NetworkMode>().unwrap(),
+            NetworkMode::Bridge
+        );
         assert_eq!("host".parse::<NetworkMode>().unwrap(), NetworkMode::Host);
         assert_eq!("none".parse::<NetworkMode>().unwrap(), NetworkMode::None);
         let e = "overlay".parse::<NetworkMode>().unwrap_err().to_string();

@@ -181,7 +181,10 @@ mod tests {
             last = Some(a);
             got.push(a.to_string());
         }
-        assert_eq!(got, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
     }
 
     #[test]
@@ -190,11 +193,20 @@ mod tests {
         let gw = ip("10.0.0.1");
         let used: BTreeSet<_> = [ip("10.0.0.3")].into();
         // After .4 comes .5, even though .2 is free.
-        assert_eq!(next_free(n, gw, &used, Some(ip("10.0.0.4"))), Some(ip("10.0.0.5")));
+        assert_eq!(
+            next_free(n, gw, &used, Some(ip("10.0.0.4"))),
+            Some(ip("10.0.0.5"))
+        );
         // After the last host it wraps to the first free one.
-        assert_eq!(next_free(n, gw, &used, Some(ip("10.0.0.6"))), Some(ip("10.0.0.2")));
+        assert_eq!(
+            next_free(n, gw, &used, Some(ip("10.0.0.6"))),
+            Some(ip("10.0.0.2"))
+        );
         // A `last` outside the subnet (config changed) starts from the beginning.
-        assert_eq!(next_free(n, gw, &used, Some(ip("192.168.0.9"))), Some(ip("10.0.0.2")));
+        assert_eq!(
+            next_free(n, gw, &used, Some(ip("192.168.0.9"))),
+            Some(ip("10.0.0.2"))
+        );
     }
 
     #[test]

@@ -148,12 +148,13 @@ impl Links for NetlinkLinks {
             Err(e) if is_errno(&e, EEXIST) => {}
             Err(e) => return Err(NetworkError::netlink(format!("create bridge {name}"), e)),
         }
-        let index = Self::index_of(&self.host, name, "")
-            .await?
-            .ok_or_else(|| NetworkError::Config {
-                field: "bridge",
-                reason: format!("{name} vanished right after it was created"),
-            })?;
+        let index =
+            Self::index_of(&self.host, name, "")
+                .await?
+                .ok_or_else(|| NetworkError::Config {
+                    field: "bridge",
+                    reason: format!("{name} vanished right after it was created"),
+                })?;
         match self
             .host
             .address()
@@ -335,10 +336,7 @@ pub struct FakeLinks {
 
 impl FakeLinks {
     fn record(&self, call: String) -> Result<()> {
-        let fail = self
-            .fail_on
-            .as_deref()
-            .is_some_and(|p| call.starts_with(p));
+        let fail = self.fail_on.as_deref().is_some_and(|p| call.starts_with(p));
         self.calls.lock().unwrap().push(call.clone());
         if fail {
             return Err(NetworkError::Config {

@@ -181,12 +181,13 @@ impl<L: Links, F: Firewall> BridgeNetwork<L, F> {
                     }
                 }
             }
-            let ip = ipam::next_free(cfg.subnet, cfg.gateway, &l.used(), l.last).ok_or_else(
-                || NetworkError::SubnetExhausted {
-                    subnet: cfg.subnet.to_string(),
-                    bridge: cfg.bridge.clone(),
-                },
-            )?;
+            let ip =
+                ipam::next_free(cfg.subnet, cfg.gateway, &l.used(), l.last).ok_or_else(|| {
+                    NetworkError::SubnetExhausted {
+                        subnet: cfg.subnet.to_string(),
+                        bridge: cfg.bridge.clone(),
+                    }
+                })?;
             let lease = Lease {
                 ip,
                 host_veth: host_veth.clone(),
@@ -279,7 +280,11 @@ impl<L: Links, F: Firewall> BridgeNetwork<L, F> {
             removed.push(id.clone());
         }
         let leases = self.leases.load()?;
-        let known_veths: Vec<&str> = leases.leases.values().map(|l| l.host_veth.as_str()).collect();
+        let known_veths: Vec<&str> = leases
+            .leases
+            .values()
+            .map(|l| l.host_veth.as_str())
+            .collect();
         for port in self.links.bridge_ports(&self.cfg.bridge).await? {
             if !known_veths.contains(&port.as_str()) {
                 self.links.delete_link(&port).await?;
@@ -361,15 +366,28 @@ mod tests {
         let calls = net.links().calls.lock().unwrap().clone();
         assert_eq!(calls[0], "bridge fk0 10.77.0.1/29");
         assert_eq!(calls[1], format!("veth {} fk0 /run/netns/x", a.host_veth));
-        assert_eq!(calls[2], "configure /run/netns/x 10.77.0.2/29 via 10.77.0.1");
+        assert_eq!(
+            calls[2],
+            "configure /run/netns/x 10.77.0.2/29 via 10.77.0.1"
+        );
         let applied = net.firewall().applied.lock().unwrap().clone();
-        assert!(applied.last().unwrap().contains("--to-destination 10.77.0.2:80"));
+        assert!(applied
+            .last()
+            .unwrap()
+            .contains("--to-destination 10.77.0.2:80"));
         // A second container may not take the same host port, and gets nothing.
         let e = net
-            .attach("c2", Path::new("/run/netns/y"), &parse_port_spec("8080:81").unwrap())
+            .attach(
+                "c2",
+                Path::new("/run/netns/y"),
+                &parse_port_spec("8080:81").unwrap(),
+            )
             .await
             .unwrap_err();
-        assert!(matches!(&e, NetworkError::PortInUse { owner, .. } if owner == "c1"), "{e}");
+        assert!(
+            matches!(&e, NetworkError::PortInUse { owner, .. } if owner == "c1"),
+            "{e}"
+        );
         assert!(!net.leases().unwrap().leases.contains_key("c2"));
         assert_eq!(net.links().calls.lock().unwrap().len(), 3);
     }
@@ -383,7 +401,11 @@ mod tests {
         };
         let net = fake_net(dir.path(), FakeLinks::default(), fw).await;
         let e = net
-            .attach("c1", Path::new("/run/netns/x"), &parse_port_spec("9090:90").unwrap())
+            .attach(
+                "c1",
+                Path::new("/run/netns/x"),
+                &parse_port_spec("9090:90").unwrap(),
+            )
             .await
             .unwrap_err();
         assert!(e.to_string().contains("9090"), "{e}");
@@ -397,7 +419,10 @@ mod tests {
         assert!(!net.links().links.lock().unwrap().contains(&veth));
         assert!(net.leases().unwrap().leases.is_empty());
         // The address is free again for the next container.
-        let a = net.attach("c2", Path::new("/run/netns/y"), &[]).await.unwrap();
+        let a = net
+            .attach("c2", Path::new("/run/netns/y"), &[])
+            .await
+            .unwrap();
         assert_eq!(a.ip, "10.77.0.3".parse::<Ipv4Addr>().unwrap());
     }
 
@@ -425,7 +450,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let net = fake_net(dir.path(), FakeLinks::default(), FakeFirewall::default()).await;
         for i in 0..5 {
-            net.attach(&format!("c{i}"), Path::new("/x"), &[]).await.unwrap();
+            net.attach(&format!("c{i}"), Path::new("/x"), &[])
+                .await
+                .unwrap();
         }
         let e = net.attach("c9", Path::new("/x"), &[]).await.unwrap_err();
         assert!(matches!(e, NetworkError::SubnetExhausted { .. }), "{e}");

@@ -252,6 +252,9 @@ mod tests {
         let e = parse_port_specs(&["8000-8005:80-85", "8003:9"])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("'8003:9'") && e.contains("host port 8003"), "{e}");
+        assert!(
+            e.contains("'8003:9'") && e.contains("host port 8003"),
+            "{e}"
+        );
     }
 }

@@ -197,7 +197,10 @@ mod tests {
     #[test]
     fn base_nat_on_empty_table_creates_chains_and_jumps() {
         let s = base_nat(&cfg(), EMPTY_NAT);
-        assert!(s.starts_with("*nat\n:GT-DNAT - [0:0]\n:GT-POST - [0:0]\n"), "{s}");
+        assert!(
+            s.starts_with("*nat\n:GT-DNAT - [0:0]\n:GT-POST - [0:0]\n"),
+            "{s}"
+        );
         assert!(s.contains("-A GT-POST -s 10.9.0.0/24 ! -o gt0 -j MASQUERADE\n"));
         assert!(s.contains("-A PREROUTING -m addrtype --dst-type LOCAL -j GT-DNAT\n"));
         assert!(s.contains("-A OUTPUT -m addrtype --dst-type LOCAL -j GT-DNAT\n"));
@@ -209,7 +212,10 @@ mod tests {
     fn base_nat_is_idempotent_and_keeps_dnat_rules() {
         let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:GT-DNAT - [0:0]\n:GT-POST - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j GT-DNAT\n-A OUTPUT -m addrtype --dst-type LOCAL -j GT-DNAT\n-A POSTROUTING -j GT-POST\n-A GT-DNAT -p tcp -m tcp --dport 80 -m comment --comment \"gantry:c1\" -j DNAT --to-destination 10.9.0.2:80\nCOMMIT\n";
         let s = base_nat(&cfg(), save);
-        assert!(!s.contains(":GT-DNAT"), "must not flush the DNAT chain: {s}");
+        assert!(
+            !s.contains(":GT-DNAT"),
+            "must not flush the DNAT chain: {s}"
+        );
         assert!(!s.contains("-A PREROUTING") && !s.contains("-A OUTPUT"));
         assert!(!s.contains("-A POSTROUTING"));
     }
@@ -219,7 +225,10 @@ mod tests {
         let s = base_filter(&cfg(), "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n");
         assert!(s.contains("-I FORWARD 1 -j GT-FWD\n"));
         assert!(s.contains("-A GT-FWD -i gt0 -j ACCEPT\n"));
-        let s = base_filter(&cfg(), "*filter\n:FORWARD DROP [0:0]\n:GT-FWD - [0:0]\n-A FORWARD -j GT-FWD\nCOMMIT\n");
+        let s = base_filter(
+            &cfg(),
+            "*filter\n:FORWARD DROP [0:0]\n:GT-FWD - [0:0]\n-A FORWARD -j GT-FWD\nCOMMIT\n",
+        );
         assert!(!s.contains("FORWARD 1"));
     }
 
