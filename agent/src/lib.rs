@@ -8,5 +8,7 @@
 //!
 //! Modules:
 //! - [`runtime`]: the OCI runtime library (`gantry runtime …`, runc-compatible).
+//! - [`image`]: the image store (content store, index, manifests, unpack, snapshots).
 
+pub mod image;
 pub mod runtime;
