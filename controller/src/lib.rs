@@ -7,3 +7,4 @@
 //! - **plan**: the scheduler's proposed placements, re-verified by the leader before commit.
 
 pub mod state;
+pub mod raft;
