@@ -58,11 +58,25 @@ impl ControllerDb {
             path: path.to_path_buf(),
             source,
         };
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(open_err)?;
+        // sled releases its file lock from background threads after the last handle is
+        // dropped: a restart right after a stop may have to wait a moment for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         Ok(ControllerDb {
             path: path.to_path_buf(),
@@ -82,10 +96,13 @@ impl ControllerDb {
 
     /// The cluster this data dir belongs to (None: fresh).
     pub fn cluster_id(&self) -> Result<Option<String>, DbError> {
-        let v = self.raft_meta.get(CLUSTER_ID).map_err(|source| DbError::Open {
-            path: self.path.clone(),
-            source,
-        })?;
+        let v = self
+            .raft_meta
+            .get(CLUSTER_ID)
+            .map_err(|source| DbError::Open {
+                path: self.path.clone(),
+                source,
+            })?;
         v.map(|b| {
             String::from_utf8(b.to_vec()).map_err(|e| DbError::Corrupt {
                 path: self.path.clone(),

@@ -32,18 +32,23 @@ impl RaftService {
                 self.cluster_id, req.cluster_id
             )));
         }
-        serde_json::from_slice(&req.data).map_err(|e| Status::invalid_argument(format!("raft request: {e}")))
+        serde_json::from_slice(&req.data)
+            .map_err(|e| Status::invalid_argument(format!("raft request: {e}")))
     }
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftReply>, Status> {
-    let data = serde_json::to_vec(v).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    let data =
+        serde_json::to_vec(v).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
     Ok(Response::new(RaftReply { data }))
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
         let r = self.raft.append_entries(self.decode(req)?).await;
         encode(&r)
     }
@@ -51,7 +56,10 @@ impl RaftRpc for RaftService {
         let r = self.raft.vote(self.decode(req)?).await;
         encode(&r)
     }
-    async fn install_snapshot(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
         let r = self.raft.install_snapshot(self.decode(req)?).await;
         encode(&r)
     }

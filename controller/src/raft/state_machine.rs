@@ -11,7 +11,9 @@ use super::db::{ControllerDb, DbError};
 use super::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Change, Reply, Response, State, StateImage};
 use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
@@ -29,7 +31,11 @@ const INSTALLING: &[u8] = b"installing";
 /// Default number of changes the watch log keeps.
 pub const CHANGE_LOG_CAPACITY: usize = 200_000;
 
-fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -145,26 +151,44 @@ fn corrupt(db: &ControllerDb, what: String, e: impl std::fmt::Display) -> DbErro
     }
 }
 
-fn read_tree<T: serde::de::DeserializeOwned>(db: &ControllerDb, tree: &sled::Tree, name: &str) -> Result<Vec<T>, DbError> {
+fn read_tree<T: serde::de::DeserializeOwned>(
+    db: &ControllerDb,
+    tree: &sled::Tree,
+    name: &str,
+) -> Result<Vec<T>, DbError> {
     tree.iter()
         .map(|r| {
             let (k, v) = r.map_err(|e| corrupt(db, format!("tree {name}"), e))?;
-            serde_json::from_slice(&v).map_err(|e| corrupt(db, format!("tree {name} key {:?}", String::from_utf8_lossy(&k)), e))
+            serde_json::from_slice(&v).map_err(|e| {
+                corrupt(
+                    db,
+                    format!("tree {name} key {:?}", String::from_utf8_lossy(&k)),
+                    e,
+                )
+            })
         })
         .collect()
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(db: &ControllerDb, k: &[u8]) -> Result<Option<T>, DbError> {
+fn get_json<T: serde::de::DeserializeOwned>(
+    db: &ControllerDb,
+    k: &[u8],
+) -> Result<Option<T>, DbError> {
     let v = db
         .sm_meta
         .get(k)
         .map_err(|e| corrupt(db, format!("sm_meta {}", String::from_utf8_lossy(k)), e))?;
-    v.map(|b| serde_json::from_slice(&b).map_err(|e| corrupt(db, format!("sm_meta {}", String::from_utf8_lossy(k)), e)))
-        .transpose()
+    v.map(|b| {
+        serde_json::from_slice(&b)
+            .map_err(|e| corrupt(db, format!("sm_meta {}", String::from_utf8_lossy(k)), e))
+    })
+    .transpose()
 }
 
 /// The snapshot stored in a data dir: its metadata and serialized state.
-pub(crate) fn stored_snapshot(db: &ControllerDb) -> Result<Option<(SnapshotMeta, Vec<u8>)>, DbError> {
+pub(crate) fn stored_snapshot(
+    db: &ControllerDb,
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, DbError> {
     let meta: Option<SnapshotMeta> = get_json(db, SNAPSHOT_META)?;
     let Some(meta) = meta else { return Ok(None) };
     let data = db
@@ -190,7 +214,9 @@ pub(crate) fn write_image(
         let path = db.path.clone();
         move |source| DbError::Write { path, what, source }
     };
-    db.sm_meta.insert(INSTALLING, &[1u8]).map_err(werr("installing"))?;
+    db.sm_meta
+        .insert(INSTALLING, &[1u8])
+        .map_err(werr("installing"))?;
     db.db.flush().map_err(werr("installing"))?;
     for t in [&db.nodes, &db.services, &db.allocations] {
         t.clear().map_err(werr("object trees"))?;
@@ -247,10 +273,20 @@ impl SledStateMachine {
     }
 
     pub fn open_with_capacity(db: ControllerDb, capacity: usize) -> Result<Self, DbError> {
-        if db.sm_meta.contains_key(INSTALLING).map_err(|e| corrupt(&db, "sm_meta".into(), e))? {
-            let (meta, data) = stored_snapshot(&db)?
-                .ok_or_else(|| corrupt(&db, "interrupted snapshot install".into(), "snapshot missing"))?;
-            let image: StateImage = serde_json::from_slice(&data).map_err(|e| corrupt(&db, "stored snapshot".into(), e))?;
+        if db
+            .sm_meta
+            .contains_key(INSTALLING)
+            .map_err(|e| corrupt(&db, "sm_meta".into(), e))?
+        {
+            let (meta, data) = stored_snapshot(&db)?.ok_or_else(|| {
+                corrupt(
+                    &db,
+                    "interrupted snapshot install".into(),
+                    "snapshot missing",
+                )
+            })?;
+            let image: StateImage = serde_json::from_slice(&data)
+                .map_err(|e| corrupt(&db, "stored snapshot".into(), e))?;
             write_image(&db, &image, meta.last_log_id, &meta.last_membership)?;
         }
         let counters: Counters = get_json(&db, COUNTERS)?.unwrap_or(Counters {
@@ -304,7 +340,12 @@ impl SledStateMachine {
             }
             .to_json(),
         );
-        (&self.db.nodes, &self.db.services, &self.db.allocations, &self.db.sm_meta)
+        (
+            &self.db.nodes,
+            &self.db.services,
+            &self.db.allocations,
+            &self.db.sm_meta,
+        )
             .transaction(|(n, s, a, m)| {
                 n.apply_batch(&nodes)?;
                 s.apply_batch(&services)?;
@@ -313,7 +354,9 @@ impl SledStateMachine {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e: TransactionError<()>| match e {
-                TransactionError::Storage(e) => io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e),
+                TransactionError::Storage(e) => {
+                    io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e)
+                }
                 TransactionError::Abort(()) => io_err(
                     ErrorSubject::StateMachine,
                     ErrorVerb::Write,
@@ -338,7 +381,11 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     {
         let mut out = Vec::new();
         let mut changes = Vec::new();
-        let mut guard = self.handle.applied.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .handle
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let applied = &mut *guard;
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
@@ -347,7 +394,11 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                 EntryPayload::Normal(cmd) => {
                     let (r, ch) = applied.state.apply(entry.log_id.index, &cmd);
                     if let Err(e) = &r {
-                        tracing::debug!(index = entry.log_id.index, verb = cmd.verb(), "rejected: {e}");
+                        tracing::debug!(
+                            index = entry.log_id.index,
+                            verb = cmd.verb(),
+                            "rejected: {e}"
+                        );
                     }
                     out.push(r);
                     changes.extend(ch);
@@ -362,7 +413,11 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         let last = applied.last_applied.map_or(0, |l| l.index);
         drop(guard);
         {
-            let mut log = self.handle.changes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut log = self
+                .handle
+                .changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for c in changes {
                 log.push(c);
             }
@@ -382,7 +437,11 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let snap_err = |e: &dyn std::fmt::Display| {
             io_err(
@@ -393,15 +452,24 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         };
         let image: StateImage = serde_json::from_slice(&data).map_err(|e| snap_err(&e))?;
         save_snapshot(&self.db, meta, &data).map_err(|e| snap_err(&e))?;
-        write_image(&self.db, &image, meta.last_log_id, &meta.last_membership).map_err(|e| snap_err(&e))?;
+        write_image(&self.db, &image, meta.last_log_id, &meta.last_membership)
+            .map_err(|e| snap_err(&e))?;
         {
-            let mut a = self.handle.applied.write().unwrap_or_else(|p| p.into_inner());
+            let mut a = self
+                .handle
+                .applied
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             a.state = State::from_image(image);
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
         }
         let idx = meta.last_log_id.map_or(0, |l| l.index);
-        self.handle.changes.lock().unwrap_or_else(|p| p.into_inner()).reset(idx);
+        self.handle
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset(idx);
         self.handle.notify.send_replace(idx);
         Ok(())
     }
@@ -416,7 +484,11 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     }
 }
 
-pub(crate) fn save_snapshot(db: &ControllerDb, meta: &SnapshotMeta, data: &[u8]) -> Result<(), DbError> {
+pub(crate) fn save_snapshot(
+    db: &ControllerDb,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), DbError> {
     let werr = |source| DbError::Write {
         path: db.path.clone(),
         what: "snapshot",
@@ -452,8 +524,13 @@ pub(crate) fn capture(handle: &StateHandle) -> (SnapshotMeta, Vec<u8>) {
 impl RaftSnapshotBuilder<TypeConfig> for SledSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (meta, data) = capture(&self.handle);
-        save_snapshot(&self.db, &meta, &data)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, e))?;
+        save_snapshot(&self.db, &meta, &data).map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -4,7 +4,9 @@ use openraft::testing::{StoreBuilder, Suite};
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, SledLogStore, SledStateMachine, tempfile::TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, SledLogStore, SledStateMachine), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, SledLogStore, SledStateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = ControllerDb::open(dir.path()).expect("open sled");
         let sm = SledStateMachine::open(db.clone()).expect("open state machine");
