@@ -663,11 +663,10 @@ async fn concurrent_attaches_cannot_both_publish_a_port() {
         ra.is_ok() != rb.is_ok(),
         "exactly one may win: {ra:?} / {rb:?}"
     );
-    let loser = if ra.is_ok() { &b } else { &a };
-    let e = if ra.is_ok() {
-        rb.unwrap_err()
-    } else {
-        ra.unwrap_err()
+    let (loser, e) = match (ra, rb) {
+        (Ok(_), Err(e)) => (&b, e),
+        (Err(e), _) => (&a, e),
+        (Ok(_), Ok(_)) => unreachable!("checked above"),
     };
     assert!(matches!(e, NetworkError::PortInUse { .. }), "{e}");
     assert!(!loser.links().contains("eth0"));
