@@ -8,5 +8,7 @@
 //!
 //! Modules:
 //! - [`runtime`]: the OCI runtime library (`gantry runtime …`, runc-compatible).
+//! - [`build`]: `gantry build`'s Dockerfile front end, context, layers and cache keys.
 
+pub mod build;
 pub mod runtime;
