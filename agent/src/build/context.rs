@@ -41,7 +41,9 @@ pub enum ContextError {
     },
     #[error("writing the build context stream: {0}")]
     Stream(#[source] io::Error),
-    #[error("Dockerfile:{line}: {instruction} source {src:?} is outside the build context{detail}")]
+    #[error(
+        "Dockerfile:{line}: {instruction} source {src:?} is outside the build context{detail}"
+    )]
     Escape {
         line: usize,
         instruction: String,
@@ -54,7 +56,9 @@ pub enum ContextError {
         instruction: String,
         src: String,
     },
-    #[error("Dockerfile:{line}: {instruction} source {src:?}: no file in the build context matches")]
+    #[error(
+        "Dockerfile:{line}: {instruction} source {src:?}: no file in the build context matches"
+    )]
     NoMatch {
         line: usize,
         instruction: String,
@@ -224,7 +228,10 @@ impl ContextWalker {
 
     /// Writes the context as a tar stream to `out` while walking it.
     pub fn write_tar<W: Write>(&self, out: W) -> Result<StreamSummary, ContextError> {
-        let mut counter = CountingWriter { inner: out, bytes: 0 };
+        let mut counter = CountingWriter {
+            inner: out,
+            bytes: 0,
+        };
         let mut entries = 0;
         {
             let mut builder = tar::Builder::new(&mut counter);
@@ -347,7 +354,12 @@ pub struct SourceAt<'a> {
 
 /// Resolves `rel` under `root` following symlinks as if `root` were `/`, refusing to
 /// leave it. Returns the resolved relative path.
-fn resolve_in_root(root: &Path, rel: &str, src: &str, at: SourceAt) -> Result<String, ContextError> {
+fn resolve_in_root(
+    root: &Path,
+    rel: &str,
+    src: &str,
+    at: SourceAt,
+) -> Result<String, ContextError> {
     let escape = |detail: String| ContextError::Escape {
         line: at.line,
         instruction: at.instruction.to_string(),
@@ -388,7 +400,9 @@ fn resolve_in_root(root: &Path, rel: &str, src: &str, at: SourceAt) -> Result<St
         if meta.file_type().is_symlink() {
             links += 1;
             if links > 40 {
-                return Err(io_err(&path)(io::Error::other("too many levels of symbolic links")));
+                return Err(io_err(&path)(io::Error::other(
+                    "too many levels of symbolic links",
+                )));
             }
             let target = std::fs::read_link(&path).map_err(io_err(&path))?;
             let target = target.to_string_lossy().to_string();
@@ -408,10 +422,7 @@ fn resolve_in_root(root: &Path, rel: &str, src: &str, at: SourceAt) -> Result<St
                     _ => depth += 1,
                 }
                 if depth < 0 {
-                    return Err(escape(format!(
-                        " (symlink {} points to {target})",
-                        rel
-                    )));
+                    return Err(escape(format!(" (symlink {} points to {target})", rel)));
                 }
             }
             todo.extend(target.split('/').rev().map(str::to_string));
@@ -576,7 +587,11 @@ mod tests {
     #[test]
     fn walker_honours_dockerignore_and_always_sends_its_own_files() {
         let d = tree();
-        write(d.path(), ".dockerignore", "target\n!target/keep.txt\n*.md\n!README.md\n**/*.tmp\nDockerfile\n.dockerignore\n");
+        write(
+            d.path(),
+            ".dockerignore",
+            "target\n!target/keep.txt\n*.md\n!README.md\n**/*.tmp\nDockerfile\n.dockerignore\n",
+        );
         let w = ContextWalker::new(d.path(), Some("Dockerfile")).unwrap();
         let rels: Vec<String> = w.entries().unwrap().into_iter().map(|e| e.rel).collect();
         assert_eq!(
@@ -629,7 +644,12 @@ mod tests {
         let mut seen = Vec::new();
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();
-            let path = entry.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+            let path = entry
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_string();
             if path == "src/main.rs" {
                 let mut s = String::new();
                 entry.read_to_string(&mut s).unwrap();
@@ -637,7 +657,10 @@ mod tests {
             }
             if path == "link" {
                 assert_eq!(entry.header().entry_type(), tar::EntryType::Symlink);
-                assert_eq!(entry.link_name().unwrap().unwrap().to_str(), Some("src/main.rs"));
+                assert_eq!(
+                    entry.link_name().unwrap().unwrap().to_str(),
+                    Some("src/main.rs")
+                );
             }
             seen.push(path);
         }
@@ -650,7 +673,10 @@ mod tests {
     #[test]
     fn channel_writer_streams_chunks_to_an_async_receiver() {
         let d = tree();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let root = d.path().to_path_buf();
         let (received, summary) = rt.block_on(async move {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
@@ -670,7 +696,10 @@ mod tests {
         });
         assert_eq!(received.len() as u64, summary.bytes);
         let mut direct = Vec::new();
-        ContextWalker::new(d.path(), None).unwrap().write_tar(&mut direct).unwrap();
+        ContextWalker::new(d.path(), None)
+            .unwrap()
+            .write_tar(&mut direct)
+            .unwrap();
         assert_eq!(received, direct);
     }
 
@@ -689,9 +718,22 @@ mod tests {
     #[test]
     fn copy_sources_resolve_paths_and_globs() {
         let d = tree();
-        let sel = resolve_sources(d.path(), &["src/*.rs".into(), "./notes.md".into(), "/a".into()], AT).unwrap();
+        let sel = resolve_sources(
+            d.path(),
+            &["src/*.rs".into(), "./notes.md".into(), "/a".into()],
+            AT,
+        )
+        .unwrap();
         let rels: Vec<(&str, bool)> = sel.iter().map(|s| (s.rel.as_str(), s.is_dir)).collect();
-        assert_eq!(rels, vec![("src/lib.rs", false), ("src/main.rs", false), ("notes.md", false), ("a", true)]);
+        assert_eq!(
+            rels,
+            vec![
+                ("src/lib.rs", false),
+                ("src/main.rs", false),
+                ("notes.md", false),
+                ("a", true)
+            ]
+        );
         let sel = resolve_sources(d.path(), &["**/*.tmp".into(), ".".into()], AT).unwrap();
         assert_eq!(sel[0].rel, "a/b/c.tmp");
         assert_eq!(sel[1].rel, ".");
@@ -704,17 +746,27 @@ mod tests {
     fn copy_source_errors_name_source_and_line() {
         let d = tree();
         let e = resolve_sources(d.path(), &["../etc/passwd".into()], AT).unwrap_err();
-        assert_eq!(e.to_string(), "Dockerfile:7: COPY source \"../etc/passwd\" is outside the build context");
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile:7: COPY source \"../etc/passwd\" is outside the build context"
+        );
         let e = resolve_sources(d.path(), &["src/../../x".into()], AT).unwrap_err();
         assert!(matches!(e, ContextError::Escape { .. }), "{e}");
         let e = resolve_sources(d.path(), &["missing.txt".into()], AT).unwrap_err();
-        assert_eq!(e.to_string(), "Dockerfile:7: COPY source \"missing.txt\": not found in the build context");
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile:7: COPY source \"missing.txt\": not found in the build context"
+        );
         let e = resolve_sources(d.path(), &["*.nothing".into()], AT).unwrap_err();
         assert!(matches!(e, ContextError::NoMatch { line: 7, .. }), "{e}");
 
         symlink("/etc/passwd", d.path().join("abs")).unwrap();
         let e = resolve_sources(d.path(), &["abs".into()], AT).unwrap_err();
-        assert!(e.to_string().contains("outside the build context (symlink abs points to /etc/passwd)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("outside the build context (symlink abs points to /etc/passwd)"),
+            "{e}"
+        );
         symlink("../../..", d.path().join("src/up")).unwrap();
         let e = resolve_sources(d.path(), &["src/up/x".into()], AT).unwrap_err();
         assert!(matches!(e, ContextError::Escape { .. }), "{e}");
@@ -733,14 +785,21 @@ mod tests {
         let h1 = hash(d.path());
         assert!(h1.starts_with("sha256:") && h1.len() == 71);
         assert_eq!(h1, hash(d.path()));
-        let f = File::options().write(true).open(d.path().join("src/lib.rs")).unwrap();
+        let f = File::options()
+            .write(true)
+            .open(d.path().join("src/lib.rs"))
+            .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
         drop(f);
         assert_eq!(h1, hash(d.path()), "mtime is not content");
         write(d.path(), "src/lib.rs", "changed");
         let h2 = hash(d.path());
         assert_ne!(h1, h2);
-        std::fs::set_permissions(d.path().join("src/lib.rs"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            d.path().join("src/lib.rs"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
         let h3 = hash(d.path());
         assert_ne!(h2, h3);
         std::fs::rename(d.path().join("src/lib.rs"), d.path().join("src/lib2.rs")).unwrap();

@@ -341,7 +341,10 @@ mod tests {
         assert!(!ig.excluded("README.md"));
         assert!(!ig.excluded("docs/CHANGES.md"), "*.md does not cross /");
         assert!(ig.excluded("target"));
-        assert!(ig.excluded("target/debug/x"), "parent match excludes children");
+        assert!(
+            ig.excluded("target/debug/x"),
+            "parent match excludes children"
+        );
         assert!(ig.excluded("build/a"));
         assert!(ig.excluded("x.tmp"));
         assert!(ig.excluded("a/b/x.tmp"));

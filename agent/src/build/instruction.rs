@@ -363,7 +363,10 @@ fn check_flags<'a>(
 }
 
 fn flag<'a>(flags: &[(&str, &'a str, &Flag)], name: &str) -> Option<&'a str> {
-    flags.iter().find(|(n, _, _)| *n == name).map(|(_, v, _)| *v)
+    flags
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, v, _)| *v)
 }
 
 fn need_args(node: &Node) -> Result<(), ParseError> {
@@ -426,7 +429,10 @@ fn key_values(
         let Some((key, value)) = word.split_once('=') else {
             return Err(node.error(
                 offset,
-                format!("{}: can't find = in {word:?}: must be of the form key=value", node.keyword),
+                format!(
+                    "{}: can't find = in {word:?}: must be of the form key=value",
+                    node.keyword
+                ),
             ));
         };
         if key.is_empty() {
@@ -573,12 +579,21 @@ fn healthcheck(node: &Node, warnings: &mut Vec<Warning>) -> Result<Healthcheck, 
     if kind != "CMD" {
         return Err(node.error(
             0,
-            format!("HEALTHCHECK: unknown type {:?}: expected CMD or NONE", words[0].1),
+            format!(
+                "HEALTHCHECK: unknown type {:?}: expected CMD or NONE",
+                words[0].1
+            ),
         ));
     }
     let flags = check_flags(
         node,
-        &["interval", "timeout", "start-period", "start-interval", "retries"],
+        &[
+            "interval",
+            "timeout",
+            "start-period",
+            "start-interval",
+            "retries",
+        ],
     )?;
     let duration = |name: &str| -> Result<Option<Duration>, ParseError> {
         let Some((_, value, flag)) = flags.iter().find(|(n, _, _)| *n == name) else {
@@ -609,9 +624,10 @@ fn healthcheck(node: &Node, warnings: &mut Vec<Warning>) -> Result<Healthcheck, 
             },
         )?),
     };
-    let rest_at = words.get(1).map(|w| w.0).ok_or_else(|| {
-        node.error(0, "HEALTHCHECK CMD requires a command")
-    })?;
+    let rest_at = words
+        .get(1)
+        .map(|w| w.0)
+        .ok_or_else(|| node.error(0, "HEALTHCHECK CMD requires a command"))?;
     let mut sub = node.clone();
     sub.args = node.args[rest_at..].to_string();
     sub.args_offset += rest_at;
@@ -636,10 +652,7 @@ fn onbuild(
         return Err(node.error(0, "ONBUILD requires exactly one instruction"));
     };
     if matches!(inner.keyword.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
-        return Err(node.error(
-            0,
-            format!("ONBUILD {} is not allowed", inner.keyword),
-        ));
+        return Err(node.error(0, format!("ONBUILD {} is not allowed", inner.keyword)));
     }
     // Re-anchor the inner node on the outer one's positions for error messages.
     let mut anchored = node.clone();
@@ -672,65 +685,67 @@ fn parse_node(
     in_onbuild: bool,
 ) -> Result<Located, ParseError> {
     let keyword = node.keyword.as_str();
-    let instruction = match keyword {
-        "FROM" => Instruction::From(from(node)?),
-        "COPY" => Instruction::Copy(copy(node, false)?),
-        "ADD" => Instruction::Add(copy(node, true)?),
-        "HEALTHCHECK" => Instruction::Healthcheck(healthcheck(node, warnings)?),
-        _ => {
-            no_flags(node)?;
-            match keyword {
-                "RUN" => {
-                    need_args(node)?;
-                    Instruction::Run(command(node, warnings)?)
-                }
-                "CMD" => Instruction::Cmd(command(node, warnings)?),
-                "ENTRYPOINT" => Instruction::Entrypoint(command(node, warnings)?),
-                "ENV" => Instruction::Env(key_values(node, escape, warnings)?),
-                "LABEL" => Instruction::Label(key_values(node, escape, warnings)?),
-                "ARG" => Instruction::Arg(arg(node, escape)?),
-                "WORKDIR" => Instruction::Workdir(exactly_one(node)?),
-                "USER" => Instruction::User(exactly_one(node)?),
-                "STOPSIGNAL" => Instruction::StopSignal(exactly_one(node)?),
-                "MAINTAINER" => {
-                    warnings.push(Warning {
-                        line: node.start.line,
-                        message: "MAINTAINER is deprecated: use LABEL maintainer=…".into(),
-                    });
-                    Instruction::Maintainer(exactly_one(node)?)
-                }
-                "EXPOSE" => {
-                    need_args(node)?;
-                    Instruction::Expose(
-                        blank_words(&node.args)
-                            .into_iter()
-                            .map(|(_, w)| w.to_string())
-                            .collect(),
-                    )
-                }
-                "VOLUME" => {
-                    need_args(node)?;
-                    Instruction::Volume(list(node)?)
-                }
-                "SHELL" => match json_array(node)? {
-                    Some(list) if !list.is_empty() => Instruction::Shell(list),
-                    _ => {
-                        return Err(node.error(
+    let instruction =
+        match keyword {
+            "FROM" => Instruction::From(from(node)?),
+            "COPY" => Instruction::Copy(copy(node, false)?),
+            "ADD" => Instruction::Add(copy(node, true)?),
+            "HEALTHCHECK" => Instruction::Healthcheck(healthcheck(node, warnings)?),
+            _ => {
+                no_flags(node)?;
+                match keyword {
+                    "RUN" => {
+                        need_args(node)?;
+                        Instruction::Run(command(node, warnings)?)
+                    }
+                    "CMD" => Instruction::Cmd(command(node, warnings)?),
+                    "ENTRYPOINT" => Instruction::Entrypoint(command(node, warnings)?),
+                    "ENV" => Instruction::Env(key_values(node, escape, warnings)?),
+                    "LABEL" => Instruction::Label(key_values(node, escape, warnings)?),
+                    "ARG" => Instruction::Arg(arg(node, escape)?),
+                    "WORKDIR" => Instruction::Workdir(exactly_one(node)?),
+                    "USER" => Instruction::User(exactly_one(node)?),
+                    "STOPSIGNAL" => Instruction::StopSignal(exactly_one(node)?),
+                    "MAINTAINER" => {
+                        warnings.push(Warning {
+                            line: node.start.line,
+                            message: "MAINTAINER is deprecated: use LABEL maintainer=…".into(),
+                        });
+                        Instruction::Maintainer(exactly_one(node)?)
+                    }
+                    "EXPOSE" => {
+                        need_args(node)?;
+                        Instruction::Expose(
+                            blank_words(&node.args)
+                                .into_iter()
+                                .map(|(_, w)| w.to_string())
+                                .collect(),
+                        )
+                    }
+                    "VOLUME" => {
+                        need_args(node)?;
+                        Instruction::Volume(list(node)?)
+                    }
+                    "SHELL" => match json_array(node)? {
+                        Some(list) if !list.is_empty() => Instruction::Shell(list),
+                        _ => return Err(node.error(
                             0,
                             "SHELL requires the arguments to be a non-empty JSON array of strings",
+                        )),
+                    },
+                    "ONBUILD" if !in_onbuild => onbuild(node, escape, warnings)?,
+                    _ => {
+                        return Err(ParseError::new(
+                            node.start,
+                            format!(
+                                "unknown instruction: {}",
+                                node.text.split_whitespace().next().unwrap_or("")
+                            ),
                         ))
                     }
-                },
-                "ONBUILD" if !in_onbuild => onbuild(node, escape, warnings)?,
-                _ => {
-                    return Err(ParseError::new(
-                        node.start,
-                        format!("unknown instruction: {}", node.text.split_whitespace().next().unwrap_or("")),
-                    ))
                 }
             }
-        }
-    };
+        };
     Ok(Located {
         instruction,
         node: node.clone(),
@@ -772,48 +787,66 @@ mod tests {
                 platform: Some("$BUILDPLATFORM".into())
             })
         );
-        assert_eq!(
-            err("FROM a b").position,
-            Position { line: 1, column: 6 }
-        );
+        assert_eq!(err("FROM a b").position, Position { line: 1, column: 6 });
         assert!(err("FROM a AS 1x").message.contains("invalid stage name"));
-        assert!(err("FROM --chown=1 a").message.contains("unknown or unsupported flag --chown"));
+        assert!(err("FROM --chown=1 a")
+            .message
+            .contains("unknown or unsupported flag --chown"));
         assert_eq!(err("FROM").message, "FROM requires at least one argument");
     }
 
     #[test]
     fn run_cmd_entrypoint_shell_and_exec() {
-        assert_eq!(one("RUN echo hi && true"), Instruction::Run(Command::Shell("echo hi && true".into())));
+        assert_eq!(
+            one("RUN echo hi && true"),
+            Instruction::Run(Command::Shell("echo hi && true".into()))
+        );
         assert_eq!(
             one(r#"RUN ["sh", "-c", "echo \"q\""]"#),
             Instruction::Run(Command::Exec(s(&["sh", "-c", "echo \"q\""])))
         );
-        assert_eq!(one(r#"CMD ["a"]"#), Instruction::Cmd(Command::Exec(s(&["a"]))));
-        assert_eq!(one("CMD a b"), Instruction::Cmd(Command::Shell("a b".into())));
+        assert_eq!(
+            one(r#"CMD ["a"]"#),
+            Instruction::Cmd(Command::Exec(s(&["a"])))
+        );
+        assert_eq!(
+            one("CMD a b"),
+            Instruction::Cmd(Command::Shell("a b".into()))
+        );
         assert_eq!(one("CMD"), Instruction::Cmd(Command::Shell(String::new())));
         assert_eq!(
             one(r#"ENTRYPOINT ["/bin/app", "--x"]"#),
             Instruction::Entrypoint(Command::Exec(s(&["/bin/app", "--x"])))
         );
-        assert_eq!(one("ENTRYPOINT exec app"), Instruction::Entrypoint(Command::Shell("exec app".into())));
+        assert_eq!(
+            one("ENTRYPOINT exec app"),
+            Instruction::Entrypoint(Command::Shell("exec app".into()))
+        );
         let e = err("FROM a\nRUN [1, 2]");
         assert_eq!(e.position, Position { line: 2, column: 5 });
         assert!(e.message.contains("only strings"), "{e}");
-        assert!(err("FROM a\nRUN --mount=type=cache,target=/x make").message.contains("--mount"));
+        assert!(err("FROM a\nRUN --mount=type=cache,target=/x make")
+            .message
+            .contains("--mount"));
         assert_eq!(err("FROM a\nRUN").position.line, 2);
     }
 
     #[test]
     fn malformed_json_is_shell_form_with_a_warning() {
         let df = Dockerfile::parse("FROM a\n\nCMD [\nENTRYPOINT [\"a\", b]\n").unwrap();
-        assert_eq!(df.instructions[1].instruction, Instruction::Cmd(Command::Shell("[".into())));
+        assert_eq!(
+            df.instructions[1].instruction,
+            Instruction::Cmd(Command::Shell("[".into()))
+        );
         assert_eq!(
             df.instructions[2].instruction,
             Instruction::Entrypoint(Command::Shell("[\"a\", b]".into()))
         );
         let lines: Vec<usize> = df.warnings.iter().map(|w| w.line).collect();
         assert_eq!(lines, vec![3, 4]);
-        assert!(df.warnings[0].to_string().starts_with("Dockerfile:3: warning: CMD"));
+        assert!(df.warnings[0]
+            .to_string()
+            .starts_with("Dockerfile:3: warning: CMD"));
     }
 
     #[test]
@@ -852,7 +885,9 @@ mod tests {
         assert_eq!(e.position, Position { line: 2, column: 5 });
         assert!(err("FROM a\nCOPY onlyone").message.contains("at least two"));
         assert!(err("COPY --chown a b").message.contains("needs a value"));
-        assert!(err("COPY --chown=1 --chown=2 a b").message.contains("duplicate flag"));
+        assert!(err("COPY --chown=1 --chown=2 a b")
+            .message
+            .contains("duplicate flag"));
     }
 
     #[test]
@@ -860,23 +895,44 @@ mod tests {
         assert_eq!(
             one(r#"ENV A=1 B="two words" C=three\ words D='$x'"#),
             Instruction::Env(vec![
-                KeyValue { key: "A".into(), value: "1".into() },
-                KeyValue { key: "B".into(), value: "\"two words\"".into() },
-                KeyValue { key: "C".into(), value: "three\\ words".into() },
-                KeyValue { key: "D".into(), value: "'$x'".into() },
+                KeyValue {
+                    key: "A".into(),
+                    value: "1".into()
+                },
+                KeyValue {
+                    key: "B".into(),
+                    value: "\"two words\"".into()
+                },
+                KeyValue {
+                    key: "C".into(),
+                    value: "three\\ words".into()
+                },
+                KeyValue {
+                    key: "D".into(),
+                    value: "'$x'".into()
+                },
             ])
         );
         let df = Dockerfile::parse("FROM a\nENV PATH /usr/bin:/bin  x").unwrap();
         assert_eq!(
             df.instructions[1].instruction,
-            Instruction::Env(vec![KeyValue { key: "PATH".into(), value: "/usr/bin:/bin  x".into() }])
+            Instruction::Env(vec![KeyValue {
+                key: "PATH".into(),
+                value: "/usr/bin:/bin  x".into()
+            }])
         );
         assert_eq!(df.warnings[0].line, 2);
         assert_eq!(
             one(r#"LABEL "com.example.v"="1.0" other=x"#),
             Instruction::Label(vec![
-                KeyValue { key: "\"com.example.v\"".into(), value: "\"1.0\"".into() },
-                KeyValue { key: "other".into(), value: "x".into() },
+                KeyValue {
+                    key: "\"com.example.v\"".into(),
+                    value: "\"1.0\"".into()
+                },
+                KeyValue {
+                    key: "other".into(),
+                    value: "x".into()
+                },
             ])
         );
         let e = err("FROM a\nENV A=1 B");
@@ -891,9 +947,18 @@ mod tests {
         assert_eq!(
             one("ARG A B=2 C=\"x y\""),
             Instruction::Arg(vec![
-                ArgDecl { name: "A".into(), default: None },
-                ArgDecl { name: "B".into(), default: Some("2".into()) },
-                ArgDecl { name: "C".into(), default: Some("\"x y\"".into()) },
+                ArgDecl {
+                    name: "A".into(),
+                    default: None
+                },
+                ArgDecl {
+                    name: "B".into(),
+                    default: Some("2".into())
+                },
+                ArgDecl {
+                    name: "C".into(),
+                    default: Some("\"x y\"".into())
+                },
             ])
         );
         let e = err("ARG ok 9bad");
@@ -902,26 +967,46 @@ mod tests {
 
     #[test]
     fn simple_instructions() {
-        assert_eq!(one("WORKDIR /app dir"), Instruction::Workdir("/app dir".into()));
+        assert_eq!(
+            one("WORKDIR /app dir"),
+            Instruction::Workdir("/app dir".into())
+        );
         assert_eq!(one("USER 1000:1000"), Instruction::User("1000:1000".into()));
-        assert_eq!(one("STOPSIGNAL SIGTERM"), Instruction::StopSignal("SIGTERM".into()));
+        assert_eq!(
+            one("STOPSIGNAL SIGTERM"),
+            Instruction::StopSignal("SIGTERM".into())
+        );
         assert!(err("STOPSIGNAL A B").message.contains("exactly one"));
-        assert_eq!(one("EXPOSE 80 443/tcp"), Instruction::Expose(s(&["80", "443/tcp"])));
+        assert_eq!(
+            one("EXPOSE 80 443/tcp"),
+            Instruction::Expose(s(&["80", "443/tcp"]))
+        );
         assert_eq!(one("VOLUME /a /b"), Instruction::Volume(s(&["/a", "/b"])));
-        assert_eq!(one(r#"VOLUME ["/data"]"#), Instruction::Volume(s(&["/data"])));
+        assert_eq!(
+            one(r#"VOLUME ["/data"]"#),
+            Instruction::Volume(s(&["/data"]))
+        );
         assert_eq!(
             one(r#"SHELL ["/bin/bash", "-c"]"#),
             Instruction::Shell(s(&["/bin/bash", "-c"]))
         );
         assert!(err("SHELL /bin/bash -c").message.contains("JSON array"));
-        assert_eq!(one("MAINTAINER me <m@x>"), Instruction::Maintainer("me <m@x>".into()));
-        assert!(err("WORKDIR").message.contains("requires at least one argument"));
+        assert_eq!(
+            one("MAINTAINER me <m@x>"),
+            Instruction::Maintainer("me <m@x>".into())
+        );
+        assert!(err("WORKDIR")
+            .message
+            .contains("requires at least one argument"));
         assert!(err("USER --x=1 a").message.contains("unsupported flag"));
     }
 
     #[test]
     fn healthcheck_forms() {
-        assert_eq!(one("HEALTHCHECK NONE"), Instruction::Healthcheck(Healthcheck::None));
+        assert_eq!(
+            one("HEALTHCHECK NONE"),
+            Instruction::Healthcheck(Healthcheck::None)
+        );
         assert_eq!(
             one("HEALTHCHECK --interval=30s --timeout=1m30s --start-period=500ms --retries=3 CMD curl -f http://x/"),
             Instruction::Healthcheck(Healthcheck::Check {
@@ -945,13 +1030,29 @@ mod tests {
             })
         );
         let e = err("FROM a\nHEALTHCHECK --interval=soon CMD true");
-        assert_eq!(e.position, Position { line: 2, column: 13 });
+        assert_eq!(
+            e.position,
+            Position {
+                line: 2,
+                column: 13
+            }
+        );
         assert!(e.message.contains("invalid duration"));
-        assert!(err("HEALTHCHECK --retries=0 CMD x").message.contains("positive"));
-        assert!(err("HEALTHCHECK --interval=1s NONE").message.contains("NONE takes no"));
-        assert!(err("HEALTHCHECK PING x").message.contains("expected CMD or NONE"));
-        assert!(err("HEALTHCHECK CMD").message.contains("requires a command"));
-        assert!(err("HEALTHCHECK --interval=1ns CMD x").message.contains("less than 1ms"));
+        assert!(err("HEALTHCHECK --retries=0 CMD x")
+            .message
+            .contains("positive"));
+        assert!(err("HEALTHCHECK --interval=1s NONE")
+            .message
+            .contains("NONE takes no"));
+        assert!(err("HEALTHCHECK PING x")
+            .message
+            .contains("expected CMD or NONE"));
+        assert!(err("HEALTHCHECK CMD")
+            .message
+            .contains("requires a command"));
+        assert!(err("HEALTHCHECK --interval=1ns CMD x")
+            .message
+            .contains("less than 1ms"));
     }
 
     #[test]
@@ -971,7 +1072,9 @@ mod tests {
         );
         assert!(err("ONBUILD ONBUILD RUN x").message.contains("not allowed"));
         assert!(err("ONBUILD FROM x").message.contains("not allowed"));
-        assert!(err("ONBUILD NOPE x").message.contains("unknown instruction"));
+        assert!(err("ONBUILD NOPE x")
+            .message
+            .contains("unknown instruction"));
     }
 
     #[test]

@@ -93,8 +93,14 @@ pub enum EntryData {
     /// A hard link to another entry of the same layer (path without leading `/`).
     Hardlink(String),
     Fifo,
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,12 +202,16 @@ impl Layer {
                             left: len,
                             path: src,
                         };
-                        builder.append_data(&mut h, path, &mut counted).map_err(werr)?;
+                        builder
+                            .append_data(&mut h, path, &mut counted)
+                            .map_err(werr)?;
                     }
                     EntryData::Bytes(bytes) => {
                         h.set_entry_type(tar::EntryType::Regular);
                         h.set_size(bytes.len() as u64);
-                        builder.append_data(&mut h, path, bytes.as_slice()).map_err(werr)?;
+                        builder
+                            .append_data(&mut h, path, bytes.as_slice())
+                            .map_err(werr)?;
                     }
                     EntryData::Symlink(target) => {
                         h.set_entry_type(tar::EntryType::Symlink);
@@ -213,7 +223,9 @@ impl Layer {
                     }
                     EntryData::Fifo => {
                         h.set_entry_type(tar::EntryType::Fifo);
-                        builder.append_data(&mut h, path, io::empty()).map_err(werr)?;
+                        builder
+                            .append_data(&mut h, path, io::empty())
+                            .map_err(werr)?;
                     }
                     EntryData::CharDevice { major, minor }
                     | EntryData::BlockDevice { major, minor } => {
@@ -224,7 +236,9 @@ impl Layer {
                         });
                         h.set_device_major(*major).map_err(werr)?;
                         h.set_device_minor(*minor).map_err(werr)?;
-                        builder.append_data(&mut h, path, io::empty()).map_err(werr)?;
+                        builder
+                            .append_data(&mut h, path, io::empty())
+                            .map_err(werr)?;
                     }
                 }
             }
@@ -340,13 +354,15 @@ pub fn diff_upper(upper: &Path) -> Result<Layer, LayerError> {
             continue;
         }
         if !ft.is_symlink() {
-            if xattr_value(path, &["trusted.overlay.redirect", "user.overlay.redirect"])?.is_some() {
+            if xattr_value(path, &["trusted.overlay.redirect", "user.overlay.redirect"])?.is_some()
+            {
                 return Err(LayerError::Overlay {
                     path: path.to_path_buf(),
                     reason: "renamed directory (overlay redirect_dir): mount the build overlay with redirect_dir=off".into(),
                 });
             }
-            if xattr_value(path, &["trusted.overlay.metacopy", "user.overlay.metacopy"])?.is_some() {
+            if xattr_value(path, &["trusted.overlay.metacopy", "user.overlay.metacopy"])?.is_some()
+            {
                 return Err(LayerError::Overlay {
                     path: path.to_path_buf(),
                     reason: "metadata-only copy-up (overlay metacopy): mount the build overlay with metacopy=off".into(),
@@ -393,7 +409,12 @@ fn fix_hardlink_order(layer: &mut Layer) {
         }
     }
     for (primary, links) in groups {
-        let first = links.iter().chain(std::iter::once(&primary)).min().expect("non-empty").clone();
+        let first = links
+            .iter()
+            .chain(std::iter::once(&primary))
+            .min()
+            .expect("non-empty")
+            .clone();
         if first == primary {
             continue;
         }
@@ -432,7 +453,12 @@ fn lookup_id(db: &str, name: &str) -> Option<(u32, Option<u32>)> {
 /// `--chown=user[:group]`: numbers, or names looked up in the image's `/etc/passwd` and
 /// `/etc/group` contents (empty if the image has none). A user alone means its primary
 /// group (numeric: the same number, as Docker does).
-pub fn parse_chown(value: &str, passwd: &str, group: &str, line: usize) -> Result<Owner, LayerError> {
+pub fn parse_chown(
+    value: &str,
+    passwd: &str,
+    group: &str,
+    line: usize,
+) -> Result<Owner, LayerError> {
     let err = |reason: String| LayerError::Chown {
         line,
         value: value.to_string(),
@@ -565,15 +591,25 @@ pub fn copy_layer(selections: &[Selection], spec: &CopySpec) -> Result<Layer, La
                     .to_string_lossy()
                     .into_owned();
                 let meta = std::fs::symlink_metadata(entry.path()).map_err(io_err(entry.path()))?;
-                let Some(data) = entry_from_meta(entry.path(), &meta)? else { continue };
-                let target = if dest.is_empty() { rel } else { format!("{dest}/{rel}") };
+                let Some(data) = entry_from_meta(entry.path(), &meta)? else {
+                    continue;
+                };
+                let target = if dest.is_empty() {
+                    rel
+                } else {
+                    format!("{dest}/{rel}")
+                };
                 layer.insert(&target, copied(data, &meta, spec));
             }
         } else {
             let name = sel.rel.rsplit('/').next().unwrap_or(&sel.rel);
             let target = if dest_is_dir {
                 parents(&mut layer, &dest);
-                if dest.is_empty() { name.to_string() } else { format!("{dest}/{name}") }
+                if dest.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{dest}/{name}")
+                }
             } else {
                 if let Some((parent, _)) = dest.rsplit_once('/') {
                     parents(&mut layer, parent);
@@ -655,11 +691,24 @@ mod tests {
             let path = e.path().unwrap().to_string_lossy().into_owned();
             let mut content = String::new();
             if kind == 'l' || kind == 'h' {
-                content = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                content = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
             } else {
                 e.read_to_string(&mut content).unwrap();
             }
-            out.push((path, kind, h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap(), content));
+            out.push((
+                path,
+                kind,
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                h.mtime().unwrap(),
+                content,
+            ));
         }
         out
     }
@@ -669,7 +718,11 @@ mod tests {
         write(d.path(), "app/main.sh", "#!/bin/sh\necho hi\n");
         write(d.path(), "app/lib/util.sh", "util");
         write(d.path(), "conf.txt", "conf");
-        std::fs::set_permissions(d.path().join("app/main.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            d.path().join("app/main.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         symlink("main.sh", d.path().join("app/run")).unwrap();
         d
     }
@@ -688,7 +741,10 @@ mod tests {
         let ctx = context();
         let (d1, bytes1) = build(ctx.path(), &["app", "conf.txt"], "/srv/");
         assert_eq!(d1.size, bytes1.len() as u64);
-        assert_eq!(d1.diff_id, format!("sha256:{}", hex::encode(Sha256::digest(&bytes1))));
+        assert_eq!(
+            d1.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&bytes1)))
+        );
         // Same content in another directory, written at another time: same digest.
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let ctx2 = context();
@@ -706,9 +762,22 @@ mod tests {
         let (_, bytes) = build(ctx.path(), &["app", "conf.txt"], "/srv/");
         let entries = read_tar(&bytes);
         let paths: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(paths, vec!["srv/", "srv/conf.txt", "srv/lib/", "srv/lib/util.sh", "srv/main.sh", "srv/run"]);
+        assert_eq!(
+            paths,
+            vec![
+                "srv/",
+                "srv/conf.txt",
+                "srv/lib/",
+                "srv/lib/util.sh",
+                "srv/main.sh",
+                "srv/run"
+            ]
+        );
         let main = entries.iter().find(|e| e.0 == "srv/main.sh").unwrap();
-        assert_eq!((main.1, main.2, main.3, main.4, main.5), ('f', 0o755, 0, 0, 0));
+        assert_eq!(
+            (main.1, main.2, main.3, main.4, main.5),
+            ('f', 0o755, 0, 0, 0)
+        );
         assert_eq!(main.6, "#!/bin/sh\necho hi\n");
         let run = entries.iter().find(|e| e.0 == "srv/run").unwrap();
         assert_eq!((run.1, run.6.as_str()), ('l', "main.sh"));
@@ -723,8 +792,12 @@ mod tests {
     fn mtime_policy_keep_and_clamp() {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "f", "x");
-        let f = File::options().write(true).open(d.path().join("f")).unwrap();
-        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
+        let f = File::options()
+            .write(true)
+            .open(d.path().join("f"))
+            .unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+            .unwrap();
         drop(f);
         let sel = resolve_sources(d.path(), &["f".into()], AT).unwrap();
         let layer = copy_layer(&sel, &spec("/f", Owner::default(), None)).unwrap();
@@ -744,13 +817,30 @@ mod tests {
         let ctx = context();
         // File to a file path, relative to WORKDIR /app.
         let sel = resolve_sources(ctx.path(), &["conf.txt".into()], AT).unwrap();
-        let layer = copy_layer(&sel, &spec("etc/app.conf", Owner { uid: 1000, gid: 100 }, Some(0o600))).unwrap();
+        let layer = copy_layer(
+            &sel,
+            &spec(
+                "etc/app.conf",
+                Owner {
+                    uid: 1000,
+                    gid: 100,
+                },
+                Some(0o600),
+            ),
+        )
+        .unwrap();
         let keys: Vec<&String> = layer.entries.keys().collect();
         assert_eq!(keys, vec!["app", "app/etc", "app/etc/app.conf"]);
         let f = &layer.entries["app/etc/app.conf"];
         assert_eq!((f.mode, f.uid, f.gid), (0o600, 1000, 100));
         // Existing directories keep their metadata.
-        let existing = |p: &str| (p == "app").then_some(DirMeta { mode: 0o700, uid: 5, gid: 6 });
+        let existing = |p: &str| {
+            (p == "app").then_some(DirMeta {
+                mode: 0o700,
+                uid: 5,
+                gid: 6,
+            })
+        };
         let layer = copy_layer(
             &sel,
             &CopySpec {
@@ -762,10 +852,14 @@ mod tests {
         assert_eq!(layer.entries["app"].mode, 0o700);
         assert_eq!((layer.entries["app"].uid, layer.entries["app"].gid), (5, 6));
         assert_eq!(layer.entries["app/x"].mode, 0o755);
-        assert_eq!((layer.entries["app/x"].uid, layer.entries["app/x"].gid), (1, 2));
+        assert_eq!(
+            (layer.entries["app/x"].uid, layer.entries["app/x"].gid),
+            (1, 2)
+        );
         assert!(layer.entries.contains_key("app/x/conf.txt"));
         // Several sources need a directory destination.
-        let sel = resolve_sources(ctx.path(), &["conf.txt".into(), "app/main.sh".into()], AT).unwrap();
+        let sel =
+            resolve_sources(ctx.path(), &["conf.txt".into(), "app/main.sh".into()], AT).unwrap();
         let e = copy_layer(&sel, &spec("/dst", Owner::default(), None)).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -788,14 +882,23 @@ mod tests {
         let p = |v: &str| parse_chown(v, passwd, group, 3);
         assert_eq!(p("10").unwrap(), Owner { uid: 10, gid: 10 });
         assert_eq!(p("10:20").unwrap(), Owner { uid: 10, gid: 20 });
-        assert_eq!(p("app").unwrap(), Owner { uid: 1000, gid: 1001 });
+        assert_eq!(
+            p("app").unwrap(),
+            Owner {
+                uid: 1000,
+                gid: 1001
+            }
+        );
         assert_eq!(p("app:staff").unwrap(), Owner { uid: 1000, gid: 50 });
         assert_eq!(p("0:staff").unwrap(), Owner { uid: 0, gid: 50 });
         assert_eq!(
             p("nobody").unwrap_err().to_string(),
             "Dockerfile:3: --chown=nobody: no user \"nobody\" in the image's /etc/passwd"
         );
-        assert!(p("app:nogroup").unwrap_err().to_string().contains("no group \"nogroup\""));
+        assert!(p("app:nogroup")
+            .unwrap_err()
+            .to_string()
+            .contains("no group \"nogroup\""));
         assert!(p(":1").is_err());
         assert!(p("1:").is_err());
         assert_eq!(parse_chmod("0755", 1).unwrap(), 0o755);
@@ -820,7 +923,10 @@ mod tests {
         std::fs::hard_link(d.path().join("x/f"), d.path().join("z")).unwrap();
         let layer = diff_upper(d.path()).unwrap();
         assert!(matches!(layer.entries["x.txt"].data, EntryData::File(_)));
-        assert_eq!(layer.entries["x/f"].data, EntryData::Hardlink("x.txt".into()));
+        assert_eq!(
+            layer.entries["x/f"].data,
+            EntryData::Hardlink("x.txt".into())
+        );
         assert_eq!(layer.entries["z"].data, EntryData::Hardlink("x.txt".into()));
         let mut b = Vec::new();
         layer.write(&mut b, MtimePolicy::default()).unwrap();
@@ -831,11 +937,22 @@ mod tests {
             .filter(|e| !e.0.starts_with('d'))
             .map(|e| (e.0.as_str(), e.1, e.6.as_str()))
             .collect();
-        assert_eq!(kinds, vec![("x/", 'd', ""), ("x.txt", 'f', "same"), ("x/f", 'h', "x.txt"), ("z", 'h', "x.txt")]);
+        assert_eq!(
+            kinds,
+            vec![
+                ("x/", 'd', ""),
+                ("x.txt", 'f', "same"),
+                ("x/f", 'h', "x.txt"),
+                ("z", 'h', "x.txt")
+            ]
+        );
         // Extracting it works: links come after their target.
         let out = tempfile::tempdir().unwrap();
         tar::Archive::new(b.as_slice()).unpack(out.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(out.path().join("z")).unwrap(), "same");
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("z")).unwrap(),
+            "same"
+        );
     }
 
     /// Unmounts on drop, so a failing test leaves no mount behind.
@@ -900,7 +1017,10 @@ mod tests {
         let mut bytes = Vec::new();
         let digest = layer.write(&mut bytes, MtimePolicy::default()).unwrap();
         let entries = read_tar(&bytes);
-        let summary: Vec<(String, char, String)> = entries.iter().map(|e| (e.0.clone(), e.1, e.6.clone())).collect();
+        let summary: Vec<(String, char, String)> = entries
+            .iter()
+            .map(|e| (e.0.clone(), e.1, e.6.clone()))
+            .collect();
         let s = |p: &str, k: char, c: &str| (p.to_string(), k, c.to_string());
         assert_eq!(
             summary,
@@ -918,7 +1038,13 @@ mod tests {
         );
         // The same upper dir gives the same digest again.
         let mut again = Vec::new();
-        assert_eq!(diff_upper(&upper).unwrap().write(&mut again, MtimePolicy::default()).unwrap(), digest);
+        assert_eq!(
+            diff_upper(&upper)
+                .unwrap()
+                .write(&mut again, MtimePolicy::default())
+                .unwrap(),
+            digest
+        );
     }
 
     #[test]
@@ -929,6 +1055,9 @@ mod tests {
         xattr::set(t.path().join("moved"), "trusted.overlay.redirect", b"/orig").unwrap();
         let e = diff_upper(t.path()).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("moved") && msg.contains("redirect_dir=off"), "{msg}");
+        assert!(
+            msg.contains("moved") && msg.contains("redirect_dir=off"),
+            "{msg}"
+        );
     }
 }

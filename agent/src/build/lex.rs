@@ -294,11 +294,7 @@ impl Lexer {
         Lexer { escape }
     }
 
-    fn run(
-        &self,
-        word: &str,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Out, LexError> {
+    fn run(&self, word: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Out, LexError> {
         let mut scan = Scan {
             chars: word.char_indices().collect(),
             at: 0,

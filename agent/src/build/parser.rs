@@ -332,7 +332,10 @@ fn split_node(
             None => (flag.to_string(), None),
         };
         if name.is_empty() {
-            return Err(ParseError::new(position, format!("malformed flag {word:?}")));
+            return Err(ParseError::new(
+                position,
+                format!("malformed flag {word:?}"),
+            ));
         }
         node.flags.push(Flag {
             name,
@@ -373,7 +376,13 @@ mod tests {
         assert_eq!(n.flags[0].position, Position { line: 1, column: 7 });
         assert_eq!(n.args, "echo  hi");
         assert_eq!(n.arg_position(0), Position { line: 2, column: 4 });
-        assert_eq!(n.arg_position(6), Position { line: 2, column: 10 });
+        assert_eq!(
+            n.arg_position(6),
+            Position {
+                line: 2,
+                column: 10
+            }
+        );
     }
 
     #[test]
@@ -401,7 +410,11 @@ mod tests {
         assert!(e.message.contains("invalid escape token"), "{e}");
         let e = parse("# syntax=a\n# SYNTAX=b\nFROM scratch\n").unwrap_err();
         assert_eq!(e.position.line, 2);
-        assert!(e.to_string().starts_with("Dockerfile:2:1: only one `syntax`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("Dockerfile:2:1: only one `syntax`"),
+            "{e}"
+        );
     }
 
     #[test]

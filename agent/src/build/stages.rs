@@ -430,7 +430,10 @@ impl Plan {
         if !unused.is_empty() {
             warnings.push(Warning {
                 line: 0,
-                message: format!("build args not consumed by the build: {}", unused.join(", ")),
+                message: format!(
+                    "build args not consumed by the build: {}",
+                    unused.join(", ")
+                ),
             });
         }
         Ok(Plan {
@@ -469,12 +472,13 @@ impl Plan {
         };
         let mut steps = Vec::with_capacity(stage.instructions.len());
         for (i, located) in stage.instructions.iter().enumerate() {
-            let word = |w: &str, env: &[(String, String)], args: &BTreeMap<String, Option<String>>| {
-                let lookup = |n: &str| lookup_in(env, args, n);
-                lexer
-                    .process_word(w, &lookup)
-                    .map_err(|e| lex_error(located, w, e))
-            };
+            let word =
+                |w: &str, env: &[(String, String)], args: &BTreeMap<String, Option<String>>| {
+                    let lookup = |n: &str| lookup_in(env, args, n);
+                    lexer
+                        .process_word(w, &lookup)
+                        .map_err(|e| lex_error(located, w, e))
+                };
             let kvs = |pairs: &[KeyValue]| -> Result<Vec<KeyValue>, ParseError> {
                 pairs
                     .iter()
@@ -495,8 +499,16 @@ impl Plan {
                         .collect::<Result<_, _>>()?,
                     dest: word(&c.dest, &env, &args)?,
                     from: c.from.clone(),
-                    chown: c.chown.as_deref().map(|s| word(s, &env, &args)).transpose()?,
-                    chmod: c.chmod.as_deref().map(|s| word(s, &env, &args)).transpose()?,
+                    chown: c
+                        .chown
+                        .as_deref()
+                        .map(|s| word(s, &env, &args))
+                        .transpose()?,
+                    chmod: c
+                        .chmod
+                        .as_deref()
+                        .map(|s| word(s, &env, &args))
+                        .transpose()?,
                 })
             };
             let instruction = match &located.instruction {
@@ -635,7 +647,10 @@ fn resolve_copy_from(
                         .map_or(located.start(), |f| f.position);
                     let source = if !value.is_empty() && value.chars().all(|c| c.is_ascii_digit()) {
                         let n: usize = value.parse().map_err(|_| {
-                            ParseError::new(flag_at, format!("COPY --from={value}: bad stage index"))
+                            ParseError::new(
+                                flag_at,
+                                format!("COPY --from={value}: bad stage index"),
+                            )
                         })?;
                         if n >= count {
                             return Err(ParseError::new(
@@ -645,13 +660,16 @@ fn resolve_copy_from(
                             .into());
                         }
                         Source::Stage(n)
-                    } else if let Some((n, _)) = names
-                        .iter()
-                        .find(|(_, name)| name.as_deref() == Some(value.to_ascii_lowercase().as_str()))
-                    {
+                    } else if let Some((n, _)) = names.iter().find(|(_, name)| {
+                        name.as_deref() == Some(value.to_ascii_lowercase().as_str())
+                    }) {
                         Source::Stage(*n)
                     } else if value.is_empty() {
-                        return Err(ParseError::new(flag_at, "COPY --from expands to an empty string").into());
+                        return Err(ParseError::new(
+                            flag_at,
+                            "COPY --from expands to an empty string",
+                        )
+                        .into());
                     } else {
                         Source::Image(value)
                     };
@@ -738,7 +756,10 @@ mod tests {
         Plan::from_source(
             src,
             &BuildOptions {
-                build_args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                build_args: args
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 target: target.map(str::to_string),
                 platform: host(),
             },
@@ -770,7 +791,10 @@ mod tests {
             steps(&p, 0),
             vec![
                 Instruction::Env(vec![kv("A", "unset"), kv("B", "")]),
-                Instruction::Arg(vec![ArgDecl { name: "TAG".into(), default: None }]),
+                Instruction::Arg(vec![ArgDecl {
+                    name: "TAG".into(),
+                    default: None
+                }]),
                 Instruction::Env(vec![kv("C", "1.36")]),
             ]
         );
@@ -782,23 +806,38 @@ mod tests {
     #[test]
     fn build_args_override_defaults_and_env_wins_over_arg() {
         let src = "FROM scratch\nARG V=default\nLABEL v=$V\nENV V=env\nLABEL v=$V\n";
-        assert_eq!(steps(&plan(src, &[], None).unwrap(), 0)[1], Instruction::Label(vec![kv("v", "default")]));
+        assert_eq!(
+            steps(&plan(src, &[], None).unwrap(), 0)[1],
+            Instruction::Label(vec![kv("v", "default")])
+        );
         let p = plan(src, &[("V", "cli")], None).unwrap();
         let st = steps(&p, 0);
         assert_eq!(st[1], Instruction::Label(vec![kv("v", "cli")]));
         assert_eq!(st[3], Instruction::Label(vec![kv("v", "env")]));
         let expanded = p.expand_stage(0, &[], "").unwrap();
-        assert_eq!(expanded.steps[1].args.get("V").map(String::as_str), Some("cli"));
+        assert_eq!(
+            expanded.steps[1].args.get("V").map(String::as_str),
+            Some("cli")
+        );
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 
     #[test]
     fn env_pairs_see_values_from_before_the_instruction() {
-        let src = "FROM scratch\nENV abc=hello\nENV abc=bye def=$abc\nENV ghi=$abc\nENV P=$PATH:/x\n";
+        let src =
+            "FROM scratch\nENV abc=hello\nENV abc=bye def=$abc\nENV ghi=$abc\nENV P=$PATH:/x\n";
         let p = plan(src, &[], None).unwrap();
-        let e = p.expand_stage(0, &[("PATH".into(), "/bin".into())], "").unwrap();
-        assert_eq!(e.steps[1].instruction, Instruction::Env(vec![kv("abc", "bye"), kv("def", "hello")]));
-        assert_eq!(e.steps[2].instruction, Instruction::Env(vec![kv("ghi", "bye")]));
+        let e = p
+            .expand_stage(0, &[("PATH".into(), "/bin".into())], "")
+            .unwrap();
+        assert_eq!(
+            e.steps[1].instruction,
+            Instruction::Env(vec![kv("abc", "bye"), kv("def", "hello")])
+        );
+        assert_eq!(
+            e.steps[2].instruction,
+            Instruction::Env(vec![kv("ghi", "bye")])
+        );
         assert_eq!(
             e.env,
             vec![
@@ -854,12 +893,18 @@ ENTRYPOINT ["echo", "$D"]
         assert_eq!(st[4], Instruction::Workdir("/data/x".into()));
         assert_eq!(e.workdir, "/data/x");
         assert_eq!(st[5], Instruction::User("app".into()));
-        assert_eq!(st[6], Instruction::Expose(vec!["8080".into(), "8080/udp".into()]));
+        assert_eq!(
+            st[6],
+            Instruction::Expose(vec!["8080".into(), "8080/udp".into()])
+        );
         assert_eq!(st[7], Instruction::Volume(vec!["/data".into()]));
         assert_eq!(st[8], Instruction::StopSignal("SIGINT".into()));
         assert_eq!(st[9], Instruction::Run(Command::Shell("echo $D".into())));
         assert_eq!(st[10], Instruction::Cmd(Command::Shell("echo $D".into())));
-        assert_eq!(st[11], Instruction::Entrypoint(Command::Exec(vec!["echo".into(), "$D".into()])));
+        assert_eq!(
+            st[11],
+            Instruction::Entrypoint(Command::Exec(vec!["echo".into(), "$D".into()]))
+        );
     }
 
     #[test]
@@ -868,12 +913,18 @@ ENTRYPOINT ["echo", "$D"]
         let p = plan(src, &[("http_proxy", "http://proxy:3128")], None).unwrap();
         assert_eq!(p.stages[0].platform, Some(host()));
         let e = p.expand_stage(0, &[], "").unwrap();
-        assert_eq!(e.steps[1].instruction, Instruction::Label(vec![kv("a", "")]));
+        assert_eq!(
+            e.steps[1].instruction,
+            Instruction::Label(vec![kv("a", "")])
+        );
         assert_eq!(
             e.steps[3].instruction,
             Instruction::Label(vec![kv("a", "amd64"), kv("p", "http://proxy:3128")])
         );
-        assert_eq!(e.steps[0].args.get("http_proxy").map(String::as_str), Some("http://proxy:3128"));
+        assert_eq!(
+            e.steps[0].args.get("http_proxy").map(String::as_str),
+            Some("http://proxy:3128")
+        );
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 
@@ -882,8 +933,18 @@ ENTRYPOINT ["echo", "$D"]
         let e = plan("FROM --platform=linux/arm64 busybox\n", &[], None).unwrap_err();
         match e {
             PlanError::Parse(p) => {
-                assert_eq!(p.position, Position { line: 1, column: 17 });
-                assert!(p.message.contains("only the build host's platform linux/amd64"), "{p}");
+                assert_eq!(
+                    p.position,
+                    Position {
+                        line: 1,
+                        column: 17
+                    }
+                );
+                assert!(
+                    p.message
+                        .contains("only the build host's platform linux/amd64"),
+                    "{p}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -901,7 +962,11 @@ ENTRYPOINT ["echo", "$D"]
         assert_eq!(p.order, vec![0, 1, 3]);
         assert_eq!(
             p.stages[3].copy_from,
-            vec![(0, Source::Stage(1)), (1, Source::Stage(0)), (2, Source::Image("nginx:1".into()))]
+            vec![
+                (0, Source::Stage(1)),
+                (1, Source::Stage(0)),
+                (2, Source::Image("nginx:1".into()))
+            ]
         );
         let e = p.expand_stage(3, &[], "").unwrap();
         assert_eq!(e.steps[0].copy_from, Some(Source::Stage(1)));
@@ -919,16 +984,27 @@ ENTRYPOINT ["echo", "$D"]
     #[test]
     fn copy_from_errors_carry_line() {
         let e = plan("FROM a\nFROM b\nCOPY --from=7 /x /\n", &[], None).unwrap_err();
-        let PlanError::Parse(p) = e else { panic!("{e:?}") };
+        let PlanError::Parse(p) = e else {
+            panic!("{e:?}")
+        };
         assert_eq!(p.position, Position { line: 3, column: 6 });
         assert!(p.message.contains("undefined stage"), "{p}");
         let e = plan("FROM a AS me\nCOPY --from=me /x /\n", &[], None).unwrap_err();
         assert!(e.to_string().contains("cannot copy from itself"), "{e}");
-        let e = plan("FROM a AS one\nCOPY --from=two /x /\nFROM b AS two\nCOPY --from=one /y /\n", &[], None)
-            .unwrap_err();
+        let e = plan(
+            "FROM a AS one\nCOPY --from=two /x /\nFROM b AS two\nCOPY --from=one /y /\n",
+            &[],
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("circular dependency"), "{e}");
         // --from expands with the stage's args.
-        let p = plan("FROM a AS src\nFROM b\nARG S=src\nCOPY --from=$S /x /\n", &[], None).unwrap();
+        let p = plan(
+            "FROM a AS src\nFROM b\nARG S=src\nCOPY --from=$S /x /\n",
+            &[],
+            None,
+        )
+        .unwrap();
         assert_eq!(p.stages[1].copy_from, vec![(1, Source::Stage(0))]);
     }
 
@@ -936,9 +1012,16 @@ ENTRYPOINT ["echo", "$D"]
     fn structural_errors() {
         assert_eq!(plan("ARG A=1\n", &[], None).unwrap_err(), PlanError::NoFrom);
         let e = plan("# c\nRUN x\nFROM a\n", &[], None).unwrap_err();
-        assert_eq!(e.to_string(), "Dockerfile:2:1: RUN before the first FROM: only ARG may precede FROM");
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile:2:1: RUN before the first FROM: only ARG may precede FROM"
+        );
         let e = plan("FROM a AS x\nFROM b AS x\n", &[], None).unwrap_err();
-        assert!(e.to_string().starts_with("Dockerfile:2:11: duplicate stage name"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("Dockerfile:2:11: duplicate stage name"),
+            "{e}"
+        );
         let e = plan("FROM a\nENV X=${Y:?needs Y}\n", &[], None)
             .unwrap()
             .expand_stage(0, &[], "")
@@ -948,12 +1031,21 @@ ENTRYPOINT ["echo", "$D"]
             .unwrap()
             .expand_stage(0, &[], "")
             .unwrap_err();
-        assert!(e.to_string().starts_with("Dockerfile:2:9: LABEL: unexpected end"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("Dockerfile:2:9: LABEL: unexpected end"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unused_build_args_warn() {
-        let p = plan("ARG USED\nFROM a\nARG INSTAGE\n", &[("USED", "1"), ("INSTAGE", "2"), ("NOPE", "3")], None).unwrap();
+        let p = plan(
+            "ARG USED\nFROM a\nARG INSTAGE\n",
+            &[("USED", "1"), ("INSTAGE", "2"), ("NOPE", "3")],
+            None,
+        )
+        .unwrap();
         assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].message.contains("NOPE"));
         assert!(!p.warnings[0].message.contains("USED"));
@@ -962,8 +1054,14 @@ ENTRYPOINT ["echo", "$D"]
     #[test]
     fn canonical_text_changes_with_expansion() {
         let src = "FROM a\nARG V\nCOPY $V /\n";
-        let one = plan(src, &[("V", "x")], None).unwrap().expand_stage(0, &[], "").unwrap();
-        let two = plan(src, &[("V", "y")], None).unwrap().expand_stage(0, &[], "").unwrap();
+        let one = plan(src, &[("V", "x")], None)
+            .unwrap()
+            .expand_stage(0, &[], "")
+            .unwrap();
+        let two = plan(src, &[("V", "y")], None)
+            .unwrap()
+            .expand_stage(0, &[], "")
+            .unwrap();
         assert_ne!(one.steps[1].canonical(), two.steps[1].canonical());
         assert!(one.steps[1].canonical().contains("\"x\""));
     }
