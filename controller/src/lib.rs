@@ -5,3 +5,5 @@
 //!   constraints); **allocation**: one replica of a service placed on one node;
 //! - **command**: an entry of the Raft log, applied deterministically to the state;
 //! - **plan**: the scheduler's proposed placements, re-verified by the leader before commit.
+
+pub mod state;
