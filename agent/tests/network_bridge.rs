@@ -608,28 +608,24 @@ async fn cleanup_stale_removes_what_dead_containers_left() {
         .await
         .unwrap();
     }
-    // A veth on the bridge that no lease accounts for (a crash between create and record).
+    // A veth on the bridge that no lease accounts for (a crash between create and record),
+    // and a port someone else enslaved (an overlay device, say), which must stay.
     let orphan = format!("gto{}", std::process::id() % 100_000);
-    let ok = Command::new("ip")
-        .args([
-            "link",
-            "add",
-            &orphan,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{orphan}p"),
-        ])
-        .status()
-        .unwrap()
-        .success()
-        && Command::new("ip")
-            .args(["link", "set", &orphan, "master", &t.cfg.bridge])
+    let foreign = format!("ovl{}", std::process::id() % 100_000);
+    for name in [&orphan, &foreign] {
+        let peer = format!("{name}p");
+        let ok = Command::new("ip")
+            .args(["link", "add", name, "type", "veth", "peer", "name", &peer])
             .status()
             .unwrap()
-            .success();
-    assert!(ok, "make orphan veth");
+            .success()
+            && Command::new("ip")
+                .args(["link", "set", name, "master", &t.cfg.bridge])
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "make veth {name} on the bridge");
+    }
 
     // The agent restarts; only `live` still exists.
     let net = t.open().await;
@@ -638,6 +634,10 @@ async fn cleanup_stale_removes_what_dead_containers_left() {
     assert_eq!(removed, std::slice::from_ref(&dead.name));
     let links = host_links();
     assert!(!links.contains(&orphan), "orphan veth left");
+    assert!(
+        links.contains(&foreign),
+        "a port gantry does not own was deleted"
+    );
     assert!(!links.contains(&host_veth_name(&t.cfg.bridge, &dead.name)));
     assert!(links.contains(&host_veth_name(&t.cfg.bridge, &live.name)));
     let nat = t.nat();

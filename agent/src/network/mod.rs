@@ -64,8 +64,12 @@ pub async fn setup_loopback_only(netns: &Path) -> Result<()> {
 /// bridge so two networks never pick the same name.
 pub fn host_veth_name(bridge: &str, container: &str) -> String {
     let digest = Sha256::digest(format!("{bridge}/{container}").as_bytes());
-    format!("gt{}", &hex::encode(digest)[..11])
+    format!("{VETH_PREFIX}{}", &hex::encode(digest)[..11])
 }
+
+/// Every host veth gantry makes starts with this; cleanup only ever deletes bridge ports
+/// named so, leaving devices others enslave to the bridge (e.g. an overlay's) alone.
+pub const VETH_PREFIX: &str = "gt";
 
 /// One node's bridge network (see the module doc).
 pub struct BridgeNetwork<L: Links = NetlinkLinks, F: Firewall = IptablesFirewall> {
@@ -286,7 +290,7 @@ impl<L: Links, F: Firewall> BridgeNetwork<L, F> {
             .map(|l| l.host_veth.as_str())
             .collect();
         for port in self.links.bridge_ports(&self.cfg.bridge).await? {
-            if !known_veths.contains(&port.as_str()) {
+            if port.starts_with(VETH_PREFIX) && !known_veths.contains(&port.as_str()) {
                 self.links.delete_link(&port).await?;
             }
         }
@@ -318,7 +322,9 @@ impl<L: Links, F: Firewall> BridgeNetwork<L, F> {
             self.links.delete_link(&lease.host_veth).await?;
         }
         for port in self.links.bridge_ports(&self.cfg.bridge).await? {
-            self.links.delete_link(&port).await?;
+            if port.starts_with(VETH_PREFIX) {
+                self.links.delete_link(&port).await?;
+            }
         }
         for table in [Table::Nat, Table::Filter] {
             let save = self.fw.save(table).await?;
