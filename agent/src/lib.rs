@@ -9,4 +9,6 @@
 //! Modules:
 //! - [`runtime`]: the OCI runtime library (`gantry runtime …`, runc-compatible).
 
+pub mod engine;
 pub mod runtime;
+pub mod supervisor;

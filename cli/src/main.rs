@@ -28,12 +28,22 @@ struct Cli {
 enum Command {
     /// runc-compatible OCI runtime: runs bundles as containers.
     Runtime(commands::runtime::RuntimeArgs),
+    /// The engine daemon: serves the container verbs on a unix socket.
+    Agent(commands::agent::AgentArgs),
+    /// Per-container supervisor (internal: started by the agent).
+    #[command(hide = true)]
+    Shim(commands::shim::ShimArgs),
+    #[command(flatten)]
+    Container(commands::container::ContainerCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Runtime(args) => commands::runtime::main(args),
+        Command::Agent(args) => commands::agent::main(args),
+        Command::Shim(args) => commands::shim::main(args),
+        Command::Container(cmd) => commands::container::main(cmd),
     };
     std::process::exit(code);
 }

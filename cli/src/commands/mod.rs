@@ -1,2 +1,5 @@
 //! One module per command group.
+pub mod agent;
+pub mod container;
 pub mod runtime;
+pub mod shim;
