@@ -548,9 +548,12 @@ impl Engine {
         tokio::spawn(async move {
             let run = this.run_dir(&id);
             // The shim says `exit N` (or just closes) when the container is gone.
-            if let Ok(mut s) = tokio::net::UnixStream::connect(run.socket()).await {
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf).await;
+            if let Ok((_dir, path)) = supervisor::socket_connect_path(&run) {
+                if let Ok(mut s) = tokio::net::UnixStream::connect(path).await {
+                    drop(_dir);
+                    let mut buf = Vec::new();
+                    let _ = s.read_to_end(&mut buf).await;
+                }
             }
             let status = loop {
                 match supervisor::probe(&run) {
@@ -601,6 +604,9 @@ impl Engine {
         rec.state.shim = None;
         rec.state.init = None;
         if rec.config.auto_remove {
+            if let Err(e) = self.store.save(&rec) {
+                tracing::error!(%id, error = %e, "saving exit");
+            }
             drop(g);
             if let Err(e) = self.remove(id, true).await {
                 tracing::warn!(%id, error = %e, "auto-remove");

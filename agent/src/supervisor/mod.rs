@@ -216,6 +216,15 @@ pub fn read_exit(run: &RunDir) -> Result<Option<ExitRecord>, SupervisorError> {
     }
 }
 
+/// Connects to a shim's socket however long the run dir's path is (unix socket paths are
+/// limited to 108 bytes): through `/proc/self/fd/N/` of the opened run dir.
+pub fn socket_connect_path(run: &RunDir) -> std::io::Result<(std::fs::File, PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(&run.0)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}/shim.sock", dir.as_raw_fd()));
+    Ok((dir, path))
+}
+
 /// What a (re)starting agent finds in a run dir.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShimStatus {

@@ -202,7 +202,9 @@ impl Shim {
         init.write(&run.init_pid())?;
         let sock = run.socket();
         let _ = std::fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock).map_err(io_err("bind", &sock))?;
+        // Bound by a relative name: socket paths are limited to 108 bytes, run dirs are not.
+        std::env::set_current_dir(&run.0).map_err(io_err("chdir", &run.0))?;
+        let listener = UnixListener::bind("shim.sock").map_err(io_err("bind", &sock))?;
         listener
             .set_nonblocking(true)
             .map_err(io_err("set nonblocking", &sock))?;

@@ -30,7 +30,7 @@ pub struct Conn {
 #[derive(Subcommand)]
 pub enum ContainerCommand {
     /// Create and start a container from an image.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers.
     Ps(PsArgs),
     /// Show a container's output.
@@ -297,11 +297,11 @@ pub fn main(cmd: ContainerCommand) -> i32 {
 
 async fn dispatch(cmd: ContainerCommand) -> anyhow::Result<i32> {
     match cmd {
-        ContainerCommand::Run(a) => run(a).await,
+        ContainerCommand::Run(a) => run(*a).await,
         ContainerCommand::Ps(a) => ps(a).await,
         ContainerCommand::Logs(a) => logs(a).await,
         ContainerCommand::Stop(a) => {
-            let mut c = connect(&a.conn.host).await?;
+            let c = connect(&a.conn.host).await?;
             each(&a.containers, |id| {
                 let mut c = c.clone();
                 async move {
@@ -314,10 +314,6 @@ async fn dispatch(cmd: ContainerCommand) -> anyhow::Result<i32> {
                 }
             })
             .await
-            .map(|ok| {
-                let _ = &mut c;
-                ok
-            })
         }
         ContainerCommand::Restart(a) => {
             let c = connect(&a.conn.host).await?;
