@@ -320,7 +320,12 @@ mod tests {
             .build()
             .unwrap();
         let prog = CString::new("/bin/busybox").unwrap();
-        let args = [c"/bin/busybox".as_ptr(), c"cat".as_ptr(), c"/proc/self/status".as_ptr(), std::ptr::null()];
+        let args = [
+            c"/bin/busybox".as_ptr(),
+            c"cat".as_ptr(),
+            c"/proc/self/status".as_ptr(),
+            std::ptr::null(),
+        ];
         let env = [std::ptr::null::<libc::c_char>()];
         let r = in_child(|| {
             if let Err(e) = drop_bounding(&c) {
@@ -329,7 +334,8 @@ mod tests {
             }
             unsafe {
                 libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
-                if libc::setresgid(1000, 1000, 1000) != 0 || libc::setresuid(1000, 1000, 1000) != 0 {
+                if libc::setresgid(1000, 1000, 1000) != 0 || libc::setresuid(1000, 1000, 1000) != 0
+                {
                     return 3;
                 }
             }
@@ -367,4 +373,3 @@ mod tests {
         assert_eq!(field("Uid").split_whitespace().next(), Some("1000"));
     }
 }
-

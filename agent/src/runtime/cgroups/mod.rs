@@ -336,9 +336,11 @@ fn make_dirs(base: &Path, rel: &Path, created: &mut Vec<PathBuf>) -> Result<(), 
     let mut attempts = 0;
     loop {
         match make_dirs_once(base, rel, created) {
-            Err(CgroupError::Io { op: "creating", source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 =>
-            {
+            Err(CgroupError::Io {
+                op: "creating",
+                source,
+                ..
+            }) if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
                 attempts += 1;
             }
             other => return other,

@@ -383,7 +383,11 @@ fn cgroup_lifecycle_cost() {
     }
     for (name, mut v) in ["create", "add_task", "destroy"].into_iter().zip(phases) {
         v.sort();
-        println!("  {name}: median {:?}, p90 {:?}", v[v.len() / 2], v[v.len() * 9 / 10]);
+        println!(
+            "  {name}: median {:?}, p90 {:?}",
+            v[v.len() / 2],
+            v[v.len() * 9 / 10]
+        );
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -416,10 +420,24 @@ fn v2_on_a_fresh_cgroup2_mount_in_a_private_namespace() {
         if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_err() {
             return 2;
         }
-        if mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).is_err() {
+        if mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .is_err()
+        {
             return 3;
         }
-        if let Err(e) = mount(Some("none"), mnt.path(), Some("cgroup2"), MsFlags::empty(), None::<&str>) {
+        if let Err(e) = mount(
+            Some("none"),
+            mnt.path(),
+            Some("cgroup2"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
             println!("mount cgroup2: {e}");
             return 4;
         }
