@@ -8,7 +8,7 @@ use std::path::Path;
 use gantry_agent::build::cache::{stage_keys, BaseIdentity};
 use gantry_agent::build::context::{content_hash, resolve_sources, ContextWalker, SourceAt};
 use gantry_agent::build::instruction::Instruction;
-use gantry_agent::build::layer::{copy_layer, CopySpec, MtimePolicy, Owner};
+use gantry_agent::build::layer::{copy_layer, CopySpec, MtimePolicy};
 use gantry_agent::build::stages::{BuildOptions, ExpandedStage, Plan, Source};
 
 const DOCKERFILE: &str = r#"# syntax=docker/dockerfile:1
@@ -133,7 +133,7 @@ fn context_plan_keys_and_layers_fit_together() {
         &CopySpec {
             dest: &copy.dest,
             workdir: "/src",
-            owner: Owner::default(),
+            owner: None,
             chmod: None,
             existing_dir: &none,
             at,
@@ -158,7 +158,7 @@ fn context_plan_keys_and_layers_fit_together() {
         &CopySpec {
             dest: &copy.dest,
             workdir: "/src",
-            owner: Owner::default(),
+            owner: None,
             chmod: None,
             existing_dir: &none,
             at,
@@ -197,10 +197,19 @@ fn context_plan_keys_and_layers_fit_together() {
 #[test]
 fn bad_dockerfiles_fail_with_line_numbers() {
     let cases: &[(&str, &str)] = &[
-        ("FROM a\nFOO bar\n", "Dockerfile:2:1: unknown instruction: FOO"),
+        (
+            "FROM a\nFOO bar\n",
+            "Dockerfile:2:1: unknown instruction: FOO",
+        ),
         ("# only a comment\n", "Dockerfile has no FROM instruction"),
-        ("FROM a\nCOPY --from=3 /x /y\n", "Dockerfile:2:6: COPY --from=3: undefined stage"),
-        ("FROM a\nCMD [\"x\", 1]\n", "Dockerfile:2:5: CMD: JSON array must contain only strings"),
+        (
+            "FROM a\nCOPY --from=3 /x /y\n",
+            "Dockerfile:2:6: COPY --from=3: undefined stage",
+        ),
+        (
+            "FROM a\nCMD [\"x\", 1]\n",
+            "Dockerfile:2:5: CMD: JSON array must contain only strings",
+        ),
     ];
     for (src, want) in cases {
         let e = Plan::from_source(src, &BuildOptions::default()).unwrap_err();
