@@ -28,12 +28,15 @@ struct Cli {
 enum Command {
     /// runc-compatible OCI runtime: runs bundles as containers.
     Runtime(commands::runtime::RuntimeArgs),
+    /// OCI distribution registry server (`gantry registry gc` collects garbage).
+    Registry(commands::registry::RegistryArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Runtime(args) => commands::runtime::main(args),
+        Command::Registry(args) => commands::registry::main(args),
     };
     std::process::exit(code);
 }
