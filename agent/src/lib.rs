@@ -9,6 +9,8 @@
 //! Modules:
 //! - [`runtime`]: the OCI runtime library (`gantry runtime …`, runc-compatible).
 //! - [`image`]: the image store (content store, index, manifests, unpack, snapshots).
+//! - [`network`]: container networking: bridge, veth, IPAM, NAT, published ports.
 
 pub mod image;
+pub mod network;
 pub mod runtime;
