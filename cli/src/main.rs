@@ -36,6 +36,8 @@ enum Command {
     Tag(commands::image::TagArgs),
     /// Remove images.
     Rmi(commands::image::RmiArgs),
+    /// OCI distribution registry server (`gantry registry gc` collects garbage).
+    Registry(commands::registry::RegistryArgs),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn main() {
         Command::Image(args) => commands::image::main(args),
         Command::Tag(args) => commands::image::tag(args),
         Command::Rmi(args) => commands::image::rmi(args),
+        Command::Registry(args) => commands::registry::main(args),
     };
     std::process::exit(code);
 }

@@ -6,4 +6,8 @@
 //! - **command**: an entry of the Raft log, applied deterministically to the state;
 //! - **plan**: the scheduler's proposed placements, re-verified by the leader before commit.
 
+pub mod api;
+pub mod dr;
+pub mod member;
+pub mod raft;
 pub mod state;
