@@ -374,4 +374,4 @@ pub fn install(p: &Program) -> Result<(), SeccompError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

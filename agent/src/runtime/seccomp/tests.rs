@@ -371,3 +371,41 @@ fn per_rule_actions_errno_values_and_arg_conditions_apply() {
     let r = errno_under(&p, || unsafe { libc::dup(0x2ff) as libc::c_long });
     assert_eq!(r.code, Some(libc::EPERM), "{r:?}");
 }
+
+/// Cost of compiling the default profile and of installing it in a child, printed (a
+/// measurement, not an assertion):
+/// `cargo test -p gantry-agent --lib seccomp_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn seccomp_cost() {
+    require_root();
+    let mut compile_t = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let p = compile(&default_seccomp()).unwrap();
+        compile_t.push(t.elapsed());
+        std::hint::black_box(p);
+    }
+    compile_t.sort();
+    let p = compile(&default_seccomp()).unwrap();
+    // The child measures its own install and reports microseconds as the exit code / 10.
+    let mut install_us = Vec::new();
+    for _ in 0..50 {
+        let r = in_child(|| {
+            let t = Instant::now();
+            if install(&p).is_err() {
+                return 255;
+            }
+            (t.elapsed().as_micros() / 10).min(254) as i32
+        });
+        install_us.push(r.code.unwrap() * 10);
+    }
+    install_us.sort();
+    println!(
+        "default profile: {} filters, {} BPF instructions; compile median {:?}; install median ~{} µs",
+        p.filter_count(),
+        p.instruction_count(),
+        compile_t[compile_t.len() / 2],
+        install_us[install_us.len() / 2]
+    );
+}
