@@ -28,12 +28,15 @@ struct Cli {
 enum Command {
     /// runc-compatible OCI runtime: runs bundles as containers.
     Runtime(commands::runtime::RuntimeArgs),
+    /// Controller members: run, membership, Raft status, snapshots and recovery.
+    Controller(commands::controller::ControllerArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Runtime(args) => commands::runtime::main(args),
+        Command::Controller(args) => commands::controller::main(args),
     };
     std::process::exit(code);
 }

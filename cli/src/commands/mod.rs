@@ -1,2 +1,3 @@
 //! One module per command group.
+pub mod controller;
 pub mod runtime;
