@@ -30,9 +30,24 @@ impl Proc {
     fn spawn(id: u64, addr: &str, dir: &Path, extra: &[&str]) -> Proc {
         let log = std::fs::File::create(dir.with_extension("log")).unwrap();
         let child = std::process::Command::new(BIN)
-            .args(["controller", "run", "--id", &id.to_string(), "--listen", addr, "--data-dir"])
+            .args([
+                "controller",
+                "run",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                addr,
+                "--data-dir",
+            ])
             .arg(dir)
-            .args(["--heartbeat-ms", "50", "--election-timeout-ms", "150", "--write-timeout-ms", "2000"])
+            .args([
+                "--heartbeat-ms",
+                "50",
+                "--election-timeout-ms",
+                "150",
+                "--write-timeout-ms",
+                "2000",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -86,7 +101,10 @@ async fn wait_ready(addrs: &[String], voters: usize) -> u64 {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "cluster of {voters} not ready within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "cluster of {voters} not ready within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -111,7 +129,10 @@ async fn start_cluster(root: &Path, n: u64) -> Vec<Proc> {
 }
 
 fn gantry(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(BIN).args(args).output().expect("run gantry");
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run gantry");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -149,18 +170,38 @@ async fn leader_sigkill_elects_new_leader_and_loses_no_acknowledged_write() {
     let killed_at = Instant::now();
     procs[(leader - 1) as usize].kill();
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 10, "writes were acknowledged: {}", acked.len());
+    assert!(
+        acked.len() > 10,
+        "writes were acknowledged: {}",
+        acked.len()
+    );
 
-    let survivors: Vec<String> = procs.iter().filter(|p| p.child.is_some()).map(|p| p.addr.clone()).collect();
+    let survivors: Vec<String> = procs
+        .iter()
+        .filter(|p| p.child.is_some())
+        .map(|p| p.addr.clone())
+        .collect();
     let mut c = ControllerClient::new(survivors.clone());
     let st = c.status().await.unwrap();
-    assert!(st.leader.is_some_and(|l| l != leader), "a new leader: {st:?}");
+    assert!(
+        st.leader.is_some_and(|l| l != leader),
+        "a new leader: {st:?}"
+    );
     let (_, nodes): (u64, Vec<Node>) = c.read(ReadKind::Nodes, false).await.unwrap();
     for (name, idx, _) in &acked {
-        assert!(nodes.iter().any(|n| &n.name == name), "acknowledged write {name} (index {idx}) lost");
+        assert!(
+            nodes.iter().any(|n| &n.name == name),
+            "acknowledged write {name} (index {idx}) lost"
+        );
     }
-    let after_kill = acked.iter().filter(|a| a.2 > Duration::from_millis(800)).count();
-    assert!(after_kill > 0, "writes were acknowledged after the leader died");
+    let after_kill = acked
+        .iter()
+        .filter(|a| a.2 > Duration::from_millis(800))
+        .count();
+    assert!(
+        after_kill > 0,
+        "writes were acknowledged after the leader died"
+    );
     eprintln!(
         "{} acked writes, {} after the kill ({:?} ago)",
         acked.len(),
@@ -183,8 +224,18 @@ async fn cli_status_snapshot_restore_and_recover_with_real_processes() {
 
     let (ok, out, err) = gantry(&["controller", "status", "--controller", &list]);
     assert!(ok, "status failed: {err}");
-    assert!(out.contains("term") && out.matches("voter").count() == 3, "{out}");
-    let (ok, out, err) = gantry(&["controller", "members", "--controller", &addrs[1], "--format", "json"]);
+    assert!(
+        out.contains("term") && out.matches("voter").count() == 3,
+        "{out}"
+    );
+    let (ok, out, err) = gantry(&[
+        "controller",
+        "members",
+        "--controller",
+        &addrs[1],
+        "--format",
+        "json",
+    ]);
     assert!(ok, "members failed: {err}");
     let members: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(members.len(), 3);
@@ -196,15 +247,30 @@ async fn cli_status_snapshot_restore_and_recover_with_real_processes() {
 
     // snapshot save → restore into a new cluster → identical state
     let snap = root.path().join("snap.json");
-    let (ok, out, err) = gantry(&["controller", "snapshot", "save", snap.to_str().unwrap(), "--controller", &list]);
+    let (ok, out, err) = gantry(&[
+        "controller",
+        "snapshot",
+        "save",
+        snap.to_str().unwrap(),
+        "--controller",
+        &list,
+    ]);
     assert!(ok, "snapshot save failed: {err}");
     assert!(out.contains("25 nodes"), "{out}");
     let (_, live): (u64, StateImage) = c.read(ReadKind::State, false).await.unwrap();
     let new_addr = free_addr("127.0.0.9");
     let new_dir = root.path().join("restored");
     let (ok, _, err) = gantry(&[
-        "controller", "snapshot", "restore", snap.to_str().unwrap(), "--data-dir", new_dir.to_str().unwrap(),
-        "--id", "1", "--listen", &new_addr,
+        "controller",
+        "snapshot",
+        "restore",
+        snap.to_str().unwrap(),
+        "--data-dir",
+        new_dir.to_str().unwrap(),
+        "--id",
+        "1",
+        "--listen",
+        &new_addr,
     ]);
     assert!(ok, "restore failed: {err}");
     let restored = Proc::spawn(1, &new_addr, &new_dir, &[]);
@@ -220,8 +286,14 @@ async fn cli_status_snapshot_restore_and_recover_with_real_processes() {
     }
     let survivor = &procs[2];
     let (ok, _, err) = gantry(&[
-        "controller", "recover", "--data-dir", survivor.dir.to_str().unwrap(), "--id", &survivor.id.to_string(),
-        "--listen", &survivor.addr,
+        "controller",
+        "recover",
+        "--data-dir",
+        survivor.dir.to_str().unwrap(),
+        "--id",
+        &survivor.id.to_string(),
+        "--listen",
+        &survivor.addr,
     ]);
     assert!(ok, "recover failed: {err}");
     assert!(err.contains("WARNING"), "recover warns loudly: {err}");

@@ -26,7 +26,12 @@ pub enum Format {
 #[derive(Args, Clone)]
 struct Target {
     /// Controller member address(es), comma-separated.
-    #[arg(long, env = "GANTRY_CONTROLLER", default_value = "127.0.0.1:7700", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "GANTRY_CONTROLLER",
+        default_value = "127.0.0.1:7700",
+        value_delimiter = ','
+    )]
     controller: Vec<String>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -129,7 +134,10 @@ struct RunArgs {
 }
 
 pub fn main(args: ControllerArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gantry controller: starting the async runtime: {e}");
@@ -149,14 +157,24 @@ async fn run(args: ControllerArgs) -> Result<()> {
     match args.command {
         ControllerCommand::Run(a) => daemon(a).await,
         ControllerCommand::Members(t) => members(t).await,
-        ControllerCommand::Add { id, address, target } => {
+        ControllerCommand::Add {
+            id,
+            address,
+            target,
+        } => {
             let r = client(&target).add_member(id, &address).await?;
-            println!("member {id} added: voters {:?}, learners {:?}", r.voters, r.learners);
+            println!(
+                "member {id} added: voters {:?}, learners {:?}",
+                r.voters, r.learners
+            );
             Ok(())
         }
         ControllerCommand::Remove { id, target } => {
             let r = client(&target).remove_member(id).await?;
-            println!("member {id} removed: voters {:?}, learners {:?}", r.voters, r.learners);
+            println!(
+                "member {id} removed: voters {:?}, learners {:?}",
+                r.voters, r.learners
+            );
             Ok(())
         }
         ControllerCommand::Status(t) => status(t).await,
@@ -178,7 +196,12 @@ async fn run(args: ControllerArgs) -> Result<()> {
             );
             Ok(())
         }
-        ControllerCommand::Snapshot(SnapshotCommand::Restore { file, data_dir, id, listen }) => {
+        ControllerCommand::Snapshot(SnapshotCommand::Restore {
+            file,
+            data_dir,
+            id,
+            listen,
+        }) => {
             let f = SnapshotFile::read(&file)?;
             let cluster = dr::restore(&f, &data_dir, id, &listen)?;
             println!(
@@ -190,7 +213,11 @@ async fn run(args: ControllerArgs) -> Result<()> {
             );
             Ok(())
         }
-        ControllerCommand::Recover { data_dir, id, listen } => {
+        ControllerCommand::Recover {
+            data_dir,
+            id,
+            listen,
+        } => {
             eprintln!(
                 "WARNING: forcing a NEW ONE-MEMBER cluster from {}.\n\
                  WARNING: every entry in this member's log is kept, committed or not; writes the\n\
@@ -218,7 +245,9 @@ fn client(t: &Target) -> ControllerClient {
 async fn daemon(a: RunArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if a.log_json {
         builder.json().init();
     } else {
@@ -292,7 +321,9 @@ async fn status(t: Target) -> Result<()> {
     let mut json = Vec::new();
     for m in &st.members {
         let own = c.status_of(&m.address).await.ok();
-        let state = own.as_ref().map_or("unreachable".to_string(), |o| o.state.clone());
+        let state = own
+            .as_ref()
+            .map_or("unreachable".to_string(), |o| o.state.clone());
         let applied = own.as_ref().and_then(|o| o.last_applied);
         let last_log = own.as_ref().and_then(|o| o.last_log_index);
         let term = own.as_ref().map(|o| o.current_term);
@@ -307,9 +338,11 @@ async fn status(t: Target) -> Result<()> {
             opt(applied),
             opt(m.lag),
         ]);
-        json.push(serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter,
+        json.push(
+            serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter,
             "state": state, "term": term, "last_log_index": last_log, "last_applied": applied,
-            "matched_index": m.matched_index, "lag": m.lag}));
+            "matched_index": m.matched_index, "lag": m.lag}),
+        );
     }
     if t.format == Format::Json {
         let v = serde_json::json!({"cluster_id": st.cluster_id, "term": st.current_term,
@@ -324,7 +357,9 @@ async fn status(t: Target) -> Result<()> {
         st.leader.map_or("none".into(), |l| l.to_string())
     );
     crate::output::table(
-        &["ID", "ADDRESS", "ROLE", "STATE", "TERM", "LAST LOG", "APPLIED", "LAG"],
+        &[
+            "ID", "ADDRESS", "ROLE", "STATE", "TERM", "LAST LOG", "APPLIED", "LAG",
+        ],
         &rows,
     );
     if st.leader.is_none() {
