@@ -30,6 +30,8 @@ enum Command {
     Runtime(commands::runtime::RuntimeArgs),
     /// Controller members: run, membership, Raft status, snapshots and recovery.
     Controller(commands::controller::ControllerArgs),
+    /// OCI distribution registry server (`gantry registry gc` collects garbage).
+    Registry(commands::registry::RegistryArgs),
 }
 
 fn main() {
@@ -37,6 +39,7 @@ fn main() {
     let code = match cli.command {
         Command::Runtime(args) => commands::runtime::main(args),
         Command::Controller(args) => commands::controller::main(args),
+        Command::Registry(args) => commands::registry::main(args),
     };
     std::process::exit(code);
 }
