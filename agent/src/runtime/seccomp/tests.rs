@@ -401,6 +401,32 @@ fn seccomp_cost() {
         install_us.push(r.code.unwrap() * 10);
     }
     install_us.sort();
+    // For scale: a one-rule profile (the fixed cost of a seccomp() call).
+    let tiny = compile(&profile(
+        LinuxSeccompAction::ScmpActAllow,
+        vec![LinuxSyscallBuilder::default()
+            .names(vec!["getppid".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .build()
+            .unwrap()],
+    ))
+    .unwrap();
+    let mut tiny_us = Vec::new();
+    for _ in 0..50 {
+        let r = in_child(|| {
+            let t = Instant::now();
+            if install(&tiny).is_err() {
+                return 255;
+            }
+            (t.elapsed().as_micros() / 10).min(254) as i32
+        });
+        tiny_us.push(r.code.unwrap() * 10);
+    }
+    tiny_us.sort();
+    println!(
+        "one-rule profile: install median ~{} µs",
+        tiny_us[tiny_us.len() / 2]
+    );
     println!(
         "default profile: {} filters, {} BPF instructions; compile median {:?}; install median ~{} µs",
         p.filter_count(),
