@@ -326,7 +326,11 @@ fn per_rule_actions_errno_values_and_arg_conditions_apply() {
         ],
     );
     let p = compile(&s).unwrap();
-    assert_eq!(p.filter_count(), 3);
+    // ERRNO(EACCES), ERRNO(ENOTSUP), KILL_PROCESS; plus the x32 guard on x86_64.
+    assert_eq!(
+        p.filter_count(),
+        if cfg!(target_arch = "x86_64") { 4 } else { 3 }
+    );
     let r = errno_under(&p, || unsafe { libc::syscall(libc::SYS_getppid) });
     assert_eq!(r.code, Some(libc::EACCES), "{r:?}");
     let r = errno_under(&p, || unsafe { libc::dup(1000) as libc::c_long });
@@ -434,4 +438,37 @@ fn seccomp_cost() {
         compile_t[compile_t.len() / 2],
         install_us[install_us.len() / 2]
     );
+}
+
+/// An x32 twin of a call a default-ALLOW profile blocks must not get through.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn blocklist_profile_kills_x32_twins_of_blocked_calls() {
+    require_root();
+    let s = profile(
+        LinuxSeccompAction::ScmpActAllow,
+        vec![LinuxSyscallBuilder::default()
+            .names(vec!["getppid".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::EACCES as u32)
+            .build()
+            .unwrap()],
+    );
+    let p = compile(&s).unwrap();
+    let r = errno_under(&p, || unsafe { libc::syscall(libc::SYS_getppid) });
+    assert_eq!(r.code, Some(libc::EACCES), "{r:?}");
+    let r = errno_under(&p, || unsafe {
+        libc::syscall(0x4000_0000 | libc::SYS_getppid)
+    });
+    assert_eq!(r.signal, Some(libc::SIGSYS), "{r:?}");
+    // Ordinary calls still pass the guard.
+    let r = errno_under(&p, || unsafe { libc::syscall(libc::SYS_getpid) });
+    assert_eq!(r.code, Some(0), "{r:?}");
+    // The allow-list default profile needs no guard: x32 numbers match nothing → EPERM.
+    let d = compile(&default_seccomp()).unwrap();
+    assert_eq!(d.filter_count(), 2);
+    let r = errno_under(&d, || unsafe {
+        libc::syscall(0x4000_0000 | libc::SYS_getppid)
+    });
+    assert_eq!(r.code, Some(libc::EPERM), "{r:?}");
 }
