@@ -81,7 +81,11 @@ fn main() -> anyhow::Result<()> {
         });
         let t4 = Instant::now();
         assert_eq!(keys.len(), 10);
-        assert_eq!(first_keys.get_or_insert(keys.clone()), &keys, "keys are stable");
+        assert_eq!(
+            first_keys.get_or_insert(keys.clone()),
+            &keys,
+            "keys are stable"
+        );
         bytes = tar.len();
         stream_t.push(t1 - t0);
         unpack_t.push(t2 - t1);
