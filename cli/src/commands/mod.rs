@@ -1,6 +1,7 @@
 //! One module per command group.
 pub mod agent;
 pub mod container;
+pub mod controller;
 pub mod image;
 pub mod registry;
 pub mod runtime;

@@ -24,7 +24,9 @@
 //! there (32-bit-only calls like `_llseek`, other architectures' calls, calls newer than the
 //! table) are skipped and listed in [`Program::skipped`]. The filters check the native
 //! architecture only: a 32-bit (compat) syscall from a container is killed, which is
-//! stricter than Docker (it allows x86 and x32 too).
+//! stricter than Docker (it allows x86 and x32 too). On x86_64, profiles whose default
+//! action lets calls through get an extra filter that kills x32-ABI calls (their numbers
+//! carry bit 30 and would match no rule).
 //!
 //! [`install`] does not set `no_new_privs`: the caller sets it when the spec asks for it.
 //! Without it, installing needs CAP_SYS_ADMIN, so install before dropping capabilities or
@@ -322,6 +324,10 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
     }
 
     let mut filters = Vec::new();
+    if cfg!(target_arch = "x86_64") && matches!(default, SeccompAction::Allow | SeccompAction::Log)
+    {
+        filters.push(x32_guard());
+    }
     if default != SeccompAction::Allow {
         filters.push(build(allowed, default.clone(), SeccompAction::Allow, arch)?);
     }
@@ -343,6 +349,28 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
         flags,
         skipped,
     })
+}
+
+/// On x86_64, x32-ABI syscalls carry the x86_64 audit arch and their number | 0x40000000:
+/// no rule names them, so under a default-ALLOW profile a blocked call would pass as its
+/// x32 twin (libseccomp guards against this too). This filter kills any x32 syscall.
+fn x32_guard() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const LD_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_ABS, 0, 0, 4), // seccomp_data.arch
+        op(JEQ, 0, 3, AUDIT_ARCH_X86_64),
+        op(LD_ABS, 0, 0, 0), // seccomp_data.nr
+        op(JGE, 0, 1, X32_SYSCALL_BIT),
+        op(RET, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        op(RET, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 /// Installs the program's filters on the calling thread, in order. Allocates nothing
