@@ -40,6 +40,18 @@ impl Drop for Guard {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Anything else a failed test left in the group (grandchildren) is killed too.
+        for _ in 0..200 {
+            match self.cg.pids() {
+                Ok(pids) if !pids.is_empty() => {
+                    for p in pids {
+                        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break,
+            }
+        }
         let _ = self.cg.destroy();
     }
 }
@@ -470,4 +482,142 @@ fn v2_on_a_fresh_cgroup2_mount_in_a_private_namespace() {
     // The mount lived only in the child's namespace; the group is gone from the hierarchy.
     assert!(std::fs::read_dir(mnt.path()).unwrap().next().is_none());
     assert!(!Path::new("/sys/fs/cgroup/unified").join(&path).exists());
+}
+
+/// Spawns `busybox sh -c script` held on `read` until it has joined the group, then lets it
+/// run; returns its exit status (bounded wait: killed after 20 s).
+fn run_in_group(g: &mut Guard, script: &str) -> std::process::ExitStatus {
+    use std::io::Write;
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "this test runs /bin/busybox (busybox-static, installed by scripts/setup.sh)"
+    );
+    let mut child = Command::new("/bin/busybox")
+        .args(["sh", "-c", &format!("read go; {script}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    g.cg.add_task(Pid::from_raw(child.id() as i32)).unwrap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            g.children.push(child);
+            panic!("the process in the cgroup did not finish within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn memory_limit_oom_kills_and_is_reported() {
+    require_root();
+    let mut g = Guard {
+        cg: CgroupManager::new(&unique("oom")).unwrap(),
+        children: vec![],
+    };
+    let r = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(16i64 << 20)
+                .swap(16i64 << 20)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    g.cg.create(Some(&r)).unwrap();
+    // The shell keeps 64 MiB in a variable: past the 16 MiB limit, with no swap allowed.
+    let status = run_in_group(
+        &mut g,
+        "x=$(/bin/busybox head -c 67108864 /dev/zero | /bin/busybox tr '\\0' a); echo ${#x}",
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let s = g.cg.stats().unwrap();
+    assert!(s.oom_kills.unwrap() >= 1, "{s:?}");
+    assert_eq!(s.memory_limit_bytes, Some(16 << 20));
+    assert!(s.memory_max_usage_bytes.unwrap() > 8 << 20, "{s:?}");
+}
+
+#[test]
+fn pids_limit_contains_a_fork_bomb() {
+    require_root();
+    let mut g = Guard {
+        cg: CgroupManager::new(&unique("pids")).unwrap(),
+        children: vec![],
+    };
+    let r = LinuxResourcesBuilder::default()
+        .pids(LinuxPidsBuilder::default().limit(8).build().unwrap())
+        .build()
+        .unwrap();
+    g.cg.create(Some(&r)).unwrap();
+    // 30 background sleepers; only 8 tasks fit (the shell is one): the other forks fail.
+    let status = run_in_group(
+        &mut g,
+        "i=0; while [ $i -lt 30 ]; do /bin/busybox sleep 5 & i=$((i+1)); done",
+    );
+    // The shell may itself die of a refused fork: its status says nothing here.
+    let _ = status;
+    let s = g.cg.stats().unwrap();
+    assert_eq!(s.pids_limit, Some(8));
+    assert!(s.pids_current.unwrap() <= 8, "{s:?}");
+    let pids_dir =
+        g.cg.dirs()
+            .into_iter()
+            .find(|d| d.starts_with(v1_mount("pids")))
+            .unwrap();
+    let events = read(&pids_dir.join("pids.events"));
+    let refused: u64 = events
+        .strip_prefix("max ")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("pids.events: {events}"));
+    assert!(refused >= 1, "no fork was refused: {events}");
+    // The orphaned sleepers are still in the group: kill them, then the group can go.
+    for p in g.cg.pids().unwrap() {
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !g.cg.pids().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "killed sleepers did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    g.cg.destroy().unwrap();
+    assert!(!pids_dir.exists());
+}
+
+#[test]
+fn default_spec_device_rules_deny_all_but_the_default_nodes() {
+    require_root();
+    let g = Guard {
+        cg: CgroupManager::new(&unique("devices")).unwrap(),
+        children: vec![],
+    };
+    let spec = crate::runtime::defaults::default_spec(vec!["sh".into()]);
+    let resources = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+    g.cg.create(Some(resources)).unwrap();
+    let dir =
+        g.cg.dirs()
+            .into_iter()
+            .find(|d| d.starts_with(v1_mount("devices")))
+            .unwrap();
+    let list = read(&dir.join("devices.list"));
+    assert!(!list.contains("a *:* rwm"), "{list}");
+    for rule in [
+        "c 1:3 rwm",
+        "c 1:9 rwm",
+        "c 136:* rwm",
+        "c *:* m",
+        "b *:* m",
+    ] {
+        assert!(list.lines().any(|l| l == rule), "{rule} missing: {list}");
+    }
 }
