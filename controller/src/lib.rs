@@ -6,4 +6,6 @@
 //! - **command**: an entry of the Raft log, applied deterministically to the state;
 //! - **plan**: the scheduler's proposed placements, re-verified by the leader before commit.
 
+pub mod plan_apply;
+pub mod scheduler;
 pub mod state;
