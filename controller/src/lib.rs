@@ -6,6 +6,10 @@
 //! - **command**: an entry of the Raft log, applied deterministically to the state;
 //! - **plan**: the scheduler's proposed placements, re-verified by the leader before commit.
 
+pub mod api;
+pub mod dr;
+pub mod member;
 pub mod plan_apply;
+pub mod raft;
 pub mod scheduler;
 pub mod state;

@@ -1,2 +1,4 @@
 //! One module per command group.
+pub mod image;
+pub mod registry;
 pub mod runtime;

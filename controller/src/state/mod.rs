@@ -191,6 +191,10 @@ impl State {
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
         self.allocs.values()
     }
+    /// The next ids to assign minus one: (nodes, allocations). Persisted with the state.
+    pub fn counters(&self) -> (NodeId, AllocId) {
+        (self.next_node_id, self.next_alloc_id)
+    }
     pub fn allocation_count(&self) -> usize {
         self.allocs.len()
     }
