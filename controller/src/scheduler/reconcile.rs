@@ -13,7 +13,8 @@
 //!   and are stopped at once.
 //!
 //! Invariant (property-tested in `tests.rs`): after a plan, the allocations that should run
-//! never exceed `replicas + max_parallel`, and the running ones never drop below what ran
+//! never exceed `replicas + max_parallel` (a service that shrinks in the middle of a move
+//! cancels replacements still in flight), and the running ones never drop below what ran
 //! before unless the service shrank.
 
 use crate::state::{AllocId, Allocation, NodeId, Observed, RestartPolicy, Service};
@@ -109,11 +110,9 @@ pub fn reconcile(
         return out;
     }
 
-    let running_ok = ok
-        .iter()
-        .filter(|a| a.observed == Observed::Running || done_for_good(svc, &a.observed))
-        .count();
-    let in_flight = ok.len() - running_ok;
+    let serving =
+        |a: &Allocation| a.observed == Observed::Running || done_for_good(svc, &a.observed);
+    let running_ok = ok.iter().filter(|a| serving(a)).count();
     // Keep serving: outdated allocations are stopped only while the running ones still
     // reach the replica count without them.
     let stoppable = (running_ok + outdated_running.len()).saturating_sub(replicas);
@@ -123,6 +122,20 @@ pub fn reconcile(
     }
     let outdated_kept = outdated_running.len() - stop_outdated;
     out.outdated_running = outdated_kept as u32;
+
+    // The service shrank in the middle of a move: replacements still in flight beyond
+    // replicas + surge are cancelled (they serve nothing yet; the old ones still do).
+    let excess = (ok.len() + outdated_kept).saturating_sub(replicas + max_parallel);
+    if excess > 0 {
+        let mut pending: Vec<&Allocation> = ok.iter().copied().filter(|a| !serving(a)).collect();
+        pending.sort_by_key(|a| std::cmp::Reverse(a.id));
+        let cancel: Vec<AllocId> = pending.iter().take(excess).map(|a| a.id).collect();
+        for id in &cancel {
+            out.stop.push((*id, StopReason::Excess));
+        }
+        ok.retain(|a| !cancel.contains(&a.id));
+    }
+    let in_flight = ok.len() - running_ok;
 
     let need = replicas - ok.len();
     let covered = need.min(outdated_kept);
