@@ -50,7 +50,7 @@ pub fn placement_constraints(
 /// Formats bytes the way users write memory sizes (Ki/Mi/Gi).
 pub fn human_bytes(b: u64) -> String {
     const K: u64 = 1024;
-    if b >= K * K * K && b % (K * K * K) == 0 {
+    if b >= K * K * K && b.is_multiple_of(K * K * K) {
         format!("{}Gi", b / (K * K * K))
     } else if b >= K * K {
         format!("{}Mi", b / (K * K))

@@ -55,11 +55,11 @@ pub struct Buckets {
 }
 
 fn done_for_good(svc: &Service, observed: &Observed) -> bool {
-    match (svc.spec.restart, observed) {
-        (RestartPolicy::Never, Observed::Exited(_)) => true,
-        (RestartPolicy::OnFailure, Observed::Exited(0)) => true,
-        _ => false,
-    }
+    matches!(
+        (svc.spec.restart, observed),
+        (RestartPolicy::Never, Observed::Exited(_))
+            | (RestartPolicy::OnFailure, Observed::Exited(0))
+    )
 }
 
 /// Decide one service. `allocs` are the service's allocations whose desired status is
