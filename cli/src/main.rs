@@ -30,6 +30,10 @@ enum Command {
     Runtime(commands::runtime::RuntimeArgs),
     /// OCI distribution registry server (`gantry registry gc` collects garbage).
     Registry(commands::registry::RegistryArgs),
+    /// Pulls an image from a registry into the local image store.
+    Pull(commands::distribution::PullArgs),
+    /// Pushes a local image to its registry.
+    Push(commands::distribution::PushArgs),
 }
 
 fn main() {
@@ -37,6 +41,8 @@ fn main() {
     let code = match cli.command {
         Command::Runtime(args) => commands::runtime::main(args),
         Command::Registry(args) => commands::registry::main(args),
+        Command::Pull(args) => commands::distribution::pull(args),
+        Command::Push(args) => commands::distribution::push(args),
     };
     std::process::exit(code);
 }

@@ -1,3 +1,4 @@
 //! One module per command group.
+pub mod distribution;
 pub mod registry;
 pub mod runtime;
