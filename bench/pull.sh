@@ -2,7 +2,7 @@
 # bench/pull.sh - pull + unpack of a ~200 MiB image (busybox + 4 random layers) from one
 # local registry (the reference docker-registry on loopback), in one run, interleaved:
 #   peer:   skopeo copy docker://… oci:DIR  +  umoci unpack --image DIR BUNDLE
-#   gantry: gantry pull --root FRESH_ROOT …   (download, verify, unpack into snapshots)
+#   gantry: gantry pull --store FRESH_STORE …   (download, verify, unpack into snapshots)
 # Each repetition starts from empty destinations. Prints medians and the ratio; with
 # --write, appends the table to docs/benchmarks.md.
 #
@@ -43,7 +43,7 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$work/src:big" "docker://$reg/b
 
 t() { local t0=$EPOCHREALTIME; "$@" >"$work/last.log" 2>&1 || { echo "FAILED: $*" >&2; tail -5 "$work/last.log" >&2; exit 1; }; awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.6f\n", b-a}'; }
 peer() { skopeo copy --quiet --src-tls-verify=false "docker://$reg/bench/big:latest" "oci:$work/p/img:latest" && umoci unpack --image "$work/p/img:latest" "$work/p/bundle"; }
-mine() { "$gantry" pull --root "$work/g" "$reg/bench/big:latest"; }
+mine() { "$gantry" pull --store "$work/g" "$reg/bench/big:latest"; }
 for ((r=1; r<=reps; r++)); do
   rm -rf "$work/p" "$work/g"; mkdir -p "$work/p"; sync
   t peer >> "$work/peer.s"

@@ -9,6 +9,7 @@ use super::{auth, digest_of, ClientConfig, DistributionError, ACCEPT, MAX_MANIFE
 use crate::image::manifest::{self, Parsed};
 use crate::image::{Digest, ImageStore, Reference};
 use reqwest::Method;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// What a pull did.
@@ -91,6 +92,7 @@ async fn fetch_blob(
     digest: Digest,
     size: u64,
     scope: String,
+    cancel: Arc<AtomicBool>,
 ) -> Result<u64, DistributionError> {
     let path = format!("/v2/{repo}/blobs/{digest}");
     let mut resp = client
@@ -113,6 +115,14 @@ async fn fetch_blob(
     let mut received = 0u64;
     let mut failure = None;
     loop {
+        if cancel.load(Ordering::Relaxed) {
+            // Another blob failed: stop, and let the writer drop its partial data.
+            failure = Some(DistributionError::Invalid {
+                what: format!("blob {digest}"),
+                why: "download cancelled after another blob failed".into(),
+            });
+            break;
+        }
         match resp.chunk().await {
             Ok(Some(c)) => {
                 received += c.len() as u64;
@@ -226,6 +236,7 @@ pub async fn pull(
     let parallel = config.max_parallel.max(1);
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     let mut tasks = tokio::task::JoinSet::new();
+    let cancel = Arc::new(AtomicBool::new(false));
     let mut report = PullReport {
         name: None,
         digest: top_digest.clone(),
@@ -245,16 +256,17 @@ pub async fn pull(
         if is_layer {
             progress.layer(&d, LayerEvent::Downloading { size });
         }
-        let (client, store, repo, scope, sem) = (
+        let (client, store, repo, scope, sem, cancel) = (
             client.clone(),
             store.clone(),
             repo.clone(),
             scope.clone(),
             sem.clone(),
+            cancel.clone(),
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
-            let n = fetch_blob(client, store, repo, d.clone(), size, scope).await?;
+            let n = fetch_blob(client, store, repo, d.clone(), size, scope, cancel).await?;
             Ok::<_, DistributionError>((d, n, is_layer))
         });
     }
@@ -262,7 +274,6 @@ pub async fn pull(
     while let Some(joined) = tasks.join_next().await {
         let outcome = match joined {
             Ok(o) => o,
-            Err(e) if e.is_cancelled() => continue, // aborted after a first failure
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
         match outcome {
@@ -274,9 +285,10 @@ pub async fn pull(
                 }
             }
             Err(e) => {
+                // Every task is awaited (not aborted) so that no writer outlives the pull.
+                cancel.store(true, Ordering::Relaxed);
                 if first_error.is_none() {
                     first_error = Some(e);
-                    tasks.abort_all();
                 }
             }
         }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 #[derive(Args)]
 pub struct RegistryClientArgs {
-    /// Agent root holding the image store.
-    #[arg(long, default_value = "/var/lib/gantry/agent", env = "GANTRY_ROOT")]
-    pub root: PathBuf,
+    /// Image store directory (the agent root), as for `gantry images`.
+    #[arg(long, env = "GANTRY_STORE", default_value = "/var/lib/gantry/agent")]
+    pub store: PathBuf,
     /// Reach this registry (host[:port]) over plain HTTP (loopback registries always are).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
@@ -89,8 +89,8 @@ fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
 pub fn pull(a: PullArgs) -> i32 {
     run(async move {
         let cfg = config(&a.client, &a.image, None)?;
-        let store = ImageStore::open(&a.client.root)
-            .with_context(|| format!("opening the image store in {}", a.client.root.display()))?;
+        let store = ImageStore::open(&a.client.store)
+            .with_context(|| format!("opening the image store in {}", a.client.store.display()))?;
         let r = distribution::pull(&store, &a.image, &cfg, &LinePrinter).await?;
         println!("{}", r.name.unwrap_or_else(|| a.image.clone()));
         println!("Digest: {}", r.digest);
@@ -101,8 +101,8 @@ pub fn pull(a: PullArgs) -> i32 {
 pub fn push(a: PushArgs) -> i32 {
     run(async move {
         let cfg = config(&a.client, &a.image, a.chunk_size)?;
-        let store = ImageStore::open(&a.client.root)
-            .with_context(|| format!("opening the image store in {}", a.client.root.display()))?;
+        let store = ImageStore::open(&a.client.store)
+            .with_context(|| format!("opening the image store in {}", a.client.store.display()))?;
         let r = distribution::push(&store, &a.image, &cfg, Arc::new(LinePrinter)).await?;
         if let Some(d) = r.digest {
             println!("Digest: {d}");
