@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod container;
 pub mod controller;
+pub mod distribution;
 pub mod image;
 pub mod registry;
 pub mod runtime;
