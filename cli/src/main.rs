@@ -28,15 +28,46 @@ struct Cli {
 enum Command {
     /// runc-compatible OCI runtime: runs bundles as containers.
     Runtime(commands::runtime::RuntimeArgs),
+    /// Controller members: run, membership, Raft status, snapshots and recovery.
+    Controller(commands::controller::ControllerArgs),
+    /// List images in the local image store.
+    Images(commands::image::ImagesArgs),
+    /// Manage images: ls, inspect, load, save, tag, rm, prune, unpack.
+    Image(commands::image::ImageArgs),
+    /// Point a new name at an image.
+    Tag(commands::image::TagArgs),
+    /// Remove images.
+    Rmi(commands::image::RmiArgs),
     /// OCI distribution registry server (`gantry registry gc` collects garbage).
     Registry(commands::registry::RegistryArgs),
+    /// Pulls an image from a registry into the local image store.
+    Pull(commands::distribution::PullArgs),
+    /// Pushes a local image to its registry.
+    Push(commands::distribution::PushArgs),
+    /// The engine daemon: serves the container verbs on a unix socket.
+    Agent(commands::agent::AgentArgs),
+    /// Per-container supervisor (internal: started by the agent).
+    #[command(hide = true)]
+    Shim(commands::shim::ShimArgs),
+    #[command(flatten)]
+    Container(commands::container::ContainerCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Runtime(args) => commands::runtime::main(args),
+        Command::Controller(args) => commands::controller::main(args),
+        Command::Images(args) => commands::image::images(args),
+        Command::Image(args) => commands::image::main(args),
+        Command::Tag(args) => commands::image::tag(args),
+        Command::Rmi(args) => commands::image::rmi(args),
         Command::Registry(args) => commands::registry::main(args),
+        Command::Pull(args) => commands::distribution::pull(args),
+        Command::Push(args) => commands::distribution::push(args),
+        Command::Agent(args) => commands::agent::main(args),
+        Command::Shim(args) => commands::shim::main(args),
+        Command::Container(cmd) => commands::container::main(cmd),
     };
     std::process::exit(code);
 }
