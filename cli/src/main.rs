@@ -40,6 +40,17 @@ enum Command {
     Rmi(commands::image::RmiArgs),
     /// OCI distribution registry server (`gantry registry gc` collects garbage).
     Registry(commands::registry::RegistryArgs),
+    /// Pulls an image from a registry into the local image store.
+    Pull(commands::distribution::PullArgs),
+    /// Pushes a local image to its registry.
+    Push(commands::distribution::PushArgs),
+    /// The engine daemon: serves the container verbs on a unix socket.
+    Agent(commands::agent::AgentArgs),
+    /// Per-container supervisor (internal: started by the agent).
+    #[command(hide = true)]
+    Shim(commands::shim::ShimArgs),
+    #[command(flatten)]
+    Container(commands::container::ContainerCommand),
 }
 
 fn main() {
@@ -52,6 +63,11 @@ fn main() {
         Command::Tag(args) => commands::image::tag(args),
         Command::Rmi(args) => commands::image::rmi(args),
         Command::Registry(args) => commands::registry::main(args),
+        Command::Pull(args) => commands::distribution::pull(args),
+        Command::Push(args) => commands::distribution::push(args),
+        Command::Agent(args) => commands::agent::main(args),
+        Command::Shim(args) => commands::shim::main(args),
+        Command::Container(cmd) => commands::container::main(cmd),
     };
     std::process::exit(code);
 }

@@ -1,5 +1,7 @@
-//! seccomp: the spec's `linux.seccomp` compiled to BPF (with seccompiler) and installed in
-//! the container's init.
+//! seccomp: the spec's `linux.seccomp` compiled to BPF and installed in the container's init.
+//! Small filters are built by seccompiler; filters naming many syscalls (Docker's
+//! allow-list) by [`tree`], a search-tree layout that is ≈ 3× cheaper to install and is
+//! tested to behave exactly like seccompiler's chain.
 //!
 //! Vocabulary:
 //! - **profile**: the OCI `LinuxSeccomp` (default action, architectures, flags, rules);
@@ -31,6 +33,8 @@
 //! [`install`] does not set `no_new_privs`: the caller sets it when the spec asks for it.
 //! Without it, installing needs CAP_SYS_ADMIN, so install before dropping capabilities or
 //! set no_new_privs.
+
+mod tree;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -240,7 +244,28 @@ fn to_seccompiler_rules(set: RuleSet) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
         .map_err(SeccompError::Compile)
 }
 
+/// Filters naming more syscalls than this are laid out as a search tree ([`tree`]);
+/// smaller ones go through seccompiler's linear chain.
+const TREE_THRESHOLD: usize = 16;
+
 fn build(
+    rules: RuleSet,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+    arch: TargetArch,
+) -> Result<BpfProgram, SeccompError> {
+    if rules.len() > TREE_THRESHOLD {
+        return tree::build(
+            &rules,
+            u32::from(mismatch),
+            u32::from(matched),
+            audit_arch(arch),
+        );
+    }
+    build_linear(rules, mismatch, matched, arch)
+}
+
+fn build_linear(
     rules: RuleSet,
     mismatch: SeccompAction,
     matched: SeccompAction,
@@ -251,9 +276,26 @@ fn build(
     BpfProgram::try_from(filter).map_err(SeccompError::Compile)
 }
 
-/// Compiles an OCI seccomp profile for the host architecture. Runs in the runtime's parent.
-pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
-    let arch = host_arch()?;
+fn audit_arch(arch: TargetArch) -> u32 {
+    match arch {
+        TargetArch::x86_64 => 0xc000_003e,
+        TargetArch::aarch64 => 0xc000_00b7,
+        TargetArch::riscv64 => 0xc000_00f3,
+    }
+}
+
+/// A profile checked and resolved to syscall numbers, grouped by action.
+struct Lowered {
+    default: SeccompAction,
+    flags: libc::c_ulong,
+    /// Every rule of any action: what the base filter lets through.
+    allowed: RuleSet,
+    /// Rules of each non-ALLOW action, keyed by the action's return value.
+    by_action: BTreeMap<u32, (SeccompAction, RuleSet)>,
+    skipped: Vec<String>,
+}
+
+fn lower(s: &LinuxSeccomp) -> Result<Lowered, SeccompError> {
     let table = syscall_table()?;
     if s.listener_path().is_some() {
         return Err(SeccompError::UnsupportedAction {
@@ -323,6 +365,25 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
         }
     }
 
+    Ok(Lowered {
+        default,
+        flags,
+        allowed,
+        by_action,
+        skipped,
+    })
+}
+
+/// Compiles an OCI seccomp profile for the host architecture. Runs in the runtime's parent.
+pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
+    let arch = host_arch()?;
+    let Lowered {
+        default,
+        flags,
+        allowed,
+        by_action,
+        skipped,
+    } = lower(s)?;
     let mut filters = Vec::new();
     if cfg!(target_arch = "x86_64") && matches!(default, SeccompAction::Allow | SeccompAction::Log)
     {
