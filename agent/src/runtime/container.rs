@@ -606,9 +606,11 @@ impl<'a> Runtime<'a> {
         if let Some(cg) = &guard.cgroup {
             cg.add_task(pid).map_err(|e| cg_err(&e))?;
         }
-        nix::unistd::write(parent.go_w.as_fd(), b"g").map_err(os("releasing init"))?;
+        // A child that failed early has closed its end: its report says why.
+        let released = nix::unistd::write(parent.go_w.as_fd(), b"g");
         drop(parent.go_w);
         read_report(&opts.id, parent.sync_r, opts.handover == Handover::Barrier)?;
+        released.map_err(os("releasing init"))?;
         let info =
             state::proc_start_time(pid.as_raw()).ok_or_else(|| ContainerError::InitFailed {
                 id: opts.id.clone(),
@@ -974,13 +976,13 @@ impl<'a> Runtime<'a> {
         if let Some(p) = &opts.pid_file {
             write_pid_file(p, pid).map_err(kill_child)?;
         }
-        nix::unistd::write(parent.go_w.as_fd(), b"g")
-            .map_err(|e| kill_child(os("releasing exec")(e)))?;
+        let released = nix::unistd::write(parent.go_w.as_fd(), b"g");
         drop(parent.go_w);
         if let Err(e) = read_report(id, parent.sync_r, false) {
             let _ = nix::sys::wait::waitpid(pid, None);
             return Err(e);
         }
+        released.map_err(|e| kill_child(os("releasing exec")(e)))?;
         wait_forwarding(pid)
     }
 }

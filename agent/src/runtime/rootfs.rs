@@ -52,13 +52,20 @@ pub fn prepare(sys: &dyn Syscall, plan: &SetupPlan) -> Result<(), RootfsError> {
         None,
     )
     .map_err(at("rootfs bind", &plan.rootfs))?;
+    let mut skipped = Vec::new();
     for step in &plan.steps {
-        run_step(sys, &plan.rootfs, step)?;
+        run_step(sys, &plan.rootfs, step, &mut skipped)?;
     }
     Ok(())
 }
 
-fn run_step(sys: &dyn Syscall, rootfs: &Path, step: &Step) -> Result<(), RootfsError> {
+/// `skipped` collects optional mounts left out, so their remounts are left out too.
+fn run_step(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    step: &Step,
+    skipped: &mut Vec<PathBuf>,
+) -> Result<(), RootfsError> {
     match step {
         Step::Mount {
             source,
@@ -76,6 +83,7 @@ fn run_step(sys: &dyn Syscall, rootfs: &Path, step: &Step) -> Result<(), RootfsE
                 _ => FileKind::Dir,
             };
             if *optional && src_kind == FileKind::Missing {
+                skipped.push(target.clone());
                 return Ok(());
             }
             if *file_target || src_kind == FileKind::File {
@@ -93,11 +101,10 @@ fn run_step(sys: &dyn Syscall, rootfs: &Path, step: &Step) -> Result<(), RootfsE
             .map_err(at("mount", target))
         }
         Step::Remount { target, flags } => {
-            let host = host_path(rootfs, target);
-            if sys.file_kind(&host) == FileKind::Missing {
-                return Ok(()); // an optional bind that was skipped
+            if skipped.contains(target) {
+                return Ok(());
             }
-            sys.mount(None, &host, None, *flags, None)
+            sys.mount(None, &host_path(rootfs, target), None, *flags, None)
                 .map_err(at("remount", target))
         }
         Step::Propagation { target, flags } => sys
