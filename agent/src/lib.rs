@@ -8,5 +8,11 @@
 //!
 //! Modules:
 //! - [`runtime`]: the OCI runtime library (`gantry runtime …`, runc-compatible).
+//! - [`build`]: `gantry build`'s Dockerfile front end, context, layers and cache keys.
+//! - [`image`]: the image store (content store, index, manifests, unpack, snapshots).
+//! - [`network`]: container networking: bridge, veth, IPAM, NAT, published ports.
 
+pub mod build;
+pub mod image;
+pub mod network;
 pub mod runtime;

@@ -5,3 +5,9 @@
 //!   constraints); **allocation**: one replica of a service placed on one node;
 //! - **command**: an entry of the Raft log, applied deterministically to the state;
 //! - **plan**: the scheduler's proposed placements, re-verified by the leader before commit.
+
+pub mod api;
+pub mod dr;
+pub mod member;
+pub mod raft;
+pub mod state;

@@ -25,12 +25,13 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::{PosixRlimitType, Process, Spec};
 
-use super::hardening::{capabilities_check, cgroups::CgroupManager, seccomp};
+use super::cgroups::CgroupManager;
 use super::init::{self, ChildPipes, InitConfig, ProcessConfig};
 use super::plan::{self, CgroupLayout, PlanInput};
 use super::spec::{self, Bundle, SpecError};
 use super::state::{self, ContainerStatus, SavedState, StateError, StateStore, EXEC_FIFO};
 use super::syscall::Syscall;
+use super::{capabilities, seccomp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -308,7 +309,7 @@ fn process_config(
         }
     })?;
     if let Some(c) = p.capabilities() {
-        capabilities_check::check(c).map_err(|e| ContainerError::Caps {
+        capabilities::CapabilityPlan::from_spec(c).map_err(|e| ContainerError::Caps {
             file: file.to_path_buf(),
             msg: e.to_string(),
         })?;

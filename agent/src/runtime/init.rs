@@ -24,10 +24,10 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::LinuxCapabilities;
 
-use super::hardening::{capabilities, seccomp};
 use super::plan::SetupPlan;
 use super::rootfs;
 use super::syscall::{Syscall, SyscallError};
+use super::{capabilities, seccomp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {

@@ -10,20 +10,22 @@
 //! - [`rootfs`]: carries a plan's filesystem part out through a `Syscall`;
 //! - [`init`]: the cloned child, from `clone` to `execve`;
 //! - [`state`]: state dirs under the runtime root, status derived from the process;
-//! - [`container`]: the verbs (create, start, run, state, kill, delete, exec, list).
+//! - [`container`]: the verbs (create, start, run, state, kill, delete, exec, list);
+//! - [`cgroups`], [`capabilities`], [`seccomp`]: limits and hardening applied to it;
+//!   [`defaults`]: the hardened default spec of `gantry runtime spec`.
 //!
 //! Vocabulary: **init** is the container's first process (PID 1 in its pid namespace); the
 //! **barrier** holds a created container's init before `execve` until `start`; the
 //! **runtime root** (default `/run/gantry/runtime`) holds one state dir per container.
 
+pub mod capabilities;
+pub mod cgroups;
 pub mod container;
+pub mod defaults;
 pub mod init;
 pub mod plan;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod syscall;
-
-// TODO(hardening merge): replace with the real `cgroups`, `seccomp`, `capabilities` modules.
-mod pending_hardening;
-use pending_hardening as hardening;

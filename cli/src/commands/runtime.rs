@@ -120,6 +120,18 @@ pub enum RuntimeCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Write a hardened default config.json (Docker's capabilities, seccomp profile, masked
+    /// and read-only paths) into the bundle directory.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Rootless spec (not supported: refused with an error).
+        #[arg(long)]
+        rootless: bool,
+        /// The process args (default: sh).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// List containers.
     #[command(alias = "ps")]
     List {
@@ -301,6 +313,29 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
                     pid_file: pid_file.clone(),
                 },
             )?)
+        }
+        RuntimeCommand::Spec {
+            bundle,
+            rootless,
+            args,
+        } => {
+            if *rootless {
+                return Err(unsupported("spec --rootless"));
+            }
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return Err(Failure(format!("{}: already exists", path.display())));
+            }
+            let args = if args.is_empty() {
+                vec!["sh".to_string()]
+            } else {
+                args.clone()
+            };
+            let spec = gantry_agent::runtime::defaults::default_spec(args);
+            let json = serde_json::to_vec_pretty(&spec).expect("spec serializes");
+            std::fs::write(&path, json)
+                .map_err(|e| Failure(format!("writing {}: {e}", path.display())))?;
+            Ok(0)
         }
         RuntimeCommand::List { format, quiet } => {
             let list = rt.list()?;

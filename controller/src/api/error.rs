@@ -1,0 +1,56 @@
+//! [`ApiError`]: every way an API call fails, and its mapping to `tonic::Status`.
+
+use super::LEADER_METADATA;
+use std::time::Duration;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("this member is not the leader (leader: {})", leader.as_deref().unwrap_or("unknown"))]
+    NotLeader { leader: Option<String> },
+    #[error("forwarding to the leader at {addr}: {status}")]
+    Forward {
+        addr: String,
+        #[source]
+        status: Status,
+    },
+    #[error("{what} not done within {after:?} (no quorum?): it may or may not take effect later")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("{field}: {reason}")]
+    BadRequest { field: &'static str, reason: String },
+    #[error("membership: {0}")]
+    Membership(String),
+    #[error("member {0} is already a voter")]
+    AlreadyMember(u64),
+    #[error("member {0} not found")]
+    UnknownMember(u64),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ApiError::NotLeader { leader } => {
+                let mut s = Status::unavailable(msg);
+                if let Some(addr) = leader.and_then(|a| a.parse().ok()) {
+                    s.metadata_mut().insert(LEADER_METADATA, addr);
+                }
+                s
+            }
+            ApiError::Forward { status, .. } => {
+                // Keep the leader's answer (its code and metadata) but say where it came from.
+                let mut out = Status::new(status.code(), msg);
+                *out.metadata_mut() = status.metadata().clone();
+                out
+            }
+            ApiError::Timeout { .. } => Status::deadline_exceeded(msg),
+            ApiError::BadRequest { .. } => Status::invalid_argument(msg),
+            ApiError::Membership(_) => Status::failed_precondition(msg),
+            ApiError::AlreadyMember(_) => Status::already_exists(msg),
+            ApiError::UnknownMember(_) => Status::not_found(msg),
+            ApiError::Raft(_) => Status::new(Code::Unavailable, msg),
+        }
+    }
+}

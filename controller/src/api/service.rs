@@ -1,0 +1,432 @@
+//! [`ClusterService`]: the tonic implementation of cluster.proto on one member.
+
+use super::error::ApiError;
+use crate::raft::network::channel;
+use crate::raft::state_machine::capture;
+use crate::raft::{BasicNode, GantryRaft, NodeId, StateHandle};
+use crate::state::{Change, Command};
+use gantry_proto::cluster::cluster_client::ClusterClient;
+use gantry_proto::cluster::cluster_server::{Cluster, ClusterServer};
+use gantry_proto::cluster::*;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Bytes per SnapshotSave chunk.
+const CHUNK: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct ClusterService {
+    raft: GantryRaft,
+    handle: Arc<StateHandle>,
+    cluster_id: String,
+    write_timeout: Duration,
+    leaders: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+impl ClusterService {
+    pub fn new(
+        raft: GantryRaft,
+        handle: Arc<StateHandle>,
+        cluster_id: String,
+        write_timeout: Duration,
+    ) -> Self {
+        ClusterService {
+            raft,
+            handle,
+            cluster_id,
+            write_timeout,
+            leaders: Default::default(),
+        }
+    }
+
+    pub fn into_server(self) -> ClusterServer<Self> {
+        ClusterServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// A client to the leader, or NotLeader when the call was already forwarded once or no
+    /// leader is known.
+    fn leader_client(
+        &self,
+        forwarded: bool,
+        hint: Option<&BasicNode>,
+    ) -> Result<(String, ClusterClient<Channel>), ApiError> {
+        let addr = hint.map(|n| n.addr.clone()).or_else(|| self.leader_addr());
+        let addr = match addr {
+            Some(a) if !forwarded => a,
+            other => return Err(ApiError::NotLeader { leader: other }),
+        };
+        let mut map = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        let ch = match map.get(&addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = channel(&addr).map_err(|_| ApiError::NotLeader {
+                    leader: Some(addr.clone()),
+                })?;
+                map.insert(addr.clone(), c.clone());
+                c
+            }
+        };
+        Ok((
+            addr,
+            ClusterClient::new(ch).max_decoding_message_size(64 << 20),
+        ))
+    }
+
+    async fn timed<T, F: std::future::Future<Output = T>>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<T, ApiError> {
+        tokio::time::timeout(self.write_timeout, f)
+            .await
+            .map_err(|_| ApiError::Timeout {
+                what,
+                after: self.write_timeout,
+            })
+    }
+
+    /// Wait until this member, as leader, may serve a linearizable read.
+    async fn read_barrier(&self) -> Result<(), Result<BasicNode, ApiError>> {
+        match self
+            .timed("read index", self.raft.ensure_linearizable())
+            .await
+        {
+            Err(e) => Err(Err(e)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(f.leader_node.ok_or(ApiError::NotLeader { leader: None })),
+            Ok(Err(e)) => Err(Err(ApiError::Raft(e.to_string()))),
+        }
+    }
+
+    fn read_data(&self, kind: ReadKind) -> (u64, Vec<u8>) {
+        let a = self.handle.read();
+        let idx = a.last_applied.map_or(0, |l| l.index);
+        let s = &a.state;
+        let data = match kind {
+            ReadKind::State => serde_json::to_vec(&s.to_image()),
+            ReadKind::Nodes => serde_json::to_vec(&s.nodes().collect::<Vec<_>>()),
+            ReadKind::Services => serde_json::to_vec(&s.services().collect::<Vec<_>>()),
+            ReadKind::Allocations => serde_json::to_vec(&s.allocations().collect::<Vec<_>>()),
+        }
+        .expect("state types serialize");
+        (idx, data)
+    }
+
+    fn membership_reply(&self) -> MembershipReply {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        MembershipReply {
+            voters: m.membership().voter_ids().collect(),
+            learners: m.membership().learner_ids().collect(),
+        }
+    }
+
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+    ) -> Result<(), Result<BasicNode, ApiError>> {
+        match self
+            .timed(
+                "membership change",
+                self.raft.change_membership(change, false),
+            )
+            .await
+        {
+            Err(e) => Err(Err(e)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(f.leader_node.ok_or(ApiError::NotLeader { leader: None }))
+            }
+            Ok(Err(e)) => Err(Err(ApiError::Membership(e.to_string()))),
+        }
+    }
+}
+
+fn forward_err(addr: String) -> impl FnOnce(Status) -> Status {
+    move |status| ApiError::Forward { addr, status }.into()
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, _req: Request<StatusRequest>) -> Rpc<StatusReply> {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .map(|r| r.get(id).copied().flatten().map_or(0, |l| l.index));
+                let matched = if *id == m.id && m.replication.is_some() {
+                    Some(last)
+                } else {
+                    matched
+                };
+                MemberStatus {
+                    id: *id,
+                    address: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.map(|x| last.saturating_sub(x)),
+                }
+            })
+            .collect();
+        let leader_address = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone());
+        Ok(Response::new(StatusReply {
+            id: m.id,
+            state: format!("{:?}", m.state),
+            current_term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            cluster_id: self.cluster_id.clone(),
+            leader_address,
+            committed: None,
+            members,
+        }))
+    }
+
+    async fn write(&self, req: Request<WriteRequest>) -> Rpc<WriteReply> {
+        let req = req.into_inner();
+        let cmd: Command =
+            serde_json::from_slice(&req.command_json).map_err(|e| ApiError::BadRequest {
+                field: "command_json",
+                reason: e.to_string(),
+            })?;
+        let hint = match self.timed("write", self.raft.client_write(cmd)).await? {
+            Ok(r) => {
+                let response_json = serde_json::to_vec(&r.data).expect("responses serialize");
+                return Ok(Response::new(WriteReply {
+                    index: r.log_id.index,
+                    response_json,
+                }));
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node,
+            Err(e) => return Err(ApiError::Raft(e.to_string()).into()),
+        };
+        let (addr, mut client) = self.leader_client(req.forwarded, hint.as_ref())?;
+        let fwd = WriteRequest {
+            command_json: req.command_json,
+            forwarded: true,
+        };
+        client.write(fwd).await.map_err(forward_err(addr))
+    }
+
+    async fn read(&self, req: Request<ReadRequest>) -> Rpc<ReadReply> {
+        let req = req.into_inner();
+        let kind = ReadKind::try_from(req.kind).map_err(|_| ApiError::BadRequest {
+            field: "kind",
+            reason: format!("unknown read kind {}", req.kind),
+        })?;
+        if !req.stale {
+            if let Err(hint) = self.read_barrier().await {
+                let hint = hint?;
+                let (addr, mut client) = self.leader_client(req.forwarded, Some(&hint))?;
+                let fwd = ReadRequest {
+                    forwarded: true,
+                    ..req
+                };
+                return client.read(fwd).await.map_err(forward_err(addr));
+            }
+        }
+        let (index, data_json) = self.read_data(kind);
+        Ok(Response::new(ReadReply { index, data_json }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Rpc<Self::WatchStream> {
+        let mut from = req.into_inner().from_index;
+        let handle = self.handle.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchEvent, Status>>(16);
+        tokio::spawn(async move {
+            let mut notified = handle.subscribe();
+            loop {
+                let pending = if from == 0 {
+                    None
+                } else {
+                    handle.changes_since(from)
+                };
+                let event = match pending {
+                    None => {
+                        let a = handle.read();
+                        let idx = a.last_applied.map_or(0, |l| l.index);
+                        let image = a.state.to_image();
+                        drop(a);
+                        from = idx.max(1);
+                        Some(WatchEvent {
+                            index: idx,
+                            event: Some(watch_event::Event::FullStateJson(
+                                serde_json::to_vec(&image).expect("state serializes"),
+                            )),
+                        })
+                    }
+                    Some(changes) if changes.is_empty() => None,
+                    Some(changes) => {
+                        let idx = changes.last().map_or(from, Change::index);
+                        from = idx;
+                        Some(WatchEvent {
+                            index: idx,
+                            event: Some(watch_event::Event::ChangesJson(
+                                serde_json::to_vec(&changes).expect("changes serialize"),
+                            )),
+                        })
+                    }
+                };
+                if let Some(ev) = event {
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    r = notified.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn add_member(&self, req: Request<AddMemberRequest>) -> Rpc<MembershipReply> {
+        let req = req.into_inner();
+        if req.address.is_empty() {
+            return Err(ApiError::BadRequest {
+                field: "address",
+                reason: "must not be empty".into(),
+            }
+            .into());
+        }
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        if let Some(n) = m.membership().get_node(&req.id) {
+            if m.membership().voter_ids().any(|v| v == req.id) {
+                return Err(ApiError::AlreadyMember(req.id).into());
+            }
+            if n.addr != req.address {
+                return Err(ApiError::Membership(format!(
+                    "member {} is a learner at {}, not at {}",
+                    req.id, n.addr, req.address
+                ))
+                .into());
+            }
+        }
+        let node = BasicNode::new(req.address.clone());
+        // A learner first, caught up (blocking), then a voter.
+        let learner = tokio::time::timeout(
+            self.write_timeout * 6,
+            self.raft.add_learner(req.id, node, true),
+        )
+        .await;
+        let hint = match learner {
+            Err(_) => {
+                return Err(ApiError::Timeout {
+                    what: "adding a learner",
+                    after: self.write_timeout * 6,
+                }
+                .into())
+            }
+            Ok(Ok(_)) => match self
+                .change_membership(ChangeMembers::AddVoterIds([req.id].into()))
+                .await
+            {
+                Ok(()) => return Ok(Response::new(self.membership_reply())),
+                Err(h) => h?,
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                f.leader_node.ok_or(ApiError::NotLeader { leader: None })?
+            }
+            Ok(Err(e)) => return Err(ApiError::Membership(e.to_string()).into()),
+        };
+        let (addr, mut client) = self.leader_client(req.forwarded, Some(&hint))?;
+        let fwd = AddMemberRequest {
+            forwarded: true,
+            ..req
+        };
+        client.add_member(fwd).await.map_err(forward_err(addr))
+    }
+
+    async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Rpc<MembershipReply> {
+        let req = req.into_inner();
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        if m.membership().get_node(&req.id).is_none() {
+            return Err(ApiError::UnknownMember(req.id).into());
+        }
+        if voters.len() == 1 && voters.contains(&req.id) {
+            return Err(ApiError::Membership(format!(
+                "member {} is the last voter: removing it would leave no cluster",
+                req.id
+            ))
+            .into());
+        }
+        let change = if voters.contains(&req.id) {
+            ChangeMembers::RemoveVoters([req.id].into())
+        } else {
+            ChangeMembers::RemoveNodes([req.id].into())
+        };
+        match self.change_membership(change).await {
+            Ok(()) => Ok(Response::new(self.membership_reply())),
+            Err(hint) => {
+                let hint = hint?;
+                let (addr, mut client) = self.leader_client(req.forwarded, Some(&hint))?;
+                let fwd = RemoveMemberRequest {
+                    forwarded: true,
+                    ..req
+                };
+                client.remove_member(fwd).await.map_err(forward_err(addr))
+            }
+        }
+    }
+
+    type SnapshotSaveStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot_save(
+        &self,
+        _req: Request<SnapshotSaveRequest>,
+    ) -> Rpc<Self::SnapshotSaveStream> {
+        // Consistent: taken on the leader after a read-index round, so it holds every
+        // write acknowledged before the call.
+        if let Err(hint) = self.read_barrier().await {
+            let leader = hint.ok().map(|n| n.addr);
+            return Err(ApiError::NotLeader { leader }.into());
+        }
+        let (meta, data) = capture(&self.handle);
+        let file = crate::dr::SnapshotFile::new(&self.cluster_id, meta, &data)
+            .map_err(|e| ApiError::Raft(e.to_string()))?;
+        let bytes = file.to_bytes();
+        let chunks: Vec<Result<SnapshotChunk, Status>> = bytes
+            .chunks(CHUNK)
+            .map(|c| Ok(SnapshotChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}

@@ -1,0 +1,252 @@
+//! One controller member: its data dir, its Raft, and one gRPC listener serving both the
+//! peer Raft RPCs and the cluster API. Start modes: bootstrap a new cluster, join an
+//! existing one (learner, caught up, then voter), or resume from the data dir.
+
+use crate::api::{ClusterService, ControllerClient};
+use crate::raft::db::{new_cluster_id, ControllerDb, DbError};
+use crate::raft::{
+    BasicNode, GantryRaft, NetworkFactory, NodeId, RaftService, RaftTimings, SledLogStore,
+    SledStateMachine, StateHandle,
+};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    /// The address peers and clients use (default: the bound listen address).
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub timings: RaftTimings,
+    /// How long a write or linearizable read waits for a quorum before failing.
+    pub write_timeout: Duration,
+}
+
+impl MemberConfig {
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        MemberConfig {
+            id,
+            listen,
+            advertise: None,
+            data_dir,
+            timings: RaftTimings::default(),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum StartMode {
+    /// Initialize a new one-member cluster (a no-op on a data dir that has one).
+    Bootstrap,
+    /// Join the cluster a member of which listens at this address.
+    Join(String),
+    /// Continue from the data dir (after a restart, a restore or a recover).
+    Resume,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("data dir {0} holds no cluster: start with --bootstrap or --join ADDR")]
+    Uninitialized(PathBuf),
+    #[error("starting raft: {0}")]
+    Raft(String),
+    #[error("joining through {addr}: {reason}")]
+    Join { addr: String, reason: String },
+}
+
+pub struct Member {
+    pub id: NodeId,
+    /// The address this member advertises (host:port).
+    pub addr: String,
+    pub cluster_id: String,
+    pub raft: GantryRaft,
+    pub handle: Arc<StateHandle>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl Member {
+    pub async fn start(cfg: MemberConfig, mode: StartMode) -> Result<Member, MemberError> {
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| MemberError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| MemberError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = cfg.advertise.clone().unwrap_or_else(|| local.to_string());
+        let db = ControllerDb::open(&cfg.data_dir)?;
+        let cluster_id = match (&mode, db.cluster_id()?) {
+            (StartMode::Join(target), ours) => {
+                let theirs = ControllerClient::new(vec![target.clone()])
+                    .status()
+                    .await
+                    .map_err(|e| MemberError::Join {
+                        addr: target.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .cluster_id;
+                if ours.is_none() && db.has_raft_state() {
+                    return Err(MemberError::Join {
+                        addr: target.clone(),
+                        reason: format!(
+                            "data dir {} holds state of an unknown cluster",
+                            cfg.data_dir.display()
+                        ),
+                    });
+                }
+                db.claim_cluster(&theirs)?;
+                theirs
+            }
+            (_, Some(id)) => id,
+            (StartMode::Bootstrap, None) => {
+                let id = new_cluster_id();
+                db.claim_cluster(&id)?;
+                id
+            }
+            (StartMode::Resume, None) => {
+                return Err(MemberError::Uninitialized(cfg.data_dir.clone()))
+            }
+        };
+        let sm = SledStateMachine::open(db.clone())?;
+        let handle = sm.handle();
+        let log = SledLogStore::new(db);
+        let config = cfg
+            .timings
+            .config(&cluster_id)
+            .validate()
+            .map_err(|e| MemberError::Raft(e.to_string()))?;
+        let raft = GantryRaft::new(
+            cfg.id,
+            Arc::new(config),
+            NetworkFactory::new(cluster_id.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| MemberError::Raft(e.to_string()))?;
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let raft_svc = RaftService::new(raft.clone(), cluster_id.clone()).into_server();
+        let api = ClusterService::new(
+            raft.clone(),
+            handle.clone(),
+            cluster_id.clone(),
+            cfg.write_timeout,
+        )
+        .into_server();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(1)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+                .tcp_nodelay(true)
+                .add_service(raft_svc)
+                .add_service(api)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = rx.await;
+                    },
+                ),
+        );
+        let member = Member {
+            id: cfg.id,
+            addr: addr.clone(),
+            cluster_id,
+            raft,
+            handle,
+            shutdown: Some(tx),
+            server: Some(server),
+        };
+        match mode {
+            StartMode::Bootstrap => {
+                let initialized = member
+                    .raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| MemberError::Raft(e.to_string()))?;
+                if !initialized {
+                    let nodes: BTreeMap<NodeId, BasicNode> =
+                        [(cfg.id, BasicNode::new(addr))].into();
+                    member
+                        .raft
+                        .initialize(nodes)
+                        .await
+                        .map_err(|e| MemberError::Raft(e.to_string()))?;
+                }
+            }
+            StartMode::Join(target) => {
+                let known = member
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(&cfg.id)
+                    .is_some_and(|n| n.addr == member.addr);
+                if !known {
+                    let r = ControllerClient::new(vec![target.clone()])
+                        .add_member(cfg.id, &member.addr)
+                        .await;
+                    if let Err(e) = r {
+                        member.stop().await;
+                        return Err(MemberError::Join {
+                            addr: target,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+            StartMode::Resume => {}
+        }
+        Ok(member)
+    }
+
+    /// Stop Raft and the listener; the data dir can be reopened afterwards.
+    pub async fn stop(mut self) {
+        self.stop_inner().await;
+    }
+
+    async fn stop_inner(&mut self) {
+        let _ = self.raft.shutdown().await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+    }
+
+    /// Run until the listener fails (daemon mode).
+    pub async fn wait(mut self) -> Result<(), String> {
+        let server = self.server.take().expect("server running");
+        let r = server.await;
+        let _ = self.raft.shutdown().await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! [`SledLogStore`]: the Raft log (one sled key per index, big-endian so keys sort by
+//! index), the vote, the committed log id and the last purged log id. `append` and
+//! `save_vote` flush to disk before they report success: Raft's promises rest on it.
+
+use super::db::ControllerDb;
+use super::{Entry, LogId, StorageError, TypeConfig, Vote};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct SledLogStore {
+    db: ControllerDb,
+}
+
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl SledLogStore {
+    pub fn new(db: ControllerDb) -> Self {
+        SledLogStore { db }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        k: &[u8],
+        subject: ErrorSubject<u64>,
+    ) -> Result<Option<T>, StorageError> {
+        let v = self
+            .db
+            .raft_meta
+            .get(k)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?;
+        v.map(|b| serde_json::from_slice(&b).map_err(|e| io_err(subject, ErrorVerb::Read, e)))
+            .transpose()
+    }
+
+    async fn put_meta<T: serde::Serialize>(
+        &self,
+        k: &[u8],
+        v: &T,
+        subject: ErrorSubject<u64>,
+        durable: bool,
+    ) -> Result<(), StorageError> {
+        let bytes =
+            serde_json::to_vec(v).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        self.db
+            .raft_meta
+            .insert(k, bytes)
+            .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
+        if durable {
+            self.db
+                .raft_meta
+                .flush_async()
+                .await
+                .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+        }
+        Ok(())
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Entry, StorageError> {
+        serde_json::from_slice(bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for SledLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.db
+            .log
+            .range::<[u8; 8], _>((start, end))
+            .map(|r| {
+                let (_, v) = r.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                Self::decode(&v)
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for SledLogStore {
+    type LogReader = SledLogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(LAST_PURGED, ErrorSubject::Logs)?;
+        let last = self
+            .db
+            .log
+            .last()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+            .map(|(_, v)| Self::decode(&v))
+            .transpose()?
+            .map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_meta(VOTE, vote, ErrorSubject::Vote, true).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: after a crash openraft recomputes the committed index from a quorum.
+        self.put_meta(COMMITTED, &committed, ErrorSubject::Store, false)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .get_meta::<Option<LogId>>(COMMITTED, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry)
+                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+            batch.insert(&key(entry.log_id.index), bytes);
+        }
+        self.db
+            .log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // Durable before acknowledged.
+        let flushed = self.db.log.flush_async().await;
+        match flushed {
+            Ok(_) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for k in self.db.log.range(key(log_id.index)..).keys() {
+            batch.remove(k.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
+        }
+        self.db
+            .log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        self.db
+            .log
+            .flush_async()
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: a crash in between leaves extra entries, never a hole.
+        self.put_meta(LAST_PURGED, &log_id, ErrorSubject::Logs, true)
+            .await?;
+        let mut batch = sled::Batch::default();
+        for k in self.db.log.range(..=key(log_id.index)).keys() {
+            batch.remove(k.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?);
+        }
+        self.db
+            .log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        Ok(())
+    }
+}

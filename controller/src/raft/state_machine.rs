@@ -1,0 +1,539 @@
+//! [`SledStateMachine`]: applies committed [`Command`]s to the in-memory [`State`] (shared
+//! with the API through a [`StateHandle`]) and persists each changed object in its kind's
+//! sled tree, together with the last applied log id, the membership and the id counters, in
+//! one sled transaction per `apply` call. Snapshots are the JSON [`StateImage`]; the current
+//! one is kept in `sm_meta` so it survives restarts.
+//!
+//! The [`ChangeLog`] is a bounded in-memory list of recent changes for Watch streams: a
+//! watcher that fell behind its floor gets a full state and continues from there.
+
+use super::db::{ControllerDb, DbError};
+use super::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::state::{Change, Reply, Response, State, StateImage};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+const LAST_APPLIED: &[u8] = b"last_applied";
+const MEMBERSHIP: &[u8] = b"membership";
+const COUNTERS: &[u8] = b"counters";
+const SNAPSHOT_META: &[u8] = b"snapshot_meta";
+const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
+const INSTALLING: &[u8] = b"installing";
+
+/// Default number of changes the watch log keeps.
+pub const CHANGE_LOG_CAPACITY: usize = 200_000;
+
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+/// What the state machine has applied: the state and the log position it reflects.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// Recent changes, oldest first, for Watch streams.
+#[derive(Debug)]
+pub struct ChangeLog {
+    entries: VecDeque<Change>,
+    /// Changes with an index ≤ floor may be missing.
+    floor: u64,
+    capacity: usize,
+}
+
+impl ChangeLog {
+    pub fn new(capacity: usize) -> Self {
+        ChangeLog {
+            entries: VecDeque::new(),
+            floor: 0,
+            capacity: capacity.max(1),
+        }
+    }
+    fn push(&mut self, c: Change) {
+        if self.entries.len() == self.capacity {
+            if let Some(old) = self.entries.pop_front() {
+                self.floor = self.floor.max(old.index());
+            }
+        }
+        self.entries.push_back(c);
+    }
+    fn reset(&mut self, index: u64) {
+        self.entries.clear();
+        self.floor = index;
+    }
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+    /// Every change with an index > `from`, or None when some may have been dropped.
+    pub fn since(&self, from: u64) -> Option<Vec<Change>> {
+        if from < self.floor {
+            return None;
+        }
+        let start = self.entries.partition_point(|c| c.index() <= from);
+        Some(self.entries.range(start..).cloned().collect())
+    }
+}
+
+/// The applied state shared between the state machine (writer) and the API (readers).
+pub struct StateHandle {
+    applied: RwLock<Applied>,
+    changes: Mutex<ChangeLog>,
+    notify: tokio::sync::watch::Sender<u64>,
+}
+
+impl StateHandle {
+    fn new(applied: Applied, capacity: usize) -> Arc<Self> {
+        let idx = applied.last_applied.map_or(0, |l| l.index);
+        let mut log = ChangeLog::new(capacity);
+        log.reset(idx);
+        Arc::new(StateHandle {
+            applied: RwLock::new(applied),
+            changes: Mutex::new(log),
+            notify: tokio::sync::watch::channel(idx).0,
+        })
+    }
+    /// Read the applied state.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn last_applied_index(&self) -> u64 {
+        self.read().last_applied.map_or(0, |l| l.index)
+    }
+    /// Changes after `from`, or None when the watcher must restart from a full state.
+    pub fn changes_since(&self, from: u64) -> Option<Vec<Change>> {
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(from)
+    }
+    /// Resolves whenever something new is applied (value: last applied index).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Counters {
+    next_node_id: u64,
+    next_alloc_id: u64,
+}
+
+pub struct SledStateMachine {
+    db: ControllerDb,
+    handle: Arc<StateHandle>,
+}
+
+pub struct SledSnapshotBuilder {
+    db: ControllerDb,
+    handle: Arc<StateHandle>,
+}
+
+fn corrupt(db: &ControllerDb, what: String, e: impl std::fmt::Display) -> DbError {
+    DbError::Corrupt {
+        path: db.path.clone(),
+        what,
+        reason: e.to_string(),
+    }
+}
+
+fn read_tree<T: serde::de::DeserializeOwned>(
+    db: &ControllerDb,
+    tree: &sled::Tree,
+    name: &str,
+) -> Result<Vec<T>, DbError> {
+    tree.iter()
+        .map(|r| {
+            let (k, v) = r.map_err(|e| corrupt(db, format!("tree {name}"), e))?;
+            serde_json::from_slice(&v).map_err(|e| {
+                corrupt(
+                    db,
+                    format!("tree {name} key {:?}", String::from_utf8_lossy(&k)),
+                    e,
+                )
+            })
+        })
+        .collect()
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(
+    db: &ControllerDb,
+    k: &[u8],
+) -> Result<Option<T>, DbError> {
+    let v = db
+        .sm_meta
+        .get(k)
+        .map_err(|e| corrupt(db, format!("sm_meta {}", String::from_utf8_lossy(k)), e))?;
+    v.map(|b| {
+        serde_json::from_slice(&b)
+            .map_err(|e| corrupt(db, format!("sm_meta {}", String::from_utf8_lossy(k)), e))
+    })
+    .transpose()
+}
+
+/// The snapshot stored in a data dir: its metadata and serialized state.
+pub(crate) fn stored_snapshot(
+    db: &ControllerDb,
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, DbError> {
+    let meta: Option<SnapshotMeta> = get_json(db, SNAPSHOT_META)?;
+    let Some(meta) = meta else { return Ok(None) };
+    let data = db
+        .sm_meta
+        .get(SNAPSHOT_DATA)
+        .map_err(|e| corrupt(db, "sm_meta snapshot_data".into(), e))?
+        .ok_or_else(|| corrupt(db, "sm_meta snapshot_data".into(), "missing"))?;
+    Ok(Some((meta, data.to_vec())))
+}
+
+fn node_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Write a whole state image into the object trees (after clearing them) and the metadata.
+pub(crate) fn write_image(
+    db: &ControllerDb,
+    image: &StateImage,
+    last_applied: Option<LogId>,
+    membership: &StoredMembership,
+) -> Result<(), DbError> {
+    let werr = |what: &'static str| {
+        let path = db.path.clone();
+        move |source| DbError::Write { path, what, source }
+    };
+    db.sm_meta
+        .insert(INSTALLING, &[1u8])
+        .map_err(werr("installing"))?;
+    db.db.flush().map_err(werr("installing"))?;
+    for t in [&db.nodes, &db.services, &db.allocations] {
+        t.clear().map_err(werr("object trees"))?;
+    }
+    let json = |v: &dyn erased::Json| v.to_json();
+    let mut b = sled::Batch::default();
+    for n in &image.nodes {
+        b.insert(&node_key(n.id), json(n));
+    }
+    db.nodes.apply_batch(b).map_err(werr("nodes"))?;
+    let mut b = sled::Batch::default();
+    for s in &image.services {
+        b.insert(s.name.as_bytes(), json(s));
+    }
+    db.services.apply_batch(b).map_err(werr("services"))?;
+    let mut b = sled::Batch::default();
+    for a in &image.allocations {
+        b.insert(&node_key(a.id), json(a));
+    }
+    db.allocations.apply_batch(b).map_err(werr("allocations"))?;
+    let mut m = sled::Batch::default();
+    m.insert(LAST_APPLIED, json(&last_applied));
+    m.insert(MEMBERSHIP, json(membership));
+    m.insert(
+        COUNTERS,
+        json(&Counters {
+            next_node_id: image.next_node_id,
+            next_alloc_id: image.next_alloc_id,
+        }),
+    );
+    m.remove(INSTALLING);
+    db.sm_meta.apply_batch(m).map_err(werr("sm_meta"))?;
+    db.db.flush().map_err(werr("flush"))?;
+    Ok(())
+}
+
+mod erased {
+    /// Serialize anything serializable to JSON bytes (our types never fail to serialize).
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).expect("state types serialize to JSON")
+        }
+    }
+}
+use erased::Json;
+
+impl SledStateMachine {
+    /// Load the applied state from the trees (finishing an interrupted snapshot install).
+    pub fn open(db: ControllerDb) -> Result<Self, DbError> {
+        Self::open_with_capacity(db, CHANGE_LOG_CAPACITY)
+    }
+
+    pub fn open_with_capacity(db: ControllerDb, capacity: usize) -> Result<Self, DbError> {
+        if db
+            .sm_meta
+            .contains_key(INSTALLING)
+            .map_err(|e| corrupt(&db, "sm_meta".into(), e))?
+        {
+            let (meta, data) = stored_snapshot(&db)?.ok_or_else(|| {
+                corrupt(
+                    &db,
+                    "interrupted snapshot install".into(),
+                    "snapshot missing",
+                )
+            })?;
+            let image: StateImage = serde_json::from_slice(&data)
+                .map_err(|e| corrupt(&db, "stored snapshot".into(), e))?;
+            write_image(&db, &image, meta.last_log_id, &meta.last_membership)?;
+        }
+        let counters: Counters = get_json(&db, COUNTERS)?.unwrap_or(Counters {
+            next_node_id: 0,
+            next_alloc_id: 0,
+        });
+        let image = StateImage {
+            nodes: read_tree(&db, &db.nodes, "nodes")?,
+            services: read_tree(&db, &db.services, "services")?,
+            allocations: read_tree(&db, &db.allocations, "allocations")?,
+            next_node_id: counters.next_node_id,
+            next_alloc_id: counters.next_alloc_id,
+        };
+        let applied = Applied {
+            state: State::from_image(image),
+            last_applied: get_json::<Option<LogId>>(&db, LAST_APPLIED)?.flatten(),
+            membership: get_json(&db, MEMBERSHIP)?.unwrap_or_default(),
+        };
+        Ok(SledStateMachine {
+            handle: StateHandle::new(applied, capacity),
+            db,
+        })
+    }
+
+    pub fn handle(&self) -> Arc<StateHandle> {
+        self.handle.clone()
+    }
+
+    fn persist(&self, changes: &[Change], applied: &Applied) -> Result<(), StorageError> {
+        let mut nodes = sled::Batch::default();
+        let mut services = sled::Batch::default();
+        let mut allocs = sled::Batch::default();
+        for c in changes {
+            match c {
+                Change::Node(n) => nodes.insert(&node_key(n.id), n.to_json()),
+                Change::Service(s) => services.insert(s.name.as_bytes(), s.to_json()),
+                Change::ServiceRemoved { name, .. } => services.remove(name.as_bytes()),
+                Change::Allocation(a) => allocs.insert(&node_key(a.id), a.to_json()),
+                Change::AllocationRemoved { id, .. } => allocs.remove(&node_key(*id)),
+            }
+        }
+        let (next_node_id, next_alloc_id) = applied.state.counters();
+        let mut meta = sled::Batch::default();
+        meta.insert(LAST_APPLIED, applied.last_applied.to_json());
+        meta.insert(MEMBERSHIP, applied.membership.to_json());
+        meta.insert(
+            COUNTERS,
+            Counters {
+                next_node_id,
+                next_alloc_id,
+            }
+            .to_json(),
+        );
+        (
+            &self.db.nodes,
+            &self.db.services,
+            &self.db.allocations,
+            &self.db.sm_meta,
+        )
+            .transaction(|(n, s, a, m)| {
+                n.apply_batch(&nodes)?;
+                s.apply_batch(&services)?;
+                a.apply_batch(&allocs)?;
+                m.apply_batch(&meta)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| match e {
+                TransactionError::Storage(e) => {
+                    io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e)
+                }
+                TransactionError::Abort(()) => io_err(
+                    ErrorSubject::StateMachine,
+                    ErrorVerb::Write,
+                    std::io::Error::other("transaction aborted"),
+                ),
+            })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SledStateMachine {
+    type SnapshotBuilder = SledSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.handle.read();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let mut changes = Vec::new();
+        let mut guard = self
+            .handle
+            .applied
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let applied = &mut *guard;
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => out.push(Ok(Reply::Done)),
+                EntryPayload::Normal(cmd) => {
+                    let (r, ch) = applied.state.apply(entry.log_id.index, &cmd);
+                    if let Err(e) = &r {
+                        tracing::debug!(
+                            index = entry.log_id.index,
+                            verb = cmd.verb(),
+                            "rejected: {e}"
+                        );
+                    }
+                    out.push(r);
+                    changes.extend(ch);
+                }
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    out.push(Ok(Reply::Done));
+                }
+            }
+        }
+        self.persist(&changes, applied)?;
+        let last = applied.last_applied.map_or(0, |l| l.index);
+        drop(guard);
+        {
+            let mut log = self
+                .handle
+                .changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for c in changes {
+                log.push(c);
+            }
+        }
+        self.handle.notify.send_replace(last);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SledSnapshotBuilder {
+            db: self.db.clone(),
+            handle: self.handle.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let snap_err = |e: &dyn std::fmt::Display| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                std::io::Error::other(e.to_string()),
+            )
+        };
+        let image: StateImage = serde_json::from_slice(&data).map_err(|e| snap_err(&e))?;
+        save_snapshot(&self.db, meta, &data).map_err(|e| snap_err(&e))?;
+        write_image(&self.db, &image, meta.last_log_id, &meta.last_membership)
+            .map_err(|e| snap_err(&e))?;
+        {
+            let mut a = self
+                .handle
+                .applied
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            a.state = State::from_image(image);
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+        }
+        let idx = meta.last_log_id.map_or(0, |l| l.index);
+        self.handle
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset(idx);
+        self.handle.notify.send_replace(idx);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let stored = stored_snapshot(&self.db)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+pub(crate) fn save_snapshot(
+    db: &ControllerDb,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), DbError> {
+    let werr = |source| DbError::Write {
+        path: db.path.clone(),
+        what: "snapshot",
+        source,
+    };
+    let mut b = sled::Batch::default();
+    b.insert(SNAPSHOT_META, meta.to_json());
+    b.insert(SNAPSHOT_DATA, data);
+    db.sm_meta.apply_batch(b).map_err(werr)?;
+    db.db.flush().map_err(werr)?;
+    Ok(())
+}
+
+/// Serialize the applied state consistently: one read lock for state, log id, membership.
+pub(crate) fn capture(handle: &StateHandle) -> (SnapshotMeta, Vec<u8>) {
+    let a = handle.read();
+    let image = a.state.to_image();
+    let last = a.last_applied;
+    let membership = a.membership.clone();
+    drop(a);
+    let data = image.to_json();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let meta = SnapshotMeta {
+        last_log_id: last,
+        last_membership: membership,
+        snapshot_id: format!("{}-{nanos}", last.map_or(0, |l| l.index)),
+    };
+    (meta, data)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SledSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = capture(&self.handle);
+        save_snapshot(&self.db, &meta, &data).map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

@@ -1,0 +1,760 @@
+//! The replicated cluster state and its deterministic transition function.
+//!
+//! Vocabulary: the [`State`] holds [`Node`]s, [`Service`]s and [`Allocation`]s; a
+//! [`Command`] (one Raft log entry) is applied by [`State::apply`] at a log index, which
+//! validates it (a bad command changes nothing and answers an [`ApplyError`] naming the
+//! field), mutates the state in place and lists the [`Change`]s it made. *Usage* of a node
+//! is the sum of the resources of its allocations whose desired status is `Run`.
+//!
+//! No I/O and no Raft here: the Raft state machine (`raft/`) calls `apply` and persists the
+//! changes; the scheduler reads the state through the accessors.
+
+pub mod command;
+pub mod constraint;
+pub mod model;
+#[cfg(test)]
+mod tests;
+
+pub use command::*;
+pub use constraint::{Constraint, ConstraintError, Op};
+pub use model::*;
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Upper bound on a service's replica count (a typo guard).
+pub const MAX_REPLICAS: u32 = 100_000;
+
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    nodes: BTreeMap<NodeId, Node>,
+    node_names: HashMap<String, NodeId>,
+    services: BTreeMap<String, Service>,
+    allocs: BTreeMap<AllocId, Allocation>,
+    by_node: HashMap<NodeId, BTreeSet<AllocId>>,
+    by_service: HashMap<String, BTreeSet<AllocId>>,
+    used: HashMap<NodeId, Resources>,
+    host_ports: HashMap<NodeId, HashSet<(Protocol, u16)>>,
+    next_node_id: NodeId,
+    next_alloc_id: AllocId,
+}
+
+/// The serializable form of a [`State`] (snapshots); indexes are rebuilt on load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateImage {
+    pub nodes: Vec<Node>,
+    pub services: Vec<Service>,
+    pub allocations: Vec<Allocation>,
+    pub next_node_id: NodeId,
+    pub next_alloc_id: AllocId,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+fn valid_label_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
+fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), ApplyError> {
+    for (k, v) in labels {
+        if !valid_label_key(k) {
+            return Err(ApplyError::invalid(
+                format!("{field}[{k:?}]"),
+                "label key must be non-empty [A-Za-z0-9-_./]",
+            ));
+        }
+        if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == ',') {
+            return Err(ApplyError::invalid(
+                format!("{field}[{k:?}]"),
+                "label value must be non-empty, without spaces or commas",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_spec(spec: &ServiceSpec) -> Result<(), ApplyError> {
+    if spec.image.trim().is_empty() {
+        return Err(ApplyError::invalid("spec.image", "must not be empty"));
+    }
+    if spec.replicas > MAX_REPLICAS {
+        return Err(ApplyError::invalid(
+            "spec.replicas",
+            format!("{} exceeds the limit of {MAX_REPLICAS}", spec.replicas),
+        ));
+    }
+    if spec.update.max_parallel == 0 {
+        return Err(ApplyError::invalid(
+            "spec.update.max_parallel",
+            "must be at least 1",
+        ));
+    }
+    for k in spec.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(ApplyError::invalid(
+                format!("spec.env[{k:?}]"),
+                "variable name must be non-empty, without '=' or NUL",
+            ));
+        }
+    }
+    if let Some(key) = &spec.spread {
+        if !valid_label_key(key) {
+            return Err(ApplyError::invalid("spec.spread", "not a valid label key"));
+        }
+    }
+    let mut container_ports = HashSet::new();
+    let mut host_ports = HashSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        if p.container == 0 {
+            return Err(ApplyError::invalid(
+                format!("spec.ports[{i}].container"),
+                "port 0 is not a port",
+            ));
+        }
+        if !container_ports.insert((p.protocol, p.container)) {
+            return Err(ApplyError::invalid(
+                format!("spec.ports[{i}].container"),
+                format!("{:?}/{} published twice", p.protocol, p.container),
+            ));
+        }
+        if let Some(h) = p.host {
+            if h == 0 {
+                return Err(ApplyError::invalid(
+                    format!("spec.ports[{i}].host"),
+                    "port 0 is not a port (omit it to pick any)",
+                ));
+            }
+            if !host_ports.insert((p.protocol, h)) {
+                return Err(ApplyError::invalid(
+                    format!("spec.ports[{i}].host"),
+                    format!("host port {:?}/{h} used twice", p.protocol),
+                ));
+            }
+        }
+    }
+    for (i, set) in spec.failover.iter().enumerate() {
+        if set.is_empty() {
+            return Err(ApplyError::invalid(
+                format!("spec.failover[{i}]"),
+                "an empty constraint set",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // ---- reads (the scheduler's view) ----
+
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+    pub fn node_by_name(&self, name: &str) -> Option<&Node> {
+        self.node_names.get(name).and_then(|id| self.nodes.get(id))
+    }
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+    pub fn allocation(&self, id: AllocId) -> Option<&Allocation> {
+        self.allocs.get(&id)
+    }
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.allocs.values()
+    }
+    /// The next ids to assign minus one: (nodes, allocations). Persisted with the state.
+    pub fn counters(&self) -> (NodeId, AllocId) {
+        (self.next_node_id, self.next_alloc_id)
+    }
+    pub fn allocation_count(&self) -> usize {
+        self.allocs.len()
+    }
+    /// Allocations placed on a node, in id order.
+    pub fn allocations_on(&self, node: NodeId) -> impl Iterator<Item = &Allocation> {
+        self.by_node
+            .get(&node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocs.get(id))
+    }
+    /// Allocations of a service (including stopped ones not yet purged), in id order.
+    pub fn allocations_of(&self, service: &str) -> impl Iterator<Item = &Allocation> {
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocs.get(id))
+    }
+    /// Resources held on a node by allocations that should run.
+    pub fn used(&self, node: NodeId) -> Resources {
+        self.used.get(&node).copied().unwrap_or_default()
+    }
+    /// Is this host port taken on the node by an allocation that should run?
+    pub fn host_port_taken(&self, node: NodeId, protocol: Protocol, port: u16) -> bool {
+        self.host_ports
+            .get(&node)
+            .is_some_and(|s| s.contains(&(protocol, port)))
+    }
+
+    // ---- snapshots ----
+
+    pub fn to_image(&self) -> StateImage {
+        StateImage {
+            nodes: self.nodes.values().cloned().collect(),
+            services: self.services.values().cloned().collect(),
+            allocations: self.allocs.values().cloned().collect(),
+            next_node_id: self.next_node_id,
+            next_alloc_id: self.next_alloc_id,
+        }
+    }
+
+    pub fn from_image(image: StateImage) -> Self {
+        let mut s = State {
+            next_node_id: image.next_node_id,
+            next_alloc_id: image.next_alloc_id,
+            ..Default::default()
+        };
+        for n in image.nodes {
+            s.node_names.insert(n.name.clone(), n.id);
+            s.nodes.insert(n.id, n);
+        }
+        for svc in image.services {
+            s.services.insert(svc.name.clone(), svc);
+        }
+        for a in image.allocations {
+            s.index_alloc(&a);
+            s.allocs.insert(a.id, a);
+        }
+        s
+    }
+
+    /// Add an allocation to the secondary indexes (and usage, when it should run).
+    fn index_alloc(&mut self, a: &Allocation) {
+        self.by_node.entry(a.node).or_default().insert(a.id);
+        self.by_service
+            .entry(a.service.clone())
+            .or_default()
+            .insert(a.id);
+        if a.desired == Desired::Run {
+            self.hold(a);
+        }
+    }
+
+    fn hold(&mut self, a: &Allocation) {
+        let u = self.used.entry(a.node).or_default();
+        *u = u.saturating_add(a.resources);
+        let ports = self.host_ports.entry(a.node).or_default();
+        for p in &a.ports {
+            ports.insert((p.protocol, p.host));
+        }
+    }
+
+    fn release(&mut self, node: NodeId, resources: Resources, ports: &[PortMapping]) {
+        if let Some(u) = self.used.get_mut(&node) {
+            *u = u.saturating_sub(resources);
+        }
+        if let Some(set) = self.host_ports.get_mut(&node) {
+            for p in ports {
+                set.remove(&(p.protocol, p.host));
+            }
+        }
+    }
+
+    /// Tell an allocation to stop (and record it lost when `lost`); returns whether it
+    /// changed.
+    fn stop_alloc(&mut self, id: AllocId, index: u64, lost: bool) -> Option<Allocation> {
+        let a = self.allocs.get_mut(&id)?;
+        let was_run = a.desired == Desired::Run;
+        let mark_lost = lost && !a.observed.is_terminal();
+        if !was_run && !mark_lost {
+            return None;
+        }
+        a.desired = Desired::Stop;
+        if mark_lost {
+            a.observed = Observed::Lost;
+            push_history(a, index);
+        }
+        a.modify_index = index;
+        let snapshot = a.clone();
+        if was_run {
+            self.release(snapshot.node, snapshot.resources, &snapshot.ports);
+        }
+        Some(snapshot)
+    }
+
+    // ---- the transition function ----
+
+    /// Apply one command at Raft log index `index`. Deterministic: the same state and
+    /// command give the same result on every member. On error nothing changed.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> (Response, Vec<Change>) {
+        let mut changes = Vec::new();
+        let r = match cmd {
+            Command::RegisterNode {
+                name,
+                address,
+                labels,
+                capacity,
+                allocatable,
+            } => self.register_node(
+                index,
+                name,
+                address,
+                labels,
+                *capacity,
+                *allocatable,
+                &mut changes,
+            ),
+            Command::SetNodeStatus { node, status } => {
+                self.set_node_status(index, *node, *status, &mut changes)
+            }
+            Command::SetNodeLabels { node, labels } => {
+                self.set_node_labels(index, *node, labels, &mut changes)
+            }
+            Command::UpsertService {
+                name,
+                spec,
+                expected_index,
+            } => self.upsert_service(index, name, spec, *expected_index, &mut changes),
+            Command::RemoveService { name } => self.remove_service(index, name, &mut changes),
+            Command::ApplyPlan { placements, stops } => {
+                self.apply_plan(index, placements, stops, &mut changes)
+            }
+            Command::ReportAllocStatus { node, batch } => {
+                self.report(index, *node, batch, &mut changes)
+            }
+            Command::PurgeAllocations { ids } => self.purge(index, ids, &mut changes),
+        };
+        debug_assert!(r.is_ok() || changes.is_empty());
+        (r, changes)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register_node(
+        &mut self,
+        index: u64,
+        name: &str,
+        address: &str,
+        labels: &BTreeMap<String, String>,
+        capacity: Resources,
+        allocatable: Resources,
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        if !valid_name(name) {
+            return Err(ApplyError::invalid(
+                "name",
+                format!("{name:?} must be 1-63 of [a-z0-9-.], starting alphanumeric"),
+            ));
+        }
+        if address.is_empty() || address.chars().any(char::is_whitespace) {
+            return Err(ApplyError::invalid(
+                "address",
+                format!("{address:?} must be a non-empty host:port"),
+            ));
+        }
+        validate_labels("labels", labels)?;
+        if let Some(dim) = allocatable.exceeds(&capacity) {
+            return Err(ApplyError::invalid(
+                format!("allocatable.{dim}"),
+                "exceeds the node's capacity",
+            ));
+        }
+        let id = match self.node_names.get(name) {
+            Some(&id) => {
+                let n = self
+                    .nodes
+                    .get_mut(&id)
+                    .expect("name index points at a node");
+                n.address = address.to_string();
+                n.labels = labels.clone();
+                n.capacity = capacity;
+                n.allocatable = allocatable;
+                if n.status == NodeStatus::Down {
+                    n.status = NodeStatus::Ready;
+                }
+                n.modify_index = index;
+                changes.push(Change::Node(n.clone()));
+                id
+            }
+            None => {
+                self.next_node_id += 1;
+                let id = self.next_node_id;
+                let n = Node {
+                    id,
+                    name: name.to_string(),
+                    address: address.to_string(),
+                    labels: labels.clone(),
+                    capacity,
+                    allocatable,
+                    status: NodeStatus::Ready,
+                    modify_index: index,
+                };
+                changes.push(Change::Node(n.clone()));
+                self.node_names.insert(name.to_string(), id);
+                self.nodes.insert(id, n);
+                id
+            }
+        };
+        Ok(Reply::NodeRegistered { id })
+    }
+
+    fn set_node_status(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        status: NodeStatus,
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        let n = self
+            .nodes
+            .get_mut(&node)
+            .ok_or_else(|| ApplyError::not_found("node", format!("node {node}")))?;
+        if n.status == status {
+            return Ok(Reply::Done);
+        }
+        n.status = status;
+        n.modify_index = index;
+        changes.push(Change::Node(n.clone()));
+        if status == NodeStatus::Down {
+            let ids: Vec<AllocId> = self
+                .by_node
+                .get(&node)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            for id in ids {
+                if let Some(a) = self.stop_alloc(id, index, true) {
+                    changes.push(Change::Allocation(a));
+                }
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn set_node_labels(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        labels: &BTreeMap<String, String>,
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        validate_labels("labels", labels)?;
+        let n = self
+            .nodes
+            .get_mut(&node)
+            .ok_or_else(|| ApplyError::not_found("node", format!("node {node}")))?;
+        if &n.labels != labels {
+            n.labels = labels.clone();
+            n.modify_index = index;
+            changes.push(Change::Node(n.clone()));
+        }
+        Ok(Reply::Done)
+    }
+
+    fn upsert_service(
+        &mut self,
+        index: u64,
+        name: &str,
+        spec: &ServiceSpec,
+        expected_index: Option<u64>,
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        if !valid_name(name) {
+            return Err(ApplyError::invalid(
+                "name",
+                format!("{name:?} must be 1-63 of [a-z0-9-.], starting alphanumeric"),
+            ));
+        }
+        validate_spec(spec)?;
+        let current = self.services.get(name);
+        if let Some(expected) = expected_index {
+            let actual = current.map_or(0, |s| s.modify_index);
+            if actual != expected {
+                return Err(ApplyError::conflict(
+                    "expected_index",
+                    format!("service {name} is at index {actual}, not {expected}"),
+                ));
+            }
+        }
+        let version = match current {
+            Some(s) if &s.spec == spec => return Ok(Reply::ServiceUpserted { version: s.version }),
+            Some(s) => s.version + 1,
+            None => 1,
+        };
+        let svc = Service {
+            name: name.to_string(),
+            spec: spec.clone(),
+            version,
+            modify_index: index,
+        };
+        changes.push(Change::Service(svc.clone()));
+        self.services.insert(name.to_string(), svc);
+        Ok(Reply::ServiceUpserted { version })
+    }
+
+    fn remove_service(&mut self, index: u64, name: &str, changes: &mut Vec<Change>) -> Response {
+        if self.services.remove(name).is_none() {
+            return Err(ApplyError::not_found("name", format!("service {name}")));
+        }
+        changes.push(Change::ServiceRemoved {
+            name: name.to_string(),
+            index,
+        });
+        let ids: Vec<AllocId> = self
+            .by_service
+            .get(name)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            if let Some(a) = self.stop_alloc(id, index, false) {
+                changes.push(Change::Allocation(a));
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn apply_plan(
+        &mut self,
+        index: u64,
+        placements: &[Placement],
+        stops: &[AllocId],
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        // Validate everything against the state as it will be after the stops, before
+        // changing anything: a plan is all or nothing.
+        let mut freed: HashMap<NodeId, Resources> = HashMap::new();
+        let mut freed_ports: HashSet<(NodeId, Protocol, u16)> = HashSet::new();
+        let mut seen_stops = HashSet::new();
+        for (i, id) in stops.iter().enumerate() {
+            let a = self.allocs.get(id).ok_or_else(|| {
+                ApplyError::not_found(format!("stops[{i}]"), format!("allocation {id}"))
+            })?;
+            if !seen_stops.insert(*id) {
+                return Err(ApplyError::invalid(
+                    format!("stops[{i}]"),
+                    format!("allocation {id} listed twice"),
+                ));
+            }
+            if a.desired == Desired::Run {
+                let f = freed.entry(a.node).or_default();
+                *f = f.saturating_add(a.resources);
+                for p in &a.ports {
+                    freed_ports.insert((a.node, p.protocol, p.host));
+                }
+            }
+        }
+        let mut added: HashMap<NodeId, Resources> = HashMap::new();
+        let mut new_ports: HashSet<(NodeId, Protocol, u16)> = HashSet::new();
+        for (i, p) in placements.iter().enumerate() {
+            let svc = self.services.get(&p.service).ok_or_else(|| {
+                ApplyError::not_found(
+                    format!("placements[{i}].service"),
+                    format!("service {}", p.service),
+                )
+            })?;
+            if svc.version != p.version {
+                return Err(ApplyError::conflict(
+                    format!("placements[{i}].version"),
+                    format!(
+                        "service {} is at version {}, the plan placed version {}",
+                        p.service, svc.version, p.version
+                    ),
+                ));
+            }
+            let node = self.nodes.get(&p.node).ok_or_else(|| {
+                ApplyError::not_found(format!("placements[{i}].node"), format!("node {}", p.node))
+            })?;
+            if node.status != NodeStatus::Ready {
+                return Err(ApplyError::conflict(
+                    format!("placements[{i}].node"),
+                    format!("node {} is {:?}, not Ready", node.name, node.status),
+                ));
+            }
+            for (j, spec_port) in svc.spec.ports.iter().enumerate() {
+                let placed = p.ports.iter().find(|m| {
+                    m.container == spec_port.container && m.protocol == spec_port.protocol
+                });
+                match (placed, spec_port.host) {
+                    (None, _) => {
+                        return Err(ApplyError::invalid(
+                            format!("placements[{i}].ports"),
+                            format!(
+                                "service port {j} ({:?}/{}) not mapped",
+                                spec_port.protocol, spec_port.container
+                            ),
+                        ))
+                    }
+                    (Some(m), Some(h)) if m.host != h => {
+                        return Err(ApplyError::invalid(
+                            format!("placements[{i}].ports"),
+                            format!("container port {} must map to host port {h}", m.container),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            if p.ports.len() != svc.spec.ports.len() {
+                return Err(ApplyError::invalid(
+                    format!("placements[{i}].ports"),
+                    "maps ports the service does not publish",
+                ));
+            }
+            for m in &p.ports {
+                let key = (p.node, m.protocol, m.host);
+                let taken =
+                    self.host_port_taken(p.node, m.protocol, m.host) && !freed_ports.contains(&key);
+                if m.host == 0 || taken || !new_ports.insert(key) {
+                    return Err(ApplyError::conflict(
+                        format!("placements[{i}].ports"),
+                        format!(
+                            "host port {:?}/{} is not free on node {}",
+                            m.protocol, m.host, node.name
+                        ),
+                    ));
+                }
+            }
+            let a = added.entry(p.node).or_default();
+            *a = a.saturating_add(svc.spec.resources);
+            let total = self
+                .used(p.node)
+                .saturating_sub(freed.get(&p.node).copied().unwrap_or_default())
+                .saturating_add(*a);
+            if let Some(dim) = total.exceeds(&node.allocatable) {
+                return Err(ApplyError::conflict(
+                    format!("placements[{i}].node"),
+                    format!("node {} has not enough {dim} free", node.name),
+                ));
+            }
+        }
+        // Valid: mutate.
+        for id in stops {
+            if let Some(a) = self.stop_alloc(*id, index, false) {
+                changes.push(Change::Allocation(a));
+            }
+        }
+        let mut ids = Vec::with_capacity(placements.len());
+        for p in placements {
+            let svc = &self.services[&p.service];
+            self.next_alloc_id += 1;
+            let a = Allocation {
+                id: self.next_alloc_id,
+                service: p.service.clone(),
+                version: p.version,
+                node: p.node,
+                resources: svc.spec.resources,
+                desired: Desired::Run,
+                observed: Observed::Pending,
+                container: None,
+                ports: p.ports.clone(),
+                history: vec![HistoryEntry {
+                    index,
+                    observed: Observed::Pending,
+                }],
+                modify_index: index,
+            };
+            ids.push(a.id);
+            self.index_alloc(&a);
+            changes.push(Change::Allocation(a.clone()));
+            self.allocs.insert(a.id, a);
+        }
+        Ok(Reply::PlanApplied { allocations: ids })
+    }
+
+    fn report(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        batch: &[AllocReport],
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        if !self.nodes.contains_key(&node) {
+            return Err(ApplyError::not_found("node", format!("node {node}")));
+        }
+        for (i, r) in batch.iter().enumerate() {
+            let a = self.allocs.get(&r.id).ok_or_else(|| {
+                ApplyError::not_found(format!("batch[{i}].id"), format!("allocation {}", r.id))
+            })?;
+            if a.node != node {
+                return Err(ApplyError::invalid(
+                    format!("batch[{i}].id"),
+                    format!("allocation {} is on node {}, not {node}", r.id, a.node),
+                ));
+            }
+        }
+        for r in batch {
+            let a = self.allocs.get_mut(&r.id).expect("validated above");
+            let mut changed = false;
+            if a.observed != r.observed {
+                a.observed = r.observed.clone();
+                push_history(a, index);
+                changed = true;
+            }
+            if r.container.is_some() && a.container != r.container {
+                a.container = r.container.clone();
+                changed = true;
+            }
+            if changed {
+                a.modify_index = index;
+                changes.push(Change::Allocation(a.clone()));
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn purge(&mut self, index: u64, ids: &[AllocId], changes: &mut Vec<Change>) -> Response {
+        for (i, id) in ids.iter().enumerate() {
+            let a = self.allocs.get(id).ok_or_else(|| {
+                ApplyError::not_found(format!("ids[{i}]"), format!("allocation {id}"))
+            })?;
+            if a.desired != Desired::Stop || !a.observed.is_terminal() {
+                return Err(ApplyError::conflict(
+                    format!("ids[{i}]"),
+                    format!(
+                        "allocation {id} is {:?}/{:?}: only stopped, finished allocations are purged",
+                        a.desired, a.observed
+                    ),
+                ));
+            }
+        }
+        for id in ids {
+            if let Some(a) = self.allocs.remove(id) {
+                if let Some(s) = self.by_node.get_mut(&a.node) {
+                    s.remove(id);
+                }
+                if let Some(s) = self.by_service.get_mut(&a.service) {
+                    s.remove(id);
+                    if s.is_empty() {
+                        self.by_service.remove(&a.service);
+                    }
+                }
+                changes.push(Change::AllocationRemoved { id: *id, index });
+            }
+        }
+        Ok(Reply::Done)
+    }
+}
+
+fn push_history(a: &mut Allocation, index: u64) {
+    if a.history.len() >= HISTORY_LEN {
+        a.history.remove(0);
+    }
+    a.history.push(HistoryEntry {
+        index,
+        observed: a.observed.clone(),
+    });
+}

@@ -1,0 +1,573 @@
+//! In-process clusters of controller members on 127.0.0.1 (random ports, temp data dirs):
+//! election, replication, forwarding, failover, catch-up by log and by snapshot,
+//! membership changes, restart, DR, watches, and bad input.
+
+use gantry_controller::api::ControllerClient;
+use gantry_controller::dr::{self, SnapshotFile};
+use gantry_controller::member::{Member, MemberConfig, MemberError, StartMode};
+use gantry_controller::raft::RaftTimings;
+use gantry_controller::state::*;
+use gantry_proto::cluster::{watch_event, ReadKind};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tonic::Code;
+
+fn timings(snapshot_every: u64) -> RaftTimings {
+    RaftTimings {
+        heartbeat_ms: 50,
+        election_min_ms: 150,
+        election_max_ms: 300,
+        snapshot_every,
+    }
+}
+
+fn config(id: u64, dir: PathBuf, listen: &str, snapshot_every: u64) -> MemberConfig {
+    let mut c = MemberConfig::new(id, listen.parse().unwrap(), dir);
+    c.timings = timings(snapshot_every);
+    c.write_timeout = Duration::from_secs(2);
+    c
+}
+
+/// Members of one test cluster, their data dirs and addresses; stops them on drop.
+struct Cluster {
+    dir: TempDir,
+    members: BTreeMap<u64, Member>,
+    addrs: BTreeMap<u64, String>,
+    snapshot_every: u64,
+}
+
+impl Cluster {
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("m{id}"))
+    }
+
+    async fn new(n: u64, snapshot_every: u64) -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            members: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            snapshot_every,
+        };
+        c.start(1, StartMode::Bootstrap).await.unwrap();
+        c.wait_leader(Duration::from_secs(5)).await;
+        for id in 2..=n {
+            let seed = c.addrs[&1].clone();
+            c.start(id, StartMode::Join(seed)).await.unwrap();
+        }
+        c
+    }
+
+    /// Start member `id` (on its old address when it had one).
+    async fn start(&mut self, id: u64, mode: StartMode) -> Result<(), MemberError> {
+        let listen = self
+            .addrs
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:0".into());
+        let m = Member::start(
+            config(id, self.data_dir(id), &listen, self.snapshot_every),
+            mode,
+        )
+        .await?;
+        self.addrs.insert(id, m.addr.clone());
+        self.members.insert(id, m);
+        Ok(())
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(m) = self.members.remove(&id) {
+            m.stop().await;
+        }
+    }
+
+    fn client(&self) -> ControllerClient {
+        let mut c = ControllerClient::new(self.addrs.values().cloned().collect());
+        c.retry_for = Duration::from_secs(8);
+        c
+    }
+
+    fn client_of(&self, id: u64) -> ControllerClient {
+        let mut c = ControllerClient::new(vec![self.addrs[&id].clone()]);
+        c.retry_for = Duration::from_secs(8);
+        c
+    }
+
+    /// The leader id, as seen by a running member, within `within`.
+    async fn wait_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            for m in self.members.values() {
+                let metrics = m.raft.metrics().borrow().clone();
+                if let Some(l) = metrics.current_leader {
+                    if self.members.contains_key(&l) && metrics.state.is_leader() == (l == m.id) {
+                        return l;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader elected within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until every running member applied at least `index`.
+    async fn wait_applied(&self, index: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        for m in self.members.values() {
+            while m.handle.last_applied_index() < index {
+                assert!(
+                    Instant::now() < deadline,
+                    "member {} applied {} < {index} after {within:?}",
+                    m.id,
+                    m.handle.last_applied_index()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    fn image(&self, id: u64) -> StateImage {
+        self.members[&id].handle.read().state.to_image()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Raft tasks die with the test's runtime; nothing outlives the test.
+        self.members.clear();
+    }
+}
+
+fn register(name: &str) -> Command {
+    Command::RegisterNode {
+        name: name.into(),
+        address: format!("{name}:7000"),
+        labels: BTreeMap::new(),
+        capacity: Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            pids: 100,
+        },
+        allocatable: Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            pids: 100,
+        },
+    }
+}
+
+fn upsert(name: &str, image: &str) -> Command {
+    Command::UpsertService {
+        name: name.into(),
+        spec: ServiceSpec {
+            image: image.into(),
+            replicas: 1,
+            ..Default::default()
+        },
+        expected_index: None,
+    }
+}
+
+async fn write_ok(client: &mut ControllerClient, cmd: &Command) -> u64 {
+    let (index, resp) = client.write(cmd).await.expect("write");
+    resp.expect("command accepted");
+    index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_elect_replicate_forward_and_read() {
+    let c = Cluster::new(3, 10_000).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let follower = *c.addrs.keys().find(|id| **id != leader).unwrap();
+
+    // a write sent to a follower is forwarded to the leader
+    let mut fc = c.client_of(follower);
+    let idx = write_ok(&mut fc, &register("n1")).await;
+    let (_, resp) = fc.write(&upsert("web", "")).await.unwrap();
+    assert!(
+        matches!(resp, Err(ApplyError::Invalid { ref field, .. }) if field == "spec.image"),
+        "{resp:?}"
+    );
+    c.wait_applied(idx, Duration::from_secs(5)).await;
+    for id in c.members.keys() {
+        assert_eq!(c.image(*id).nodes.len(), 1, "member {id} has the node");
+    }
+
+    // linearizable read through a follower sees the write; stale read too after apply
+    let (ridx, nodes): (u64, Vec<Node>) = fc.read(ReadKind::Nodes, false).await.unwrap();
+    assert!(ridx >= idx);
+    assert_eq!(nodes[0].name, "n1");
+    let (_, nodes): (u64, Vec<Node>) = fc.read(ReadKind::Nodes, true).await.unwrap();
+    assert_eq!(nodes.len(), 1);
+
+    let st = fc.status().await.unwrap();
+    assert_eq!(st.leader, Some(leader));
+    assert_eq!(st.members.iter().filter(|m| m.voter).count(), 3);
+    let mut lc = c.client_of(leader);
+    let st = lc.status().await.unwrap();
+    assert!(
+        st.members.iter().all(|m| m.lag.is_some()),
+        "leader reports lag: {st:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_elects_new_leader_and_keeps_acknowledged_writes() {
+    let mut c = Cluster::new(3, 10_000).await;
+    let mut client = c.client();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        write_ok(&mut client, &register(&format!("a{i}"))).await;
+        acked.push(format!("a{i}"));
+    }
+    let old = c.wait_leader(Duration::from_secs(5)).await;
+    c.stop(old).await;
+    let t = Instant::now();
+    for i in 0..20 {
+        write_ok(&mut client, &register(&format!("b{i}"))).await;
+        acked.push(format!("b{i}"));
+    }
+    eprintln!("20 writes after leader loss took {:?}", t.elapsed());
+    let new = c.wait_leader(Duration::from_secs(5)).await;
+    assert_ne!(new, old);
+    let (_, nodes): (u64, Vec<Node>) = client.read(ReadKind::Nodes, false).await.unwrap();
+    for name in &acked {
+        assert!(
+            nodes.iter().any(|n| &n.name == name),
+            "acknowledged write {name} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_catches_up_from_log_and_from_snapshot_after_compaction() {
+    let mut c = Cluster::new(3, 50).await;
+    let mut client = c.client();
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let lagging = *c.addrs.keys().find(|id| **id != leader).unwrap();
+
+    // down for a few writes: catches up from the log
+    c.stop(lagging).await;
+    let mut last = 0;
+    for i in 0..10 {
+        last = write_ok(&mut client, &register(&format!("x{i}"))).await;
+    }
+    c.start(lagging, StartMode::Resume).await.unwrap();
+    c.wait_applied(last, Duration::from_secs(10)).await;
+    assert_eq!(c.image(lagging), c.image(leader));
+
+    // down for many writes: the leader compacts its log and must send a snapshot
+    c.stop(lagging).await;
+    for i in 0..200 {
+        last = write_ok(&mut client, &register(&format!("y{i}"))).await;
+    }
+    let purged = c.members[&leader].raft.metrics().borrow().purged;
+    assert!(
+        purged.is_some_and(|p| p.index > 20),
+        "leader purged its log: {purged:?}"
+    );
+    c.start(lagging, StartMode::Resume).await.unwrap();
+    c.wait_applied(last, Duration::from_secs(15)).await;
+    assert_eq!(c.image(lagging), c.image(leader));
+    let snap = c.members[&lagging].raft.metrics().borrow().snapshot;
+    assert!(snap.is_some(), "the follower installed a snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_three_to_five_to_three() {
+    let mut c = Cluster::new(3, 10_000).await;
+    let mut client = c.client();
+    let idx = write_ok(&mut client, &register("n1")).await;
+    for id in [4, 5] {
+        let seed = c.addrs[&2].clone();
+        c.start(id, StartMode::Join(seed)).await.unwrap();
+    }
+    let st = client.status().await.unwrap();
+    assert_eq!(st.members.iter().filter(|m| m.voter).count(), 5, "{st:?}");
+    c.wait_applied(idx, Duration::from_secs(5)).await;
+    assert_eq!(c.image(5).nodes.len(), 1, "new members got the data");
+
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let remove: Vec<u64> = c
+        .addrs
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .take(2)
+        .collect();
+    for id in &remove {
+        let r = client.remove_member(*id).await.unwrap();
+        assert!(!r.voters.contains(id));
+    }
+    for id in &remove {
+        c.stop(*id).await;
+        c.addrs.remove(id);
+    }
+    let mut client = c.client();
+    let st = client.status().await.unwrap();
+    assert_eq!(st.members.iter().filter(|m| m.voter).count(), 3, "{st:?}");
+    // the 3 left still commit
+    write_ok(&mut client, &register("n2")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_keeps_all_data() {
+    let mut c = Cluster::new(3, 30).await;
+    let mut client = c.client();
+    let mut last = 0;
+    for i in 0..60 {
+        last = write_ok(&mut client, &register(&format!("n{i}"))).await;
+    }
+    write_ok(&mut client, &upsert("web", "app:1")).await;
+    c.wait_applied(last, Duration::from_secs(5)).await;
+    let before = c.image(1);
+    for id in [1, 2, 3] {
+        c.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        c.start(id, StartMode::Resume).await.unwrap();
+    }
+    c.wait_leader(Duration::from_secs(5)).await;
+    for id in [1, 2, 3] {
+        assert_eq!(c.image(id), before, "member {id} after restart");
+    }
+    let mut client = c.client();
+    let (_, services): (u64, Vec<Service>) = client.read(ReadKind::Services, false).await.unwrap();
+    assert_eq!(services.len(), 1);
+    write_ok(&mut client, &register("after")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_save_restore_gives_identical_state_and_recover_works() {
+    let mut c = Cluster::new(3, 10_000).await;
+    let mut client = c.client();
+    for i in 0..15 {
+        write_ok(&mut client, &register(&format!("n{i}"))).await;
+    }
+    write_ok(&mut client, &upsert("web", "app:1")).await;
+    let bytes = client.snapshot_save().await.unwrap();
+    let file_path = c.dir.path().join("snap.json");
+    std::fs::write(&file_path, &bytes).unwrap();
+    let file = SnapshotFile::read(&file_path).unwrap();
+    let (_, live): (u64, StateImage) = client.read(ReadKind::State, false).await.unwrap();
+    assert_eq!(file.state, live);
+
+    // restore into a new data dir: a new one-member cluster with the same state
+    let restored_dir = c.dir.path().join("restored");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let new_id = dr::restore(&file, &restored_dir, 1, &addr).unwrap();
+    assert_ne!(new_id, file.cluster_id, "a restore seeds a new cluster");
+    let err = dr::restore(&file, &restored_dir, 1, &addr).unwrap_err();
+    assert!(err.to_string().contains("already holds"), "{err}");
+    let m = Member::start(config(1, restored_dir, &addr, 10_000), StartMode::Resume)
+        .await
+        .unwrap();
+    let mut rc = ControllerClient::new(vec![addr.clone()]);
+    let (_, restored): (u64, StateImage) = rc.read(ReadKind::State, false).await.unwrap();
+    assert_eq!(restored, live);
+    // it takes writes, with ids continuing
+    write_ok(&mut rc, &register("after-restore")).await;
+    m.stop().await;
+
+    // recover: quorum lost for good, one survivor forced into a one-member cluster
+    let survivor = 3;
+    for id in [1, 2, 3] {
+        c.stop(id).await;
+    }
+    let last = dr::recover(&c.data_dir(survivor), survivor, &c.addrs[&survivor]).unwrap();
+    assert!(last.is_some());
+    c.start(survivor, StartMode::Resume).await.unwrap();
+    let mut sc = c.client_of(survivor);
+    let (_, recovered): (u64, StateImage) = sc.read(ReadKind::State, false).await.unwrap();
+    assert_eq!(recovered, live);
+    let st = sc.status().await.unwrap();
+    assert_eq!(st.members.len(), 1);
+    write_ok(&mut sc, &register("after-recover")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_and_resumes_on_another_member() {
+    use tokio_stream::StreamExt;
+    let c = Cluster::new(3, 10_000).await;
+    let mut client = c.client();
+    write_ok(&mut client, &register("n1")).await;
+    let mut w1 = c.client_of(1);
+    let mut stream = w1.watch(0).await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    let Some(watch_event::Event::FullStateJson(full)) = first.event else {
+        panic!("full state first")
+    };
+    let image: StateImage = serde_json::from_slice(&full).unwrap();
+    assert_eq!(image.nodes.len(), 1);
+    let mut seen = first.index;
+    let i2 = write_ok(&mut client, &register("n2")).await;
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(watch_event::Event::ChangesJson(ch)) = ev.event else {
+        panic!("changes")
+    };
+    let changes: Vec<Change> = serde_json::from_slice(&ch).unwrap();
+    assert!(matches!(&changes[..], [Change::Node(n)] if n.name == "n2" && n.modify_index == i2));
+    seen = seen.max(ev.index);
+    drop(stream);
+
+    // resume on member 2 from where we were: only the newer change arrives
+    let i3 = write_ok(&mut client, &register("n3")).await;
+    c.wait_applied(i3, Duration::from_secs(5)).await;
+    let mut w2 = c.client_of(2);
+    let mut stream = w2.watch(seen).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match ev.event {
+        Some(watch_event::Event::ChangesJson(ch)) => {
+            let changes: Vec<Change> = serde_json::from_slice(&ch).unwrap();
+            assert!(
+                matches!(&changes[..], [Change::Node(n)] if n.name == "n3"),
+                "{changes:?}"
+            );
+        }
+        // member 2 may hold fewer changes (it started later): then a full state
+        Some(watch_event::Event::FullStateJson(full)) => {
+            let image: StateImage = serde_json::from_slice(&full).unwrap();
+            assert_eq!(image.nodes.len(), 3);
+        }
+        None => panic!("empty event"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_membership_requests_are_refused() {
+    let mut c = Cluster::new(1, 10_000).await;
+    let mut client = c.client();
+    // removing the last voter
+    let e = client.remove_member(1).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("last voter"), "{e}");
+    let e = client.remove_member(9).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+
+    // joining twice: id 1 is already a voter
+    let e = client
+        .add_member(1, &c.addrs[&1].clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::AlreadyExists), "{e}");
+    c.start(2, StartMode::Join(c.addrs[&1].clone()))
+        .await
+        .unwrap();
+    let other_dir = c.dir.path().join("other-m2");
+    let e = Member::start(
+        config(2, other_dir, "127.0.0.1:0", 10_000),
+        StartMode::Join(c.addrs[&1].clone()),
+    )
+    .await
+    .err()
+    .expect("joining with an id already in the cluster fails");
+    assert!(e.to_string().contains("already a voter"), "{e}");
+
+    // a data dir of another cluster cannot join this one
+    let mut other = Cluster::new(1, 10_000).await;
+    let foreign = other.data_dir(1);
+    other.stop(1).await;
+    let e = Member::start(
+        config(7, foreign, "127.0.0.1:0", 10_000),
+        StartMode::Join(c.addrs[&1].clone()),
+    )
+    .await
+    .err()
+    .expect("foreign data dir refused");
+    assert!(e.to_string().contains("belongs to cluster"), "{e}");
+
+    // a data dir never initialized cannot just resume
+    let e = Member::start(
+        config(8, c.dir.path().join("fresh"), "127.0.0.1:0", 10_000),
+        StartMode::Resume,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(e, MemberError::Uninitialized(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_without_quorum_is_never_acknowledged() {
+    let mut c = Cluster::new(3, 10_000).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let others: Vec<u64> = c.addrs.keys().copied().filter(|id| *id != leader).collect();
+    for id in &others {
+        c.stop(*id).await;
+    }
+    let mut lc = c.client_of(leader);
+    lc.retry_for = Duration::from_secs(1);
+    let e = lc.write(&register("lonely")).await.unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            Some(Code::DeadlineExceeded) | Some(Code::Unavailable)
+        ) || e.to_string().contains("no controller"),
+        "{e}"
+    );
+    // not applied on the lone member
+    assert!(c.image(leader).nodes.iter().all(|n| n.name != "lonely"));
+    // linearizable reads fail too; stale reads still answer
+    assert!(lc.read::<Vec<Node>>(ReadKind::Nodes, false).await.is_err());
+    assert!(lc.read::<Vec<Node>>(ReadKind::Nodes, true).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_data_dir_is_reported_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("m1");
+    {
+        let m = Member::start(
+            config(1, data.clone(), "127.0.0.1:0", 10_000),
+            StartMode::Bootstrap,
+        )
+        .await
+        .unwrap();
+        let mut c = ControllerClient::new(vec![m.addr.clone()]);
+        write_ok(&mut c, &register("n1")).await;
+        m.stop().await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // overwrite every file of the sled dir with garbage
+    for e in walk(&data) {
+        let len = std::fs::metadata(&e).unwrap().len() as usize;
+        std::fs::write(&e, vec![0xA5u8; len.max(64)]).unwrap();
+    }
+    let r = Member::start(
+        config(1, data.clone(), "127.0.0.1:0", 10_000),
+        StartMode::Resume,
+    )
+    .await;
+    let e = r.err().expect("a corrupted data dir must not start");
+    assert!(
+        e.to_string().contains(&data.display().to_string()),
+        "error names the dir: {e}"
+    );
+}
+
+fn walk(p: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap().path();
+        if e.is_dir() {
+            out.extend(walk(&e));
+        } else {
+            out.push(e);
+        }
+    }
+    out
+}
