@@ -227,7 +227,8 @@ fn exec_joins_the_running_container() {
 #[test]
 fn bad_input_is_refused_clearly_and_leaves_nothing() {
     let t = Rt::new("bad");
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+    type Breaker = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
         (
             "invalid-json",
             Box::new(|b| std::fs::write(b.join("config.json"), "{\"ociVersion\": ,").unwrap()),
