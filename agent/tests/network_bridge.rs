@@ -191,6 +191,92 @@ impl Drop for Netns {
     }
 }
 
+/// A netns standing in for another machine: linked to the host by a veth pair in a /30 of
+/// its own (host .1, outside .2), default route via the host.
+struct External {
+    ns: Netns,
+    host_if: String,
+    host_ip: Ipv4Addr,
+}
+
+impl External {
+    fn new() -> Self {
+        let ns = Netns::new();
+        let n = NETS.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let host_if = format!("gtx{}x{n}", pid % 100_000);
+        let base = [10, 229, (pid % 256) as u8, ((n % 64) * 4) as u8];
+        let host_ip = Ipv4Addr::new(base[0], base[1], base[2], base[3] + 1);
+        let ext_ip = Ipv4Addr::new(base[0], base[1], base[2], base[3] + 2);
+        let steps: [Vec<String>; 6] = [
+            vec![
+                "link".into(),
+                "add".into(),
+                host_if.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                "eth0".into(),
+                "netns".into(),
+                ns.name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{host_ip}/30"),
+                "dev".into(),
+                host_if.clone(),
+            ],
+            vec!["link".into(), "set".into(), host_if.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{ext_ip}/30"),
+                "dev".into(),
+                "eth0".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "link".into(),
+                "set".into(),
+                "eth0".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "route".into(),
+                "add".into(),
+                "default".into(),
+                "via".into(),
+                host_ip.to_string(),
+            ],
+        ];
+        let ext = External {
+            ns,
+            host_if,
+            host_ip,
+        };
+        for args in steps {
+            let st = Command::new("ip").args(&args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        }
+        ext
+    }
+}
+
+impl Drop for External {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
 fn tcp_get(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
@@ -262,7 +348,7 @@ async fn published_tcp_port_reaches_the_container_from_the_host() {
     let ports = parse_port_spec(&format!("{hp}:8080")).unwrap();
     let att = net.attach(&srv.name, &srv.path(), &ports).await.unwrap();
     net.attach(&other.name, &other.path(), &[]).await.unwrap();
-    let server = srv.tcp_server(8080, "published", 3);
+    let server = srv.tcp_server(8080, "published", 4);
 
     // From the host itself: loopback and the bridge-side address (OUTPUT chain).
     assert_eq!(
@@ -276,6 +362,11 @@ async fn published_tcp_port_reaches_the_container_from_the_host() {
     // From another container through the host address (PREROUTING + hairpin NAT).
     let gw = SocketAddr::from((t.cfg.gateway, hp));
     assert_eq!(other.run(move || tcp_get(gw)).unwrap(), "published");
+    // From "outside": a netns wired to the host by its own veth, not on the bridge, reaching
+    // the host's address on that link (PREROUTING, forwarded into the bridge and back).
+    let ext = External::new();
+    let to = SocketAddr::from((ext.host_ip, hp));
+    assert_eq!(ext.ns.run(move || tcp_get(to)).unwrap(), "published");
     server.join().unwrap();
 
     let nat = t.nat();
@@ -554,4 +645,35 @@ async fn cleanup_stale_removes_what_dead_containers_left() {
     assert!(nat.contains(&format!("gantry:{}", live.name)), "{nat}");
     let leases = net.leases().unwrap();
     assert!(leases.leases.contains_key(&live.name) && !leases.leases.contains_key(&dead.name));
+}
+
+#[tokio::test]
+async fn concurrent_attaches_cannot_both_publish_a_port() {
+    let t = TestNet::new();
+    let net = t.open().await;
+    let (a, b) = (Netns::new(), Netns::new());
+    let hp = t.port();
+    let ports = parse_port_spec(&format!("{hp}:80")).unwrap();
+    let (pa, pb) = (a.path(), b.path());
+    let (ra, rb) = tokio::join!(
+        net.attach(&a.name, &pa, &ports),
+        net.attach(&b.name, &pb, &ports)
+    );
+    assert!(
+        ra.is_ok() != rb.is_ok(),
+        "exactly one may win: {ra:?} / {rb:?}"
+    );
+    let (loser, e) = match (ra, rb) {
+        (Ok(_), Err(e)) => (&b, e),
+        (Err(e), _) => (&a, e),
+        (Ok(_), Ok(_)) => unreachable!("checked above"),
+    };
+    assert!(matches!(e, NetworkError::PortInUse { .. }), "{e}");
+    assert!(!loser.links().contains("eth0"));
+    let rules = t.nat();
+    assert_eq!(
+        rules.matches(&format!("--dport {hp} ")).count(),
+        1,
+        "{rules}"
+    );
 }

@@ -28,12 +28,30 @@ struct Cli {
 enum Command {
     /// runc-compatible OCI runtime: runs bundles as containers.
     Runtime(commands::runtime::RuntimeArgs),
+    /// Controller members: run, membership, Raft status, snapshots and recovery.
+    Controller(commands::controller::ControllerArgs),
+    /// List images in the local image store.
+    Images(commands::image::ImagesArgs),
+    /// Manage images: ls, inspect, load, save, tag, rm, prune, unpack.
+    Image(commands::image::ImageArgs),
+    /// Point a new name at an image.
+    Tag(commands::image::TagArgs),
+    /// Remove images.
+    Rmi(commands::image::RmiArgs),
+    /// OCI distribution registry server (`gantry registry gc` collects garbage).
+    Registry(commands::registry::RegistryArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Runtime(args) => commands::runtime::main(args),
+        Command::Controller(args) => commands::controller::main(args),
+        Command::Images(args) => commands::image::images(args),
+        Command::Image(args) => commands::image::main(args),
+        Command::Tag(args) => commands::image::tag(args),
+        Command::Rmi(args) => commands::image::rmi(args),
+        Command::Registry(args) => commands::registry::main(args),
     };
     std::process::exit(code);
 }

@@ -1,5 +1,22 @@
-//! gantry's registry: serves and stores images over the OCI distribution API.
+//! gantry's registry: serves and stores images over the OCI distribution API (v1.1).
 //!
 //! Vocabulary: **repository** (a name like `team/app`), **blob** (content addressed by
 //! digest: layers and configs), **manifest** (the image description, by tag or digest),
-//! **upload** (a blob being written, visible only once its digest and size are verified).
+//! **upload** (a blob being written, visible only once its digest and size are verified),
+//! **link** (what makes a shared blob or manifest visible in one repository).
+//!
+//! Modules: [`reference`] (pure: names, digests, routes, ranges, pagination), [`manifest`]
+//! (pure: manifest validation and references), [`storage`] (filesystem layout, uploads,
+//! atomic writes), [`server`] (axum handler), [`error`] (spec error codes → HTTP),
+//! [`auth`] (basic auth, read and write users), [`gc`] (mark and sweep).
+
+pub mod auth;
+pub mod error;
+pub mod gc;
+pub mod manifest;
+pub mod reference;
+pub mod server;
+pub mod storage;
+
+pub use server::{router, serve, Registry};
+pub use storage::{FsStorage, StorageConfig};

@@ -56,6 +56,13 @@ pub enum ContextError {
         instruction: String,
         src: String,
     },
+    #[error("Dockerfile:{line}: {instruction} source {src:?} is a URL: {hint}")]
+    Url {
+        line: usize,
+        instruction: String,
+        src: String,
+        hint: &'static str,
+    },
     #[error(
         "Dockerfile:{line}: {instruction} source {src:?}: no file in the build context matches"
     )]
@@ -435,7 +442,16 @@ fn resolve_in_root(
     })
 }
 
-/// Resolves the sources of one `COPY`/`ADD` against a context directory.
+/// Whether an `ADD` source is remote (`http://`, `https://`): it is downloaded, not
+/// taken from the context.
+pub fn is_url(src: &str) -> bool {
+    let lower = src.to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// Resolves the sources of one `COPY`/`ADD` against a context directory. URLs are
+/// refused: `COPY` never takes them, and `ADD`'s are fetched by the builder (filter them
+/// out with [`is_url`] first).
 pub fn resolve_sources(
     root: &Path,
     sources: &[String],
@@ -443,6 +459,18 @@ pub fn resolve_sources(
 ) -> Result<Vec<Selection>, ContextError> {
     let mut out = Vec::new();
     for src in sources {
+        if is_url(src) {
+            return Err(ContextError::Url {
+                line: at.line,
+                instruction: at.instruction.to_string(),
+                src: src.clone(),
+                hint: if at.instruction == "COPY" {
+                    "COPY only copies from the build context; ADD downloads URLs"
+                } else {
+                    "remote sources are downloaded, not looked up in the build context"
+                },
+            });
+        }
         let cleaned = clean(src.trim_start_matches('/'));
         if cleaned == ".." || cleaned.starts_with("../") {
             return Err(ContextError::Escape {
@@ -773,6 +801,17 @@ mod tests {
         symlink("../notes.md", d.path().join("src/inside")).unwrap();
         let sel = resolve_sources(d.path(), &["src/inside".into()], AT).unwrap();
         assert_eq!(sel[0].path, d.path().join("notes.md"));
+    }
+
+    #[test]
+    fn urls_are_not_context_paths() {
+        let d = tree();
+        assert!(is_url("HTTPS://example.com/x.tar.gz") && !is_url("http.txt"));
+        let e = resolve_sources(d.path(), &["https://example.com/a".into()], AT).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile:7: COPY source \"https://example.com/a\" is a URL: COPY only copies from the build context; ADD downloads URLs"
+        );
     }
 
     #[test]

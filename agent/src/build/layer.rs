@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -55,6 +55,12 @@ pub enum LayerError {
         line: usize,
         instruction: String,
         dest: String,
+    },
+    #[error("Dockerfile:{line}: ADD {src:?}: {reason}")]
+    Archive {
+        line: usize,
+        src: String,
+        reason: String,
     },
     #[error("overlay upper dir {path}: {reason}")]
     Overlay { path: PathBuf, reason: String },
@@ -515,7 +521,9 @@ pub struct CopySpec<'a> {
     /// The destination after substitution; relative to `workdir` unless absolute.
     pub dest: &'a str,
     pub workdir: &'a str,
-    pub owner: Owner,
+    /// `--chown`; without it copied files belong to 0:0 and extracted archive entries
+    /// keep the archive's owners.
+    pub owner: Option<Owner>,
     pub chmod: Option<u32>,
     /// Directories that already exist in the image (path without leading `/`): their
     /// entries in the layer keep that metadata. The builder must also end `dest` with
@@ -527,6 +535,203 @@ pub struct CopySpec<'a> {
 /// Docker's rules: a directory source copies its contents into `dest`; a file goes to
 /// `dest` itself, or into it when `dest` ends with `/`; several sources need a `dest/`.
 pub fn copy_layer(selections: &[Selection], spec: &CopySpec) -> Result<Layer, LayerError> {
+    build_copy(selections, spec, false)
+}
+
+/// `ADD` of local sources: like [`copy_layer`], except that a file that is a tar
+/// archive (plain, gzip or zstd) is extracted into `dest`. Extracted content is held in
+/// memory until the layer is written.
+pub fn add_layer(selections: &[Selection], spec: &CopySpec) -> Result<Layer, LayerError> {
+    build_copy(selections, spec, true)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Archive {
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+const TAR_MAGIC_AT: usize = 257;
+
+fn is_tar_block(block: &[u8]) -> bool {
+    block.len() > TAR_MAGIC_AT + 5 && &block[TAR_MAGIC_AT..TAR_MAGIC_AT + 5] == b"ustar"
+}
+
+/// Reads up to `n` bytes (fewer at the end).
+fn read_prefix(mut r: impl io::Read, n: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(n);
+    (&mut r).take(n as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Whether `path` is an archive `ADD` extracts. Compressed data that is not a tar is
+/// copied as a file (Docker's rule); bzip2 and xz are refused rather than copied, since
+/// Docker would extract them.
+fn archive_kind(path: &Path, line: usize, src: &str) -> Result<Option<Archive>, LayerError> {
+    let head = read_prefix(File::open(path).map_err(io_err(path))?, 512).map_err(io_err(path))?;
+    let inner_is_tar = |kind: Archive| -> Result<bool, LayerError> {
+        let f = File::open(path).map_err(io_err(path))?;
+        let block = match kind {
+            Archive::Gzip => read_prefix(flate2::read::GzDecoder::new(f), 512),
+            Archive::Zstd => read_prefix(
+                zstd::stream::read::Decoder::new(f).map_err(io_err(path))?,
+                512,
+            ),
+            Archive::Tar => unreachable!("plain tars are checked directly"),
+        };
+        // A corrupt stream is "not an archive": copied as is, like Docker.
+        Ok(block.map(|b| is_tar_block(&b)).unwrap_or(false))
+    };
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(inner_is_tar(Archive::Gzip)?.then_some(Archive::Gzip));
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok(inner_is_tar(Archive::Zstd)?.then_some(Archive::Zstd));
+    }
+    if head.starts_with(b"BZh") || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Err(LayerError::Archive {
+            line,
+            src: src.to_string(),
+            reason: "bzip2 and xz archives are not supported (use gzip or zstd)".into(),
+        });
+    }
+    Ok(is_tar_block(&head).then_some(Archive::Tar))
+}
+
+/// Extracts archive `path` into `dest` (a layer path) of `layer`.
+fn extract_into(
+    layer: &mut Layer,
+    path: &Path,
+    kind: Archive,
+    dest: &str,
+    spec: &CopySpec,
+    src: &str,
+) -> Result<(), LayerError> {
+    let line = spec.at.line;
+    let bad = |reason: String| LayerError::Archive {
+        line,
+        src: src.to_string(),
+        reason,
+    };
+    let f = File::open(path).map_err(io_err(path))?;
+    let reader: Box<dyn io::Read> = match kind {
+        Archive::Tar => Box::new(f),
+        Archive::Gzip => Box::new(flate2::read::GzDecoder::new(f)),
+        Archive::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(io_err(path))?),
+    };
+    let join = |rel: &str| -> Result<String, LayerError> {
+        let cleaned = clean(rel.trim_start_matches('/'));
+        if cleaned == ".." || cleaned.starts_with("../") {
+            return Err(bad(format!(
+                "archive entry {rel:?} points outside the destination"
+            )));
+        }
+        Ok(match (dest.is_empty(), cleaned.as_str()) {
+            (_, ".") => dest.to_string(),
+            (true, c) => c.to_string(),
+            (false, c) => format!("{dest}/{c}"),
+        })
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("reading the archive: {e}")))?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let target = join(&raw)?;
+        if target.is_empty() {
+            continue;
+        }
+        let h = entry.header();
+        let mode = h.mode().map_err(|e| bad(format!("{raw}: {e}")))? & 0o7777;
+        let (uid, gid) = match spec.owner {
+            Some(o) => (o.uid, o.gid),
+            None => (
+                h.uid().map_err(|e| bad(format!("{raw}: {e}")))? as u32,
+                h.gid().map_err(|e| bad(format!("{raw}: {e}")))? as u32,
+            ),
+        };
+        let mtime = h.mtime().unwrap_or(0);
+        let link = || -> Result<String, LayerError> {
+            let name = entry
+                .link_name_bytes()
+                .ok_or_else(|| bad(format!("{raw}: link without a target")))?;
+            Ok(String::from_utf8_lossy(&name).into_owned())
+        };
+        let data = match h.entry_type() {
+            tar::EntryType::Directory => EntryData::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut bytes = Vec::new();
+                io::Read::read_to_end(&mut entry, &mut bytes)
+                    .map_err(|e| bad(format!("{raw}: {e}")))?;
+                EntryData::Bytes(bytes)
+            }
+            tar::EntryType::Symlink => EntryData::Symlink(link()?),
+            tar::EntryType::Link => EntryData::Hardlink(join(&link()?)?),
+            tar::EntryType::Fifo => EntryData::Fifo,
+            t @ (tar::EntryType::Char | tar::EntryType::Block) => {
+                let major = h.device_major().ok().flatten().unwrap_or(0);
+                let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                if t == tar::EntryType::Char {
+                    EntryData::CharDevice { major, minor }
+                } else {
+                    EntryData::BlockDevice { major, minor }
+                }
+            }
+            _ => continue,
+        };
+        if let Some((parent, _)) = target.rsplit_once('/') {
+            ensure_parents(layer, parent, spec);
+        }
+        layer.insert(
+            &target,
+            LayerEntry {
+                data,
+                mode,
+                uid,
+                gid,
+                mtime,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Adds directory entries for `path` and its parents that the layer lacks.
+fn ensure_parents(layer: &mut Layer, path: &str, spec: &CopySpec) {
+    let owner = spec.owner.unwrap_or_default();
+    let mut acc = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if !acc.is_empty() {
+            acc.push('/');
+        }
+        acc.push_str(part);
+        if layer.entries.contains_key(&acc) {
+            continue;
+        }
+        let meta = (spec.existing_dir)(&acc).unwrap_or(DirMeta {
+            mode: 0o755,
+            uid: owner.uid,
+            gid: owner.gid,
+        });
+        layer.insert(
+            &acc,
+            LayerEntry {
+                data: EntryData::Dir,
+                mode: meta.mode,
+                uid: meta.uid,
+                gid: meta.gid,
+                mtime: 0,
+            },
+        );
+    }
+}
+
+fn build_copy(
+    selections: &[Selection],
+    spec: &CopySpec,
+    extract: bool,
+) -> Result<Layer, LayerError> {
     let dest_is_dir = spec.dest.ends_with('/') || spec.dest.ends_with("/.") || spec.dest == ".";
     if selections.len() > 1 && !dest_is_dir {
         return Err(LayerError::DestNotDir {
@@ -542,36 +747,7 @@ pub fn copy_layer(selections: &[Selection], spec: &CopySpec) -> Result<Layer, La
     };
     let dest = clean(&absolute).trim_start_matches('/').to_string();
     let mut layer = Layer::new();
-    let new_dir = |layer: &mut Layer, dir: &str| {
-        if dir.is_empty() || dir == "." || layer.entries.contains_key(dir) {
-            return;
-        }
-        let meta = (spec.existing_dir)(dir).unwrap_or(DirMeta {
-            mode: 0o755,
-            uid: spec.owner.uid,
-            gid: spec.owner.gid,
-        });
-        layer.insert(
-            dir,
-            LayerEntry {
-                data: EntryData::Dir,
-                mode: meta.mode,
-                uid: meta.uid,
-                gid: meta.gid,
-                mtime: 0,
-            },
-        );
-    };
-    let parents = |layer: &mut Layer, path: &str| {
-        let mut acc = String::new();
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(part);
-            new_dir(layer, &acc);
-        }
-    };
+    let parents = |layer: &mut Layer, path: &str| ensure_parents(layer, path, spec);
     for sel in selections {
         if sel.is_dir {
             parents(&mut layer, &dest);
@@ -601,6 +777,13 @@ pub fn copy_layer(selections: &[Selection], spec: &CopySpec) -> Result<Layer, La
                 };
                 layer.insert(&target, copied(data, &meta, spec));
             }
+        } else if let Some(kind) = if extract {
+            archive_kind(&sel.path, spec.at.line, &sel.src)?
+        } else {
+            None
+        } {
+            parents(&mut layer, &dest);
+            extract_into(&mut layer, &sel.path, kind, &dest, spec, &sel.src)?;
         } else {
             let name = sel.rel.rsplit('/').next().unwrap_or(&sel.rel);
             let target = if dest_is_dir {
@@ -630,11 +813,12 @@ fn copied(data: EntryData, meta: &std::fs::Metadata, spec: &CopySpec) -> LayerEn
         (_, Some(m)) => m,
         (_, None) => meta.mode() & 0o7777,
     };
+    let owner = spec.owner.unwrap_or_default();
     LayerEntry {
         data,
         mode,
-        uid: spec.owner.uid,
-        gid: spec.owner.gid,
+        uid: owner.uid,
+        gid: owner.gid,
         mtime: meta.mtime().max(0) as u64,
     }
 }
@@ -665,7 +849,7 @@ mod tests {
         CopySpec {
             dest,
             workdir: "/app",
-            owner,
+            owner: Some(owner),
             chmod,
             existing_dir: &no_dirs,
             at: AT,
@@ -952,6 +1136,168 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(out.path().join("z")).unwrap(),
             "same"
+        );
+    }
+
+    /// A tar with a dir, a file (uid 7), a symlink, a hard link, and no entry for `deep/`.
+    fn sample_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(if kind == tar::EntryType::Directory {
+                0o750
+            } else {
+                0o640
+            });
+            h.set_uid(7);
+            h.set_gid(8);
+            h.set_mtime(123);
+            h.set_size(data.len() as u64);
+            match link {
+                Some(l) => b.append_link(&mut h, path, l).unwrap(),
+                None => b.append_data(&mut h, path, data).unwrap(),
+            }
+        };
+        add("pkg/", tar::EntryType::Directory, b"", None);
+        add("pkg/bin", tar::EntryType::Regular, b"binary", None);
+        add("pkg/link", tar::EntryType::Symlink, b"", Some("bin"));
+        add("pkg/hard", tar::EntryType::Link, b"", Some("pkg/bin"));
+        add("deep/er/file", tar::EntryType::Regular, b"deep", None);
+        b.into_inner().unwrap()
+    }
+
+    fn add(ctx: &Path, src: &str, dest: &str, owner: Option<Owner>) -> Result<Layer, LayerError> {
+        let sel = resolve_sources(
+            ctx,
+            &[src.to_string()],
+            SourceAt {
+                line: 6,
+                instruction: "ADD",
+            },
+        )
+        .unwrap();
+        add_layer(
+            &sel,
+            &CopySpec {
+                owner,
+                at: SourceAt {
+                    line: 6,
+                    instruction: "ADD",
+                },
+                ..spec(dest, Owner::default(), None)
+            },
+        )
+    }
+
+    #[test]
+    fn add_extracts_local_tar_gzip_and_zstd_archives() {
+        let d = tempfile::tempdir().unwrap();
+        let tar = sample_tar();
+        std::fs::write(d.path().join("p.tar"), &tar).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).unwrap();
+        std::fs::write(d.path().join("p.tgz"), gz.finish().unwrap()).unwrap();
+        std::fs::write(
+            d.path().join("p.tar.zst"),
+            zstd::encode_all(tar.as_slice(), 3).unwrap(),
+        )
+        .unwrap();
+        let mut expected = None;
+        for src in ["p.tar", "p.tgz", "p.tar.zst"] {
+            let layer = add(d.path(), src, "/opt/", None).unwrap();
+            let keys: Vec<&String> = layer.entries.keys().collect();
+            assert_eq!(
+                keys,
+                vec![
+                    "opt",
+                    "opt/deep",
+                    "opt/deep/er",
+                    "opt/deep/er/file",
+                    "opt/pkg",
+                    "opt/pkg/bin",
+                    "opt/pkg/hard",
+                    "opt/pkg/link"
+                ],
+                "{src}"
+            );
+            let bin = &layer.entries["opt/pkg/bin"];
+            assert_eq!(
+                (&bin.data, bin.mode, bin.uid, bin.gid, bin.mtime),
+                (&EntryData::Bytes(b"binary".to_vec()), 0o640, 7, 8, 123)
+            );
+            assert_eq!(layer.entries["opt/pkg"].mode, 0o750);
+            assert_eq!(
+                layer.entries["opt/pkg/link"].data,
+                EntryData::Symlink("bin".into())
+            );
+            assert_eq!(
+                layer.entries["opt/pkg/hard"].data,
+                EntryData::Hardlink("opt/pkg/bin".into())
+            );
+            // Same archive, however compressed: the same layer.
+            let digest = layer.write(Vec::new(), MtimePolicy::Keep).unwrap();
+            assert_eq!(expected.get_or_insert(digest.clone()), &digest);
+        }
+        // --chown overrides the archive's owners.
+        let layer = add(d.path(), "p.tgz", "/", Some(Owner { uid: 1, gid: 2 })).unwrap();
+        assert_eq!(
+            (layer.entries["pkg/bin"].uid, layer.entries["pkg/bin"].gid),
+            (1, 2)
+        );
+        // COPY never extracts.
+        let sel = resolve_sources(d.path(), &["p.tgz".into()], AT).unwrap();
+        let layer = copy_layer(&sel, &spec("/opt/", Owner::default(), None)).unwrap();
+        assert!(matches!(
+            layer.entries["opt/p.tgz"].data,
+            EntryData::File(_)
+        ));
+    }
+
+    #[test]
+    fn add_copies_non_archives_and_refuses_unsafe_or_unsupported_ones() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "notes.txt", "plain text");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"not a tar").unwrap();
+        std::fs::write(d.path().join("data.gz"), gz.finish().unwrap()).unwrap();
+        let layer = add(d.path(), "notes.txt", "/n.txt", None).unwrap();
+        assert!(matches!(layer.entries["n.txt"].data, EntryData::File(_)));
+        let layer = add(d.path(), "data.gz", "/x/", None).unwrap();
+        assert!(
+            matches!(layer.entries["x/data.gz"].data, EntryData::File(_)),
+            "gzip of a non-tar is copied"
+        );
+
+        // An entry named ../evil (written raw: the tar crate refuses to create it).
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..7].copy_from_slice(b"../evil");
+        h.set_mode(0o644);
+        h.set_size(1);
+        h.set_entry_type(tar::EntryType::Regular);
+        let mut b = tar::Builder::new(Vec::new());
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let mut evil = b.into_inner().unwrap();
+        // Mark it ustar so it is recognised as an archive.
+        evil[257..263].copy_from_slice(b"ustar\0");
+        evil[263..265].copy_from_slice(b"00");
+        let mut hdr = tar::Header::from_byte_slice(&evil[..512]).clone();
+        hdr.set_cksum();
+        evil[..512].copy_from_slice(hdr.as_bytes());
+        std::fs::write(d.path().join("evil.tar"), &evil).unwrap();
+        let e = add(d.path(), "evil.tar", "/", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Dockerfile:6: ADD \"evil.tar\": archive entry \"../evil\" points outside the destination"
+        );
+
+        std::fs::write(d.path().join("x.tar.bz2"), b"BZh91AY&SY").unwrap();
+        let e = add(d.path(), "x.tar.bz2", "/", None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("bzip2 and xz archives are not supported"),
+            "{e}"
         );
     }
 

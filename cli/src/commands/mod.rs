@@ -1,2 +1,5 @@
 //! One module per command group.
+pub mod controller;
+pub mod image;
+pub mod registry;
 pub mod runtime;

@@ -329,7 +329,26 @@ fn read_procs(dir: &Path) -> Result<Vec<Pid>, CgroupError> {
 /// mkdir of every missing component of `rel` under `base`; records the ones it made.
 /// A leftover leaf from a container that died without cleanup is removed and made anew
 /// (if it is empty): its old limits must not leak into the new container.
+///
+/// A shared parent (`gantry/`) removed by another container's destroy between two mkdirs
+/// shows up as ENOENT: start over, a few times.
 fn make_dirs(base: &Path, rel: &Path, created: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+    let mut attempts = 0;
+    loop {
+        match make_dirs_once(base, rel, created) {
+            Err(CgroupError::Io {
+                op: "creating",
+                source,
+                ..
+            }) if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
+                attempts += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn make_dirs_once(base: &Path, rel: &Path, created: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
     let mut dir = base.to_path_buf();
     let n = rel.components().count();
     for (i, c) in rel.components().enumerate() {

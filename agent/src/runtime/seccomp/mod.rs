@@ -1,5 +1,7 @@
-//! seccomp: the spec's `linux.seccomp` compiled to BPF (with seccompiler) and installed in
-//! the container's init.
+//! seccomp: the spec's `linux.seccomp` compiled to BPF and installed in the container's init.
+//! Small filters are built by seccompiler; filters naming many syscalls (Docker's
+//! allow-list) by [`tree`], a search-tree layout that is ≈ 3× cheaper to install and is
+//! tested to behave exactly like seccompiler's chain.
 //!
 //! Vocabulary:
 //! - **profile**: the OCI `LinuxSeccomp` (default action, architectures, flags, rules);
@@ -24,11 +26,15 @@
 //! there (32-bit-only calls like `_llseek`, other architectures' calls, calls newer than the
 //! table) are skipped and listed in [`Program::skipped`]. The filters check the native
 //! architecture only: a 32-bit (compat) syscall from a container is killed, which is
-//! stricter than Docker (it allows x86 and x32 too).
+//! stricter than Docker (it allows x86 and x32 too). On x86_64, profiles whose default
+//! action lets calls through get an extra filter that kills x32-ABI calls (their numbers
+//! carry bit 30 and would match no rule).
 //!
 //! [`install`] does not set `no_new_privs`: the caller sets it when the spec asks for it.
 //! Without it, installing needs CAP_SYS_ADMIN, so install before dropping capabilities or
 //! set no_new_privs.
+
+mod tree;
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -238,7 +244,28 @@ fn to_seccompiler_rules(set: RuleSet) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
         .map_err(SeccompError::Compile)
 }
 
+/// Filters naming more syscalls than this are laid out as a search tree ([`tree`]);
+/// smaller ones go through seccompiler's linear chain.
+const TREE_THRESHOLD: usize = 16;
+
 fn build(
+    rules: RuleSet,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+    arch: TargetArch,
+) -> Result<BpfProgram, SeccompError> {
+    if rules.len() > TREE_THRESHOLD {
+        return tree::build(
+            &rules,
+            u32::from(mismatch),
+            u32::from(matched),
+            audit_arch(arch),
+        );
+    }
+    build_linear(rules, mismatch, matched, arch)
+}
+
+fn build_linear(
     rules: RuleSet,
     mismatch: SeccompAction,
     matched: SeccompAction,
@@ -249,9 +276,26 @@ fn build(
     BpfProgram::try_from(filter).map_err(SeccompError::Compile)
 }
 
-/// Compiles an OCI seccomp profile for the host architecture. Runs in the runtime's parent.
-pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
-    let arch = host_arch()?;
+fn audit_arch(arch: TargetArch) -> u32 {
+    match arch {
+        TargetArch::x86_64 => 0xc000_003e,
+        TargetArch::aarch64 => 0xc000_00b7,
+        TargetArch::riscv64 => 0xc000_00f3,
+    }
+}
+
+/// A profile checked and resolved to syscall numbers, grouped by action.
+struct Lowered {
+    default: SeccompAction,
+    flags: libc::c_ulong,
+    /// Every rule of any action: what the base filter lets through.
+    allowed: RuleSet,
+    /// Rules of each non-ALLOW action, keyed by the action's return value.
+    by_action: BTreeMap<u32, (SeccompAction, RuleSet)>,
+    skipped: Vec<String>,
+}
+
+fn lower(s: &LinuxSeccomp) -> Result<Lowered, SeccompError> {
     let table = syscall_table()?;
     if s.listener_path().is_some() {
         return Err(SeccompError::UnsupportedAction {
@@ -321,7 +365,30 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
         }
     }
 
+    Ok(Lowered {
+        default,
+        flags,
+        allowed,
+        by_action,
+        skipped,
+    })
+}
+
+/// Compiles an OCI seccomp profile for the host architecture. Runs in the runtime's parent.
+pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
+    let arch = host_arch()?;
+    let Lowered {
+        default,
+        flags,
+        allowed,
+        by_action,
+        skipped,
+    } = lower(s)?;
     let mut filters = Vec::new();
+    if cfg!(target_arch = "x86_64") && matches!(default, SeccompAction::Allow | SeccompAction::Log)
+    {
+        filters.push(x32_guard());
+    }
     if default != SeccompAction::Allow {
         filters.push(build(allowed, default.clone(), SeccompAction::Allow, arch)?);
     }
@@ -343,6 +410,28 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
         flags,
         skipped,
     })
+}
+
+/// On x86_64, x32-ABI syscalls carry the x86_64 audit arch and their number | 0x40000000:
+/// no rule names them, so under a default-ALLOW profile a blocked call would pass as its
+/// x32 twin (libseccomp guards against this too). This filter kills any x32 syscall.
+fn x32_guard() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const LD_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    vec![
+        op(LD_ABS, 0, 0, 4), // seccomp_data.arch
+        op(JEQ, 0, 3, AUDIT_ARCH_X86_64),
+        op(LD_ABS, 0, 0, 0), // seccomp_data.nr
+        op(JGE, 0, 1, X32_SYSCALL_BIT),
+        op(RET, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+        op(RET, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
 }
 
 /// Installs the program's filters on the calling thread, in order. Allocates nothing
@@ -374,4 +463,4 @@ pub fn install(p: &Program) -> Result<(), SeccompError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

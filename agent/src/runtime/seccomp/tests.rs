@@ -326,7 +326,11 @@ fn per_rule_actions_errno_values_and_arg_conditions_apply() {
         ],
     );
     let p = compile(&s).unwrap();
-    assert_eq!(p.filter_count(), 3);
+    // ERRNO(EACCES), ERRNO(ENOTSUP), KILL_PROCESS; plus the x32 guard on x86_64.
+    assert_eq!(
+        p.filter_count(),
+        if cfg!(target_arch = "x86_64") { 4 } else { 3 }
+    );
     let r = errno_under(&p, || unsafe { libc::syscall(libc::SYS_getppid) });
     assert_eq!(r.code, Some(libc::EACCES), "{r:?}");
     let r = errno_under(&p, || unsafe { libc::dup(1000) as libc::c_long });
@@ -370,4 +374,296 @@ fn per_rule_actions_errno_values_and_arg_conditions_apply() {
     assert_eq!(r.code, Some(libc::EBADF), "{r:?}");
     let r = errno_under(&p, || unsafe { libc::dup(0x2ff) as libc::c_long });
     assert_eq!(r.code, Some(libc::EPERM), "{r:?}");
+}
+
+/// Cost of compiling the default profile and of installing it in a child, printed (a
+/// measurement, not an assertion):
+/// `cargo test -p gantry-agent --lib seccomp_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn seccomp_cost() {
+    require_root();
+    let mut compile_t = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let p = compile(&default_seccomp()).unwrap();
+        compile_t.push(t.elapsed());
+        std::hint::black_box(p);
+    }
+    compile_t.sort();
+    let p = compile(&default_seccomp()).unwrap();
+    // The child measures its own install and reports microseconds as the exit code / 10.
+    let mut install_us = Vec::new();
+    for _ in 0..50 {
+        let r = in_child(|| {
+            let t = Instant::now();
+            if install(&p).is_err() {
+                return 255;
+            }
+            (t.elapsed().as_micros() / 10).min(254) as i32
+        });
+        install_us.push(r.code.unwrap() * 10);
+    }
+    install_us.sort();
+    // For scale: a one-rule profile (the fixed cost of a seccomp() call).
+    let tiny = compile(&profile(
+        LinuxSeccompAction::ScmpActAllow,
+        vec![LinuxSyscallBuilder::default()
+            .names(vec!["getppid".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .build()
+            .unwrap()],
+    ))
+    .unwrap();
+    let mut tiny_us = Vec::new();
+    for _ in 0..50 {
+        let r = in_child(|| {
+            let t = Instant::now();
+            if install(&tiny).is_err() {
+                return 255;
+            }
+            (t.elapsed().as_micros() / 10).min(254) as i32
+        });
+        tiny_us.push(r.code.unwrap() * 10);
+    }
+    tiny_us.sort();
+    println!(
+        "one-rule profile: install median ~{} µs",
+        tiny_us[tiny_us.len() / 2]
+    );
+    println!(
+        "default profile: {} filters, {} BPF instructions; compile median {:?}; install median ~{} µs",
+        p.filter_count(),
+        p.instruction_count(),
+        compile_t[compile_t.len() / 2],
+        install_us[install_us.len() / 2]
+    );
+}
+
+/// An x32 twin of a call a default-ALLOW profile blocks must not get through.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn blocklist_profile_kills_x32_twins_of_blocked_calls() {
+    require_root();
+    let s = profile(
+        LinuxSeccompAction::ScmpActAllow,
+        vec![LinuxSyscallBuilder::default()
+            .names(vec!["getppid".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::EACCES as u32)
+            .build()
+            .unwrap()],
+    );
+    let p = compile(&s).unwrap();
+    let r = errno_under(&p, || unsafe { libc::syscall(libc::SYS_getppid) });
+    assert_eq!(r.code, Some(libc::EACCES), "{r:?}");
+    let r = errno_under(&p, || unsafe {
+        libc::syscall(0x4000_0000 | libc::SYS_getppid)
+    });
+    assert_eq!(r.signal, Some(libc::SIGSYS), "{r:?}");
+    // Ordinary calls still pass the guard.
+    let r = errno_under(&p, || unsafe { libc::syscall(libc::SYS_getpid) });
+    assert_eq!(r.code, Some(0), "{r:?}");
+    // The allow-list default profile needs no guard: x32 numbers match nothing → EPERM.
+    let d = compile(&default_seccomp()).unwrap();
+    assert_eq!(d.filter_count(), 2);
+    let r = errno_under(&d, || unsafe {
+        libc::syscall(0x4000_0000 | libc::SYS_getppid)
+    });
+    assert_eq!(r.code, Some(libc::EPERM), "{r:?}");
+}
+
+/// The search-tree layout behaves exactly like seccompiler's linear chain for the same
+/// rules: both run in a BPF interpreter over every syscall number (native, x32 and a foreign
+/// arch) and argument values around every value the rules compare with.
+#[test]
+fn tree_filter_matches_seccompiler_on_every_syscall() {
+    use super::tree::bpf::run;
+    let mut caps_admin = crate::runtime::defaults::default_capabilities();
+    caps_admin.push(oci_spec::runtime::Capability::SysAdmin);
+    let arg = |index: usize, value: u64, two: Option<u64>, op| {
+        let b = LinuxSeccompArgBuilder::default()
+            .index(index)
+            .value(value)
+            .op(op);
+        match two {
+            Some(t) => b.value_two(t),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    };
+    use LinuxSeccompOperator as Op;
+    // One rule per operator, 64-bit values with interesting halves, ANDed and ORed rules.
+    let ops = profile(
+        LinuxSeccompAction::ScmpActErrno,
+        vec![
+            LinuxSyscallBuilder::default()
+                .names(
+                    [
+                        "read",
+                        "write",
+                        "openat",
+                        "close",
+                        "mmap",
+                        "brk",
+                        "exit_group",
+                        "futex",
+                        "getpid",
+                        "getppid",
+                        "dup",
+                        "dup2",
+                        "dup3",
+                        "pipe",
+                        "pipe2",
+                        "uname",
+                        "kill",
+                        "tgkill",
+                        "wait4",
+                        "chdir",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                )
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .build()
+                .unwrap(),
+            LinuxSyscallBuilder::default()
+                .names(vec!["ioctl".into()])
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .args(vec![arg(1, 0x1_0000_0005, None, Op::ScmpCmpEq)])
+                .build()
+                .unwrap(),
+            LinuxSyscallBuilder::default()
+                .names(vec!["ioctl".into()])
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .args(vec![
+                    arg(0, 3, None, Op::ScmpCmpGt),
+                    arg(2, 0xffff_ffff, None, Op::ScmpCmpLe),
+                ])
+                .build()
+                .unwrap(),
+            LinuxSyscallBuilder::default()
+                .names(vec!["fcntl".into()])
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .args(vec![arg(1, 0x2_0000_0000, None, Op::ScmpCmpLt)])
+                .build()
+                .unwrap(),
+            LinuxSyscallBuilder::default()
+                .names(vec!["lseek".into()])
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .args(vec![arg(2, 0x1_0000_0001, None, Op::ScmpCmpGe)])
+                .build()
+                .unwrap(),
+            LinuxSyscallBuilder::default()
+                .names(vec!["socket".into()])
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .args(vec![arg(0, 40, None, Op::ScmpCmpNe)])
+                .build()
+                .unwrap(),
+            LinuxSyscallBuilder::default()
+                .names(vec!["clone".into()])
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .args(vec![arg(
+                    0,
+                    0xff00_0000_7e02_0000,
+                    Some(0x0100_0000_0000_0000),
+                    Op::ScmpCmpMaskedEq,
+                )])
+                .build()
+                .unwrap(),
+        ],
+    );
+    let profiles = [
+        ("default", default_seccomp()),
+        (
+            "sys_admin",
+            crate::runtime::defaults::seccomp_for_capabilities(&caps_admin),
+        ),
+        ("operators", ops),
+    ];
+    let native = super::audit_arch(super::host_arch().unwrap());
+    let values: Vec<u64> = {
+        let mut v = vec![
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+            8,
+            39,
+            40,
+            41,
+            0x20000,
+            0x20008,
+            0xffff_fffe,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x1_0000_0001,
+            0x1_0000_0005,
+            0x1_0000_0006,
+            0x2_0000_0000,
+            0x1_ffff_ffff,
+            0x0100_0000_0000_0000,
+            0x0100_0000_0002_0000,
+            0x0100_0000_0000_0011,
+            u64::MAX,
+            (libc::CLONE_NEWNS | libc::SIGCHLD) as u64,
+            libc::SIGCHLD as u64,
+            0x7e02_0000,
+        ];
+        v.sort();
+        v.dedup();
+        v
+    };
+    for (name, p) in profiles {
+        let l = lower(&p).unwrap();
+        let mut sets = vec![(l.default.clone(), SeccompAction::Allow, l.allowed.clone())];
+        for (_, (action, set)) in l.by_action {
+            sets.push((SeccompAction::Allow, action, set));
+        }
+        for (mismatch, matched, set) in sets {
+            let tree = super::tree::build(
+                &set,
+                u32::from(mismatch.clone()),
+                u32::from(matched.clone()),
+                native,
+            )
+            .unwrap();
+            let arch = super::host_arch().unwrap();
+            let linear = build_linear(set.clone(), mismatch, matched, arch).unwrap();
+            let mut checked = 0u64;
+            for nr in (0u32..500).chain([0x4000_0000 | 39, 0x4000_0000 | 110, u32::MAX]) {
+                for arch_value in [native, 0x4000_0003] {
+                    let arg_sets: Vec<[u64; 6]> =
+                        if set.get(&(nr as i64)).is_some_and(|r| r.is_some()) {
+                            values
+                                .iter()
+                                .flat_map(|&a| values.iter().map(move |&b| [a, b, b, 0, 0, 0]))
+                                .collect()
+                        } else {
+                            vec![[0; 6]]
+                        };
+                    for args in arg_sets {
+                        assert_eq!(
+                            run(&tree, nr, arch_value, args),
+                            run(&linear, nr, arch_value, args),
+                            "{name}: nr {nr} arch {arch_value:#x} args {args:x?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+            assert!(checked > 1000);
+            if set.len() > 100 {
+                assert!(
+                    tree.len() < linear.len(),
+                    "{} vs {}",
+                    tree.len(),
+                    linear.len()
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,165 @@
+//! The image verbs of the `gantry` binary on a temp store: load, images, tag, save, unpack,
+//! rmi, prune — output and exit codes as scripts see them.
+use std::path::Path;
+use std::process::{Command, Output};
+
+use gantry_agent::image::Digest;
+
+fn gantry(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .env("GANTRY_STORE", store)
+        .output()
+        .expect("run gantry")
+}
+
+fn ok(store: &Path, args: &[&str]) -> String {
+    let o = gantry(store, args);
+    assert!(
+        o.status.success(),
+        "gantry {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Writes a one-layer OCI layout naming its image by tag `1` only (as skopeo does).
+fn layout(dir: &Path) -> (Digest, Digest) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let d = Digest::of(data);
+        std::fs::write(blobs.join(d.hex()), data).unwrap();
+        (d, data.len())
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(5);
+    h.set_mtime(1);
+    b.append_data(&mut h, "hello.txt", &b"hello"[..]).unwrap();
+    let layer = b.into_inner().unwrap();
+    let (ld, ls) = put(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": "2026-11-28T00:00:00Z",
+        "rootfs": {"type": "layers", "diff_ids": [ld.to_string()]},
+    }))
+    .unwrap();
+    let (cd, cs) = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}],
+    }))
+    .unwrap();
+    let (md, ms) = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+                "annotations": {"org.opencontainers.image.ref.name": "1"}}],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    (md, ld)
+}
+
+fn names(store: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(store, &["images", "--format", "json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn image_verbs_end_to_end() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "image_verbs_end_to_end needs root (unpack sets owners); run as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (manifest, layer) = layout(&dir.path().join("layout"));
+    let layout_dir = dir.path().join("layout");
+
+    let out = ok(
+        &store,
+        &[
+            "image",
+            "load",
+            "-i",
+            layout_dir.to_str().unwrap(),
+            "--name",
+            "test/app",
+        ],
+    );
+    assert_eq!(out.trim(), "Loaded image: test/app:1");
+    assert_eq!(names(&store), vec!["test/app:1"]);
+    let table = ok(&store, &["images"]);
+    assert!(table.starts_with("REPOSITORY"), "{table}");
+    assert!(
+        table.contains("test/app") && table.contains("2026-11-28"),
+        "{table}"
+    );
+
+    ok(&store, &["tag", "test/app:1", "test/app:2"]);
+    assert_eq!(names(&store), vec!["test/app:1", "test/app:2"]);
+    // Bad target name: refused, names the part, nothing changes.
+    let o = gantry(&store, &["image", "tag", "test/app:1", "test/App"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("\"App\"") && err.contains("lowercase"),
+        "{err}"
+    );
+    assert_eq!(names(&store).len(), 2);
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["image", "inspect", "test/app:2"])).unwrap();
+    assert_eq!(inspect[0]["manifestDigest"], manifest.to_string());
+    assert_eq!(inspect[0]["unpacked"], false);
+    // One layer: its chain ID is its diff_id.
+    assert_eq!(
+        ok(&store, &["image", "unpack", "test/app:2"]).trim(),
+        layer.to_string()
+    );
+
+    let saved = dir.path().join("saved.tar");
+    ok(
+        &store,
+        &["image", "save", "-o", saved.to_str().unwrap(), "test/app:2"],
+    );
+    let store2 = dir.path().join("store2");
+    let out = ok(&store2, &["image", "load", "-i", saved.to_str().unwrap()]);
+    assert_eq!(out.trim(), "Loaded image: test/app:2");
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(&store2, &["image", "inspect", "test/app:2"])).unwrap();
+    assert_eq!(again[0]["manifestDigest"], manifest.to_string());
+
+    // rmi with one unknown name changes nothing.
+    let o = gantry(&store, &["rmi", "test/app:1", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(names(&store).len(), 2);
+    // Removing one of two names frees nothing; removing the last frees everything.
+    let out = ok(&store, &["rmi", "test/app:1"]);
+    assert!(out.contains("Removed 0 blobs"), "{out}");
+    let out = ok(&store, &["image", "rm", "test/app:2"]);
+    assert!(
+        out.contains("Removed 3 blobs") && out.contains("1 snapshots"),
+        "{out}"
+    );
+    assert!(names(&store).is_empty());
+    assert_eq!(
+        std::fs::read_dir(store.join("content/blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
