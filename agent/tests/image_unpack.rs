@@ -170,6 +170,15 @@ fn apply_mode_deletes_whited_out_paths() {
     };
     unpack_layer(&top.tar()[..], dir.path(), &o).unwrap();
     assert_eq!(tree(dir.path()), vec!["a", "a/keep", "b", "b/fresh"]);
+    // A whiteout of the directory just written into: later entries land in a new one.
+    let mut again = Layer::new();
+    again
+        .file("c/f1", b"1", 0o644, 1)
+        .file(".wh.c", b"", 0o644, 1)
+        .file("c/f2", b"2", 0o644, 1);
+    let fresh = tempfile::tempdir().unwrap();
+    unpack_layer(&again.tar()[..], fresh.path(), &o).unwrap();
+    assert_eq!(tree(fresh.path()), vec!["c", "c/f2"]);
 }
 
 /// Unpacks `layer` through the store (temp snapshot + commit) and checks it is refused

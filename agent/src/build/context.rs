@@ -335,6 +335,8 @@ pub struct Selection {
     pub rel: String,
     /// The path on disk, symlinks in it resolved (inside the context).
     pub path: PathBuf,
+    /// The selected path with symlinks resolved, relative to the context root.
+    pub resolved: String,
     pub is_dir: bool,
 }
 
@@ -359,10 +361,322 @@ pub struct SourceAt<'a> {
     pub instruction: &'a str,
 }
 
-/// Resolves `rel` under `root` following symlinks as if `root` were `/`, refusing to
+/// One entry of a tree, as the content hash sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Relative to the tree's root ("" for the root itself).
+    pub rel: String,
+    pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
+    pub size: u64,
+    /// sha256 of a file's bytes.
+    pub digest: [u8; 32],
+    /// A symlink's target.
+    pub target: String,
+}
+
+/// A build context as `COPY` sees it: a directory ([`DirView`]) or the index of a
+/// received context stream ([`ContextIndex`], which needs no unpacking). Both give the
+/// same selections and the same content hashes for the same content.
+pub trait ContextView {
+    /// The kind of the entry at `rel` (no symlink following); None if absent.
+    fn kind(&self, rel: &str) -> Result<Option<EntryKind>, ContextError>;
+    fn link_target(&self, rel: &str) -> Result<String, ContextError>;
+    /// Every path below the root, depth first, siblings by name.
+    fn all_paths(&self) -> Result<Vec<String>, ContextError>;
+    /// The tree at `rel` (resolved, not a symlink): itself, then what is below it, in
+    /// walk order.
+    fn tree(&self, rel: &str) -> Result<Vec<TreeEntry>, ContextError>;
+    /// Where a resolved path is on disk, for the layer writer (a view that has no files
+    /// returns the relative path).
+    fn disk_path(&self, rel: &str) -> PathBuf;
+}
+
+/// A context directory.
+#[derive(Debug, Clone)]
+pub struct DirView {
+    pub root: PathBuf,
+}
+
+impl DirView {
+    fn abs(&self, rel: &str) -> PathBuf {
+        if rel == "." || rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+}
+
+fn file_digest(path: &Path) -> Result<[u8; 32], ContextError> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+impl ContextView for DirView {
+    fn kind(&self, rel: &str) -> Result<Option<EntryKind>, ContextError> {
+        let path = self.abs(rel);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) => Ok(kind_of(&m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn link_target(&self, rel: &str) -> Result<String, ContextError> {
+        let path = self.abs(rel);
+        let t = std::fs::read_link(&path).map_err(io_err(&path))?;
+        Ok(t.to_string_lossy().into_owned())
+    }
+
+    fn all_paths(&self) -> Result<Vec<String>, ContextError> {
+        let mut out = Vec::new();
+        for entry in walkdir::WalkDir::new(&self.root)
+            .min_depth(1)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let entry = entry.map_err(|source| ContextError::Walk {
+                path: self.root.clone(),
+                source,
+            })?;
+            out.push(rel_of(&self.root, entry.path()));
+        }
+        Ok(out)
+    }
+
+    fn tree(&self, rel: &str) -> Result<Vec<TreeEntry>, ContextError> {
+        let top = self.abs(rel);
+        let mut out = Vec::new();
+        for entry in walkdir::WalkDir::new(&top)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let entry = entry.map_err(|source| ContextError::Walk {
+                path: top.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
+            let Some(kind) = kind_of(&meta) else { continue };
+            out.push(TreeEntry {
+                rel: rel_of(&top, path),
+                kind,
+                mode: meta.permissions().mode() & 0o7777,
+                size: if kind == EntryKind::File {
+                    meta.size()
+                } else {
+                    0
+                },
+                digest: if kind == EntryKind::File {
+                    file_digest(path)?
+                } else {
+                    [0; 32]
+                },
+                target: if kind == EntryKind::Symlink {
+                    std::fs::read_link(path)
+                        .map_err(io_err(path))?
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    String::new()
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn disk_path(&self, rel: &str) -> PathBuf {
+        self.abs(rel)
+    }
+}
+
+/// The index of a context tar stream: paths, kinds, modes, file digests — built in one
+/// pass while the stream arrives, so a fully cached build needs no unpacking.
+#[derive(Debug, Clone, Default)]
+pub struct ContextIndex {
+    entries: std::collections::BTreeMap<Vec<String>, TreeEntry>,
+}
+
+fn components(rel: &str) -> Vec<String> {
+    rel.split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .map(str::to_string)
+        .collect()
+}
+
+impl ContextIndex {
+    /// Reads a context tar (as [`ContextWalker::write_tar`] writes it). To keep the
+    /// stream as well, hand in a reader that also writes what it reads.
+    pub fn from_tar(reader: impl Read) -> Result<ContextIndex, ContextError> {
+        let stream_err = |e: io::Error| ContextError::Stream(e);
+        let mut index = ContextIndex::default();
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(stream_err)? {
+            let mut entry = entry.map_err(stream_err)?;
+            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let parts = components(&raw);
+            if parts.is_empty() || parts.iter().any(|p| p == "..") {
+                continue;
+            }
+            let h = entry.header();
+            let mode = h.mode().map_err(stream_err)? & 0o7777;
+            let kind = match h.entry_type() {
+                tar::EntryType::Directory => EntryKind::Dir,
+                tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+                tar::EntryType::Symlink => EntryKind::Symlink,
+                _ => continue,
+            };
+            let target = match kind {
+                EntryKind::Symlink => entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            let (size, digest) = if kind == EntryKind::File {
+                let mut hw = HashSink(Sha256::new(), 0);
+                io::copy(&mut entry, &mut hw).map_err(stream_err)?;
+                (hw.1, hw.0.finalize().into())
+            } else {
+                (0, [0; 32])
+            };
+            // Parents the stream left out are directories.
+            for i in 1..parts.len() {
+                index
+                    .entries
+                    .entry(parts[..i].to_vec())
+                    .or_insert_with(|| TreeEntry {
+                        rel: String::new(),
+                        kind: EntryKind::Dir,
+                        mode: 0o755,
+                        size: 0,
+                        digest: [0; 32],
+                        target: String::new(),
+                    });
+            }
+            index.entries.insert(
+                parts,
+                TreeEntry {
+                    rel: String::new(),
+                    kind,
+                    mode,
+                    size,
+                    digest,
+                    target,
+                },
+            );
+        }
+        Ok(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+struct HashSink(Sha256, u64);
+
+impl Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        self.1 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ContextView for ContextIndex {
+    fn kind(&self, rel: &str) -> Result<Option<EntryKind>, ContextError> {
+        let parts = components(rel);
+        if parts.is_empty() {
+            return Ok(Some(EntryKind::Dir));
+        }
+        Ok(self.entries.get(&parts).map(|e| e.kind))
+    }
+
+    fn link_target(&self, rel: &str) -> Result<String, ContextError> {
+        Ok(self
+            .entries
+            .get(&components(rel))
+            .map(|e| e.target.clone())
+            .unwrap_or_default())
+    }
+
+    fn all_paths(&self) -> Result<Vec<String>, ContextError> {
+        // Component-wise order is the walk order: depth first, siblings by name.
+        Ok(self.entries.keys().map(|k| k.join("/")).collect())
+    }
+
+    fn tree(&self, rel: &str) -> Result<Vec<TreeEntry>, ContextError> {
+        let parts = components(rel);
+        let root = TreeEntry {
+            rel: String::new(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            size: 0,
+            digest: [0; 32],
+            target: String::new(),
+        };
+        let mut out = Vec::new();
+        let top = if parts.is_empty() {
+            root
+        } else {
+            match self.entries.get(&parts) {
+                Some(e) => e.clone(),
+                None => return Ok(out),
+            }
+        };
+        let is_dir = top.kind == EntryKind::Dir;
+        out.push(top);
+        if is_dir {
+            for (k, e) in self.entries.range(parts.clone()..) {
+                if k.len() <= parts.len() && !parts.is_empty() {
+                    if *k == parts {
+                        continue;
+                    }
+                    break;
+                }
+                if !k.starts_with(&parts) {
+                    break;
+                }
+                if k.len() == parts.len() {
+                    continue;
+                }
+                out.push(TreeEntry {
+                    rel: k[parts.len()..].join("/"),
+                    ..e.clone()
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn disk_path(&self, rel: &str) -> PathBuf {
+        PathBuf::from(rel)
+    }
+}
+
+/// Resolves `rel` in the view following symlinks as if its root were `/`, refusing to
 /// leave it. Returns the resolved relative path.
 fn resolve_in_root(
-    root: &Path,
+    view: &dyn ContextView,
     rel: &str,
     src: &str,
     at: SourceAt,
@@ -382,7 +696,7 @@ fn resolve_in_root(
     let mut done: Vec<String> = Vec::new();
     let mut links = 0;
     while let Some(part) = todo.pop() {
-        if part == "." {
+        if part == "." || part.is_empty() {
             continue;
         }
         if part == ".." {
@@ -392,47 +706,41 @@ fn resolve_in_root(
             continue;
         }
         done.push(part);
-        let path = root.join(done.join("/"));
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let here = done.join("/");
+        match view.kind(&here)? {
+            None => {
                 return Err(ContextError::NotFound {
                     line: at.line,
                     instruction: at.instruction.to_string(),
                     src: src.to_string(),
                 })
             }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        if meta.file_type().is_symlink() {
-            links += 1;
-            if links > 40 {
-                return Err(io_err(&path)(io::Error::other(
-                    "too many levels of symbolic links",
-                )));
-            }
-            let target = std::fs::read_link(&path).map_err(io_err(&path))?;
-            let target = target.to_string_lossy().to_string();
-            if target.starts_with('/') {
-                return Err(escape(format!(
-                    " (symlink {} points to {target})",
-                    done.join("/")
-                )));
-            }
-            done.pop();
-            let before = done.len();
-            let mut depth = before as isize;
-            for p in target.split('/') {
-                match p {
-                    "" | "." => {}
-                    ".." => depth -= 1,
-                    _ => depth += 1,
+            Some(EntryKind::Symlink) => {
+                links += 1;
+                if links > 40 {
+                    return Err(io_err(&view.disk_path(&here))(io::Error::other(
+                        "too many levels of symbolic links",
+                    )));
                 }
-                if depth < 0 {
-                    return Err(escape(format!(" (symlink {} points to {target})", rel)));
+                let target = view.link_target(&here)?;
+                if target.starts_with('/') {
+                    return Err(escape(format!(" (symlink {here} points to {target})")));
                 }
+                done.pop();
+                let mut depth = done.len() as isize;
+                for p in target.split('/') {
+                    match p {
+                        "" | "." => {}
+                        ".." => depth -= 1,
+                        _ => depth += 1,
+                    }
+                    if depth < 0 {
+                        return Err(escape(format!(" (symlink {here} points to {target})")));
+                    }
+                }
+                todo.extend(target.split('/').rev().map(str::to_string));
             }
-            todo.extend(target.split('/').rev().map(str::to_string));
+            Some(_) => {}
         }
     }
     Ok(if done.is_empty() {
@@ -454,6 +762,21 @@ pub fn is_url(src: &str) -> bool {
 /// out with [`is_url`] first).
 pub fn resolve_sources(
     root: &Path,
+    sources: &[String],
+    at: SourceAt,
+) -> Result<Vec<Selection>, ContextError> {
+    resolve_sources_in(
+        &DirView {
+            root: root.to_path_buf(),
+        },
+        sources,
+        at,
+    )
+}
+
+/// [`resolve_sources`] against any [`ContextView`].
+pub fn resolve_sources_in(
+    view: &dyn ContextView,
     sources: &[String],
     at: SourceAt,
 ) -> Result<Vec<Selection>, ContextError> {
@@ -482,16 +805,7 @@ pub fn resolve_sources(
         }
         let rels: Vec<String> = if has_glob(&cleaned) {
             let mut matched: Vec<String> = Vec::new();
-            for entry in walkdir::WalkDir::new(root)
-                .min_depth(1)
-                .follow_links(false)
-                .sort_by_file_name()
-            {
-                let entry = entry.map_err(|source| ContextError::Walk {
-                    path: root.to_path_buf(),
-                    source,
-                })?;
-                let rel = rel_of(root, entry.path());
+            for rel in view.all_paths()? {
                 let under_match = matched
                     .iter()
                     .any(|m| rel.starts_with(m.as_str()) && rel[m.len()..].starts_with('/'));
@@ -511,75 +825,73 @@ pub fn resolve_sources(
             vec![cleaned]
         };
         for rel in rels {
-            let resolved = resolve_in_root(root, &rel, src, at)?;
-            let path = if resolved == "." {
-                root.to_path_buf()
-            } else {
-                root.join(&resolved)
-            };
-            let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
+            let resolved = resolve_in_root(view, &rel, src, at)?;
+            let is_dir = view.kind(&resolved)? == Some(EntryKind::Dir);
             out.push(Selection {
                 src: src.clone(),
                 rel,
-                path,
-                is_dir: meta.is_dir(),
+                path: view.disk_path(&resolved),
+                resolved,
+                is_dir,
             });
         }
     }
     Ok(out)
 }
 
-/// `sha256:<hex>` of what the selections contain (see the module doc).
+/// `sha256:<hex>` of what the selections contain in a context directory (see the
+/// module doc).
 pub fn content_hash(selections: &[Selection]) -> Result<String, ContextError> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
     for sel in selections {
-        h.update(b"S");
-        h.update((sel.rel.len() as u64).to_le_bytes());
-        h.update(sel.rel.as_bytes());
-        for entry in walkdir::WalkDir::new(&sel.path)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
-            let entry = entry.map_err(|source| ContextError::Walk {
-                path: sel.path.clone(),
-                source,
-            })?;
-            let path = entry.path();
-            let rel = rel_of(&sel.path, path);
-            let meta = std::fs::symlink_metadata(path).map_err(io_err(path))?;
-            let Some(kind) = kind_of(&meta) else { continue };
-            h.update([match kind {
-                EntryKind::Dir => b'd',
-                EntryKind::File => b'f',
-                EntryKind::Symlink => b'l',
-            }]);
-            h.update((rel.len() as u64).to_le_bytes());
-            h.update(rel.as_bytes());
-            h.update((meta.permissions().mode() & 0o7777).to_le_bytes());
-            match kind {
-                EntryKind::Dir => {}
-                EntryKind::Symlink => {
-                    let target = std::fs::read_link(path).map_err(io_err(path))?;
-                    let t = target.to_string_lossy();
-                    h.update((t.len() as u64).to_le_bytes());
-                    h.update(t.as_bytes());
-                }
-                EntryKind::File => {
-                    h.update(meta.size().to_le_bytes());
-                    let mut f = File::open(path).map_err(io_err(path))?;
-                    loop {
-                        let n = f.read(&mut buf).map_err(io_err(path))?;
-                        if n == 0 {
-                            break;
-                        }
-                        h.update(&buf[..n]);
-                    }
-                }
+        let view = DirView {
+            root: sel.path.clone(),
+        };
+        hash_tree(&mut h, sel, &view.tree(".")?);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// [`content_hash`] against any [`ContextView`] (the selections must come from it).
+pub fn content_hash_in(
+    view: &dyn ContextView,
+    selections: &[Selection],
+) -> Result<String, ContextError> {
+    let mut h = Sha256::new();
+    for sel in selections {
+        hash_tree(&mut h, sel, &view.tree(&sel.resolved)?);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+fn hash_tree(h: &mut Sha256, sel: &Selection, tree: &[TreeEntry]) {
+    h.update(b"S");
+    h.update((sel.rel.len() as u64).to_le_bytes());
+    h.update(sel.rel.as_bytes());
+    for e in tree {
+        h.update([match e.kind {
+            EntryKind::Dir => b'd',
+            EntryKind::File => b'f',
+            EntryKind::Symlink => b'l',
+        }]);
+        h.update((e.rel.len() as u64).to_le_bytes());
+        h.update(e.rel.as_bytes());
+        // A selected directory's own mode is not copied (only its contents are).
+        if !(e.rel.is_empty() && e.kind == EntryKind::Dir) {
+            h.update(e.mode.to_le_bytes());
+        }
+        match e.kind {
+            EntryKind::Dir => {}
+            EntryKind::Symlink => {
+                h.update((e.target.len() as u64).to_le_bytes());
+                h.update(e.target.as_bytes());
+            }
+            EntryKind::File => {
+                h.update(e.size.to_le_bytes());
+                h.update(e.digest);
             }
         }
     }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
 #[cfg(test)]
@@ -801,6 +1113,88 @@ mod tests {
         symlink("../notes.md", d.path().join("src/inside")).unwrap();
         let sel = resolve_sources(d.path(), &["src/inside".into()], AT).unwrap();
         assert_eq!(sel[0].path, d.path().join("notes.md"));
+    }
+
+    #[test]
+    fn stream_index_resolves_and_hashes_like_the_directory() {
+        let d = tree();
+        write(d.path(), ".dockerignore", "target\n");
+        symlink("src/main.rs", d.path().join("link")).unwrap();
+        symlink("/etc/passwd", d.path().join("abs")).unwrap();
+        std::fs::set_permissions(
+            d.path().join("notes.md"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let mut stream = Vec::new();
+        ContextWalker::new(d.path(), None)
+            .unwrap()
+            .write_tar(&mut stream)
+            .unwrap();
+        let index = ContextIndex::from_tar(stream.as_slice()).unwrap();
+        // What the agent would have after unpacking the same stream (into a root whose
+        // own mode differs: it must not matter).
+        let unpacked = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(unpacked.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        tar::Archive::new(stream.as_slice())
+            .unpack(unpacked.path())
+            .unwrap();
+        let dir = DirView {
+            root: unpacked.path().to_path_buf(),
+        };
+        let sets: &[&[&str]] = &[
+            &["src"],
+            &["src/*.rs", "notes.md"],
+            &["link"],
+            &["."],
+            &["**/*.tmp", "a"],
+            &["/README.md"],
+        ];
+        for set in sets {
+            let srcs: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let from_dir = resolve_sources_in(&dir, &srcs, AT).unwrap();
+            let from_index = resolve_sources_in(&index, &srcs, AT).unwrap();
+            let strip = |v: &[Selection]| {
+                v.iter()
+                    .map(|s| (s.rel.clone(), s.resolved.clone(), s.is_dir))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(strip(&from_dir), strip(&from_index), "{set:?}");
+            assert_eq!(
+                content_hash_in(&dir, &from_dir).unwrap(),
+                content_hash_in(&index, &from_index).unwrap(),
+                "{set:?}"
+            );
+            assert_eq!(
+                content_hash(&from_dir).unwrap(),
+                content_hash_in(&index, &from_index).unwrap()
+            );
+        }
+        assert_eq!(
+            resolve_sources_in(&index, &["link".into()], AT).unwrap()[0].resolved,
+            "src/main.rs"
+        );
+        for (src, want) in [
+            ("abs", "outside the build context"),
+            ("target/keep.txt", "not found"),
+            ("../x", "outside"),
+            ("*.zip", "no file"),
+        ] {
+            let e = resolve_sources_in(&index, &[src.to_string()], AT).unwrap_err();
+            assert!(e.to_string().contains(want), "{src}: {e}");
+        }
+        // A changed file changes the index's hash.
+        let sel = resolve_sources_in(&index, &["src".into()], AT).unwrap();
+        let before = content_hash_in(&index, &sel).unwrap();
+        write(d.path(), "src/lib.rs", "changed");
+        let mut stream2 = Vec::new();
+        ContextWalker::new(d.path(), None)
+            .unwrap()
+            .write_tar(&mut stream2)
+            .unwrap();
+        let index2 = ContextIndex::from_tar(stream2.as_slice()).unwrap();
+        let sel2 = resolve_sources_in(&index2, &["src".into()], AT).unwrap();
+        assert_ne!(before, content_hash_in(&index2, &sel2).unwrap());
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   `d/.wh.f`, and hides all of a directory's lower content with `d/.wh..wh..opq`;
 //!   overlayfs marks the same things in its upper dir with a 0:0 character device and the
 //!   `trusted.overlay.opaque=y` xattr. [`diff_upper`] translates one into the other;
+//! - **xattrs**: extended attributes found in an upper dir travel as PAX
+//!   `SCHILY.xattr.*` records (overlayfs' own are dropped);
 //! - **copy layer**: what a `COPY`/`ADD` adds ([`copy_layer`]): sources mapped under the
 //!   destination with Docker's directory rules, owners from `--chown` (default 0:0),
 //!   modes from `--chmod`.
@@ -117,6 +119,9 @@ pub struct LayerEntry {
     pub uid: u32,
     pub gid: u32,
     pub mtime: u64,
+    /// Extended attributes (e.g. `security.capability`), sorted by name; written as PAX
+    /// `SCHILY.xattr.*` records.
+    pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
 /// A layer being assembled; paths are relative (`usr/bin/x`), entries sorted by path.
@@ -188,6 +193,16 @@ impl Layer {
                     MtimePolicy::Clamp(epoch) => entry.mtime.min(epoch),
                 });
                 h.set_size(0);
+                if !entry.xattrs.is_empty() {
+                    let records: Vec<(String, &[u8])> = entry
+                        .xattrs
+                        .iter()
+                        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                        .collect();
+                    builder
+                        .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                        .map_err(werr)?;
+                }
                 match &entry.data {
                     EntryData::Dir => {
                         h.set_entry_type(tar::EntryType::Directory);
@@ -312,6 +327,22 @@ fn xattr_value(path: &Path, names: &[&str]) -> Result<Option<Vec<u8>>, LayerErro
     Ok(None)
 }
 
+/// A file's extended attributes, minus overlayfs' own bookkeeping.
+fn kept_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, LayerError> {
+    let mut out = Vec::new();
+    for name in xattr::list(path).map_err(io_err(path))? {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, &name).map_err(io_err(path))? {
+            out.push((name, value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// The OCI layer for the changes recorded in an overlayfs upper dir (the mount must be
 /// gone or quiescent). Mount overlays for builds with `redirect_dir=off,metacopy=off`:
 /// renamed-directory redirects and metadata-only copy-ups are refused, since their data
@@ -343,6 +374,7 @@ pub fn diff_upper(upper: &Path) -> Result<Layer, LayerError> {
             uid: meta.uid(),
             gid: meta.gid(),
             mtime: meta.mtime().max(0) as u64,
+            xattrs: Vec::new(),
         };
         if ft.is_char_device() && meta.rdev() == 0 {
             let (dir, name) = match rel.rsplit_once('/') {
@@ -391,6 +423,11 @@ pub fn diff_upper(upper: &Path) -> Result<Layer, LayerError> {
         let Some(mut data) = entry_from_meta(path, &meta)? else {
             continue; // sockets: not representable in a tar
         };
+        let xattrs = if ft.is_symlink() {
+            Vec::new()
+        } else {
+            kept_xattrs(path)?
+        };
         if ft.is_file() && meta.nlink() > 1 {
             match inodes.get(&(meta.dev(), meta.ino())) {
                 Some(first) => data = EntryData::Hardlink(first.clone()),
@@ -399,7 +436,14 @@ pub fn diff_upper(upper: &Path) -> Result<Layer, LayerError> {
                 }
             }
         }
-        layer.insert(&rel, LayerEntry { data, ..base });
+        layer.insert(
+            &rel,
+            LayerEntry {
+                data,
+                xattrs,
+                ..base
+            },
+        );
     }
     fix_hardlink_order(&mut layer);
     Ok(layer)
@@ -691,6 +735,7 @@ fn extract_into(
                 uid,
                 gid,
                 mtime,
+                xattrs: Vec::new(),
             },
         );
     }
@@ -722,6 +767,7 @@ fn ensure_parents(layer: &mut Layer, path: &str, spec: &CopySpec) {
                 uid: meta.uid,
                 gid: meta.gid,
                 mtime: 0,
+                xattrs: Vec::new(),
             },
         );
     }
@@ -820,6 +866,7 @@ fn copied(data: EntryData, meta: &std::fs::Metadata, spec: &CopySpec) -> LayerEn
         uid: owner.uid,
         gid: owner.gid,
         mtime: meta.mtime().max(0) as u64,
+        xattrs: Vec::new(),
     }
 }
 
@@ -1356,6 +1403,7 @@ mod tests {
         write(&merged, "var/cache/new", "new");
         write(&merged, "old", "changed");
         write(&merged, "added/file", "added");
+        xattr::set(merged.join("added/file"), "user.gantry.test", b"kept").unwrap();
         drop(guard);
         assert!(!merged.join("old").exists(), "unmounted");
 
@@ -1381,6 +1429,31 @@ mod tests {
                 s("var/cache/.wh..wh..opq", 'f', ""),
                 s("var/cache/new", 'f', "new"),
             ]
+        );
+        // Extended attributes travel as PAX records; overlay's own do not.
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut seen = Vec::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            if let Some(pax) = e.pax_extensions().unwrap() {
+                for ext in pax {
+                    let ext = ext.unwrap();
+                    seen.push((
+                        path.clone(),
+                        ext.key().unwrap().to_string(),
+                        ext.value_bytes().to_vec(),
+                    ));
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![(
+                "added/file".to_string(),
+                "SCHILY.xattr.user.gantry.test".to_string(),
+                b"kept".to_vec()
+            )]
         );
         // The same upper dir gives the same digest again.
         let mut again = Vec::new();

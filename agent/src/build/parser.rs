@@ -45,7 +45,8 @@ impl ParseError {
     }
 }
 
-/// Something Docker accepts but that is probably not what the author meant.
+/// Something Docker accepts but that is probably not what the author meant; line 0 is
+/// about the whole build (e.g. unused build args).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
     pub line: usize,
@@ -54,7 +55,11 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Dockerfile:{}: warning: {}", self.line, self.message)
+        if self.line == 0 {
+            write!(f, "Dockerfile: warning: {}", self.message)
+        } else {
+            write!(f, "Dockerfile:{}: warning: {}", self.line, self.message)
+        }
     }
 }
 

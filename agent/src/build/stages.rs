@@ -421,6 +421,26 @@ impl Plan {
                 }
             }
         }
+        for stage in &stages {
+            for keyword in ["CMD", "ENTRYPOINT", "HEALTHCHECK"] {
+                let lines: Vec<usize> = stage
+                    .instructions
+                    .iter()
+                    .filter(|l| l.instruction.keyword() == keyword)
+                    .map(Located::line)
+                    .collect();
+                if let Some((last, earlier)) = lines.split_last() {
+                    for line in earlier {
+                        warnings.push(Warning {
+                            line: *line,
+                            message: format!(
+                                "multiple {keyword} instructions in one stage: only the last (line {last}) takes effect"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
         let unused: Vec<&str> = options
             .build_args
             .keys()
@@ -1039,6 +1059,19 @@ ENTRYPOINT ["echo", "$D"]
     }
 
     #[test]
+    fn repeated_cmd_warns_at_the_overridden_lines() {
+        let p = plan(
+            "FROM a\nCMD one\nENTRYPOINT [\"e\"]\nCMD two\nFROM b\nCMD three\n",
+            &[],
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert_eq!(p.warnings[0].line, 2);
+        assert!(p.warnings[0].message.contains("only the last (line 4)"));
+    }
+
+    #[test]
     fn unused_build_args_warn() {
         let p = plan(
             "ARG USED\nFROM a\nARG INSTAGE\n",
@@ -1048,6 +1081,10 @@ ENTRYPOINT ["echo", "$D"]
         .unwrap();
         assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].message.contains("NOPE"));
+        assert_eq!(
+            p.warnings[0].to_string(),
+            "Dockerfile: warning: build args not consumed by the build: NOPE"
+        );
         assert!(!p.warnings[0].message.contains("USED"));
     }
 

@@ -365,6 +365,26 @@ impl Unpacker<'_> {
                 limit: self.opts.max_uncompressed,
             });
         }
+        // This entry may replace (or white out) the cached parent directory or one of its
+        // ancestors: resolve afresh then.
+        if let Some((cached, _)) = &self.parent_cache {
+            let own = comps.join(&b'/');
+            let under =
+                |p: &[u8]| p == own.as_slice() || p.starts_with(&[own.as_slice(), b"/"].concat());
+            let target_of_whiteout = comps.last().and_then(|l| l.strip_prefix(b".wh.")).map(|t| {
+                let mut v = comps[..comps.len() - 1].to_vec();
+                v.push(t.to_vec());
+                v.join(&b'/')
+            });
+            if under(cached)
+                || target_of_whiteout.is_some_and(|t| {
+                    cached == &t || cached.starts_with(&[t.as_slice(), b"/"].concat())
+                })
+                || own.is_empty()
+            {
+                self.parent_cache = None;
+            }
+        }
         let Some((last, parents)) = comps.split_last() else {
             // The layer root itself ("./"): the snapshot's root is ours; nothing to do.
             return Ok(());

@@ -329,7 +329,7 @@ mod tests {
         let env = [std::ptr::null::<libc::c_char>()];
         let r = in_child(|| {
             if let Err(e) = drop_bounding(&c) {
-                println!("drop_bounding: {e}");
+                crate::runtime::seccomp::tests::say(&format!("drop_bounding: {e}\n"));
                 return 2;
             }
             unsafe {
@@ -340,7 +340,7 @@ mod tests {
                 }
             }
             if let Err(e) = apply_sets(&c) {
-                println!("apply_sets: {e:?}");
+                crate::runtime::seccomp::tests::say(&format!("apply_sets: {e:?}\n"));
                 return 4;
             }
             let want = CapabilityPlan::from_spec(&c).unwrap();
@@ -351,7 +351,7 @@ mod tests {
                 || read(CapSet::Ambient) != want.ambient
                 || read(CapSet::Bounding) != want.bounding.clone().unwrap()
             {
-                println!("sets differ from the plan");
+                crate::runtime::seccomp::tests::say("sets differ from the plan\n");
                 return 5;
             }
             unsafe { libc::execve(prog.as_ptr(), args.as_ptr(), env.as_ptr()) };

@@ -325,16 +325,17 @@ fn list(a: &ImagesArgs) -> anyhow::Result<()> {
         let resolved = store
             .resolve_digest(&e.name, &e.digest, Some(&e.media_type))
             .ok();
-        let image_id = resolved.as_ref().map(|i| i.config_digest.clone());
+        let config_digest = resolved.as_ref().map(|i| i.config_digest.clone());
         let created = resolved.as_ref().and_then(|i| i.config.created().clone());
         let size = resolved.as_ref().map(|i| i.size());
         rows.push(vec![
             r.name(),
             r.tag().unwrap_or("<none>").to_string(),
-            image_id
-                .as_ref()
-                .map(|d| d.hex()[..12].to_string())
-                .unwrap_or_else(|| "<incomplete>".into()),
+            if resolved.is_some() {
+                e.digest.hex()[..12].to_string()
+            } else {
+                format!("{} <incomplete>", &e.digest.hex()[..12])
+            },
             created.clone().unwrap_or_else(|| "-".into()),
             size.map(human).unwrap_or_else(|| "-".into()),
         ]);
@@ -344,7 +345,7 @@ fn list(a: &ImagesArgs) -> anyhow::Result<()> {
             "tag": r.tag(),
             "digest": e.digest,
             "mediaType": e.media_type,
-            "imageId": image_id,
+            "configDigest": config_digest,
             "created": created,
             "size": size,
         }));

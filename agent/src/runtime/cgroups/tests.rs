@@ -450,7 +450,7 @@ fn v2_on_a_fresh_cgroup2_mount_in_a_private_namespace() {
             MsFlags::empty(),
             None::<&str>,
         ) {
-            println!("mount cgroup2: {e}");
+            crate::runtime::seccomp::tests::say(&format!("mount cgroup2: {e}\n"));
             return 4;
         }
         let cg = match CgroupManager::new_v2_at(mnt.path(), &format!("{path}/ctr")) {
@@ -458,7 +458,7 @@ fn v2_on_a_fresh_cgroup2_mount_in_a_private_namespace() {
             Err(_) => return 5,
         };
         if let Err(e) = cg.create(None) {
-            println!("create: {e}");
+            crate::runtime::seccomp::tests::say(&format!("create: {e}\n"));
             return 6;
         }
         let me = nix::unistd::getpid();
@@ -470,7 +470,7 @@ fn v2_on_a_fresh_cgroup2_mount_in_a_private_namespace() {
             return 8;
         }
         if let Err(e) = cg.destroy() {
-            println!("destroy: {e}");
+            crate::runtime::seccomp::tests::say(&format!("destroy: {e}\n"));
             return 9;
         }
         if mnt.path().join(&path).exists() {

@@ -74,6 +74,12 @@ pub(crate) fn in_child(f: impl FnOnce() -> i32) -> ChildResult {
     }
 }
 
+/// Writes to the child's fd 1 (the pipe): `println!` in a test thread goes to libtest's
+/// in-memory capture, which a forked child's parent never sees.
+pub(crate) fn say(msg: &str) {
+    unsafe { libc::write(1, msg.as_ptr().cast(), msg.len()) };
+}
+
 /// errno of the last failed libc call, read without allocating.
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
