@@ -10,9 +10,11 @@
 //! - [`runtime`]: the OCI runtime library (`gantry runtime …`, runc-compatible).
 //! - [`build`]: `gantry build`'s Dockerfile front end, context, layers and cache keys.
 //! - [`image`]: the image store (content store, index, manifests, unpack, snapshots).
+//! - [`distribution`]: the registry client (pull, push, auth, progress).
 //! - [`network`]: container networking: bridge, veth, IPAM, NAT, published ports.
 
 pub mod build;
+pub mod distribution;
 pub mod image;
 pub mod network;
 pub mod runtime;

@@ -40,6 +40,10 @@ enum Command {
     Rmi(commands::image::RmiArgs),
     /// OCI distribution registry server (`gantry registry gc` collects garbage).
     Registry(commands::registry::RegistryArgs),
+    /// Pulls an image from a registry into the local image store.
+    Pull(commands::distribution::PullArgs),
+    /// Pushes a local image to its registry.
+    Push(commands::distribution::PushArgs),
 }
 
 fn main() {
@@ -52,6 +56,8 @@ fn main() {
         Command::Tag(args) => commands::image::tag(args),
         Command::Rmi(args) => commands::image::rmi(args),
         Command::Registry(args) => commands::registry::main(args),
+        Command::Pull(args) => commands::distribution::pull(args),
+        Command::Push(args) => commands::distribution::push(args),
     };
     std::process::exit(code);
 }

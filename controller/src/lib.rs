@@ -9,5 +9,8 @@
 pub mod api;
 pub mod dr;
 pub mod member;
+pub mod nodes;
+pub mod plan_apply;
 pub mod raft;
+pub mod scheduler;
 pub mod state;

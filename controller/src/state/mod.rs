@@ -49,6 +49,18 @@ pub struct StateImage {
     pub next_alloc_id: AllocId,
 }
 
+/// Does moving from spec `a` to `b` change what an allocation runs (so that running
+/// allocations must be replaced by new ones of a new version)?
+fn reshapes_allocations(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    a.image != b.image
+        || a.command != b.command
+        || a.args != b.args
+        || a.env != b.env
+        || a.resources != b.resources
+        || a.ports != b.ports
+        || a.restart != b.restart
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -493,6 +505,9 @@ impl State {
         }
         let version = match current {
             Some(s) if &s.spec == spec => return Ok(Reply::ServiceUpserted { version: s.version }),
+            // Scaling, moving (constraints, failover, spread) or retuning updates keeps
+            // the allocations that run; only a change of what runs replaces them.
+            Some(s) if !reshapes_allocations(&s.spec, spec) => s.version,
             Some(s) => s.version + 1,
             None => 1,
         };

@@ -1,0 +1,68 @@
+//! Progress of a pull or push: one event per layer step. [`LinePrinter`] writes plain
+//! lines (`<short digest>: <what>`) like `docker pull` does without a terminal.
+
+use crate::image::Digest;
+use std::io::Write;
+
+/// What happened to one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerEvent {
+    AlreadyExists,
+    Downloading { size: u64 },
+    Downloaded { size: u64 },
+    Unpacked,
+    Mounted { from: String },
+    Uploading { size: u64 },
+    Pushed { size: u64 },
+}
+
+/// Receives progress events (from several tasks at once).
+pub trait Progress: Send + Sync {
+    fn layer(&self, digest: &Digest, event: LayerEvent);
+    fn message(&self, text: &str);
+}
+
+/// Prints each event as a line on stderr.
+pub struct LinePrinter;
+
+impl Progress for LinePrinter {
+    fn layer(&self, digest: &Digest, event: LayerEvent) {
+        let short = &digest.hex()[..12];
+        let text = match event {
+            LayerEvent::AlreadyExists => "already exists".to_string(),
+            LayerEvent::Downloading { size } => format!("downloading ({})", human(size)),
+            LayerEvent::Downloaded { size } => format!("download complete ({})", human(size)),
+            LayerEvent::Unpacked => "unpacked".to_string(),
+            LayerEvent::Mounted { from } => format!("mounted from {from}"),
+            LayerEvent::Uploading { size } => format!("pushing ({})", human(size)),
+            LayerEvent::Pushed { size } => format!("pushed ({})", human(size)),
+        };
+        let _ = writeln!(std::io::stderr().lock(), "{short}: {text}");
+    }
+    fn message(&self, text: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    }
+}
+
+/// Ignores progress.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn layer(&self, _: &Digest, _: LayerEvent) {}
+    fn message(&self, _: &str) {}
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}

@@ -1,0 +1,112 @@
+//! `gantry pull` and `gantry push`: the registry client against the local image store.
+use anyhow::Context;
+use clap::Args;
+use gantry_agent::distribution::{self, ClientConfig, Credentials, LinePrinter};
+use gantry_agent::image::ImageStore;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args)]
+pub struct RegistryClientArgs {
+    /// Image store directory (the agent root), as for `gantry images`.
+    #[arg(long, env = "GANTRY_STORE", default_value = "/var/lib/gantry/agent")]
+    pub store: PathBuf,
+    /// Reach this registry (host[:port]) over plain HTTP (loopback registries always are).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// User name for the image's registry (password from GANTRY_REGISTRY_PASSWORD).
+    #[arg(long, env = "GANTRY_REGISTRY_USER")]
+    pub username: Option<String>,
+    /// Blobs transferred at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub client: RegistryClientArgs,
+    /// Image to pull: host[:port]/repository[:tag][@digest].
+    pub image: String,
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub client: RegistryClientArgs,
+    /// Upload blobs larger than this many bytes in chunks (PATCH) instead of one PUT.
+    #[arg(long)]
+    pub chunk_size: Option<u64>,
+    /// Local image to push: host[:port]/repository[:tag].
+    pub image: String,
+}
+
+fn config(
+    a: &RegistryClientArgs,
+    image: &str,
+    chunk_size: Option<u64>,
+) -> anyhow::Result<ClientConfig> {
+    let mut credentials = Vec::new();
+    if let Some(user) = &a.username {
+        let password = std::env::var("GANTRY_REGISTRY_PASSWORD")
+            .context("--username needs the password in GANTRY_REGISTRY_PASSWORD")?;
+        let r = gantry_agent::image::Reference::parse(image)?;
+        if let Some(host) = r.registry() {
+            credentials.push((
+                host.to_string(),
+                Credentials {
+                    username: user.clone(),
+                    password,
+                },
+            ));
+        }
+    }
+    Ok(ClientConfig {
+        insecure_registries: a.insecure_registries.clone(),
+        credentials,
+        max_parallel: a.parallel,
+        chunk_size,
+    })
+}
+
+fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gantry: starting tokio: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gantry: {e:#}");
+            1
+        }
+    }
+}
+
+pub fn pull(a: PullArgs) -> i32 {
+    run(async move {
+        let cfg = config(&a.client, &a.image, None)?;
+        let store = ImageStore::open(&a.client.store)
+            .with_context(|| format!("opening the image store in {}", a.client.store.display()))?;
+        let r = distribution::pull(&store, &a.image, &cfg, &LinePrinter).await?;
+        println!("{}", r.name.unwrap_or_else(|| a.image.clone()));
+        println!("Digest: {}", r.digest);
+        Ok(())
+    })
+}
+
+pub fn push(a: PushArgs) -> i32 {
+    run(async move {
+        let cfg = config(&a.client, &a.image, a.chunk_size)?;
+        let store = ImageStore::open(&a.client.store)
+            .with_context(|| format!("opening the image store in {}", a.client.store.display()))?;
+        let r = distribution::push(&store, &a.image, &cfg, Arc::new(LinePrinter)).await?;
+        if let Some(d) = r.digest {
+            println!("Digest: {d}");
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,418 @@
+//! The scheduler: pure. It reads a [`State`] and proposes a [`Plan`]; it never writes
+//! state — the leader's `plan_apply` re-verifies the plan against the newest state and
+//! commits it through Raft (Nomad's plan/apply split).
+//!
+//! Vocabulary:
+//! - **evaluation**: one pass over a set of services ([`Scheduler::evaluate`]);
+//! - **reconcile** ([`reconcile`]): per service, existing allocations → how many to place,
+//!   which to stop;
+//! - **stack**: for one placement, walk candidate nodes through the feasibility checks
+//!   ([`feasible`]) and keep the best by the rankers ([`rank`]); at most
+//!   `candidate_limit` feasible nodes are scored per placement, so the cost of a placement
+//!   does not grow with the size of the cluster;
+//! - **failure**: replicas that fit nowhere, with the reason each node gave, aggregated
+//!   ("2 nodes: env!=qa; 1 node: memory 512Mi > 300Mi free") — a value, not an error.
+
+pub mod feasible;
+pub mod rank;
+pub mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use crate::state::{
+    AllocId, Allocation, Constraint, Desired, Node, NodeId, NodeStatus, Placement, PortMapping,
+    Protocol, Resources, Service, State,
+};
+use rank::Score;
+use reconcile::{reconcile, NodeFit};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+/// Tunables of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Feasible nodes scored per placement (Nomad's limit iterator).
+    pub candidate_limit: usize,
+    /// Host ports handed out when a service publishes a port without fixing it.
+    pub dynamic_ports: (u16, u16),
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            candidate_limit: 8,
+            dynamic_ports: (30000, 32767),
+        }
+    }
+}
+
+/// Replicas of a service that fit nowhere, and why, per reason the number of nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementFailure {
+    pub service: String,
+    pub missing: u32,
+    pub nodes_evaluated: usize,
+    pub reasons: BTreeMap<String, u32>,
+}
+
+impl fmt::Display for PlacementFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} replica(s) of {} not placed",
+            self.missing, self.service
+        )?;
+        if self.nodes_evaluated == 0 {
+            return write!(f, ": no nodes");
+        }
+        let mut reasons: Vec<(&String, &u32)> = self.reasons.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let parts: Vec<String> = reasons
+            .iter()
+            .map(|(r, n)| format!("{n} node{}: {r}", if **n == 1 { "" } else { "s" }))
+            .collect();
+        write!(f, ": {}", parts.join("; "))
+    }
+}
+
+/// What one evaluation proposes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub placements: Vec<Placement>,
+    pub stops: Vec<AllocId>,
+    pub failures: Vec<PlacementFailure>,
+}
+
+/// What the plan has changed so far, on top of the state it was computed from.
+#[derive(Debug, Default)]
+pub struct PlanContext {
+    added: HashMap<NodeId, Resources>,
+    freed: HashMap<NodeId, Resources>,
+    ports_added: HashSet<(NodeId, Protocol, u16)>,
+    ports_freed: HashSet<(NodeId, Protocol, u16)>,
+    /// Nodes that hold a current replica of the service being placed.
+    service_nodes: HashSet<NodeId>,
+    /// Replicas of the service being placed per value of its spread label.
+    spread_counts: HashMap<String, i64>,
+}
+
+impl PlanContext {
+    /// What is free on the node for this plan.
+    pub fn free(&self, state: &State, node: &Node) -> Resources {
+        let used = state
+            .used(node.id)
+            .saturating_sub(self.freed.get(&node.id).copied().unwrap_or_default())
+            .saturating_add(self.added.get(&node.id).copied().unwrap_or_default());
+        node.allocatable.saturating_sub(used)
+    }
+
+    pub fn port_taken(&self, state: &State, node: NodeId, proto: Protocol, port: u16) -> bool {
+        let key = (node, proto, port);
+        self.ports_added.contains(&key)
+            || (state.host_port_taken(node, proto, port) && !self.ports_freed.contains(&key))
+    }
+
+    pub fn service_on_node(&self, node: NodeId) -> bool {
+        self.service_nodes.contains(&node)
+    }
+
+    fn stop(&mut self, a: &Allocation) {
+        let f = self.freed.entry(a.node).or_default();
+        *f = f.saturating_add(a.resources);
+        for p in &a.ports {
+            self.ports_freed.insert((a.node, p.protocol, p.host));
+        }
+    }
+
+    fn place(&mut self, node: &Node, svc: &Service, ports: &[PortMapping]) {
+        let a = self.added.entry(node.id).or_default();
+        *a = a.saturating_add(svc.spec.resources);
+        for p in ports {
+            self.ports_added.insert((node.id, p.protocol, p.host));
+        }
+        self.service_nodes.insert(node.id);
+        if let Some(key) = &svc.spec.spread {
+            if let Some(v) = node.labels.get(key) {
+                *self.spread_counts.entry(v.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    /// Start placing `svc`: remember where its kept, current allocations are.
+    fn begin_service(&mut self, state: &State, svc: &Service, kept: &[&Allocation]) {
+        self.service_nodes.clear();
+        self.spread_counts.clear();
+        for a in kept {
+            if a.version >= svc.version {
+                self.service_nodes.insert(a.node);
+            }
+            if let (Some(key), Some(node)) = (&svc.spec.spread, state.node(a.node)) {
+                if let Some(v) = node.labels.get(key) {
+                    *self.spread_counts.entry(v.clone()).or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The scheduler: configuration only; every call is pure.
+#[derive(Debug, Clone, Default)]
+pub struct Scheduler {
+    pub config: SchedulerConfig,
+}
+
+/// Nodes in a fixed order with a cursor that keeps moving, so successive placements look
+/// at new candidates instead of re-checking the ones the last placement rejected.
+struct Candidates<'s> {
+    nodes: Vec<&'s Node>,
+    cursor: usize,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler { config }
+    }
+
+    /// Evaluate the named services against `state` (missing names are skipped: a removed
+    /// service's allocations were stopped by the command that removed it).
+    pub fn evaluate(&self, state: &State, services: &[&str]) -> Plan {
+        let mut plan = Plan::default();
+        let mut ctx = PlanContext::default();
+        let mut cands = Candidates {
+            nodes: state
+                .nodes()
+                .filter(|n| n.status == NodeStatus::Ready)
+                .collect(),
+            cursor: 0,
+        };
+        // Start somewhere that depends on the state, not always at node 1, so that
+        // concurrent evaluations (and successive ones) do not pile onto the same nodes.
+        if !cands.nodes.is_empty() {
+            cands.cursor = (state.allocation_count().wrapping_mul(2654435761)) % cands.nodes.len();
+        }
+        for name in services {
+            if let Some(svc) = state.service(name) {
+                self.evaluate_service(state, svc, &mut ctx, &mut cands, &mut plan);
+            }
+        }
+        plan
+    }
+
+    /// Evaluate every service.
+    pub fn evaluate_all(&self, state: &State) -> Plan {
+        let names: Vec<&str> = state.services().map(|s| s.name.as_str()).collect();
+        self.evaluate(state, &names)
+    }
+
+    fn evaluate_service<'s>(
+        &self,
+        state: &'s State,
+        svc: &Service,
+        ctx: &mut PlanContext,
+        cands: &mut Candidates<'s>,
+        plan: &mut Plan,
+    ) {
+        let allocs: Vec<&Allocation> = state
+            .allocations_of(&svc.name)
+            .filter(|a| a.desired == Desired::Run)
+            .collect();
+        let buckets = reconcile(svc, &allocs, |id| node_fit(state, svc, id));
+        let stopped: HashSet<AllocId> = buckets.stop.iter().map(|(id, _)| *id).collect();
+        for &(id, _) in &buckets.stop {
+            if let Some(a) = state.allocation(id) {
+                ctx.stop(a);
+            }
+            plan.stops.push(id);
+        }
+        let kept: Vec<&Allocation> = allocs
+            .iter()
+            .copied()
+            .filter(|a| !stopped.contains(&a.id))
+            .collect();
+        ctx.begin_service(state, svc, &kept);
+        for placed in 0..buckets.place {
+            match self.select(state, svc, ctx, cands) {
+                Some((node, ports)) => {
+                    ctx.place(node, svc, &ports);
+                    plan.placements.push(Placement {
+                        service: svc.name.clone(),
+                        version: svc.version,
+                        node: node.id,
+                        ports,
+                    });
+                }
+                None => {
+                    plan.failures
+                        .push(self.explain(state, svc, ctx, buckets.place - placed));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The failover sets in order; a service without one has a single, empty set.
+    fn failover_sets(svc: &Service) -> Vec<Option<&[Constraint]>> {
+        if svc.spec.failover.is_empty() {
+            vec![None]
+        } else {
+            svc.spec
+                .failover
+                .iter()
+                .map(|s| Some(s.as_slice()))
+                .collect()
+        }
+    }
+
+    /// The first reason this node cannot take a replica, if any.
+    fn check(
+        state: &State,
+        svc: &Service,
+        ctx: &PlanContext,
+        node: &Node,
+        set: Option<&[Constraint]>,
+    ) -> Option<feasible::Reason> {
+        feasible::node_ready(node)
+            .or_else(|| feasible::distinct(ctx, node, svc))
+            .or_else(|| feasible::placement_constraints(node, svc, set))
+            .or_else(|| feasible::resources(node, ctx.free(state, node), svc.spec.resources))
+            .or_else(|| feasible::host_ports(state, ctx, node, svc))
+    }
+
+    /// Pick a node for one replica: the first failover set with a feasible node wins;
+    /// within it, the best-scored of up to `candidate_limit` feasible nodes.
+    fn select<'s>(
+        &self,
+        state: &'s State,
+        svc: &Service,
+        ctx: &PlanContext,
+        cands: &mut Candidates<'s>,
+    ) -> Option<(&'s Node, Vec<PortMapping>)> {
+        let n = cands.nodes.len();
+        if n == 0 {
+            return None;
+        }
+        for set in Self::failover_sets(svc) {
+            let mut best: Option<(&Node, Score)> = None;
+            let mut found = 0;
+            let mut scanned = 0;
+            while scanned < n && found < self.config.candidate_limit {
+                let node = cands.nodes[(cands.cursor + scanned) % n];
+                scanned += 1;
+                if Self::check(state, svc, ctx, node, set).is_some() {
+                    continue;
+                }
+                found += 1;
+                let used_after = node
+                    .allocatable
+                    .saturating_sub(ctx.free(state, node))
+                    .saturating_add(svc.spec.resources);
+                let spread = match &svc.spec.spread {
+                    Some(key) => node
+                        .labels
+                        .get(key)
+                        .map(|v| -ctx.spread_counts.get(v).copied().unwrap_or(0))
+                        .unwrap_or(i64::MIN / 2),
+                    None => 0,
+                };
+                let score = Score {
+                    spread,
+                    binpack: rank::binpack(node.allocatable, used_after),
+                };
+                if best.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
+                    best = Some((node, score));
+                }
+            }
+            cands.cursor = (cands.cursor + scanned) % n;
+            if let Some((node, _)) = best {
+                if let Some(ports) = self.assign_ports(state, ctx, node, svc) {
+                    return Some((node, ports));
+                }
+            }
+        }
+        None
+    }
+
+    /// Map each published port: fixed ones as asked (already checked free), the others to
+    /// the lowest free port of the dynamic range.
+    fn assign_ports(
+        &self,
+        state: &State,
+        ctx: &PlanContext,
+        node: &Node,
+        svc: &Service,
+    ) -> Option<Vec<PortMapping>> {
+        let mut taken_here: HashSet<(Protocol, u16)> = HashSet::new();
+        let mut out = Vec::with_capacity(svc.spec.ports.len());
+        for p in &svc.spec.ports {
+            let host = match p.host {
+                Some(h) => h,
+                None => (self.config.dynamic_ports.0..=self.config.dynamic_ports.1).find(|&h| {
+                    !taken_here.contains(&(p.protocol, h))
+                        && !ctx.port_taken(state, node.id, p.protocol, h)
+                        && !svc
+                            .spec
+                            .ports
+                            .iter()
+                            .any(|q| q.host == Some(h) && q.protocol == p.protocol)
+                })?,
+            };
+            taken_here.insert((p.protocol, host));
+            out.push(PortMapping {
+                container: p.container,
+                host,
+                protocol: p.protocol,
+            });
+        }
+        Some(out)
+    }
+
+    /// Why `missing` replicas fit nowhere: every node's first failing check (against the
+    /// first failover set), counted per reason.
+    fn explain(
+        &self,
+        state: &State,
+        svc: &Service,
+        ctx: &PlanContext,
+        missing: u32,
+    ) -> PlacementFailure {
+        let set = Self::failover_sets(svc)[0];
+        let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+        let mut evaluated = 0;
+        for node in state.nodes() {
+            evaluated += 1;
+            let r = Self::check(state, svc, ctx, node, set)
+                .unwrap_or_else(|| "no free dynamic port".to_string());
+            *reasons.entry(r).or_default() += 1;
+        }
+        PlacementFailure {
+            service: svc.name.clone(),
+            missing,
+            nodes_evaluated: evaluated,
+            reasons,
+        }
+    }
+}
+
+/// How an existing allocation's node stands for its service.
+fn node_fit(state: &State, svc: &Service, id: NodeId) -> NodeFit {
+    let Some(node) = state.node(id) else {
+        return NodeFit::Gone;
+    };
+    match node.status {
+        NodeStatus::Down => NodeFit::Gone,
+        NodeStatus::Draining => NodeFit::Move,
+        NodeStatus::Ready => {
+            let in_some_set = svc.spec.failover.is_empty()
+                || svc
+                    .spec
+                    .failover
+                    .iter()
+                    .any(|set| Constraint::all_match(set, &node.labels));
+            if Constraint::all_match(&svc.spec.constraints, &node.labels) && in_some_set {
+                NodeFit::Fits
+            } else {
+                NodeFit::Move
+            }
+        }
+    }
+}
