@@ -12,9 +12,13 @@
 //! - [`image`]: the image store (content store, index, manifests, unpack, snapshots).
 //! - [`distribution`]: the registry client (pull, push, auth, progress).
 //! - [`network`]: container networking: bridge, veth, IPAM, NAT, published ports.
+//! - [`engine`]: the local container lifecycle behind `gantry agent`.
+//! - [`supervisor`]: `gantry shim`, the per-container supervisor.
 
 pub mod build;
 pub mod distribution;
+pub mod engine;
 pub mod image;
 pub mod network;
 pub mod runtime;
+pub mod supervisor;

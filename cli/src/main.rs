@@ -44,6 +44,13 @@ enum Command {
     Pull(commands::distribution::PullArgs),
     /// Pushes a local image to its registry.
     Push(commands::distribution::PushArgs),
+    /// The engine daemon: serves the container verbs on a unix socket.
+    Agent(commands::agent::AgentArgs),
+    /// Per-container supervisor (internal: started by the agent).
+    #[command(hide = true)]
+    Shim(commands::shim::ShimArgs),
+    #[command(flatten)]
+    Container(commands::container::ContainerCommand),
 }
 
 fn main() {
@@ -58,6 +65,9 @@ fn main() {
         Command::Registry(args) => commands::registry::main(args),
         Command::Pull(args) => commands::distribution::pull(args),
         Command::Push(args) => commands::distribution::push(args),
+        Command::Agent(args) => commands::agent::main(args),
+        Command::Shim(args) => commands::shim::main(args),
+        Command::Container(cmd) => commands::container::main(cmd),
     };
     std::process::exit(code);
 }

@@ -1,6 +1,9 @@
 //! One module per command group.
+pub mod agent;
+pub mod container;
 pub mod controller;
 pub mod distribution;
 pub mod image;
 pub mod registry;
 pub mod runtime;
+pub mod shim;

@@ -1,0 +1,123 @@
+//! `gantry agent`: the engine daemon. Serves the engine API on a unix socket (mode 0600)
+//! from a single-threaded tokio runtime (blocking work goes to a small pool), after
+//! reattaching to the shims of containers that kept running while it was down.
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use gantry_agent::engine::{images::NoImageStore, service::EngineService, Engine, EngineConfig};
+use gantry_proto::engine::engine_server::EngineServer;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Persistent state (metadata, container layers and logs).
+    #[arg(long, default_value = "/var/lib/gantry/agent")]
+    pub root: PathBuf,
+    /// Volatile state (shim run dirs, the OCI runtime's state).
+    #[arg(long, default_value = "/run/gantry")]
+    pub run_root: PathBuf,
+    /// Where to serve the engine API.
+    #[arg(
+        long,
+        env = "GANTRY_HOST",
+        default_value = "unix:///run/gantry/agent.sock"
+    )]
+    pub host: String,
+    /// The runc-compatible OCI runtime the shims drive.
+    #[arg(long, default_value = "runc")]
+    pub runtime: PathBuf,
+    /// Rotate a container's log when it reaches this many bytes.
+    #[arg(long, default_value_t = 10 << 20)]
+    pub log_max_size: u64,
+    /// Log files kept per container, the live one included.
+    #[arg(long, default_value_t = 3)]
+    pub log_max_files: u32,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// A `unix://` address (or a bare path) as a path.
+pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
+    match host.strip_prefix("unix://") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None if host.starts_with('/') => Ok(PathBuf::from(host)),
+        None => anyhow::bail!("--host {host:?}: only unix:///path sockets are supported"),
+    }
+}
+
+pub fn main(args: AgentArgs) -> i32 {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .thread_keep_alive(std::time::Duration::from_secs(5))
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(serve(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gantry agent: {e:#}");
+            1
+        }
+    }
+}
+
+async fn serve(args: AgentArgs) -> anyhow::Result<()> {
+    let sock = socket_path(&args.host)?;
+    let exe = std::env::current_exe().context("locating the gantry binary for shims")?;
+    let cfg = EngineConfig {
+        root: args.root,
+        run_root: args.run_root,
+        runtime_program: args.runtime,
+        runtime_args: Vec::new(),
+        shim_program: exe,
+        shim_args: vec!["shim".into()],
+        log_max_bytes: args.log_max_size,
+        log_max_files: args.log_max_files,
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+    };
+    let engine: Arc<Engine> = Engine::open(cfg, Arc::new(NoImageStore))?;
+    engine.recover().await?;
+    if let Some(dir) = sock.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("binding {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", sock.display()))?;
+    tracing::info!(socket = %sock.display(), "engine API listening");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down; containers keep running under their shims");
+    };
+    tonic::transport::Server::builder()
+        .add_service(EngineServer::new(EngineService::new(engine)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving the engine API")?;
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}

@@ -1,0 +1,723 @@
+//! The engine end to end, as root: a real `gantry agent` on a temp root and socket, real
+//! shims, runc containers from a busybox root filesystem the test writes itself. Every
+//! test's agent is killed by PID in a Drop guard that also removes its containers, mounts,
+//! cgroups and processes, and the leak checks look for exactly those.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gantry");
+
+fn require_root() {
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "the engine tests create containers (namespaces, cgroups, mounts): run them as root"
+        );
+    }
+    for tool in ["runc", "/bin/busybox"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "the engine tests need {tool} (scripts/setup.sh installs it)"
+        );
+    }
+}
+
+/// A busybox root filesystem: /bin/busybox and one link per applet, /etc/passwd, /etc/group.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    std::fs::write(root.join("etc/deleted-later"), "base file\n").unwrap();
+    root
+}
+
+struct Agent {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    rootfs: PathBuf,
+    /// Ids of containers the test made, for the leak checks and the cleanup.
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl Agent {
+    fn start() -> Agent {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("gantry-engine-test")
+            .tempdir()
+            .unwrap();
+        let rootfs = busybox_rootfs(dir.path());
+        let mut a = Agent {
+            dir,
+            child: None,
+            rootfs,
+            seen: Default::default(),
+        };
+        a.spawn();
+        a
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.dir.path().join("agent.sock").display())
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let _ = std::fs::remove_file(d.join("agent.sock"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("agent.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["agent", "--root"])
+            .arg(d.join("root"))
+            .arg("--run-root")
+            .arg(d.join("run"))
+            .args(["--host", &self.host()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning gantry agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if d.join("agent.sock").exists() && self.gantry(&["ps"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up: {}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL the agent (containers keep running under their shims).
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn gantry(&self, args: &[&str]) -> Output {
+        self.gantry_in(args, None)
+    }
+
+    fn gantry_in(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("GANTRY_HOST", self.host())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        let mut child = c.spawn().unwrap();
+        if let Some(data) = stdin {
+            use std::io::Write;
+            let mut w = child.stdin.take().unwrap();
+            w.write_all(data).unwrap();
+        }
+        wait_bounded(child, Duration::from_secs(60), args)
+    }
+
+    /// `gantry ARGS` that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.gantry(args);
+        assert!(
+            o.status.success(),
+            "gantry {args:?} failed ({}): {}\nagent log:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.agent_log()
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// `gantry ARGS` that must fail; its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.gantry(args);
+        assert!(
+            !o.status.success(),
+            "gantry {args:?} should have failed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stderr).unwrap()
+    }
+
+    fn rootfs(&self) -> &str {
+        self.rootfs.to_str().unwrap()
+    }
+
+    /// `run` with the test's rootfs and no network, plus `extra` flags, then the command.
+    fn run_args<'a>(&'a self, extra: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["run", "--network", "none", "--rootfs", self.rootfs()];
+        v.extend_from_slice(extra);
+        v.extend_from_slice(cmd);
+        v
+    }
+
+    fn inspect(&self, c: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["inspect", c])).unwrap();
+        v[0].clone()
+    }
+
+    fn state(&self, c: &str) -> String {
+        self.inspect(c)["state"]["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn wait_state(&self, c: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.state(c) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{c} never became {want}: {}",
+                self.inspect(c)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.ok(&["ps", "-a", "--format", "json"])
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["ID"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Nothing of this agent's is left: no mounts under its dir, no cgroups or processes
+    /// of containers not in `keep`.
+    fn assert_no_leaks(&self, keep: &[String]) {
+        let d = self.dir.path().to_string_lossy().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let stray: Vec<&str> = mounts
+            .lines()
+            .filter(|l| l.contains(&d) && !keep.iter().any(|k| l.contains(k.as_str())))
+            .collect();
+        assert!(stray.is_empty(), "mounts left behind: {stray:#?}");
+        for ctrl in ["memory", "pids", "cpu,cpuacct", "devices"] {
+            let base = Path::new("/sys/fs/cgroup").join(ctrl).join("gantry");
+            for id in self.known_ids() {
+                if !keep.contains(&id) {
+                    assert!(
+                        !base.join(&id).exists(),
+                        "cgroup {ctrl}/gantry/{id} left behind"
+                    );
+                }
+            }
+        }
+        for p in procs_mentioning(&d) {
+            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            assert!(
+                keep.iter().any(|k| cmd.contains(k.as_str()))
+                    || self.child.as_ref().map(|c| c.id() as i32) == Some(p),
+                "process {p} left behind: {cmd:?}"
+            );
+        }
+    }
+
+    fn remember(&self, id: &str) {
+        self.seen.borrow_mut().push(id.to_string());
+    }
+
+    /// Every container id this agent ever had a directory for.
+    fn known_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for sub in ["root/containers", "run/containers"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir.path().join(sub)) {
+                ids.extend(
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+        ids.extend(self.seen.borrow().iter().cloned());
+        ids
+    }
+}
+
+/// Pids whose command line mentions `needle` (our shims carry their run dir path).
+fn procs_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != me)
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn wait_bounded(mut child: Child, limit: Duration, what: &[&str]) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "gantry {what:?} did not finish within {limit:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Remove containers through the agent if it is up, then make sure by hand.
+        if self.child.is_some() {
+            for id in self.ids() {
+                let _ = self.gantry(&["rm", "-f", &id]);
+            }
+        }
+        self.kill9();
+        let d = self.dir.path().to_string_lossy().to_string();
+        for p in procs_mentioning(&d) {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        let runtime_root = self.dir.path().join("run/runtime");
+        for id in self.known_ids() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&runtime_root)
+                .args(["delete", "--force", &id])
+                .output();
+            for ctrl in [
+                "memory",
+                "pids",
+                "cpu,cpuacct",
+                "devices",
+                "blkio",
+                "cpuset",
+                "freezer",
+                "net_cls,net_prio",
+                "perf_event",
+                "hugetlb",
+                "rdma",
+                "misc",
+                "systemd",
+            ] {
+                let _ = std::fs::remove_dir(
+                    Path::new("/sys/fs/cgroup")
+                        .join(ctrl)
+                        .join("gantry")
+                        .join(&id),
+                );
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for l in mounts.lines() {
+            if let Some(m) = l.split(' ').nth(4) {
+                if m.contains(&d) {
+                    let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+    }
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().collect()
+}
+
+#[test]
+fn foreground_run_streams_output_and_exits_with_the_container_code() {
+    let a = Agent::start();
+    let o = a.gantry(&a.run_args(&["--rm"], &["sh", "-c", "echo out; echo err >&2; exit 7"]));
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    // --rm removed it.
+    assert!(a.ids().is_empty());
+    // A command that does not exist: the runtime's error, the engine's exit code.
+    let o = a.gantry(&a.run_args(&[], &["/no/such/binary"]));
+    assert!(!o.status.success());
+    let o = a.gantry(&a.run_args(
+        &["-e", "A=1", "-w", "/tmp", "-u", "nobody"],
+        &["sh", "-c", "echo $A $(pwd) $(id -u)"],
+    ));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "1 /tmp 65534\n");
+    // -i forwards stdin and closes it at its end.
+    let o = a.gantry_in(
+        &a.run_args(&["-i", "--rm"], &["sh", "-c", "wc -l"]),
+        Some(b"a\nb\nc\n"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "3",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for id in a.ids() {
+        a.ok(&["rm", &id]);
+    }
+    a.assert_no_leaks(&[]);
+}
+
+#[test]
+fn logs_tail_follow_exec_top_stats_and_stop_escalation() {
+    let a = Agent::start();
+    let script = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.1; done";
+    let id = a
+        .ok(&a.run_args(&["-d", "--name", "ticker"], &["sh", "-c", script]))
+        .trim()
+        .to_string();
+    a.remember(&id);
+    assert_eq!(id.len(), 64);
+    std::thread::sleep(Duration::from_millis(700));
+    let tail = a.ok(&["logs", "--tail", "2", "ticker"]);
+    assert_eq!(lines(&tail).len(), 2, "{tail}");
+    let all = a.ok(&["logs", "ticker"]);
+    assert!(all.starts_with("line 0\nline 1\n"), "{all}");
+    let ts = a.ok(&["logs", "--timestamps", "--tail", "1", "ticker"]);
+    assert!(ts.starts_with("20") && ts.contains("Z line "), "{ts}");
+
+    // logs -f follows until the container stops.
+    let follow = Command::new(BIN)
+        .args(["logs", "-f", "ticker"])
+        .env("GANTRY_HOST", a.host())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let o = a.gantry(&[
+        "exec",
+        "-e",
+        "X=42",
+        "-w",
+        "/etc",
+        "ticker",
+        "sh",
+        "-c",
+        "echo $X $(pwd); exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "42 /etc\n");
+    let o = a.gantry(&["exec", "-u", "nobody", "ticker", "id", "-u"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "65534\n");
+
+    let top = a.ok(&["top", "ticker"]);
+    assert!(top.contains("while true"), "{top}");
+    let stats = a.ok(&["stats", "--no-stream", "--format", "json", "ticker"]);
+    let s: serde_json::Value = serde_json::from_str(stats.lines().next().unwrap()).unwrap();
+    assert!(
+        s["MemUsage"].as_u64().unwrap() > 0 && s["PIDs"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
+
+    // sh as pid 1 ignores SIGTERM: stop must escalate to SIGKILL after -t.
+    let t0 = Instant::now();
+    a.ok(&["stop", "-t", "1", "ticker"]);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "stop returned before its timeout: {took:?}"
+    );
+    assert_eq!(a.inspect("ticker")["state"]["exit_code"], 137);
+    let out = wait_bounded(follow, Duration::from_secs(10), &["logs", "-f"]);
+    let followed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        followed.starts_with("line 0\n") && lines(&followed).len() >= 7,
+        "{followed}"
+    );
+    a.ok(&["rm", "ticker"]);
+    a.assert_no_leaks(&[]);
+}
+
+#[test]
+fn kill_then_start_keeps_the_container_files() {
+    let a = Agent::start();
+    let id = a
+        .ok(&a.run_args(&["-d", "--name", "keeper"], &["sleep", "1000"]))
+        .trim()
+        .to_string();
+    a.remember(&id);
+    a.ok(&[
+        "exec",
+        "keeper",
+        "sh",
+        "-c",
+        "echo kept > /root/file && rm /etc/deleted-later",
+    ]);
+    a.ok(&["kill", "keeper"]);
+    a.wait_state("keeper", "exited");
+    assert_eq!(a.inspect("keeper")["state"]["exit_code"], 137);
+    // Stopped: not mounted any more, upper dir kept.
+    a.assert_no_leaks(&[]);
+    a.ok(&["start", "keeper"]);
+    assert_eq!(a.state("keeper"), "running");
+    assert_eq!(a.ok(&["exec", "keeper", "cat", "/root/file"]), "kept\n");
+    let o = a.gantry(&["exec", "keeper", "cat", "/etc/deleted-later"]);
+    assert!(!o.status.success(), "a deleted file came back");
+    a.ok(&["restart", "-t", "0", "keeper"]);
+    assert_eq!(a.ok(&["exec", "keeper", "cat", "/root/file"]), "kept\n");
+    a.ok(&["rm", "-f", "keeper"]);
+    assert!(a.ids().is_empty());
+    a.assert_no_leaks(&[]);
+    // The base rootfs (the lowerdir) was never written.
+    assert!(a.rootfs.join("etc/deleted-later").exists());
+    assert!(!a.rootfs.join("root/file").exists());
+}
+
+#[test]
+fn containers_outlive_a_killed_agent_and_a_new_agent_reattaches() {
+    let mut a = Agent::start();
+    let script = "i=0; while true; do echo beat $i; i=$((i+1)); sleep 0.1; done";
+    let live = a
+        .ok(&a.run_args(&["-d", "--name", "live"], &["sh", "-c", script]))
+        .trim()
+        .to_string();
+    let short = a
+        .ok(&a.run_args(&["-d", "--name", "short"], &["sh", "-c", "sleep 1; exit 5"]))
+        .trim()
+        .to_string();
+    a.remember(&live);
+    a.remember(&short);
+    let init_pid = a.inspect("live")["state"]["init"]["pid"].as_i64().unwrap() as i32;
+    a.kill9();
+    // While no agent runs: the container keeps running, the short one exits.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        Path::new(&format!("/proc/{init_pid}")).exists(),
+        "container died with its agent"
+    );
+    a.spawn();
+    let ps = a.ok(&["ps", "--format", "json"]);
+    assert_eq!(lines(&ps).len(), 1, "{ps}");
+    assert!(ps.contains("\"live\""));
+    assert_eq!(a.inspect("short")["state"]["status"], "exited");
+    assert_eq!(a.inspect("short")["state"]["exit_code"], 5);
+    // Logs continue: newer lines than before the restart keep arriving.
+    let n1 = lines(&a.ok(&["logs", "live"])).len();
+    std::thread::sleep(Duration::from_millis(500));
+    let n2 = lines(&a.ok(&["logs", "live"])).len();
+    assert!(n2 > n1 && n1 >= 15, "{n1} then {n2}");
+    // The reattached monitor still sees the exit.
+    a.ok(&["kill", "live"]);
+    a.wait_state("live", "exited");
+    a.ok(&["rm", "live", "short"]);
+    a.assert_no_leaks(&[]);
+}
+
+#[test]
+fn memory_limit_is_enforced_and_reported() {
+    let a = Agent::start();
+    let id = a
+        .ok(&a.run_args(
+            &["-d", "--memory", "32m", "--pids-limit", "50"],
+            &["sleep", "1000"],
+        ))
+        .trim()
+        .to_string();
+    a.remember(&id);
+    let limit = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/gantry/{id}/memory.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(limit.trim(), (32u64 << 20).to_string());
+    let stats = a.ok(&["stats", "--no-stream", "--format", "json", &id]);
+    assert!(
+        stats.contains(&format!("\"MemLimit\":{}", 32u64 << 20)),
+        "{stats}"
+    );
+    a.ok(&["rm", "-f", &id]);
+    // Allocating past the limit gets the process killed by the OOM killer.
+    let o = a.gantry(&a.run_args(
+        &["--memory", "16m"],
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    ));
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "stdout {:?}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    for id in a.ids() {
+        a.remember(&id);
+        a.ok(&["rm", &id]);
+    }
+    a.assert_no_leaks(&[]);
+}
+
+#[test]
+fn restart_policies_and_auto_remove() {
+    let a = Agent::start();
+    let id = a
+        .ok(&a.run_args(
+            &["-d", "--restart", "on-failure:2"],
+            &["sh", "-c", "exit 9"],
+        ))
+        .trim()
+        .to_string();
+    a.remember(&id);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = a.inspect(&id);
+        if v["state"]["status"] == "exited" && v["state"]["restart_count"] == 2 {
+            assert_eq!(v["state"]["exit_code"], 9);
+            break;
+        }
+        assert!(Instant::now() < deadline, "restarts did not settle: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // always: a stop is respected (manually stopped) even though the policy says always.
+    let al = a
+        .ok(&a.run_args(
+            &["-d", "--restart", "always"],
+            &["sh", "-c", "sleep 0.2; exit 0"],
+        ))
+        .trim()
+        .to_string();
+    a.remember(&al);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.inspect(&al)["state"]["restart_count"].as_u64().unwrap() < 1 {
+        assert!(Instant::now() < deadline, "always did not restart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.ok(&["stop", "-t", "1", &al]);
+    let rc = a.inspect(&al)["state"]["restart_count"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(a.state(&al), "exited");
+    assert_eq!(
+        a.inspect(&al)["state"]["restart_count"].as_u64().unwrap(),
+        rc
+    );
+    // -d --rm: gone after it exits.
+    let gone = a
+        .ok(&a.run_args(&["-d", "--rm"], &["true"]))
+        .trim()
+        .to_string();
+    a.remember(&gone);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.ids().contains(&gone) {
+        assert!(Instant::now() < deadline, "--rm container not removed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.ok(&["rm", &id, &al]);
+    a.assert_no_leaks(&[]);
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_changes_nothing() {
+    let a = Agent::start();
+    let id = a
+        .ok(&a.run_args(&["-d", "--name", "taken"], &["sleep", "1000"]))
+        .trim()
+        .to_string();
+    a.remember(&id);
+    let stopped = a
+        .ok(&a.run_args(&["-d", "--name", "stopped"], &["true"]))
+        .trim()
+        .to_string();
+    a.remember(&stopped);
+    a.wait_state("stopped", "exited");
+    let before = a.ids();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", "--network", "none", "no-such-image:1", "true"],
+            "no such image",
+        ),
+        (
+            a.run_args(&["--name", "taken"], &["true"]),
+            "already in use",
+        ),
+        (a.run_args(&["-v", "relative:/data"], &["true"]), "--volume"),
+        (a.run_args(&["-v", "/tmp:/data:rx"], &["true"]), "--volume"),
+        (a.run_args(&["--memory", "lots"], &["true"]), "--memory"),
+        (
+            a.run_args(&["--restart", "sometimes"], &["true"]),
+            "--restart",
+        ),
+        (a.run_args(&["-p", "80:80"], &["true"]), "--publish"),
+        (a.run_args(&["--name", "bad name"], &["true"]), "--name"),
+        (
+            vec!["run", "--network", "nope", "--rootfs", a.rootfs(), "true"],
+            "--network",
+        ),
+        (vec!["rm", "taken"], "stop it first"),
+        (vec!["exec", "stopped", "true"], "not running"),
+        (vec!["kill", "stopped"], "not running"),
+        (vec!["logs", "nobody-here"], "no such container"),
+        (vec!["rm", "nobody-here"], "no such container"),
+    ];
+    for (args, expect) in cases {
+        let err = a.fails(&args);
+        assert!(
+            err.contains(expect),
+            "gantry {args:?}: expected {expect:?} in {err:?}"
+        );
+        assert_eq!(
+            a.ids(),
+            before,
+            "gantry {args:?} changed the container list"
+        );
+        a.assert_no_leaks(std::slice::from_ref(&id));
+    }
+    assert_eq!(a.state("taken"), "running");
+    // The engine's exit code for a refused run is 125 (docker's).
+    assert_eq!(
+        a.gantry(&a.run_args(&["--memory", "x"], &["true"]))
+            .status
+            .code(),
+        Some(125)
+    );
+    a.ok(&["rm", "-f", "taken", "stopped"]);
+    a.assert_no_leaks(&[]);
+}
