@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
-gantry=$repo/target/release/gantry
+gantry=${GANTRY:-$repo/target/release/gantry}
 [ -x "$gantry" ] || { echo "build first: cargo build --release -p gantry" >&2; exit 1; }
 work=$(mktemp -d /tmp/gantry-bench-registry.XXXXXX)
 ref_port=$((20000 + $$ % 10000)); gan_port=$((ref_port + 1))

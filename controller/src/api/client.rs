@@ -43,6 +43,8 @@ impl ClientError {
 pub struct ControllerClient {
     addrs: Vec<String>,
     current: usize,
+    /// One channel per member address, reused across calls.
+    channels: std::collections::HashMap<String, tonic::transport::Channel>,
     /// How long one call keeps trying other members / following leaders.
     pub retry_for: Duration,
 }
@@ -52,6 +54,7 @@ impl ControllerClient {
         ControllerClient {
             addrs,
             current: 0,
+            channels: Default::default(),
             retry_for: Duration::from_secs(10),
         }
     }
@@ -61,8 +64,19 @@ impl ControllerClient {
         &self.addrs[self.current]
     }
 
-    fn client(&self, addr: &str) -> Result<ClusterClient<tonic::transport::Channel>, ClientError> {
-        let ch = channel(addr).map_err(|_| ClientError::BadAddress { addr: addr.into() })?;
+    fn client(
+        &mut self,
+        addr: &str,
+    ) -> Result<ClusterClient<tonic::transport::Channel>, ClientError> {
+        let ch = match self.channels.get(addr) {
+            Some(ch) => ch.clone(),
+            None => {
+                let ch =
+                    channel(addr).map_err(|_| ClientError::BadAddress { addr: addr.into() })?;
+                self.channels.insert(addr.to_string(), ch.clone());
+                ch
+            }
+        };
         Ok(ClusterClient::new(ch)
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(64 << 20))
@@ -128,7 +142,7 @@ impl ControllerClient {
     }
 
     /// Status of the member at a given address (no retry elsewhere).
-    pub async fn status_of(&self, addr: &str) -> Result<StatusReply, ClientError> {
+    pub async fn status_of(&mut self, addr: &str) -> Result<StatusReply, ClientError> {
         self.client(addr)?
             .status(StatusRequest {})
             .await

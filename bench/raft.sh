@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Raft commit throughput/latency (1, 16, 256 clients) and leader-failover time, 3 controller
+# members as real processes on loopback with durable sled data dirs.
+# Usage: bench/raft.sh [--seconds S] [--trials N] [--clients 1,16,256]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p gantry --bin gantry
+cargo build --release -p gantry-controller --example raft_bench
+exec target/release/examples/raft_bench target/release/gantry "$@"

@@ -1,0 +1,250 @@
+//! Helpers for the runtime integration tests: busybox bundles in temp dirs, running the
+//! `gantry` binary with a time bound, and checks that nothing is left behind.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub fn gantry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gantry")
+}
+
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap();
+    assert_eq!(
+        uid, "0",
+        "these tests create namespaces, mounts and cgroups: run them as root"
+    );
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox (busybox-static) is needed: run scripts/setup.sh"
+    );
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A test's runtime root, bundles and container ids; deletes its containers on drop.
+pub struct Rt {
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    prefix: String,
+    seq: std::sync::atomic::AtomicU32,
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn proc_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s[s.rfind(')').unwrap() + 2..].chars().next().unwrap();
+            state != 'Z' && state != 'X'
+        }
+        Err(_) => false,
+    }
+}
+
+/// Rewrites a bundle's config.json.
+pub fn edit(bundle: &Path, f: impl FnOnce(&mut Value)) {
+    let p = bundle.join("config.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// Waits (bounded) for a gantry process whose stdout/stderr go to files: a created
+/// container inherits them, so pipes would never reach EOF.
+pub fn wait_child(mut child: Child, out: &Path, err: &Path) -> Out {
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gantry did not finish within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(err).unwrap_or_default(),
+    }
+}
+
+pub struct Running(Child, PathBuf, PathBuf);
+impl Running {
+    pub fn wait(self) -> Out {
+        wait_child(self.0, &self.1, &self.2)
+    }
+}
+
+impl Rt {
+    pub fn new(name: &str) -> Self {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("gantry-rt-{name}-"))
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("state");
+        Self {
+            dir,
+            root,
+            prefix: format!("{name}-{}", std::process::id()),
+            seq: Default::default(),
+        }
+    }
+
+    /// A unique container id for this test.
+    pub fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// A busybox bundle (rootfs with one symlink per applet) with a minimal config.json,
+    /// changed by `f`.
+    pub fn bundle(&self, name: &str, args: &[&str], f: impl FnOnce(&mut Value)) -> PathBuf {
+        let b = self.dir.path().join(format!("bundle-{name}"));
+        let rootfs = b.join("rootfs");
+        for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+            }
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+        let mut spec = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+                "cwd": "/",
+                "noNewPrivileges": true
+            },
+            "root": {"path": "rootfs", "readonly": false},
+            "hostname": "gtest-host",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                 "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]}
+            ],
+            "linux": {
+                "namespaces": [
+                    {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                    {"type": "uts"}, {"type": "mount"}
+                ]
+            }
+        });
+        f(&mut spec);
+        std::fs::write(
+            b.join("config.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        b
+    }
+
+    fn cmd(&self, args: &[&str]) -> (Command, PathBuf, PathBuf) {
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.dir.path().join(format!("out-{n}"));
+        let err = self.dir.path().join(format!("err-{n}"));
+        let mut c = Command::new(gantry_bin());
+        c.arg("runtime").arg("--root").arg(&self.root).args(args);
+        c.stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        (c, out, err)
+    }
+
+    /// Runs `gantry runtime --root <root> ARGS…` with a time bound.
+    pub fn gantry(&self, args: &[&str]) -> Out {
+        let (mut c, out, err) = self.cmd(args);
+        wait_child(c.spawn().unwrap(), &out, &err)
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let (mut c, out, err) = self.cmd(args);
+        Running(c.spawn().unwrap(), out, err)
+    }
+
+    pub fn state(&self, id: &str) -> Value {
+        let out = self.gantry(&["state", id]);
+        assert_eq!(out.code, 0, "{out:?}");
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    pub fn wait_status(&self, id: &str, status: &str) {
+        wait_until(
+            || {
+                let out = self.gantry(&["state", id]);
+                out.code == 0
+                    && serde_json::from_str::<Value>(&out.stdout).unwrap()["status"] == status
+            },
+            &format!("{id} to be {status}"),
+        );
+    }
+
+    /// No state dir, and no process whose cgroup or environment names the container.
+    pub fn assert_no_container(&self, name: &str) {
+        let id = self.id(name);
+        assert!(
+            !self.root.join(&id).exists(),
+            "state dir of {id} left behind"
+        );
+        for hier in ["memory", "pids", "cpu,cpuacct", "devices", "freezer", ""] {
+            let p = Path::new("/sys/fs/cgroup")
+                .join(hier)
+                .join("gantry")
+                .join(&id);
+            assert!(!p.exists(), "cgroup {} left behind", p.display());
+        }
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let _ = self.cmd(&["delete", "--force", &id]).0.status();
+        }
+    }
+}

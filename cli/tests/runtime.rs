@@ -1,0 +1,311 @@
+//! Integration tests of `gantry runtime`: real containers from busybox bundles, checked from
+//! inside with busybox commands. They need root (namespaces, mounts, cgroups) and fail
+//! loudly without it. Each test uses its own runtime root, bundle dir and container ids.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn run_propagates_exit_code_pid1_and_hostname() {
+    let t = Rt::new("exit");
+    let b = t.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            r#"test $$ = 1 || exit 91; test "$(hostname)" = gtest-host || exit 92; exit 7"#,
+        ],
+        |_| {},
+    );
+    let out = t.gantry(&["run", "-b", b.to_str().unwrap(), &t.id("c")]);
+    assert_eq!(out.code, 7, "{out:?}");
+    t.assert_no_container("c");
+}
+
+#[test]
+fn run_reports_128_plus_signal_when_killed() {
+    let t = Rt::new("sig");
+    let b = t.bundle("b", &["sleep", "30"], |_| {});
+    let id = t.id("c");
+    let child = t.spawn(&["run", "-b", b.to_str().unwrap(), &id]);
+    t.wait_status(&id, "running");
+    let k = t.gantry(&["kill", &id, "KILL"]);
+    assert_eq!(k.code, 0, "{k:?}");
+    let out = child.wait();
+    assert_eq!(out.code, 128 + 9, "{out:?}");
+    t.assert_no_container("c");
+}
+
+#[test]
+fn stdout_to_dev_null_stays_writable() {
+    // youki re-opened a /dev/null stdout read-only (EBADF on echo); stdio is inherited as is.
+    let t = Rt::new("devnull");
+    let b = t.bundle("b", &["sh", "-c", "echo hi; echo hi >&2"], |_| {});
+    let st = std::process::Command::new(gantry_bin())
+        .args(["runtime", "--root", t.root.to_str().unwrap(), "run", "-b"])
+        .arg(&b)
+        .arg(t.id("c"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(0));
+}
+
+#[test]
+fn filesystem_mounts_masked_and_readonly_paths() {
+    let t = Rt::new("fs");
+    let data = t.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f"), "hostdata").unwrap();
+    let script = r#"
+set -e
+fail() { echo "FAIL: $*"; exit 1; }
+for m in /proc /dev /dev/pts /dev/shm /dev/mqueue /sys /data; do
+  grep -q " $m " /proc/self/mountinfo || fail "mount $m missing"
+done
+for d in null zero full random urandom tty; do test -c /dev/$d || fail "/dev/$d"; done
+test -L /dev/fd && test -L /dev/stdin && test -L /dev/ptmx || fail links
+echo x > /dev/null || fail "/dev/null not writable"
+test "$(head -c 4 /dev/zero | wc -c)" = 4 || fail zero
+test "$(cat /etc/secret.txt | wc -c)" = 0 || fail "masked file readable"
+test -z "$(ls -A /secretdir)" || fail "masked dir not empty"
+test "$(cat /data/f)" = hostdata || fail "bind mount content"
+if touch /data/new 2>/dev/null; then fail "ro bind writable"; fi
+if touch /newfile 2>/dev/null; then fail "readonly root writable"; fi
+if echo 1 > /proc/sys/kernel/domainname 2>/dev/null; then fail "readonly path writable"; fi
+touch /tmp/ok || fail "/tmp tmpfs not writable"
+test "$(ls /sys/class/net)" = lo || fail "netns has more than lo: $(ls /sys/class/net)"
+echo ALLGOOD
+"#;
+    let data_s = data.to_str().unwrap().to_string();
+    let b = t.bundle("b", &["sh", "-c", script], |s| {
+        s["root"]["readonly"] = json!(true);
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": data_s,
+            "options": ["rbind", "ro", "nosuid", "nodev"]}));
+        s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}));
+        s["linux"]["maskedPaths"] = json!(["/etc/secret.txt", "/secretdir", "/proc/kcore", "/nonexistent"]);
+        s["linux"]["readonlyPaths"] = json!(["/proc/sys"]);
+    });
+    std::fs::write(b.join("rootfs/etc/secret.txt"), "secret").unwrap();
+    std::fs::create_dir(b.join("rootfs/secretdir")).unwrap();
+    std::fs::write(b.join("rootfs/secretdir/s"), "secret").unwrap();
+    let out = t.gantry(&["run", "-b", b.to_str().unwrap(), &t.id("c")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("ALLGOOD"), "{out:?}");
+    // nothing of the container's mounts is visible on the host
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mi.contains(b.to_str().unwrap()),
+        "container mount leaked to host"
+    );
+}
+
+#[test]
+fn create_start_state_kill_delete_lifecycle() {
+    let t = Rt::new("life");
+    let marker = "/tmp/started"; // inside the container's rootfs
+    let b = t.bundle(
+        "b",
+        &["sh", "-c", &format!("touch {marker}; exec sleep 60")],
+        |_| {},
+    );
+    let id = t.id("c");
+    let pidfile = t.dir.path().join("pid");
+    let out = t.gantry(&[
+        "create",
+        "-b",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let state = t.state(&id);
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["pid"], pid);
+    assert_eq!(state["id"], id.as_str());
+    assert!(
+        !b.join("rootfs/tmp/started").exists(),
+        "process ran before start"
+    );
+    // a created container cannot be deleted without --force
+    let d = t.gantry(&["delete", &id]);
+    assert_ne!(d.code, 0);
+    assert!(d.stderr.contains("created"), "{d:?}");
+
+    let out = t.gantry(&["start", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    t.wait_status(&id, "running");
+    wait_until(|| b.join("rootfs/tmp/started").exists(), "process started");
+    let again = t.gantry(&["start", &id]);
+    assert_ne!(again.code, 0, "start twice must fail");
+
+    let list = t.gantry(&["list", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(v[0]["id"], id.as_str());
+    assert_eq!(v[0]["status"], "running");
+    let table = t.gantry(&["list"]);
+    assert!(
+        table.stdout.starts_with("ID") && table.stdout.contains(&id),
+        "{table:?}"
+    );
+
+    let d = t.gantry(&["delete", &id]);
+    assert_ne!(d.code, 0, "delete of a running container without --force");
+    assert!(
+        d.stderr.contains("running") && d.stderr.contains("--force"),
+        "{d:?}"
+    );
+    assert!(proc_alive(pid));
+
+    assert_eq!(t.gantry(&["kill", &id, "9"]).code, 0);
+    t.wait_status(&id, "stopped");
+    assert_eq!(t.gantry(&["delete", &id]).code, 0);
+    assert!(!proc_alive(pid));
+    t.assert_no_container("c");
+    let s = t.gantry(&["state", &id]);
+    assert_ne!(s.code, 0);
+    assert!(s.stderr.contains("does not exist"), "{s:?}");
+}
+
+#[test]
+fn delete_force_kills_a_running_container() {
+    let t = Rt::new("force");
+    let b = t.bundle("b", &["sleep", "60"], |_| {});
+    let id = t.id("c");
+    assert_eq!(
+        t.gantry(&["create", "-b", b.to_str().unwrap(), &id]).code,
+        0
+    );
+    assert_eq!(t.gantry(&["start", &id]).code, 0);
+    let pid = t.state(&id)["pid"].as_i64().unwrap() as i32;
+    let d = t.gantry(&["delete", "--force", &id]);
+    assert_eq!(d.code, 0, "{d:?}");
+    assert!(!proc_alive(pid));
+    t.assert_no_container("c");
+}
+
+#[test]
+fn exec_joins_the_running_container() {
+    let t = Rt::new("exec");
+    let b = t.bundle("b", &["sleep", "60"], |_| {});
+    let id = t.id("c");
+    assert_eq!(
+        t.gantry(&["create", "-b", b.to_str().unwrap(), &id]).code,
+        0
+    );
+    assert_eq!(t.gantry(&["start", &id]).code, 0);
+    t.wait_status(&id, "running");
+    let out = t.gantry(&[
+        "exec", "-e", "EXTRA=yes", &id, "sh", "-c",
+        r#"echo "pid=$$ host=$(hostname) extra=$EXTRA"; ps -o pid,comm | grep -q 'sleep' && echo sees-init; exit 5"#,
+    ]);
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stdout.contains("host=gtest-host"), "{out:?}");
+    assert!(out.stdout.contains("extra=yes"), "{out:?}");
+    assert!(out.stdout.contains("sees-init"), "{out:?}");
+    assert!(
+        !out.stdout.contains("pid=1 "),
+        "exec'd process must not be pid 1: {out:?}"
+    );
+    let missing = t.gantry(&["exec", &id, "nosuchcmd"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("nosuchcmd"), "{missing:?}");
+    assert_eq!(t.gantry(&["delete", "-f", &id]).code, 0);
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_leaves_nothing() {
+    let t = Rt::new("bad");
+    type Breaker = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        (
+            "invalid-json",
+            Box::new(|b| std::fs::write(b.join("config.json"), "{\"ociVersion\": ,").unwrap()),
+            "line 1",
+        ),
+        (
+            "unknown-namespace",
+            Box::new(|b| {
+                edit(b, |s| {
+                    s["linux"]["namespaces"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"type": "bogus"}))
+                })
+            }),
+            "linux.namespaces[",
+        ),
+        (
+            "unknown-field-value",
+            Box::new(|b| {
+                edit(b, |s| {
+                    s["process"]["rlimits"] =
+                        json!([{"type": "RLIMIT_BOGUS", "hard": 1, "soft": 1}])
+                })
+            }),
+            "process.rlimits[0].type",
+        ),
+        (
+            "missing-rootfs",
+            Box::new(|b| edit(b, |s| s["root"]["path"] = json!("nope"))),
+            "root.path",
+        ),
+        (
+            "args0-not-found",
+            Box::new(|b| {
+                edit(b, |s| {
+                    s["process"]["args"] = json!(["/bin/definitely-not-here"])
+                })
+            }),
+            "process.args[0]",
+        ),
+        (
+            "missing-bind-source",
+            Box::new(|b| {
+                edit(b, |s| {
+                    s["mounts"].as_array_mut().unwrap().push(json!({
+                "destination": "/x", "type": "bind", "source": "/nonexistent-gantry-src", "options": ["bind"]}))
+                })
+            }),
+            "/x",
+        ),
+    ];
+    for (name, breakit, expect) in cases {
+        let b = t.bundle(name, &["true"], |_| {});
+        breakit(&b);
+        for verb in ["run", "create"] {
+            let id = t.id(name);
+            let out = t.gantry(&[verb, "-b", b.to_str().unwrap(), &id]);
+            assert_eq!(out.code, 1, "{name}/{verb}: {out:?}");
+            assert!(
+                out.stderr.contains(expect),
+                "{name}/{verb}: stderr should name `{expect}`: {out:?}"
+            );
+            t.assert_no_container(name);
+        }
+    }
+    // duplicate id: refused, and the existing container is untouched
+    let b = t.bundle("dup", &["sleep", "60"], |_| {});
+    let id = t.id("dup");
+    assert_eq!(
+        t.gantry(&["create", "-b", b.to_str().unwrap(), &id]).code,
+        0
+    );
+    let out = t.gantry(&["create", "-b", b.to_str().unwrap(), &id]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("already exists"), "{out:?}");
+    assert_eq!(t.state(&id)["status"], "created");
+    assert_eq!(t.gantry(&["delete", "-f", &id]).code, 0);
+    t.assert_no_container("dup");
+}

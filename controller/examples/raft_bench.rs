@@ -1,0 +1,233 @@
+//! Raft benchmark driver (see bench/raft.sh): starts 3 `gantry controller run` processes on
+//! loopback (durable sled data dirs in a temp dir), then measures
+//! - commits/s and latency with 1, 16, 256 concurrent clients writing small commands;
+//! - failover: leader SIGKILL → first write accepted again, over N trials.
+//!
+//! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256]
+
+use gantry_controller::api::ControllerClient;
+use gantry_controller::state::{Command, NodeStatus};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc {
+    id: u64,
+    addr: String,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(bin: &str, id: u64, addr: &str, dir: &std::path::Path, extra: &[&str]) -> Proc {
+        let child = std::process::Command::new(bin)
+            .args([
+                "controller",
+                "run",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                addr,
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gantry");
+        Proc {
+            id,
+            addr: addr.into(),
+            dir: dir.into(),
+            child: Some(child),
+        }
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc_kill(c.id() as i32) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+unsafe fn libc_kill(pid: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    kill(pid, 9);
+}
+
+fn free_addr(ip: &str) -> String {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+async fn leader(addrs: &[String], voters: usize) -> (u64, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for a in addrs {
+            let mut c = ControllerClient::new(vec![a.clone()]);
+            c.retry_for = Duration::from_millis(100);
+            if let Ok(st) = c.status().await {
+                if let (Some(l), Some(addr)) = (st.leader, st.leader_address.clone()) {
+                    if st.members.iter().filter(|m| m.voter).count() == voters {
+                        return (l, addr);
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// A small command: a node status flip (the node exists, so it applies and persists).
+fn small(i: u64) -> Command {
+    Command::SetNodeStatus {
+        node: 1,
+        status: if i.is_multiple_of(2) {
+            NodeStatus::Ready
+        } else {
+            NodeStatus::Draining
+        },
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bin = args
+        .get(1)
+        .expect("usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256]")
+        .clone();
+    let opt = |name: &str, default: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let seconds: u64 = opt("--seconds", "5").parse().unwrap();
+    let trials: usize = opt("--trials", "20").parse().unwrap();
+    let clients: Vec<usize> = opt("--clients", "1,16,256")
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let root = tempfile::tempdir().unwrap();
+    let timing = ["--heartbeat-ms", "50", "--election-timeout-ms", "150"];
+    let mut procs: Vec<Proc> = Vec::new();
+    for id in 1..=3u64 {
+        let addr = free_addr(&format!("127.0.0.{}", id + 1));
+        let dir = root.path().join(format!("m{id}"));
+        let mut extra: Vec<&str> = timing.to_vec();
+        let seed = procs.first().map(|p| p.addr.clone());
+        if let Some(seed) = &seed {
+            extra.extend(["--join", seed.as_str()]);
+        } else {
+            extra.push("--bootstrap");
+        }
+        procs.push(Proc::spawn(&bin, id, &addr, &dir, &extra));
+        let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+        leader(&addrs, id as usize).await;
+    }
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    let (_, leader_addr) = leader(&addrs, 3).await;
+    let mut c = ControllerClient::new(vec![leader_addr.clone()]);
+    let r = Command::RegisterNode {
+        name: "bench".into(),
+        address: "bench:1".into(),
+        labels: Default::default(),
+        capacity: Default::default(),
+        allocatable: Default::default(),
+    };
+    c.write(&r).await.unwrap().1.unwrap();
+
+    println!("# commits: 3 members on loopback (127.0.0.2-4), sled durable (flush before ack), {seconds} s per row");
+    println!("| clients | commits/s | p50 ms | p99 ms | max ms |");
+    println!("|---:|---:|---:|---:|---:|");
+    for &n in &clients {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for k in 0..n {
+            let addr = leader_addr.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = ControllerClient::new(vec![addr]);
+                let mut lat = Vec::new();
+                let mut i = k as u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if let Ok((_, Ok(_))) = c.write(&small(i)).await {
+                        lat.push(t.elapsed());
+                    }
+                    i += 1;
+                }
+                lat
+            }));
+        }
+        let start = Instant::now();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        all.sort();
+        println!(
+            "| {n} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            all.len() as f64 / secs,
+            pct(&all, 0.5),
+            pct(&all, 0.99),
+            pct(&all, 1.0)
+        );
+    }
+
+    println!();
+    println!("# failover: leader SIGKILL → first write accepted (a client retrying every member), {trials} trials");
+    let mut times = Vec::new();
+    for t in 0..trials {
+        let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+        let (lid, _) = leader(&addrs, 3).await;
+        // settle: every member applied the latest write
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idx = procs.iter().position(|p| p.id == lid).unwrap();
+        let others: Vec<String> = procs
+            .iter()
+            .filter(|p| p.id != lid)
+            .map(|p| p.addr.clone())
+            .collect();
+        let mut c = ControllerClient::new(others);
+        c.retry_for = Duration::from_secs(10);
+        let killed = Instant::now();
+        procs[idx].kill();
+        let r = c.write(&small(t as u64)).await;
+        let took = killed.elapsed();
+        assert!(matches!(r, Ok((_, Ok(_)))), "write after failover: {r:?}");
+        times.push(took);
+        // bring the killed member back (resume from its data dir) before the next trial
+        let (id, addr, dir) = (
+            procs[idx].id,
+            procs[idx].addr.clone(),
+            procs[idx].dir.clone(),
+        );
+        procs[idx] = Proc::spawn(&bin, id, &addr, &dir, &timing);
+    }
+    times.sort();
+    println!(
+        "| trials | p50 ms | max ms | min ms |\n|---:|---:|---:|---:|\n| {trials} | {:.0} | {:.0} | {:.0} |",
+        pct(&times, 0.5),
+        pct(&times, 1.0),
+        pct(&times, 0.0)
+    );
+}
