@@ -322,7 +322,7 @@ async fn full_restart_keeps_all_data() {
     for i in 0..60 {
         last = write_ok(&mut client, &register(&format!("n{i}"))).await;
     }
-    write_ok(&mut client, &upsert("web", "app:1")).await;
+    last = write_ok(&mut client, &upsert("web", "app:1")).await;
     c.wait_applied(last, Duration::from_secs(5)).await;
     let before = c.image(1);
     for id in [1, 2, 3] {
