@@ -721,3 +721,134 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
     a.ok(&["rm", "-f", "taken", "stopped"]);
     a.assert_no_leaks(&[]);
 }
+
+/// Writes an OCI layout of the busybox root filesystem (one layer, Cmd `sh`), named by tag
+/// `1` only, and loads it into the agent's image store as `bb:1`.
+fn load_busybox_image(a: &Agent) -> String {
+    use gantry_agent::image::Digest;
+    let dir = a.dir.path().join("layout");
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let d = Digest::of(data);
+        std::fs::write(blobs.join(d.hex()), data).unwrap();
+        (d, data.len())
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", &a.rootfs).unwrap();
+    let layer = b.into_inner().unwrap();
+    let (ld, ls) = put(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": "2026-11-28T00:00:00Z",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/root"},
+        "rootfs": {"type": "layers", "diff_ids": [ld.to_string()]},
+    }))
+    .unwrap();
+    let (cd, cs) = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}],
+    }))
+    .unwrap();
+    let (md, ms) = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+                "annotations": {"org.opencontainers.image.ref.name": "1"}}],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let store = a.dir.path().join("root");
+    a.ok(&[
+        "image",
+        "load",
+        "--store",
+        store.to_str().unwrap(),
+        "--input",
+        dir.to_str().unwrap(),
+        "--name",
+        "bb",
+    ]);
+    "bb:1".to_string()
+}
+
+#[test]
+fn image_lifecycle_run_kill_start_rm() {
+    let a = Agent::start();
+    let img = load_busybox_image(&a);
+    // The image's config applies: Cmd, Env, WorkingDir.
+    let o = a.gantry(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &img,
+        "sh",
+        "-c",
+        "echo $FROM_IMAGE $(pwd)",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "yes /root\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let id = a
+        .ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            "seed",
+            &img,
+            "sleep",
+            "1000",
+        ])
+        .trim()
+        .to_string();
+    a.remember(&id);
+    a.ok(&[
+        "exec",
+        "seed",
+        "sh",
+        "-c",
+        "echo written > /root/file && rm /etc/deleted-later",
+    ]);
+    a.ok(&["kill", "seed"]);
+    a.wait_state("seed", "exited");
+    a.ok(&["start", "seed"]);
+    assert_eq!(a.ok(&["exec", "seed", "cat", "/root/file"]), "written\n");
+    assert!(!a
+        .gantry(&["exec", "seed", "cat", "/etc/deleted-later"])
+        .status
+        .success());
+    // A second container of the same image does not see the first one's changes.
+    let o = a.gantry(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &img,
+        "cat",
+        "/etc/deleted-later",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "base file\n");
+    a.ok(&["rm", "-f", "seed"]);
+    // Its snapshot went with it: only the image's committed layer remains.
+    let snaps = std::fs::read_to_string(a.dir.path().join("root/snapshots/metadata.json")).unwrap();
+    assert!(
+        !snaps.contains(&id),
+        "snapshot of {id} left behind: {snaps}"
+    );
+    let err = a.fails(&["run", "--network", "none", "bb:missing", "true"]);
+    assert!(err.contains("no such image"), "{err}");
+    assert!(a.ids().is_empty());
+    a.assert_no_leaks(&[]);
+}

@@ -1,12 +1,15 @@
 //! Where the engine gets root filesystems from: an [`ImageSource`] turns a reference into
-//! the image's run config and its layers as overlay lowerdirs. A container can also run
+//! the image's run config, and prepares a container's writable snapshot on the image's
+//! layers (the image store's overlay snapshotter, keyed by container id). A container can also run
 //! from an exploded root filesystem directory (`--rootfs DIR`, as podman allows), used
 //! read-only as the single lowerdir.
 
 use std::path::{Path, PathBuf};
 
 use super::config::ImageRunConfig;
+use super::rootfs::RootMount;
 use super::EngineError;
+use crate::image::ImageStore;
 
 /// An image resolved for running.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,12 +19,109 @@ pub struct ResolvedImage {
     /// The reference as the user should see it.
     pub reference: String,
     pub config: ImageRunConfig,
-    /// Layer directories, top first.
-    pub lowerdirs: Vec<PathBuf>,
+    /// A root filesystem directory (`--rootfs`) rather than a stored image.
+    pub dir: Option<PathBuf>,
 }
 
 pub trait ImageSource: Send + Sync {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, EngineError>;
+    /// Unpacks the image if needed and prepares the writable snapshot `key` on it.
+    fn prepare(&self, key: &str, reference: &str) -> Result<Vec<RootMount>, EngineError>;
+    /// Removes the snapshot `key` (no error if it is gone).
+    fn release(&self, key: &str) -> Result<(), EngineError>;
+    /// Ids (config digests) of the images `reference` names, for `rmi`'s in-use check.
+    fn image_id(&self, reference: &str) -> Result<String, EngineError>;
+}
+
+fn image_err(reference: &str, e: impl std::fmt::Display) -> EngineError {
+    let msg = e.to_string();
+    if msg.starts_with("no such image") {
+        EngineError::NotFound {
+            what: "image",
+            reference: reference.to_string(),
+        }
+    } else {
+        EngineError::Image {
+            reference: reference.to_string(),
+            reason: msg,
+        }
+    }
+}
+
+/// The agent's image store (`agent/src/image`) as an image source.
+pub struct StoreImages {
+    pub store: ImageStore,
+}
+
+impl ImageSource for StoreImages {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, EngineError> {
+        if reference.is_empty() {
+            return Err(EngineError::InvalidArgument {
+                field: "image",
+                value: String::new(),
+                reason: "an image (or --rootfs DIR) is required".into(),
+            });
+        }
+        let img = self
+            .store
+            .resolve_str(reference)
+            .map_err(|e| image_err(reference, e))?;
+        let c = img.config.config().clone().unwrap_or_default();
+        let config = ImageRunConfig {
+            entrypoint: c.entrypoint().clone().unwrap_or_default(),
+            cmd: c.cmd().clone().unwrap_or_default(),
+            env: c.env().clone().unwrap_or_default(),
+            working_dir: c.working_dir().clone().unwrap_or_default(),
+            user: c.user().clone().unwrap_or_default(),
+            exposed_ports: c.exposed_ports().clone().unwrap_or_default(),
+            stop_signal: c.stop_signal().clone().unwrap_or_default(),
+        };
+        Ok(ResolvedImage {
+            id: img.config_digest.to_string(),
+            reference: reference.to_string(),
+            config,
+            dir: None,
+        })
+    }
+
+    fn prepare(&self, key: &str, reference: &str) -> Result<Vec<RootMount>, EngineError> {
+        let img = self
+            .store
+            .resolve_str(reference)
+            .map_err(|e| image_err(reference, e))?;
+        let mounts = self
+            .store
+            .prepare_rootfs(key, &img)
+            .map_err(|e| image_err(reference, e))?;
+        Ok(mounts
+            .into_iter()
+            .map(|m| RootMount {
+                kind: m.kind,
+                source: m.source,
+                options: m.options,
+            })
+            .collect())
+    }
+
+    fn release(&self, key: &str) -> Result<(), EngineError> {
+        use crate::image::Snapshotter;
+        let snaps = self.store.snapshotter();
+        if snaps.stat(key).is_err() {
+            return Ok(());
+        }
+        snaps.remove(key).map_err(|e| EngineError::Image {
+            reference: format!("snapshot {key}"),
+            reason: e.to_string(),
+        })
+    }
+
+    fn image_id(&self, reference: &str) -> Result<String, EngineError> {
+        let img = self
+            .store
+            .resolve_str(reference)
+            .map_err(|e| image_err(reference, e))?;
+        Ok(img.config_digest.to_string())
+    }
 }
 
 /// The source of an agent with no image store yet: every reference is refused, saying so.
@@ -29,6 +129,15 @@ pub struct NoImageStore;
 
 impl ImageSource for NoImageStore {
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, EngineError> {
+        self.image_id(reference).map(|_| unreachable!())
+    }
+    fn prepare(&self, _key: &str, reference: &str) -> Result<Vec<RootMount>, EngineError> {
+        self.image_id(reference).map(|_| unreachable!())
+    }
+    fn release(&self, _key: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn image_id(&self, reference: &str) -> Result<String, EngineError> {
         Err(EngineError::NotFound {
             what: "image",
             reference: format!("{reference} (this agent has no image store: use --rootfs DIR)"),
@@ -49,6 +158,6 @@ pub fn rootfs_dir(dir: &Path) -> Result<ResolvedImage, EngineError> {
         id: String::new(),
         reference: format!("rootfs:{}", dir.display()),
         config: ImageRunConfig::default(),
-        lowerdirs: vec![dir.to_path_buf()],
+        dir: Some(dir.to_path_buf()),
     })
 }

@@ -96,6 +96,8 @@ pub enum EngineError {
         #[source]
         source: SupervisorError,
     },
+    #[error("image {reference}: {reason}")]
+    Image { reference: String, reason: String },
     #[error("{what} is not supported by this agent: {hint}")]
     NotSupported { what: String, hint: &'static str },
     #[error("container {id} did not stop within {seconds} s of SIGKILL")]
@@ -264,9 +266,29 @@ impl Engine {
         self: &Arc<Self>,
         opts: CreateOptions,
     ) -> Result<ContainerRecord, EngineError> {
-        let rec = self.plan_create(opts)?;
+        let (mut rec, dir) = self.plan_create(opts)?;
         self.store.insert_new(&rec)?;
-        if let Err(e) = self.dirs(&rec.id).create() {
+        let this = self.clone();
+        let r2 = rec.clone();
+        let prepared = tokio::task::spawn_blocking(
+            move || -> Result<(Vec<rootfs::RootMount>, Option<String>), EngineError> {
+                let dirs = this.dirs(&r2.id);
+                dirs.create()?;
+                match dir {
+                    Some(d) => Ok((vec![rootfs::dir_overlay(&dirs, &d)], None)),
+                    None => Ok((this.images.prepare(&r2.id, &r2.image)?, Some(r2.id.clone()))),
+                }
+            },
+        )
+        .await
+        .expect("prepare task panicked");
+        let saved = prepared.and_then(|(mounts, snapshot)| {
+            rec.rootfs = mounts;
+            rec.snapshot = snapshot;
+            self.store.save(&rec)
+        });
+        if let Err(e) = saved {
+            let _ = self.images.release(&rec.id);
             let _ = std::fs::remove_dir_all(&self.dirs(&rec.id).0);
             let _ = self.store.remove(&rec);
             return Err(e);
@@ -276,7 +298,10 @@ impl Engine {
     }
 
     /// The pure part of create: every flag checked, the image resolved; no side effect.
-    fn plan_create(&self, opts: CreateOptions) -> Result<ContainerRecord, EngineError> {
+    fn plan_create(
+        &self,
+        opts: CreateOptions,
+    ) -> Result<(ContainerRecord, Option<PathBuf>), EngineError> {
         if !opts.name.is_empty() && !valid_name(&opts.name) {
             return Err(EngineError::InvalidArgument {
                 field: "--name",
@@ -349,10 +374,12 @@ impl Engine {
         } else {
             opts.hostname
         };
-        Ok(ContainerRecord {
+        let dir = image.dir.clone();
+        let rec = ContainerRecord {
             image: image.reference,
             image_id: image.id,
-            lowerdirs: image.lowerdirs,
+            rootfs: Vec::new(),
+            snapshot: None,
             created_nanos: timefmt::now_nanos(),
             config: ContainerConfig {
                 process,
@@ -374,7 +401,8 @@ impl Engine {
             },
             id,
             name,
-        })
+        };
+        Ok((rec, dir))
     }
 
     /// Starts a created or exited container (its upper dir, so its files, are kept).
@@ -435,7 +463,7 @@ impl Engine {
         rec: &ContainerRecord,
     ) -> Result<(supervisor::ProcessId, supervisor::ProcessId), EngineError> {
         let dirs = self.dirs(&rec.id);
-        rootfs::mount_overlay(&dirs, &rec.lowerdirs)?;
+        rootfs::mount_root(&dirs, &rec.rootfs)?;
         let result = self.launch_mounted(rec, &dirs);
         if result.is_err() {
             let _ = rootfs::unmount(&dirs.rootfs());
@@ -834,6 +862,7 @@ impl Engine {
             rootfs::unmount(&dirs.rootfs())?;
             let run = this.run_dir(&id);
             let _ = std::fs::remove_dir_all(&run.0);
+            this.images.release(&id)?;
             std::fs::remove_dir_all(&dirs.0)
                 .or_else(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {

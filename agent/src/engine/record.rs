@@ -2,12 +2,12 @@
 //! policy decision (pure: state in, decision out).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::config::{MountSpec, ProcessConfig, Resources};
+use super::rootfs::RootMount;
 use super::EngineError;
 use crate::supervisor::ProcessId;
 
@@ -122,8 +122,11 @@ pub struct ContainerRecord {
     pub image: String,
     /// Image id (config digest); empty for a rootfs container.
     pub image_id: String,
-    /// Read-only layers of the root filesystem, top first (overlay lowerdir order).
-    pub lowerdirs: Vec<PathBuf>,
+    /// The root filesystem's mount (an overlay: the image snapshot's, or a `--rootfs`
+    /// directory under the container's own upper dir).
+    pub rootfs: Vec<RootMount>,
+    /// The image store snapshot holding the writable layer (key = container id), if any.
+    pub snapshot: Option<String>,
     pub created_nanos: i64,
     pub config: ContainerConfig,
     pub state: RunState,

@@ -7,6 +7,25 @@ use std::path::{Path, PathBuf};
 
 use super::EngineError;
 
+/// One mount of a container's root filesystem (the snapshotter's shape: `mount -t KIND -o
+/// OPTIONS SOURCE TARGET`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RootMount {
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+impl RootMount {
+    /// The writable upper dir of an overlay mount.
+    pub fn upperdir(&self) -> Option<PathBuf> {
+        self.options
+            .iter()
+            .find_map(|o| o.strip_prefix("upperdir="))
+            .map(PathBuf::from)
+    }
+}
+
 /// A container's directories under the agent root: `upper/`, `work/`, `bundle/`.
 #[derive(Debug, Clone)]
 pub struct ContainerDirs(pub PathBuf);
@@ -80,29 +99,57 @@ fn unescape(s: &str) -> String {
     out
 }
 
-pub fn mount_overlay(dirs: &ContainerDirs, lower: &[PathBuf]) -> Result<(), EngineError> {
+/// The overlay of a root filesystem directory (`--rootfs`) under the container's own
+/// upper and work dirs.
+pub fn dir_overlay(dirs: &ContainerDirs, lower: &Path) -> RootMount {
+    RootMount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: overlay_options(&[lower.to_path_buf()], &dirs.upper(), &dirs.work())
+            .split(',')
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
+/// Mounts the root filesystem at the bundle's `rootfs/` (nothing if already mounted).
+pub fn mount_root(dirs: &ContainerDirs, mounts: &[RootMount]) -> Result<(), EngineError> {
+    use nix::mount::MsFlags;
     let target = dirs.rootfs();
     if is_mounted(&target) {
         return Ok(());
     }
-    if lower.is_empty() {
+    let [m] = mounts else {
         return Err(EngineError::Mount {
             target,
-            reason: "the image has no layers".into(),
+            reason: format!(
+                "expected one root mount, the snapshot gave {}",
+                mounts.len()
+            ),
             source: None,
         });
-    }
-    let opts = overlay_options(lower, &dirs.upper(), &dirs.work());
+    };
+    let opts: Vec<&str> = m.options.iter().map(String::as_str).collect();
+    let (flags, data) = match m.kind.as_str() {
+        "bind" => {
+            let mut f = MsFlags::MS_BIND | MsFlags::MS_REC;
+            if opts.contains(&"ro") {
+                f |= MsFlags::MS_RDONLY;
+            }
+            (f, String::new())
+        }
+        _ => (MsFlags::empty(), opts.join(",")),
+    };
     nix::mount::mount(
-        Some("overlay"),
+        Some(m.source.as_str()),
         &target,
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(opts.as_str()),
+        (m.kind != "bind").then_some(m.kind.as_str()),
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
     )
     .map_err(|e| EngineError::Mount {
         target: target.clone(),
-        reason: format!("overlay {opts}"),
+        reason: format!("{} {}", m.kind, data),
         source: Some(std::io::Error::from(e)),
     })
 }

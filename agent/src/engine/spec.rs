@@ -131,7 +131,8 @@ mod tests {
             name: "n".into(),
             image: "img".into(),
             image_id: String::new(),
-            lowerdirs: vec![],
+            rootfs: vec![],
+            snapshot: None,
             created_nanos: 0,
             config: ContainerConfig {
                 process: ProcessConfig {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use gantry_agent::engine::{images::NoImageStore, service::EngineService, Engine, EngineConfig};
+use gantry_agent::engine::{images::StoreImages, service::EngineService, Engine, EngineConfig};
 use gantry_proto::engine::engine_server::EngineServer;
 
 #[derive(Args)]
@@ -92,7 +92,9 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         log_max_files: args.log_max_files,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
     };
-    let engine: Arc<Engine> = Engine::open(cfg, Arc::new(NoImageStore))?;
+    let store = gantry_agent::image::ImageStore::open(&cfg.root)
+        .with_context(|| format!("opening the image store in {}", cfg.root.display()))?;
+    let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }))?;
     engine.recover().await?;
     if let Some(dir) = sock.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# bench/engine.sh - the engine's benchmarks (issue 4), results to stdout for docs/benchmarks.md:
+#   1. `gantry run --rm IMG true` end to end vs docker and podman, interleaved
+#      (shared/anchors/engine-run-latency.sh; --net none until gantry has bridge networking);
+#   2. 100 x `gantry run -d` at once: wall time and agent CPU;
+#   3. idle agent RSS and one shim's private memory (Private_* of /proc/PID/smaps_rollup).
+# Usage: bench/engine.sh [-n RUNS] [--anchors DIR] [--peers "docker podman"]
+# Needs root, runc, a release build (cargo build --release -p gantry). Starts its own agent on
+# a temp root and socket, and stops it (by PID) at the end.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+runs=20; anchors=/work/shared/anchors; peers=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n) runs=$2; shift 2;; --anchors) anchors=$2; shift 2;; --peers) peers=$2; shift 2;;
+    *) echo "unknown option $1" >&2; exit 2;;
+  esac
+done
+bin=$here/target/release/gantry
+[ -x "$bin" ] || { echo "build first: cargo build --release -p gantry" >&2; exit 1; }
+tmp=$(mktemp -d /tmp/gantry-bench.XXXXXX)
+agent_pid=""
+cleanup() {
+  if [ -n "$agent_pid" ]; then
+    for id in $("$bin" ps -aq 2>/dev/null); do "$bin" rm -f "$id" >/dev/null 2>&1 || true; done
+    kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+export GANTRY_HOST=unix://$tmp/agent.sock
+
+# A busybox image, loaded into the agent's store (the same rootfs the anchors' peers import).
+rootfs=$tmp/rootfs; mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/proc" "$rootfs/sys" "$rootfs/dev"
+cp /bin/busybox "$rootfs/bin/"; for a in $(/bin/busybox --list); do ln -sf busybox "$rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/etc/passwd"
+layout=$tmp/layout; mkdir -p "$layout/blobs/sha256"
+tar -C "$rootfs" -cf "$tmp/layer.tar" .
+put() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); cp "$1" "$layout/blobs/sha256/$d"; echo "$d $(stat -c %s "$1")"; }
+read -r ld ls < <(put "$tmp/layer.tar")
+printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"],"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$ld" > "$tmp/config.json"
+read -r cd cs < <(put "$tmp/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' "$cd" "$cs" "$ld" "$ls" > "$tmp/manifest.json"
+read -r md ms < <(put "$tmp/manifest.json")
+echo '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"latest"}}]}' "$md" "$ms" > "$layout/index.json"
+"$bin" image load --store "$tmp/root" --input "$layout" --name bench-bb >/dev/null
+
+"$bin" agent --root "$tmp/root" --run-root "$tmp/run" --host "$GANTRY_HOST" 2>"$tmp/agent.log" &
+agent_pid=$!
+for _ in $(seq 100); do "$bin" ps >/dev/null 2>&1 && break; sleep 0.05; done
+"$bin" run --rm --network none bench-bb:latest true
+
+echo "## 1. run --rm IMG true (median ms; --network none)"
+# shellcheck disable=SC2086
+"$anchors/engine-run-latency.sh" -n "$runs" --net none \
+  "raw:$bin run --rm --network none bench-bb:latest true" $peers
+
+echo "## 2. 100 x run -d at once"
+cpu0=$(awk '{print $14+$15}' "/proc/$agent_pid/stat")
+t0=$(date +%s.%N)
+for i in $(seq 100); do "$bin" run -d --network none bench-bb:latest sleep 1000 >/dev/null & done
+wait
+t1=$(date +%s.%N)
+cpu1=$(awk '{print $14+$15}' "/proc/$agent_pid/stat")
+running=$("$bin" ps -q | wc -l)
+echo "wall_s=$(echo "$t1 - $t0" | bc) agent_cpu_s=$(echo "($cpu1 - $cpu0) / $(getconf CLK_TCK)" | bc -l | cut -c1-5) running=$running"
+shim=$(pgrep -f "gantry shim --config $tmp/run" | head -1)
+echo "## 3. memory"
+echo "agent_rss_kib_with_100=$(awk '/^VmRSS/ {print $2}' "/proc/$agent_pid/status")"
+echo "shim_private_kib=$(awk '/^Private_(Clean|Dirty)/ {s+=$2} END {print s}' "/proc/$shim/smaps_rollup")"
+for id in $("$bin" ps -aq); do "$bin" rm -f "$id" >/dev/null; done
+sleep 6
+echo "agent_idle_rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$agent_pid/status")"
