@@ -318,11 +318,10 @@ async fn membership_three_to_five_to_three() {
 async fn full_restart_keeps_all_data() {
     let mut c = Cluster::new(3, 30).await;
     let mut client = c.client();
-    let mut last = 0;
     for i in 0..60 {
-        last = write_ok(&mut client, &register(&format!("n{i}"))).await;
+        write_ok(&mut client, &register(&format!("n{i}"))).await;
     }
-    last = write_ok(&mut client, &upsert("web", "app:1")).await;
+    let last = write_ok(&mut client, &upsert("web", "app:1")).await;
     c.wait_applied(last, Duration::from_secs(5)).await;
     let before = c.image(1);
     for id in [1, 2, 3] {

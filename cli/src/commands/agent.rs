@@ -25,8 +25,10 @@ pub struct AgentArgs {
         default_value = "unix:///run/gantry/agent.sock"
     )]
     pub host: String,
-    /// The runc-compatible OCI runtime the shims drive.
-    #[arg(long, default_value = "runc")]
+    /// The runc-compatible OCI runtime the shims drive: `gantry` (the default) is this
+    /// binary's own `gantry runtime`; any other value is a runtime binary such as runc or
+    /// crun (for interop tests).
+    #[arg(long, default_value = "gantry")]
     pub runtime: PathBuf,
     /// Rotate a container's log when it reaches this many bytes.
     #[arg(long, default_value_t = 10 << 20)]
@@ -84,8 +86,16 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = EngineConfig {
         root: args.root,
         run_root: args.run_root,
-        runtime_program: args.runtime,
-        runtime_args: Vec::new(),
+        runtime_program: if args.runtime.as_os_str() == "gantry" {
+            exe.clone()
+        } else {
+            args.runtime
+        },
+        runtime_args: if args.runtime.as_os_str() == "gantry" {
+            vec!["runtime".into()]
+        } else {
+            Vec::new()
+        },
         shim_program: exe,
         shim_args: vec!["shim".into()],
         log_max_bytes: args.log_max_size,
