@@ -83,19 +83,17 @@ pub fn main(args: AgentArgs) -> i32 {
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let sock = socket_path(&args.host)?;
     let exe = std::env::current_exe().context("locating the gantry binary for shims")?;
+    // `gantry` means this very binary's `gantry runtime`: no runc underneath.
+    let (runtime_program, runtime_args) = if args.runtime.as_os_str() == "gantry" {
+        (exe.clone(), vec!["runtime".to_string()])
+    } else {
+        (args.runtime, Vec::new())
+    };
     let cfg = EngineConfig {
         root: args.root,
         run_root: args.run_root,
-        runtime_program: if args.runtime.as_os_str() == "gantry" {
-            exe.clone()
-        } else {
-            args.runtime
-        },
-        runtime_args: if args.runtime.as_os_str() == "gantry" {
-            vec!["runtime".into()]
-        } else {
-            Vec::new()
-        },
+        runtime_program,
+        runtime_args,
         shim_program: exe,
         shim_args: vec!["shim".into()],
         log_max_bytes: args.log_max_size,
