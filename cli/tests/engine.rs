@@ -1,5 +1,5 @@
 //! The engine end to end, as root: a real `gantry agent` on a temp root and socket, real
-//! shims, containers run by gantry's own runtime (`gantry runtime`, the agent's default) from a busybox root filesystem the test writes itself. Every
+//! shims, runc containers from a busybox root filesystem the test writes itself. Every
 //! test's agent is killed by PID in a Drop guard that also removes its containers, mounts,
 //! cgroups and processes, and the leak checks look for exactly those.
 
@@ -16,7 +16,7 @@ fn require_root() {
             "the engine tests create containers (namespaces, cgroups, mounts): run them as root"
         );
     }
-    for tool in ["/bin/busybox"] {
+    for tool in ["runc", "/bin/busybox"] {
         let found = Command::new("sh")
             .arg("-c")
             .arg(format!("command -v {tool}"))
@@ -324,8 +324,7 @@ impl Drop for Agent {
         }
         let runtime_root = self.dir.path().join("run/runtime");
         for id in self.known_ids() {
-            let _ = Command::new(BIN)
-                .arg("runtime")
+            let _ = Command::new("runc")
                 .arg("--root")
                 .arg(&runtime_root)
                 .args(["delete", "--force", &id])

@@ -25,10 +25,8 @@ pub struct AgentArgs {
         default_value = "unix:///run/gantry/agent.sock"
     )]
     pub host: String,
-    /// The runc-compatible OCI runtime the shims drive: `gantry` (the default) is this
-    /// binary's own `gantry runtime`; any other value is a runtime binary such as runc or
-    /// crun (for interop tests).
-    #[arg(long, default_value = "gantry")]
+    /// The runc-compatible OCI runtime the shims drive.
+    #[arg(long, default_value = "runc")]
     pub runtime: PathBuf,
     /// Rotate a container's log when it reaches this many bytes.
     #[arg(long, default_value_t = 10 << 20)]
@@ -83,17 +81,11 @@ pub fn main(args: AgentArgs) -> i32 {
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let sock = socket_path(&args.host)?;
     let exe = std::env::current_exe().context("locating the gantry binary for shims")?;
-    // `gantry` means this very binary's `gantry runtime`: no runc underneath.
-    let (runtime_program, runtime_args) = if args.runtime.as_os_str() == "gantry" {
-        (exe.clone(), vec!["runtime".to_string()])
-    } else {
-        (args.runtime, Vec::new())
-    };
     let cfg = EngineConfig {
         root: args.root,
         run_root: args.run_root,
-        runtime_program,
-        runtime_args,
+        runtime_program: args.runtime,
+        runtime_args: Vec::new(),
         shim_program: exe,
         shim_args: vec!["shim".into()],
         log_max_bytes: args.log_max_size,
