@@ -9,7 +9,7 @@
 # a temp root and socket, and stops it (by PID) at the end.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-runs=20; anchors=/work/shared/anchors; peers=""
+runs=20; anchors=$(cd "$(dirname "$0")/../.." && pwd)/shared/anchors; peers=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) runs=$2; shift 2;; --anchors) anchors=$2; shift 2;; --peers) peers=$2; shift 2;;

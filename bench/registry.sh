@@ -10,7 +10,7 @@
 # (cargo build --release -p gantry).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/.." && pwd)
-anchors=${ANCHORS:-/work/shared/anchors}
+anchors=${ANCHORS:-$(cd "$(dirname "$0")/../.." && pwd)/shared/anchors}
 reps=5; size=200; write=0
 while [ $# -gt 0 ]; do
   case "$1" in
