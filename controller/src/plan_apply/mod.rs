@@ -93,11 +93,9 @@ pub fn verify(state: &State, plan: &Plan) -> Verified {
             .used(node.id)
             .saturating_sub(freed.get(&node.id).copied().unwrap_or_default())
             .saturating_add(added.get(&node.id).copied().unwrap_or_default());
-        if let Some(r) = feasible::resources(
-            node,
-            node.allocatable.saturating_sub(used),
-            svc.spec.resources,
-        ) {
+        if let Some(r) =
+            feasible::resources(node.allocatable.saturating_sub(used), svc.spec.resources)
+        {
             out.rejected.push(reject(r));
             continue;
         }

@@ -63,8 +63,7 @@ pub fn human_bytes(b: u64) -> String {
 
 /// The request must fit in what is free on the node: allocatable minus what allocations
 /// that should run hold, minus what this plan already added.
-pub fn resources(node: &Node, free: Resources, request: Resources) -> Option<Reason> {
-    let _ = node;
+pub fn resources(free: Resources, request: Resources) -> Option<Reason> {
     if request.cpu_millis > free.cpu_millis {
         Some(format!(
             "cpu {}m > {}m free",

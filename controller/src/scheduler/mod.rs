@@ -274,7 +274,7 @@ impl Scheduler {
         feasible::node_ready(node)
             .or_else(|| feasible::distinct(ctx, node, svc))
             .or_else(|| feasible::placement_constraints(node, svc, set))
-            .or_else(|| feasible::resources(node, ctx.free(state, node), svc.spec.resources))
+            .or_else(|| feasible::resources(ctx.free(state, node), svc.spec.resources))
             .or_else(|| feasible::host_ports(state, ctx, node, svc))
     }
 
