@@ -461,7 +461,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_of_a_base_config_survive_a_round_trip() {
-        let raw = br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"ArgsEscaped":true},
+        let raw =
+            br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"ArgsEscaped":true},
             "rootfs":{"type":"layers","diff_ids":["sha256:aa"]},"docker_version":"20.10"}"#;
         let c = ImageConfig::parse(raw, "base").unwrap();
         let v: Value = serde_json::from_slice(&c.to_bytes()).unwrap();

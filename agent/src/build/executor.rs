@@ -28,8 +28,8 @@ use serde_json::json;
 
 use crate::image::manifest::{self, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
 use crate::image::{
-    ContentError, ContentWriter, Digest, ImageStore, Reference, ReferenceError,
-    SnapshotError, Snapshotter, StoreError, UnpackOptions,
+    ContentError, ContentWriter, Digest, ImageStore, Reference, ReferenceError, SnapshotError,
+    Snapshotter, StoreError, UnpackOptions,
 };
 
 use super::cache::{base_key, step_key, BaseIdentity};
@@ -90,7 +90,10 @@ pub enum BuildError {
         #[source]
         source: RunError,
     },
-    #[error("Dockerfile:{line}: RUN {command} failed with exit code {code}{}", tail(output))]
+    #[error(
+        "Dockerfile:{line}: RUN {command} failed with exit code {code}{}",
+        tail(output)
+    )]
     RunFailed {
         line: usize,
         command: String,
@@ -144,10 +147,21 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BuildError + '_ {
 pub enum Event {
     Warning(String),
     /// Step `n` (numbered over the whole build) starts: `[stage i/total] TEXT`.
-    Step { n: usize, label: String },
-    Cached { n: usize },
-    Output { n: usize, data: Vec<u8> },
-    Done { n: usize, elapsed: Duration },
+    Step {
+        n: usize,
+        label: String,
+    },
+    Cached {
+        n: usize,
+    },
+    Output {
+        n: usize,
+        data: Vec<u8>,
+    },
+    Done {
+        n: usize,
+        elapsed: Duration,
+    },
 }
 
 /// What to build; see the module doc.
@@ -536,9 +550,11 @@ impl Run<'_, '_> {
                 (state, key)
             }
         };
-        let expanded =
-            self.plan
-                .expand_stage(index, &state.config.env_pairs(), &state.config.working_dir())?;
+        let expanded = self.plan.expand_stage(
+            index,
+            &state.config.env_pairs(),
+            &state.config.working_dir(),
+        )?;
         let name = self.stage_name(index);
         let total = expanded.steps.len() + 1;
         self.n += 1;
@@ -613,9 +629,7 @@ impl Run<'_, '_> {
                     source,
                 };
                 let sels = context::resolve_sources_in(&view, &c.sources, at).map_err(wrap)?;
-                Ok(Some(
-                    context::content_hash_in(&view, &sels).map_err(wrap)?,
-                ))
+                Ok(Some(context::content_hash_in(&view, &sels).map_err(wrap)?))
             }
         }
     }
@@ -655,11 +669,7 @@ impl Run<'_, '_> {
     }
 
     /// `WORKDIR` creates its directory when the image lacks it (as Docker does).
-    fn workdir_layer(
-        &self,
-        state: &StageState,
-        dir: &str,
-    ) -> Result<Option<Layer>, BuildError> {
+    fn workdir_layer(&self, state: &StageState, dir: &str) -> Result<Option<Layer>, BuildError> {
         let rel = dir.trim_start_matches('/');
         if rel.is_empty() {
             return Ok(None);
@@ -745,11 +755,16 @@ impl Run<'_, '_> {
         let view = DirView { root: source_root };
         let sels = context::resolve_sources_in(&view, &c.sources, at).map_err(wrap)?;
         let workdir = state.config.working_dir();
-        let workdir = if workdir.is_empty() { "/".into() } else { workdir };
+        let workdir = if workdir.is_empty() {
+            "/".into()
+        } else {
+            workdir
+        };
         // A destination naming an existing directory copies into it.
         let mut dest = c.dest.clone();
         let abs = super::stages::join_workdir(&workdir, &dest);
-        if !dest.ends_with('/') && rootfs::dir_meta(below.root(), abs.trim_start_matches('/')).is_some()
+        if !dest.ends_with('/')
+            && rootfs::dir_meta(below.root(), abs.trim_start_matches('/')).is_some()
         {
             dest.push('/');
         }
@@ -850,11 +865,7 @@ impl Run<'_, '_> {
                 });
             })
             .map_err(|source| BuildError::Run { line, source })?;
-        scratch
-            .mount
-            .take()
-            .expect("mounted above")
-            .unmount()?;
+        scratch.mount.take().expect("mounted above").unmount()?;
         if code != 0 {
             let command = match &step.instruction {
                 Instruction::Run(super::instruction::Command::Shell(s)) => s.clone(),

@@ -92,8 +92,7 @@ pub fn run_spec(p: &RunProcess, cgroups_path: &str) -> Value {
 pub trait StepRunner: Send + Sync {
     /// Returns the exit code (128+signal when killed); `output` gets stdout and stderr
     /// as they come.
-    fn run(&self, id: &str, bundle: &Path, output: &mut dyn FnMut(&[u8]))
-        -> Result<i32, RunError>;
+    fn run(&self, id: &str, bundle: &Path, output: &mut dyn FnMut(&[u8])) -> Result<i32, RunError>;
 }
 
 /// Runs bundles with a runc-compatible runtime command: `<program> <args…> --root <root>
@@ -119,12 +118,7 @@ impl OciRuntimeRunner {
 }
 
 impl StepRunner for OciRuntimeRunner {
-    fn run(
-        &self,
-        id: &str,
-        bundle: &Path,
-        output: &mut dyn FnMut(&[u8]),
-    ) -> Result<i32, RunError> {
+    fn run(&self, id: &str, bundle: &Path, output: &mut dyn FnMut(&[u8])) -> Result<i32, RunError> {
         let (mut reader, writer) = io::pipe().map_err(|source| RunError::Output {
             id: id.to_string(),
             source,

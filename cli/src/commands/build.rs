@@ -176,8 +176,7 @@ fn build(a: &BuildArgs) -> anyhow::Result<()> {
             Event::Cached { n } => writeln!(stderr, "#{n} CACHED"),
             Event::Output { n, data } => {
                 let text = String::from_utf8_lossy(&data);
-                text.lines()
-                    .try_for_each(|l| writeln!(stderr, "#{n} {l}"))
+                text.lines().try_for_each(|l| writeln!(stderr, "#{n} {l}"))
             }
             Event::Done { n, elapsed } => {
                 writeln!(stderr, "#{n} DONE {:.3}s", elapsed.as_secs_f64())
