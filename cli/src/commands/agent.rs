@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use gantry_agent::engine::{images::StoreImages, service::EngineService, Engine, EngineConfig};
+use gantry_agent::network::{BridgeConfig, BridgeNetwork};
 use gantry_proto::engine::engine_server::EngineServer;
 
 #[derive(Args)]
@@ -38,6 +39,18 @@ pub struct AgentArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// The node's bridge for `--network bridge` containers.
+    #[arg(long, default_value = gantry_agent::network::config::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// The bridge's subnet (CIDR); the gateway is its first address.
+    #[arg(long, default_value = gantry_agent::network::config::DEFAULT_SUBNET)]
+    pub subnet: String,
+    /// Prefix of gantry's iptables chains (PREFIX-DNAT, PREFIX-POST, PREFIX-FWD).
+    #[arg(long, default_value = gantry_agent::network::config::DEFAULT_CHAIN_PREFIX)]
+    pub chain_prefix: String,
+    /// Run without a bridge network (only `--network host|none` containers).
+    #[arg(long, conflicts_with_all = ["bridge", "subnet", "chain_prefix"])]
+    pub no_bridge: bool,
 }
 
 /// A `unix://` address (or a bare path) as a path.
@@ -98,7 +111,21 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     };
     let store = gantry_agent::image::ImageStore::open(&cfg.root)
         .with_context(|| format!("opening the image store in {}", cfg.root.display()))?;
-    let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }))?;
+    let network = if args.no_bridge {
+        None
+    } else {
+        let bridge = BridgeConfig::custom(
+            cfg.root.join("network"),
+            &args.bridge,
+            &args.subnet,
+            &args.chain_prefix,
+        )?;
+        let net = BridgeNetwork::open(bridge)
+            .await
+            .context("setting up the bridge network (use --no-bridge to run without one)")?;
+        Some(net)
+    };
+    let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }), network)?;
     engine.recover().await?;
     if let Some(dir) = sock.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
