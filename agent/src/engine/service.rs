@@ -59,7 +59,17 @@ fn summary(r: &ContainerRecord) -> pb::ContainerSummary {
         exit_code: r.state.exit_code,
         started_unix: r.state.started_nanos / 1_000_000_000,
         finished_unix: r.state.finished_nanos / 1_000_000_000,
-        ports: Vec::new(),
+        ports: r
+            .network
+            .iter()
+            .flat_map(|n| &n.ports)
+            .map(|p| pb::PortMapping {
+                host_ip: p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                host_port: p.host_port.into(),
+                container_port: p.container_port.into(),
+                protocol: p.protocol.as_str().to_string(),
+            })
+            .collect(),
         labels: r.config.labels.clone().into_iter().collect(),
         pid: r.state.init.map_or(0, |p| p.pid as u32),
         restart_count: r.state.restart_count,

@@ -840,6 +840,7 @@ async fn ps(a: PsArgs) -> anyhow::Result<i32> {
                         "State": x.state, "Status": status_text(x), "ExitCode": x.exit_code,
                         "CreatedAt": timefmt::format_rfc3339(x.created_unix * 1_000_000_000),
                         "Pid": x.pid, "RestartCount": x.restart_count, "Labels": x.labels,
+                        "Ports": ports_text(x),
                     })
                 );
             }
@@ -858,7 +859,7 @@ async fn ps(a: PsArgs) -> anyhow::Result<i32> {
                         format!("\"{cmd}\""),
                         format!("{} ago", ago(x.created_unix * 1_000_000_000)),
                         status_text(x),
-                        String::new(),
+                        ports_text(x),
                         x.name.clone(),
                     ]
                 })
@@ -879,6 +880,22 @@ async fn ps(a: PsArgs) -> anyhow::Result<i32> {
         f => bail!("invalid --format {f:?}: table or json"),
     }
     Ok(0)
+}
+
+/// docker's PORTS column: `0.0.0.0:8080->80/tcp, …`.
+fn ports_text(x: &pb::ContainerSummary) -> String {
+    x.ports
+        .iter()
+        .map(|p| {
+            let ip = if p.host_ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                &p.host_ip
+            };
+            format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.protocol)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn human_bytes(b: u64) -> String {
