@@ -79,6 +79,8 @@ pub enum ContainerError {
     },
     #[error("unknown signal `{0}`")]
     BadSignal(String),
+    #[error("--user `{0}`: expected UID or UID:GID, numeric")]
+    BadUser(String),
     #[error("container `{id}`: {msg}")]
     Other { id: String, msg: String },
 }
@@ -140,6 +142,50 @@ pub struct CreateOptions {
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub handover: Handover,
+    pub fds: PassFds,
+}
+
+/// Descriptors the container's process inherits beyond stdio, as runc passes them: the
+/// systemd socket-activation ones first (3 .. 3+listen), then `--preserve-fds` more. Every
+/// other descriptor above 2 is closed at exec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassFds {
+    pub listen: u32,
+    pub preserve: u32,
+}
+
+impl PassFds {
+    /// From `--preserve-fds` and the caller's `LISTEN_FDS`/`LISTEN_PID`; the listen fds
+    /// count only when `LISTEN_PID` names this process (what `sd_listen_fds` checks).
+    pub fn new(
+        preserve: u32,
+        listen_fds: Option<&str>,
+        listen_pid: Option<&str>,
+        own_pid: u32,
+    ) -> Self {
+        let ours = listen_pid.and_then(|p| p.trim().parse::<u32>().ok()) == Some(own_pid);
+        let listen = match listen_fds {
+            Some(n) if ours => n.trim().parse().unwrap_or(0),
+            _ => 0,
+        };
+        PassFds { listen, preserve }
+    }
+
+    /// How many descriptors after stdio stay open.
+    pub fn keep(&self) -> u32 {
+        self.listen + self.preserve
+    }
+
+    /// The environment the process gets for socket activation (it is pid 1 or its own).
+    pub fn env(&self, pid: &str) -> Vec<String> {
+        if self.listen == 0 {
+            return Vec::new();
+        }
+        vec![
+            format!("LISTEN_FDS={}", self.listen),
+            format!("LISTEN_PID={pid}"),
+        ]
+    }
 }
 
 /// Options of `exec`: either a full process.json, or args plus overrides of the container's
@@ -150,7 +196,22 @@ pub struct ExecOptions {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: Option<PathBuf>,
+    /// `--user UID[:GID]`: replaces the process's uid (and gid when given).
+    pub user: Option<(u32, Option<u32>)>,
     pub pid_file: Option<PathBuf>,
+    pub fds: PassFds,
+}
+
+/// Parses runc's `--user UID[:GID]` (numeric ids only).
+pub fn parse_user(s: &str) -> Result<(u32, Option<u32>)> {
+    let bad = || ContainerError::BadUser(s.to_string());
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid = u.parse().map_err(|_| bad())?;
+    let gid = g.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+    Ok((uid, gid))
 }
 
 /// A container that `create` set up; `pid` is its init.
@@ -164,6 +225,7 @@ pub struct Created {
 pub struct Runtime<'a> {
     store: StateStore,
     sys: &'a dyn Syscall,
+    warn: Option<&'a dyn Fn(&str)>,
 }
 
 /// Undoes a half-made container unless disarmed.
@@ -290,15 +352,17 @@ fn cstring(file: &Path, field: &str, s: &str) -> Result<CString> {
 
 /// Everything `execve` and the process set-up need, computed before `clone`. `root` is
 /// where the container's `/` is seen from here (the rootfs, or `/proc/PID/root` for exec).
+/// Also returns the warnings (spec entries left out, as runc leaves them out).
 fn process_config(
     file: &Path,
     p: &Process,
     root: &Path,
     seccomp: Option<seccomp::Program>,
-    sigmask: SigSet,
-) -> Result<ProcessConfig> {
+    fds: PassFds,
+) -> Result<(ProcessConfig, Vec<String>)> {
     let args = p.args().clone().unwrap_or_default();
-    let env = p.env().clone().unwrap_or_default();
+    let mut env = p.env().clone().unwrap_or_default();
+    env.extend(fds.env("1"));
     let path = spec::env_path(&env);
     let exe = spec::resolve_executable(root, p.cwd(), &args[0], &path).ok_or_else(|| {
         SpecError::ExecutableNotFound {
@@ -308,14 +372,23 @@ fn process_config(
             path: path.clone(),
         }
     })?;
+    let mut warnings = Vec::new();
     if let Some(c) = p.capabilities() {
-        capabilities::CapabilityPlan::from_spec(c).map_err(|e| ContainerError::Caps {
-            file: file.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let plan =
+            capabilities::CapabilityPlan::from_spec(c).map_err(|e| ContainerError::Caps {
+                file: file.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        for cap in plan.dropped_ambient {
+            warnings.push(format!(
+                "{}: process.capabilities.ambient: {cap} is not in both the permitted and \
+                 the inheritable set; left out",
+                file.display()
+            ));
+        }
     }
     let user = p.user();
-    Ok(ProcessConfig {
+    let pc = ProcessConfig {
         exe: cstring(file, "process.args[0]", &exe.to_string_lossy())?,
         argv: args
             .iter()
@@ -339,8 +412,10 @@ fn process_config(
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         capabilities: p.capabilities().clone(),
         seccomp,
-        sigmask,
-    })
+        sigmask: SigSet::empty(),
+        keep_fds: fds.keep(),
+    };
+    Ok((pc, warnings))
 }
 
 fn compile_seccomp(file: &Path, spec: &Spec) -> Result<Option<seccomp::Program>> {
@@ -475,6 +550,21 @@ impl<'a> Runtime<'a> {
         Self {
             store: StateStore::new(root),
             sys,
+            warn: None,
+        }
+    }
+
+    /// Where warnings go (spec entries left out); without one they are dropped.
+    pub fn with_warnings(mut self, warn: &'a dyn Fn(&str)) -> Self {
+        self.warn = Some(warn);
+        self
+    }
+
+    fn warn_all(&self, warnings: &[String]) {
+        if let Some(w) = self.warn {
+            for m in warnings {
+                w(m);
+            }
         }
     }
 
@@ -515,13 +605,8 @@ impl<'a> Runtime<'a> {
         })?;
         // The original mask, restored in the child before exec.
         let mut old_mask = SigSet::empty();
-        let pc = process_config(
-            &bundle.config,
-            &process,
-            &bundle.rootfs,
-            seccomp,
-            SigSet::empty(),
-        )?;
+        let (pc, warnings) =
+            process_config(&bundle.config, &process, &bundle.rootfs, seccomp, opts.fds)?;
         let sysctl: Vec<(String, String)> = bundle
             .spec
             .linux()
@@ -532,6 +617,7 @@ impl<'a> Runtime<'a> {
             .collect();
 
         let dir = self.store.claim(&opts.id)?;
+        self.warn_all(&warnings);
         let mut guard = CreateGuard {
             store: &self.store,
             id: opts.id.clone(),
@@ -652,12 +738,19 @@ impl<'a> Runtime<'a> {
 
     /// `run` = create without the barrier, wait (forwarding signals), delete. Returns the
     /// container's exit code (128+signal when it was killed).
-    pub fn run(&self, id: &str, bundle: &Path, pid_file: Option<PathBuf>) -> Result<i32> {
+    pub fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: Option<PathBuf>,
+        fds: PassFds,
+    ) -> Result<i32> {
         let c = self.create(&CreateOptions {
             id: id.into(),
             bundle: bundle.into(),
             pid_file,
             handover: Handover::Immediate,
+            fds,
         })?;
         self.wait_and_delete(&c)
     }
@@ -887,6 +980,14 @@ impl<'a> Runtime<'a> {
         if let Some(cwd) = &opts.cwd {
             process.set_cwd(cwd.clone());
         }
+        if let Some((uid, gid)) = opts.user {
+            let mut u = process.user().clone();
+            u.set_uid(uid);
+            if let Some(g) = gid {
+                u.set_gid(g);
+            }
+            process.set_user(u);
+        }
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(SpecError::Invalid {
                 file,
@@ -898,7 +999,8 @@ impl<'a> Runtime<'a> {
         let seccomp = compile_seccomp(&config, &spec)?;
         let root = PathBuf::from(format!("/proc/{}/root", st.pid));
         let mut old_mask = SigSet::empty();
-        let pc = process_config(&file, &process, &root, seccomp, SigSet::empty())?;
+        let (pc, warnings) = process_config(&file, &process, &root, seccomp, opts.fds)?;
+        self.warn_all(&warnings);
 
         // Namespaces that differ from ours, in setns order (user first, mount last).
         let mut join = Vec::new();
@@ -1028,5 +1130,41 @@ mod tests {
         assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn user_is_uid_or_uid_colon_gid() {
+        assert_eq!(parse_user("65534").unwrap(), (65534, None));
+        assert_eq!(parse_user("1:2").unwrap(), (1, Some(2)));
+        for bad in ["nobody", "1:", ":2", "1:x", ""] {
+            let e = parse_user(bad).unwrap_err().to_string();
+            assert!(e.contains("--user") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn passed_fds_count_listen_fds_only_when_meant_for_us() {
+        let f = PassFds::new(2, Some("3"), Some("4242"), 4242);
+        assert_eq!(
+            f,
+            PassFds {
+                listen: 3,
+                preserve: 2
+            }
+        );
+        assert_eq!(f.keep(), 5);
+        assert_eq!(f.env("1"), vec!["LISTEN_FDS=3", "LISTEN_PID=1"]);
+        // LISTEN_PID of another process (our parent's activation): not ours to pass on.
+        let f = PassFds::new(1, Some("3"), Some("17"), 4242);
+        assert_eq!(
+            f,
+            PassFds {
+                listen: 0,
+                preserve: 1
+            }
+        );
+        assert!(f.env("1").is_empty());
+        assert_eq!(PassFds::new(0, Some("x"), Some("9"), 9).keep(), 0);
+        assert_eq!(PassFds::new(0, None, None, 9).keep(), 0);
     }
 }

@@ -26,9 +26,10 @@ pub struct AgentArgs {
         default_value = "unix:///run/gantry/agent.sock"
     )]
     pub host: String,
-    /// The runc-compatible OCI runtime the shims drive.
-    #[arg(long, default_value = "runc")]
-    pub runtime: PathBuf,
+    /// A runc-compatible OCI runtime for the shims to drive (e.g. `runc`); by default
+    /// gantry's own (`gantry runtime`).
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
     /// Rotate a container's log when it reaches this many bytes.
     #[arg(long, default_value_t = 10 << 20)]
     pub log_max_size: u64,
@@ -97,8 +98,11 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = EngineConfig {
         root: args.root,
         run_root: args.run_root,
-        runtime_program: args.runtime,
-        runtime_args: Vec::new(),
+        runtime_program: args.runtime.clone().unwrap_or_else(|| exe.clone()),
+        runtime_args: match args.runtime {
+            Some(_) => Vec::new(),
+            None => vec!["runtime".into()],
+        },
         shim_program: exe,
         shim_args: vec!["shim".into()],
         log_max_bytes: args.log_max_size,
