@@ -253,6 +253,24 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
+/// Where a container goes when its spec names no `cgroupsPath`: under the runtime's own
+/// `gantry/` parent.
+fn default_cgroups_path(id: &str) -> String {
+    format!("gantry/{id}")
+}
+
+/// The OOM report of a stopped container, if the OOM killer ended any of its processes.
+pub fn oom_report(id: &str, stats: &crate::runtime::cgroups::CgroupStats) -> Option<String> {
+    let n = stats.oom_kills.filter(|n| *n > 0)?;
+    let limit = match stats.memory_limit_bytes {
+        Some(l) => format!("memory limit {l} bytes"),
+        None => "no memory limit of its own".to_string(),
+    };
+    Some(format!(
+        "container `{id}`: the OOM killer killed {n} process(es) ({limit})"
+    ))
+}
+
 /// The container's cgroup path relative to each hierarchy root.
 fn cgroups_path(b: &Bundle, id: &str) -> Result<String> {
     match b
@@ -261,7 +279,7 @@ fn cgroups_path(b: &Bundle, id: &str) -> Result<String> {
         .as_ref()
         .and_then(|l| l.cgroups_path().as_ref())
     {
-        None => Ok(format!("gantry/{id}")),
+        None => Ok(default_cgroups_path(id)),
         Some(p) => {
             let s = p.to_string_lossy();
             if s.contains(':') {
@@ -762,13 +780,20 @@ impl<'a> Runtime<'a> {
         Ok(code)
     }
 
-    /// Removes the cgroup and the state dir of a stopped container.
+    /// Removes the cgroup and the state dir of a stopped container. Reports (as a warning)
+    /// processes the OOM killer ended, read from the cgroup before it goes. With the
+    /// default cgroup path, the runtime's own `gantry/` parent goes too once empty.
     fn cleanup(&self, st: &SavedState) -> Result<()> {
         let cg = CgroupManager::new(&st.cgroups_path).map_err(|e| ContainerError::Cgroup {
             id: st.id.clone(),
             path: st.cgroups_path.clone(),
             msg: e.to_string(),
         })?;
+        if let Ok(stats) = cg.stats() {
+            if let Some(msg) = oom_report(&st.id, &stats) {
+                self.warn_all(&[msg]);
+            }
+        }
         // v1 may still see the exiting tasks for a moment: retry briefly.
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
@@ -783,6 +808,9 @@ impl<'a> Runtime<'a> {
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
+        }
+        if st.cgroups_path == default_cgroups_path(&st.id) {
+            cg.remove_empty_parents(1);
         }
         self.store.remove(&st.id)?;
         Ok(())
@@ -1130,6 +1158,24 @@ mod tests {
         assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn oom_is_reported_only_when_something_was_killed() {
+        let mut stats = crate::runtime::cgroups::CgroupStats {
+            oom_kills: Some(0),
+            memory_limit_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        assert_eq!(oom_report("c1", &stats), None);
+        stats.oom_kills = None;
+        assert_eq!(oom_report("c1", &stats), None);
+        stats.oom_kills = Some(2);
+        let m = oom_report("c1", &stats).unwrap();
+        assert!(
+            m.contains("`c1`") && m.contains("OOM killer killed 2") && m.contains("1048576"),
+            "{m}"
+        );
     }
 
     #[test]
