@@ -132,6 +132,7 @@ impl Member {
         let sm = SledStateMachine::open(db.clone())?;
         let handle = sm.handle();
         let log = SledLogStore::new(db);
+        let committed = log.committed_index();
         let config = cfg
             .timings
             .config(&cluster_id)
@@ -155,6 +156,8 @@ impl Member {
             cluster_id.clone(),
             cfg.write_timeout,
         )
+        .with_leader_lease(Duration::from_millis(cfg.timings.election_max_ms))
+        .with_committed_index(committed)
         .into_server();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
