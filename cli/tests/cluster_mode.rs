@@ -243,7 +243,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
         .collect::<Vec<_>>(),
         &dir.join("controller.log"),
     );
-    let mut agents = vec![
+    let mut agents = [
         Agent::start(dir, "dev-a", "env=dev", &ctl_addr),
         Agent::start(dir, "dev-b", "env=dev", &ctl_addr),
         Agent::start(dir, "qa-a", "env=qa", &ctl_addr),
