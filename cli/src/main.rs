@@ -36,8 +36,6 @@ enum Command {
     Image(commands::image::ImageArgs),
     /// Point a new name at an image.
     Tag(commands::image::TagArgs),
-    /// Remove images.
-    Rmi(commands::image::RmiArgs),
     /// OCI distribution registry server (`gantry registry gc` collects garbage).
     Registry(commands::registry::RegistryArgs),
     /// Builds an image from a Dockerfile into the local image store.
@@ -63,7 +61,6 @@ fn main() {
         Command::Images(args) => commands::image::images(args),
         Command::Image(args) => commands::image::main(args),
         Command::Tag(args) => commands::image::tag(args),
-        Command::Rmi(args) => commands::image::rmi(args),
         Command::Registry(args) => commands::registry::main(args),
         Command::Build(args) => commands::build::main(args),
         Command::Pull(args) => commands::distribution::pull(args),

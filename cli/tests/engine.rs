@@ -1126,3 +1126,98 @@ fn network_survives_agent_restart_and_stale_attachments_are_reconciled() {
     a.ok(&["rm", "-f", "web"]);
     a.assert_no_leaks(&[]);
 }
+
+#[test]
+fn seed_lifecycle_run_commit_run_kill_start_rm_rmi() {
+    let a = Agent::start();
+    let img = load_busybox_image(&a);
+    // RUN (default network: bridge), then change files: add, delete, add a directory.
+    let seed = a
+        .ok(&["run", "-d", "--name", "seed", &img, "sleep", "1000"])
+        .trim()
+        .to_string();
+    a.remember(&seed);
+    a.ok(&[
+        "exec", "seed", "sh", "-c",
+        "echo committed > /root/file && rm /etc/deleted-later && mkdir -p /data/sub && echo y > /data/sub/y",
+    ]);
+    // COMMIT (the running container is frozen meanwhile, then thawed).
+    let image_id = a
+        .ok(&[
+            "commit",
+            "-m",
+            "add a file",
+            "--change",
+            r#"CMD ["cat", "/root/file"]"#,
+            "seed",
+            "bb:2",
+        ])
+        .trim()
+        .to_string();
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    assert_eq!(a.ok(&["exec", "seed", "echo", "thawed"]), "thawed\n");
+    let store = a.dir.path().join("root");
+    let store = store.to_str().unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&a.ok(&["image", "inspect", "--store", store, "bb:2"])).unwrap();
+    assert_eq!(inspect[0]["configDigest"], image_id);
+    assert_eq!(inspect[0]["diffIds"].as_array().unwrap().len(), 2);
+    let history = inspect[0]["config"]["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["comment"], "add a file");
+    // RUN the new image: its CMD (from --change) sees the file; the deletion holds.
+    assert_eq!(a.ok(&["run", "--rm", "bb:2"]), "committed\n");
+    assert_eq!(a.ok(&["run", "--rm", "bb:2", "cat", "/data/sub/y"]), "y\n");
+    let o = a.gantry(&["run", "--rm", "bb:2", "cat", "/etc/deleted-later"]);
+    assert!(
+        !o.status.success(),
+        "a deleted file came back in the commit"
+    );
+    // KILL, START: the file is still there.
+    let child = a
+        .ok(&["run", "-d", "--name", "child", "bb:2", "sleep", "1000"])
+        .trim()
+        .to_string();
+    a.remember(&child);
+    a.ok(&["kill", "child"]);
+    a.wait_state("child", "exited");
+    a.ok(&["start", "child"]);
+    assert_eq!(a.ok(&["exec", "child", "cat", "/root/file"]), "committed\n");
+    // RMI of an image in use: refused, nothing changes.
+    let err = a.fails(&["rmi", "bb:2"]);
+    assert!(err.contains("in use by container child"), "{err}");
+    assert_eq!(a.ok(&["run", "--rm", "bb:2"]), "committed\n");
+    // RM, then RMI: the base's own blobs go, the shared layer stays for bb:2.
+    a.ok(&["rm", "-f", "child", "seed"]);
+    let out = a.ok(&["rmi", "bb:1"]);
+    assert_eq!(out.matches("Deleted: ").count(), 2, "{out}");
+    assert_eq!(a.ok(&["run", "--rm", "bb:2"]), "committed\n");
+    let out = a.ok(&["rmi", "bb:2"]);
+    assert_eq!(out.matches("Deleted: ").count(), 4, "{out}");
+    let blobs = std::fs::read_dir(a.dir.path().join("root/content/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "blobs left after the last rmi");
+    let snaps: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a.dir.path().join("root/snapshots/metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        snaps["snapshots"].as_object().is_none_or(|m| m.is_empty()),
+        "snapshots left after the last rmi: {snaps}"
+    );
+    let err = a.fails(&["rmi", "bb:2"]);
+    assert!(err.contains("no such image"), "{err}");
+    // rmi -f: the image goes, its container keeps running.
+    let img = load_busybox_image(&a);
+    let user = a
+        .ok(&["run", "-d", "--name", "user", &img, "sleep", "1000"])
+        .trim()
+        .to_string();
+    a.remember(&user);
+    a.fails(&["rmi", &img]);
+    a.ok(&["rmi", "-f", &img]);
+    assert_eq!(a.ok(&["exec", "user", "echo", "alive"]), "alive\n");
+    a.ok(&["rm", "-f", "user"]);
+    assert!(a.ids().is_empty());
+    a.assert_no_leaks(&[]);
+}

@@ -16,6 +16,7 @@
 //! `stop`/`wait` happen outside it. The agent never forks a container itself: it spawns a
 //! shim, which does.
 
+pub mod commit;
 pub mod config;
 pub mod images;
 pub mod record;
@@ -106,6 +107,11 @@ pub enum EngineError {
     NotSupported { what: String, hint: &'static str },
     #[error("container {id} did not stop within {seconds} s of SIGKILL")]
     StopTimeout { id: String, seconds: u64 },
+    #[error("image {reference} is in use by container {container}: remove the container first or use rmi -f")]
+    ImageInUse {
+        reference: String,
+        container: String,
+    },
     #[error("container {id}: network: {source}")]
     Network {
         id: String,
@@ -1038,6 +1044,86 @@ impl Engine {
         Ok(())
     }
 
+    /// `commit`: the container's writable layer as a new image `target` on its image
+    /// (see [`commit`]). A running container is frozen (cgroup freezer) meanwhile so the
+    /// layer is consistent, as docker's `commit --pause` does. The new image's id.
+    pub async fn commit(
+        self: &Arc<Self>,
+        reference: &str,
+        target: &str,
+        mut meta: commit::CommitMeta,
+        pause: bool,
+    ) -> Result<String, EngineError> {
+        let rec = self.resolve(reference)?;
+        let lock = self.lock_of(&rec.id);
+        let _g = lock.lock().await;
+        let rec = self.resolve(&rec.id)?;
+        let upper = rec
+            .rootfs
+            .first()
+            .and_then(|m| match m.kind.as_str() {
+                "bind" => Some(PathBuf::from(&m.source)),
+                _ => m.upperdir(),
+            })
+            .filter(|_| rec.snapshot.is_some() && !rec.image_id.is_empty())
+            .ok_or_else(|| EngineError::InvalidArgument {
+                field: "CONTAINER",
+                value: rec.name.clone(),
+                reason: format!(
+                    "it runs from {} (--rootfs): only containers made from an image can be committed",
+                    rec.image
+                ),
+            })?;
+        meta.container = rec.id[..12].to_string();
+        meta.created = timefmt::format_rfc3339(timefmt::now_nanos());
+        let freezer = (pause && rec.status() == Status::Running)
+            .then(|| Freezer::find(&self.cfg.cgroup_root, &rec.id))
+            .flatten();
+        if let Some(f) = &freezer {
+            f.set(true).map_err(io_err("freeze", &f.path))?;
+        }
+        let this = self.clone();
+        let r2 = rec.clone();
+        let target2 = target.to_string();
+        let done = tokio::task::spawn_blocking(move || {
+            this.images
+                .commit(&upper, &r2.image, &r2.image_id, &target2, &meta)
+        })
+        .await
+        .expect("commit task panicked");
+        if let Some(f) = &freezer {
+            f.set(false).map_err(io_err("thaw", &f.path))?;
+        }
+        done
+    }
+
+    /// `rmi`: refuses an image a container was made from unless `force`; removes the name
+    /// and the blobs and snapshots nothing uses any more. The digests of blobs deleted.
+    pub async fn remove_image(
+        self: &Arc<Self>,
+        reference: &str,
+        force: bool,
+    ) -> Result<Vec<String>, EngineError> {
+        let id = self.images.image_id(reference)?;
+        let records = self.list()?;
+        if !force {
+            if let Some(user) = records.iter().find(|r| r.image_id == id) {
+                return Err(EngineError::ImageInUse {
+                    reference: reference.to_string(),
+                    container: format!("{} ({})", user.name, &user.id[..12]),
+                });
+            }
+        }
+        // Containers' snapshots are keyed by container id; records made but not yet
+        // prepared are kept too.
+        let keep: std::collections::HashSet<String> = records.into_iter().map(|r| r.id).collect();
+        let this = self.clone();
+        let reference = reference.to_string();
+        tokio::task::spawn_blocking(move || this.images.remove(&reference, &keep))
+            .await
+            .expect("rmi task panicked")
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -1048,5 +1134,54 @@ impl Engine {
 
     pub fn run_dir_of(&self, id: &str) -> RunDir {
         self.run_dir(id)
+    }
+}
+
+/// A container's cgroup freezer: `freezer.state` on v1, `cgroup.freeze` on v2.
+struct Freezer {
+    path: PathBuf,
+    v2: bool,
+}
+
+impl Freezer {
+    /// The container's freezer file, if its cgroup has one.
+    fn find(cgroup_root: &Path, id: &str) -> Option<Freezer> {
+        let rel = spec::cgroup_path(id);
+        let rel = rel.trim_start_matches('/');
+        let v1 = cgroup_root.join("freezer").join(rel).join("freezer.state");
+        let v2 = cgroup_root.join(rel).join("cgroup.freeze");
+        if v1.exists() {
+            Some(Freezer {
+                path: v1,
+                v2: false,
+            })
+        } else if v2.exists() {
+            Some(Freezer { path: v2, v2: true })
+        } else {
+            None
+        }
+    }
+
+    /// Freezes or thaws, waiting (bounded) until v1 reports the state reached.
+    fn set(&self, frozen: bool) -> std::io::Result<()> {
+        let value = match (self.v2, frozen) {
+            (true, true) => "1",
+            (true, false) => "0",
+            (false, true) => "FROZEN",
+            (false, false) => "THAWED",
+        };
+        std::fs::write(&self.path, value)?;
+        if !self.v2 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::fs::read_to_string(&self.path)?.trim() != value {
+                if std::time::Instant::now() > deadline {
+                    return Err(std::io::Error::other(format!(
+                        "still not {value} after 5 s"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
     }
 }
