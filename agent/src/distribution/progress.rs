@@ -9,6 +9,8 @@ use std::io::Write;
 pub enum LayerEvent {
     AlreadyExists,
     Downloading { size: u64 },
+    /// Bytes received so far of `size` (sent about once per MiB).
+    Progress { received: u64, size: u64 },
     Downloaded { size: u64 },
     Unpacked,
     Mounted { from: String },
@@ -22,26 +24,34 @@ pub trait Progress: Send + Sync {
     fn message(&self, text: &str);
 }
 
-/// Prints each event as a line on stderr.
+/// Prints each event but byte counts as a line on stderr.
 pub struct LinePrinter;
 
 impl Progress for LinePrinter {
     fn layer(&self, digest: &Digest, event: LayerEvent) {
         let short = &digest.hex()[..12];
-        let text = match event {
-            LayerEvent::AlreadyExists => "already exists".to_string(),
-            LayerEvent::Downloading { size } => format!("downloading ({})", human(size)),
-            LayerEvent::Downloaded { size } => format!("download complete ({})", human(size)),
-            LayerEvent::Unpacked => "unpacked".to_string(),
-            LayerEvent::Mounted { from } => format!("mounted from {from}"),
-            LayerEvent::Uploading { size } => format!("pushing ({})", human(size)),
-            LayerEvent::Pushed { size } => format!("pushed ({})", human(size)),
+        let Some(text) = describe(&event) else {
+            return;
         };
         let _ = writeln!(std::io::stderr().lock(), "{short}: {text}");
     }
     fn message(&self, text: &str) {
         let _ = writeln!(std::io::stderr().lock(), "{text}");
     }
+}
+
+/// The words for an event, as `docker pull` says them; None for byte counts.
+pub fn describe(event: &LayerEvent) -> Option<String> {
+    Some(match event {
+        LayerEvent::AlreadyExists => "already exists".to_string(),
+        LayerEvent::Downloading { size } => format!("downloading ({})", human(*size)),
+        LayerEvent::Progress { .. } => return None,
+        LayerEvent::Downloaded { size } => format!("download complete ({})", human(*size)),
+        LayerEvent::Unpacked => "pull complete (unpacked)".to_string(),
+        LayerEvent::Mounted { from } => format!("mounted from {from}"),
+        LayerEvent::Uploading { size } => format!("pushing ({})", human(*size)),
+        LayerEvent::Pushed { size } => format!("pushed ({})", human(*size)),
+    })
 }
 
 /// Ignores progress.
@@ -52,7 +62,7 @@ impl Progress for Silent {
     fn message(&self, _: &str) {}
 }
 
-fn human(n: u64) -> String {
+pub fn human(n: u64) -> String {
     const U: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut i = 0;
