@@ -512,7 +512,10 @@ async fn pulled_layers_stack_by_chain_id_with_whiteouts() {
     use gantry_agent::image::Snapshotter;
     let top = snaps.stat(&image.chain_ids[1].to_string()).unwrap();
     assert_eq!(top.parent, Some(image.chain_ids[0].to_string()));
-    assert_eq!(snaps.stat(&image.chain_ids[0].to_string()).unwrap().parent, None);
+    assert_eq!(
+        snaps.stat(&image.chain_ids[0].to_string()).unwrap().parent,
+        None
+    );
     assert_eq!(p.chain_id.as_ref(), Some(&image.chain_ids[1]));
     let keys: Vec<String> = snaps.list().unwrap().into_iter().map(|i| i.key).collect();
     assert_eq!(keys.len(), 2, "only the two layers remain: {keys:?}");
@@ -533,7 +536,10 @@ async fn pulled_layers_stack_by_chain_id_with_whiteouts() {
     let guard = Unmount(target.clone());
     assert_eq!(std::fs::read(target.join("a/keep")).unwrap(), b"keep\n");
     assert!(!target.join("a/gone").exists(), "the whiteout hides a/gone");
-    assert_eq!(std::fs::read(target.join("b/new")).unwrap(), random(2 << 20, 7));
+    assert_eq!(
+        std::fs::read(target.join("b/new")).unwrap(),
+        random(2 << 20, 7)
+    );
     drop(guard);
     snaps.remove(&key).unwrap();
 }
@@ -553,7 +559,12 @@ async fn refused_layer_during_pull_leaves_nothing() {
         .tar();
     let evil = Layer::new()
         .file("fine", b"x", 0o644, 1_600_000_000)
-        .file(&format!("../../../{escape}"), b"pwned", 0o644, 1_600_000_000)
+        .file(
+            &format!("../../../{escape}"),
+            b"pwned",
+            0o644,
+            1_600_000_000,
+        )
         .tar();
     let md = put_image(&a, &name, &[good, evil]);
     distribution::push(&a, &name, &cfg(), Arc::new(Silent))
@@ -567,10 +578,19 @@ async fn refused_layer_during_pull_leaves_nothing() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains(&escape), "entry named: {err}");
-    assert!(!b.content().exists(&evil_blob), "refused layer's blob not stored");
+    assert!(
+        !b.content().exists(&evil_blob),
+        "refused layer's blob not stored"
+    );
     use gantry_agent::image::Snapshotter;
-    assert!(b.snapshotter().list().unwrap().is_empty(), "no snapshot left");
-    assert!(b.index().list().unwrap().is_empty(), "no name for a failed pull");
+    assert!(
+        b.snapshotter().list().unwrap().is_empty(),
+        "no snapshot left"
+    );
+    assert!(
+        b.index().list().unwrap().is_empty(),
+        "no name for a failed pull"
+    );
     let left: Vec<String> = tree(&db.path().join("snapshots"))
         .into_iter()
         .filter(|p| !p.starts_with("metadata"))

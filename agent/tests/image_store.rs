@@ -208,7 +208,9 @@ fn staged_layers_are_stacked_onto_committed_parents() {
     assert!(snaps.stat("chain-upper").is_err());
     assert_eq!(snaps.stat("stage-upper").unwrap().parent, None);
 
-    snaps.commit_onto("chain-lower", "stage-lower", None).unwrap();
+    snaps
+        .commit_onto("chain-lower", "stage-lower", None)
+        .unwrap();
     snaps
         .commit_onto("chain-upper", "stage-upper", Some("chain-lower"))
         .unwrap();

@@ -241,8 +241,14 @@ fn absolute_paths_land_inside_the_target() {
     let dir = tempfile::tempdir().unwrap();
     unpack_layer(&l.tar()[..], dir.path(), &opts()).unwrap();
     assert_eq!(fs::read(dir.path().join("bin/hard")).unwrap(), b"x");
-    assert_eq!(fs::read(dir.path().join(host.trim_start_matches('/'))).unwrap(), b"y");
-    assert!(!Path::new(&host).exists(), "nothing written at the host path");
+    assert_eq!(
+        fs::read(dir.path().join(host.trim_start_matches('/'))).unwrap(),
+        b"y"
+    );
+    assert!(
+        !Path::new(&host).exists(),
+        "nothing written at the host path"
+    );
 }
 
 #[test]

@@ -52,7 +52,11 @@ impl Dockerd {
         let me = Dockerd { child, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if me.docker(&["version", "--format", "{{.Server.Version}}"]).status.success() {
+            if me
+                .docker(&["version", "--format", "{{.Server.Version}}"])
+                .status
+                .success()
+            {
                 return me;
             }
             assert!(
@@ -72,7 +76,10 @@ impl Dockerd {
         Command::new("docker")
             .env("DOCKER_CONFIG", self.dir.path().join("client"))
             .arg("--host")
-            .arg(format!("unix://{}", self.dir.path().join("d.sock").display()))
+            .arg(format!(
+                "unix://{}",
+                self.dir.path().join("d.sock").display()
+            ))
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run docker ({e}): install docker.io"))
@@ -146,7 +153,8 @@ fn busybox_tar(path: &Path) {
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o644);
     h.set_size(6);
-    tar.append_data(&mut h, "hello.txt", &b"hello\n"[..]).unwrap();
+    tar.append_data(&mut h, "hello.txt", &b"hello\n"[..])
+        .unwrap();
     tar.finish().unwrap();
 }
 
@@ -215,7 +223,13 @@ async fn docker_pushes_to_and_pulls_from_the_gantry_registry() {
         let gone = dockerd.docker(&["image", "inspect", &image2]);
         assert!(!gone.status.success(), "the image was not removed");
         dockerd.ok(&["pull", &image2]);
-        let rd = dockerd.ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", &image2]);
+        let rd = dockerd.ok(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            &image2,
+        ]);
         // `docker save` gives the layer back without running a container.
         let saved = dockerd.dir.path().join("saved.tar");
         dockerd.ok(&["save", "-o", saved.to_str().unwrap(), &image2]);

@@ -8,14 +8,27 @@ use std::io::Write;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerEvent {
     AlreadyExists,
-    Downloading { size: u64 },
+    Downloading {
+        size: u64,
+    },
     /// Bytes received so far of `size` (sent about once per MiB).
-    Progress { received: u64, size: u64 },
-    Downloaded { size: u64 },
+    Progress {
+        received: u64,
+        size: u64,
+    },
+    Downloaded {
+        size: u64,
+    },
     Unpacked,
-    Mounted { from: String },
-    Uploading { size: u64 },
-    Pushed { size: u64 },
+    Mounted {
+        from: String,
+    },
+    Uploading {
+        size: u64,
+    },
+    Pushed {
+        size: u64,
+    },
 }
 
 /// Receives progress events (from several tasks at once).

@@ -8,8 +8,8 @@ use super::progress::{LayerEvent, Progress};
 use super::{auth, digest_of, ClientConfig, DistributionError, ACCEPT, MAX_MANIFEST_BYTES};
 use crate::image::manifest::{self, Parsed};
 use crate::image::{
-    ApplyError, ContentError, ContentWriter, Digest, ImageStore, Reference, Snapshotter, StoreError,
-    UnpackError,
+    ApplyError, ContentError, ContentWriter, Digest, ImageStore, Reference, Snapshotter,
+    StoreError, UnpackError,
 };
 use reqwest::Method;
 use std::io::Read;
@@ -242,8 +242,10 @@ async fn fetch_blob(
         }
         w.commit()
     };
-    let (n, committed) =
-        stream_blob(&client, &repo, &digest, size, &scope, &cancel, &events, sink).await?;
+    let (n, committed) = stream_blob(
+        &client, &repo, &digest, size, &scope, &cancel, &events, sink,
+    )
+    .await?;
     committed.map_err(|e| blob_error(&repo, e))?;
     Ok(n)
 }
@@ -300,8 +302,10 @@ async fn fetch_layer(
             }
         }
     };
-    let (n, staged) =
-        stream_blob(&client, &repo, &digest, size, &scope, &cancel, &events, sink).await?;
+    let (n, staged) = stream_blob(
+        &client, &repo, &digest, size, &scope, &cancel, &events, sink,
+    )
+    .await?;
     match staged {
         Ok(key) => Ok((n, key)),
         Err(LayerFailure::Content(e)) => Err(blob_error(&repo, e)),
@@ -416,8 +420,8 @@ pub async fn pull(
         .await?;
     }
     let config_bytes = store.content().read(&config_d)?;
-    let image_config = manifest::parse_config(&config_bytes, &format!("config {config_d}"))
-        .map_err(merr)?;
+    let image_config =
+        manifest::parse_config(&config_bytes, &format!("config {config_d}")).map_err(merr)?;
     let diff_ids = manifest::diff_ids(&image_config, &image_manifest).map_err(merr)?;
     let chain_ids = manifest::chain_ids(&diff_ids);
 
@@ -431,10 +435,7 @@ pub async fn pull(
     for (i, l) in image_manifest.layers().iter().enumerate() {
         let d = manifest::descriptor_digest(l, &what).map_err(merr)?;
         let size = l.size();
-        let unpacked = store
-            .snapshotter()
-            .stat(&chain_ids[i].to_string())
-            .is_ok();
+        let unpacked = store.snapshotter().stat(&chain_ids[i].to_string()).is_ok();
         if store.content().exists(&d) {
             report.layers_present += 1;
             progress.layer(&d, LayerEvent::AlreadyExists);
@@ -454,12 +455,20 @@ pub async fn pull(
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
             let (n, key) = if unpacked {
-                let n = fetch_blob(client, store, repo, d.clone(), size, scope, cancel, events)
-                    .await?;
+                let n =
+                    fetch_blob(client, store, repo, d.clone(), size, scope, cancel, events).await?;
                 (n, None)
             } else {
                 let (n, key) = fetch_layer(
-                    client, store, repo, d.clone(), size, diff_id, scope, cancel, events,
+                    client,
+                    store,
+                    repo,
+                    d.clone(),
+                    size,
+                    diff_id,
+                    scope,
+                    cancel,
+                    events,
                 )
                 .await?;
                 (n, Some(key))

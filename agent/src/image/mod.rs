@@ -400,8 +400,7 @@ impl ImageStore {
         if opts.whiteouts != WhiteoutMode::Overlay {
             return Err(ApplyError::Unpack(UnpackError::Refused {
                 entry: String::new(),
-                reason: "staged layers need overlay whiteouts (apply mode reads the parent)"
-                    .into(),
+                reason: "staged layers need overlay whiteouts (apply mode reads the parent)".into(),
             }));
         }
         let key = format!(

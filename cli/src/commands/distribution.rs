@@ -113,7 +113,9 @@ impl Progress for Bars {
         }
         let Some(bar) = bars.get(digest) else {
             if let Some(text) = describe(&event) {
-                let _ = self.multi.println(format!("{}: {text}", &digest.hex()[..12]));
+                let _ = self
+                    .multi
+                    .println(format!("{}: {text}", &digest.hex()[..12]));
             }
             return;
         };
