@@ -36,10 +36,10 @@ enum Command {
     Image(commands::image::ImageArgs),
     /// Point a new name at an image.
     Tag(commands::image::TagArgs),
-    /// Remove images.
-    Rmi(commands::image::RmiArgs),
     /// OCI distribution registry server (`gantry registry gc` collects garbage).
     Registry(commands::registry::RegistryArgs),
+    /// Builds an image from a Dockerfile into the local image store.
+    Build(commands::build::BuildArgs),
     /// Pulls an image from a registry into the local image store.
     Pull(commands::distribution::PullArgs),
     /// Pushes a local image to its registry.
@@ -61,8 +61,8 @@ fn main() {
         Command::Images(args) => commands::image::images(args),
         Command::Image(args) => commands::image::main(args),
         Command::Tag(args) => commands::image::tag(args),
-        Command::Rmi(args) => commands::image::rmi(args),
         Command::Registry(args) => commands::registry::main(args),
+        Command::Build(args) => commands::build::main(args),
         Command::Pull(args) => commands::distribution::pull(args),
         Command::Push(args) => commands::distribution::push(args),
         Command::Agent(args) => commands::agent::main(args),

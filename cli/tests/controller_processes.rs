@@ -47,6 +47,10 @@ impl Proc {
                 "150",
                 "--write-timeout-ms",
                 "2000",
+                // The fake nodes never heartbeat: the leader loop must not mark them
+                // down while states are compared.
+                "--node-grace-ms",
+                "3600000",
             ])
             .args(extra)
             .stdout(Stdio::null())

@@ -1,5 +1,5 @@
 //! The engine end to end, as root: a real `gantry agent` on a temp root and socket, real
-//! shims, runc containers from a busybox root filesystem the test writes itself. Every
+//! shims, containers of gantry's own runtime from a busybox root filesystem the test writes itself. Every
 //! test's agent is killed by PID in a Drop guard that also removes its containers, mounts,
 //! cgroups and processes, and the leak checks look for exactly those.
 
@@ -7,6 +7,8 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use gantry_agent::network::{host_veth_name, BridgeConfig, BridgeNetwork};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gantry");
 
@@ -16,18 +18,10 @@ fn require_root() {
             "the engine tests create containers (namespaces, cgroups, mounts): run them as root"
         );
     }
-    for tool in ["runc", "/bin/busybox"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            found,
-            "the engine tests need {tool} (scripts/setup.sh installs it)"
-        );
-    }
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "the engine tests need /bin/busybox (scripts/setup.sh installs busybox-static)"
+    );
 }
 
 /// A busybox root filesystem: /bin/busybox and one link per applet, /etc/passwd, /etc/group.
@@ -53,7 +47,11 @@ fn busybox_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
+static AGENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 struct Agent {
+    /// This agent's own bridge, subnet and chain prefix, so tests run in parallel.
+    net: BridgeConfig,
     dir: tempfile::TempDir,
     child: Option<Child>,
     rootfs: PathBuf,
@@ -69,7 +67,17 @@ impl Agent {
             .tempdir()
             .unwrap();
         let rootfs = busybox_rootfs(dir.path());
+        let n = AGENTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let pid = std::process::id();
+        let net = BridgeConfig::custom(
+            dir.path().join("root/network"),
+            &format!("gte{}x{n}", pid % 100_000),
+            &format!("10.{}.{}.0/24", 180 + n % 40, pid % 256),
+            &format!("GTE{pid}X{n}"),
+        )
+        .unwrap();
         let mut a = Agent {
+            net,
             dir,
             child: None,
             rootfs,
@@ -97,6 +105,9 @@ impl Agent {
             .arg("--run-root")
             .arg(d.join("run"))
             .args(["--host", &self.host()])
+            .args(["--bridge", &self.net.bridge])
+            .args(["--subnet", &self.net.subnet.to_string()])
+            .args(["--chain-prefix", &self.net.chain_prefix])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -245,6 +256,7 @@ impl Agent {
                 }
             }
         }
+        self.assert_no_network_leaks(keep);
         for p in procs_mentioning(&d) {
             let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
             assert!(
@@ -253,6 +265,54 @@ impl Agent {
                 "process {p} left behind: {cmd:?}"
             );
         }
+    }
+
+    /// The bridge holds nothing of containers not in `keep`: no veth, no DNAT rule, no
+    /// lease, no netns file (checked with the system's tools, not the agent's code).
+    fn assert_no_network_leaks(&self, keep: &[String]) {
+        let ports = sh("ip", &["-o", "link", "show", "master", &self.net.bridge]);
+        let wanted: Vec<String> = keep
+            .iter()
+            .map(|k| host_veth_name(&self.net.bridge, k))
+            .collect();
+        for line in ports.lines() {
+            assert!(
+                wanted.iter().any(|w| line.contains(&format!(" {w}@"))),
+                "veth left on {}: {line}",
+                self.net.bridge
+            );
+        }
+        let dnat = self.dnat_rules();
+        for rule in &dnat {
+            assert!(
+                keep.iter().any(|k| rule.contains(k.as_str())),
+                "DNAT rule left behind: {rule}"
+            );
+        }
+        let leases = std::fs::read_to_string(self.net.lease_path()).unwrap_or_default();
+        let leases: serde_json::Value =
+            serde_json::from_str(if leases.is_empty() { "{}" } else { &leases }).unwrap();
+        if let Some(m) = leases["leases"].as_object() {
+            for id in m.keys() {
+                assert!(keep.contains(id), "lease of {id} left behind");
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.dir.path().join("run/netns")) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                assert!(keep.contains(&id), "netns file of {id} left behind");
+            }
+        }
+    }
+
+    /// This agent's DNAT rules (`iptables-save -t nat`, its chain only).
+    fn dnat_rules(&self) -> Vec<String> {
+        let chain = format!("-A {} ", self.net.dnat_chain());
+        sh("iptables-save", &["-t", "nat"])
+            .lines()
+            .filter(|l| l.starts_with(&chain))
+            .map(str::to_string)
+            .collect()
     }
 
     fn remember(&self, id: &str) {
@@ -324,7 +384,8 @@ impl Drop for Agent {
         }
         let runtime_root = self.dir.path().join("run/runtime");
         for id in self.known_ids() {
-            let _ = Command::new("runc")
+            let _ = Command::new(BIN)
+                .arg("runtime")
                 .arg("--root")
                 .arg(&runtime_root)
                 .args(["delete", "--force", &id])
@@ -360,7 +421,28 @@ impl Drop for Agent {
                 }
             }
         }
+        // The bridge, its veths, the chains and the jumps to them.
+        let cfg = self.net.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            match BridgeNetwork::open(cfg).await {
+                Ok(net) => {
+                    if let Err(e) = net.teardown_all().await {
+                        eprintln!("tearing the test bridge down: {e}");
+                    }
+                }
+                Err(e) => eprintln!("opening the test bridge for teardown: {e}"),
+            }
+        });
     }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect("spawn");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn lines(s: &str) -> Vec<&str> {
@@ -849,6 +931,293 @@ fn image_lifecycle_run_kill_start_rm() {
     );
     let err = a.fails(&["run", "--network", "none", "bb:missing", "true"]);
     assert!(err.contains("no such image"), "{err}");
+    assert!(a.ids().is_empty());
+    a.assert_no_leaks(&[]);
+}
+
+/// A free TCP port on 127.0.0.1, outside the ephemeral range, distinct per process.
+fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let base = 21_000 + (std::process::id() % 400) * 16 + (n % 16);
+    (0..30)
+        .map(|i| (base + i * 400) as u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port")
+}
+
+/// `GET /` over plain TCP, retried until it answers (the server may still be starting).
+fn http_get(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &addr.parse().unwrap(),
+                Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match got {
+            Ok(body) if body.contains("200 OK") => return body,
+            other => assert!(
+                Instant::now() < deadline,
+                "no answer from {addr}: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const WEB: &str =
+    "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www";
+
+#[test]
+fn bridge_network_publishes_ports_links_containers_and_releases_everything() {
+    let a = Agent::start();
+    let port = free_port();
+    let publish = format!("{port}:8080");
+    let id = a
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &publish,
+            "--rootfs",
+            a.rootfs(),
+            "sh",
+            "-c",
+            WEB,
+        ])
+        .trim()
+        .to_string();
+    a.remember(&id);
+    let net = &a.inspect("web")["network"];
+    let ip: std::net::Ipv4Addr = net["ip"].as_str().unwrap().parse().unwrap();
+    assert!(a.net.subnet.contains(&ip), "{net}");
+    assert_eq!(net["gateway"].as_str().unwrap(), a.net.gateway.to_string());
+    // Published on the host's loopback, and reachable at the container's own address.
+    assert!(http_get(&format!("127.0.0.1:{port}")).contains("hello-from-web"));
+    assert!(http_get(&format!("{ip}:8080")).contains("hello-from-web"));
+    let ps = a.ok(&["ps"]);
+    assert!(ps.contains(&format!("0.0.0.0:{port}->8080/tcp")), "{ps}");
+    // A second container reaches the first over the bridge.
+    let o = a.gantry(&[
+        "run",
+        "--rm",
+        "--rootfs",
+        a.rootfs(),
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &format!("http://{ip}:8080/"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello-from-web\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The container sees eth0 (bridge), the host's links (host), only lo (none).
+    let devs = |mode: &str| {
+        a.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            mode,
+            "--rootfs",
+            a.rootfs(),
+            "cat",
+            "/proc/net/dev",
+        ])
+    };
+    assert!(devs("bridge").contains("eth0:"));
+    assert!(devs("host").contains(&format!("{}:", a.net.bridge)));
+    let none = devs("none");
+    assert!(none.contains("lo:") && !none.contains("eth0:"), "{none}");
+    // The same host port twice: refused, nothing of the second container is left.
+    let before = a.ids();
+    let err = a.fails(&[
+        "run",
+        "-d",
+        "-p",
+        &publish,
+        "--rootfs",
+        a.rootfs(),
+        "sleep",
+        "100",
+    ]);
+    assert!(
+        err.contains(&format!("host port {port}")) && err.contains(&id),
+        "{err}"
+    );
+    assert_eq!(a.ids(), before);
+    let err = a.fails(&["run", "-p", "80:abc", "--rootfs", a.rootfs(), "true"]);
+    assert!(err.contains("--publish") && err.contains("80:abc"), "{err}");
+    assert_eq!(a.ids(), before);
+    a.assert_no_leaks(std::slice::from_ref(&id));
+    assert_eq!(a.dnat_rules().len(), 1, "{:?}", a.dnat_rules());
+    // Stop and start: same address, port still published.
+    a.ok(&["stop", "-t", "1", "web"]);
+    a.ok(&["start", "web"]);
+    assert_eq!(a.inspect("web")["network"]["ip"], ip.to_string());
+    assert!(http_get(&format!("127.0.0.1:{port}")).contains("hello-from-web"));
+    a.ok(&["rm", "-f", "web"]);
+    assert!(a.ids().is_empty());
+    a.assert_no_leaks(&[]);
+}
+
+#[test]
+fn network_survives_agent_restart_and_stale_attachments_are_reconciled() {
+    let mut a = Agent::start();
+    let port = free_port();
+    let id = a
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &format!("{port}:8080"),
+            "--rootfs",
+            a.rootfs(),
+            "sh",
+            "-c",
+            WEB,
+        ])
+        .trim()
+        .to_string();
+    a.remember(&id);
+    assert!(http_get(&format!("127.0.0.1:{port}")).contains("hello-from-web"));
+    a.kill9();
+    // With no agent: still served. Then a ghost attachment appears, as if an agent had died
+    // half way through creating a container it never recorded.
+    assert!(http_get(&format!("127.0.0.1:{port}")).contains("hello-from-web"));
+    let ghost = "ghost0123456789";
+    let ghost_ns = a.dir.path().join("run/netns").join(ghost);
+    let ghost_port = free_port();
+    let cfg = a.net.clone();
+    let ns2 = ghost_ns.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            gantry_agent::network::netns::create(&ns2).unwrap();
+            let net = BridgeNetwork::open(cfg).await.unwrap();
+            let ports =
+                gantry_agent::network::parse_port_spec(&format!("{ghost_port}:80")).unwrap();
+            net.attach(ghost, &ns2, &ports).await.unwrap();
+        });
+    assert_eq!(a.dnat_rules().len(), 2);
+    a.spawn();
+    // The ghost is gone; the live container keeps its veth, rule, lease and port.
+    assert!(!ghost_ns.exists(), "ghost netns kept");
+    a.assert_no_leaks(std::slice::from_ref(&id));
+    assert_eq!(a.dnat_rules().len(), 1, "{:?}", a.dnat_rules());
+    assert!(http_get(&format!("127.0.0.1:{port}")).contains("hello-from-web"));
+    a.ok(&["rm", "-f", "web"]);
+    a.assert_no_leaks(&[]);
+}
+
+#[test]
+fn seed_lifecycle_run_commit_run_kill_start_rm_rmi() {
+    let a = Agent::start();
+    let img = load_busybox_image(&a);
+    // RUN (default network: bridge), then change files: add, delete, add a directory.
+    let seed = a
+        .ok(&["run", "-d", "--name", "seed", &img, "sleep", "1000"])
+        .trim()
+        .to_string();
+    a.remember(&seed);
+    a.ok(&[
+        "exec", "seed", "sh", "-c",
+        "echo committed > /root/file && rm /etc/deleted-later && mkdir -p /data/sub && echo y > /data/sub/y",
+    ]);
+    // COMMIT (the running container is frozen meanwhile, then thawed).
+    let image_id = a
+        .ok(&[
+            "commit",
+            "-m",
+            "add a file",
+            "--change",
+            r#"CMD ["cat", "/root/file"]"#,
+            "seed",
+            "bb:2",
+        ])
+        .trim()
+        .to_string();
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    assert_eq!(a.ok(&["exec", "seed", "echo", "thawed"]), "thawed\n");
+    let store = a.dir.path().join("root");
+    let store = store.to_str().unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&a.ok(&["image", "inspect", "--store", store, "bb:2"])).unwrap();
+    assert_eq!(inspect[0]["configDigest"], image_id);
+    assert_eq!(inspect[0]["diffIds"].as_array().unwrap().len(), 2);
+    let history = inspect[0]["config"]["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["comment"], "add a file");
+    // RUN the new image: its CMD (from --change) sees the file; the deletion holds.
+    assert_eq!(a.ok(&["run", "--rm", "bb:2"]), "committed\n");
+    assert_eq!(a.ok(&["run", "--rm", "bb:2", "cat", "/data/sub/y"]), "y\n");
+    let o = a.gantry(&["run", "--rm", "bb:2", "cat", "/etc/deleted-later"]);
+    assert!(
+        !o.status.success(),
+        "a deleted file came back in the commit"
+    );
+    // KILL, START: the file is still there.
+    let child = a
+        .ok(&["run", "-d", "--name", "child", "bb:2", "sleep", "1000"])
+        .trim()
+        .to_string();
+    a.remember(&child);
+    a.ok(&["kill", "child"]);
+    a.wait_state("child", "exited");
+    a.ok(&["start", "child"]);
+    assert_eq!(a.ok(&["exec", "child", "cat", "/root/file"]), "committed\n");
+    // RMI of an image in use: refused, nothing changes.
+    let err = a.fails(&["rmi", "bb:2"]);
+    assert!(err.contains("in use by container child"), "{err}");
+    assert_eq!(a.ok(&["run", "--rm", "bb:2"]), "committed\n");
+    // RM, then RMI: the base's own blobs go, the shared layer stays for bb:2.
+    a.ok(&["rm", "-f", "child", "seed"]);
+    let out = a.ok(&["rmi", "bb:1"]);
+    assert_eq!(out.matches("Deleted: ").count(), 2, "{out}");
+    assert_eq!(a.ok(&["run", "--rm", "bb:2"]), "committed\n");
+    let out = a.ok(&["rmi", "bb:2"]);
+    assert_eq!(out.matches("Deleted: ").count(), 4, "{out}");
+    let blobs = std::fs::read_dir(a.dir.path().join("root/content/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "blobs left after the last rmi");
+    let snaps: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a.dir.path().join("root/snapshots/metadata.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        snaps["snapshots"].as_object().is_none_or(|m| m.is_empty()),
+        "snapshots left after the last rmi: {snaps}"
+    );
+    let err = a.fails(&["rmi", "bb:2"]);
+    assert!(err.contains("no such image"), "{err}");
+    // rmi -f: the image goes, its container keeps running.
+    let img = load_busybox_image(&a);
+    let user = a
+        .ok(&["run", "-d", "--name", "user", &img, "sleep", "1000"])
+        .trim()
+        .to_string();
+    a.remember(&user);
+    a.fails(&["rmi", &img]);
+    a.ok(&["rmi", "-f", &img]);
+    assert_eq!(a.ok(&["exec", "user", "echo", "alive"]), "alive\n");
+    a.ok(&["rm", "-f", "user"]);
     assert!(a.ids().is_empty());
     a.assert_no_leaks(&[]);
 }

@@ -143,12 +143,12 @@ fn image_verbs_end_to_end() {
         serde_json::from_str(&ok(&store2, &["image", "inspect", "test/app:2"])).unwrap();
     assert_eq!(again[0]["manifestDigest"], manifest.to_string());
 
-    // rmi with one unknown name changes nothing.
-    let o = gantry(&store, &["rmi", "test/app:1", "nope"]);
+    // image rm with one unknown name changes nothing.
+    let o = gantry(&store, &["image", "rm", "test/app:1", "nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(names(&store).len(), 2);
     // Removing one of two names frees nothing; removing the last frees everything.
-    let out = ok(&store, &["rmi", "test/app:1"]);
+    let out = ok(&store, &["image", "rm", "test/app:1"]);
     assert!(out.contains("Removed 0 blobs"), "{out}");
     let out = ok(&store, &["image", "rm", "test/app:2"]);
     assert!(

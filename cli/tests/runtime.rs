@@ -309,3 +309,289 @@ fn bad_input_is_refused_clearly_and_leaves_nothing() {
     assert_eq!(t.gantry(&["delete", "-f", &id]).code, 0);
     t.assert_no_container("dup");
 }
+
+#[test]
+fn memory_limit_kills_an_allocating_process_and_reports_the_oom() {
+    let t = Rt::new("oom");
+    // The shell keeps the whole substitution in memory: ~200 MiB against a 32 MiB limit.
+    let b = t.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\000' a); echo survived ${#x}",
+        ],
+        |s| {
+            s["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
+        },
+    );
+    let log = t.dir.path().join("oom.log");
+    let out = t.gantry(&[
+        "--log",
+        log.to_str().unwrap(),
+        "run",
+        "-b",
+        b.to_str().unwrap(),
+        &t.id("c"),
+    ]);
+    // The shell (pid 1) is the biggest process in the group: killed by SIGKILL.
+    assert_eq!(out.code, 128 + 9, "{out:?}");
+    assert!(!out.stdout.contains("survived"), "{out:?}");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log.contains("level=warning")
+            && log.contains("OOM killer killed")
+            && log.contains("33554432"),
+        "the OOM must be reported on the log: {log:?}"
+    );
+    t.assert_no_container("c");
+}
+
+#[test]
+fn pids_limit_contains_a_fork_bomb() {
+    let t = Rt::new("pids");
+    // Forks (a subshell that backgrounds a sleep) until refused, counting from inside.
+    let script = r#"
+ok=0; failed=0; i=0
+while [ $i -lt 40 ]; do
+  if (sleep 30 &) 2>/dev/null; then ok=$((ok+1)); else failed=$((failed+1)); fi
+  i=$((i+1))
+done
+echo "ok=$ok failed=$failed"
+"#;
+    let b = t.bundle("b", &["sh", "-c", script], |s| {
+        s["linux"]["resources"] = json!({"pids": {"limit": 12}});
+    });
+    let id = t.id("c");
+    let out = t.gantry(&["run", "-b", b.to_str().unwrap(), &id]);
+    let line = out.stdout.lines().last().unwrap_or_default().to_string();
+    let field = |k: &str| -> u32 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {out:?}"))
+    };
+    assert!(field("ok=") <= 12, "{out:?}");
+    assert!(field("failed=") > 0, "forks must be refused: {out:?}");
+    t.assert_no_container("c");
+}
+
+#[test]
+fn cap_eff_equals_the_spec_effective_set() {
+    let t = Rt::new("caps");
+    let caps = json!(["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    let b = t.bundle("b", &["grep", "^Cap", "/proc/self/status"], |s| {
+        s["process"]["capabilities"] = json!({
+            "bounding": caps, "effective": caps, "permitted": caps,
+            "inheritable": [], "ambient": []
+        });
+    });
+    let out = t.gantry(&["run", "-b", b.to_str().unwrap(), &t.id("c")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // CHOWN = bit 0, KILL = bit 5, NET_BIND_SERVICE = bit 10
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert!(
+            out.stdout.contains(&format!("{set}:\t0000000000000421")),
+            "{set}: {out:?}"
+        );
+    }
+    assert!(out.stdout.contains("CapAmb:\t0000000000000000"), "{out:?}");
+    t.assert_no_container("c");
+}
+
+#[test]
+fn ambient_capabilities_outside_inheritable_are_dropped_with_a_warning() {
+    let t = Rt::new("ambient");
+    let caps = json!(["CAP_CHOWN", "CAP_KILL"]);
+    let b = t.bundle("b", &["grep", "^Cap", "/proc/self/status"], |s| {
+        s["process"]["capabilities"] = json!({
+            "bounding": caps, "effective": caps, "permitted": caps,
+            "inheritable": ["CAP_CHOWN"], "ambient": ["CAP_CHOWN", "CAP_KILL"]
+        });
+    });
+    let log = t.dir.path().join("warn.log");
+    let out = t.gantry(&[
+        "--log",
+        log.to_str().unwrap(),
+        "run",
+        "-b",
+        b.to_str().unwrap(),
+        &t.id("c"),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("CapAmb:\t0000000000000001"), "{out:?}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("level=warning")
+            && log.contains("process.capabilities.ambient")
+            && log.contains("CAP_KILL")
+            && !log.contains("CAP_CHOWN"),
+        "{log:?}"
+    );
+    // Without --log the warning goes to stderr.
+    let out = t.gantry(&["run", "-b", b.to_str().unwrap(), &t.id("c2")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("warning") && out.stderr.contains("CAP_KILL"),
+        "{out:?}"
+    );
+}
+
+/// The seccomp section of `gantry runtime spec` (Docker's default profile).
+fn default_seccomp(t: &Rt) -> serde_json::Value {
+    let d = t.dir.path().join("spec");
+    std::fs::create_dir_all(&d).unwrap();
+    let out = t.gantry(&["spec", "-b", d.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap();
+    v["linux"]["seccomp"].clone()
+}
+
+#[test]
+fn default_seccomp_gives_eperm_for_unshare_and_mount() {
+    let t = Rt::new("seccomp");
+    // No capabilities object: the process keeps CAP_SYS_ADMIN, so only seccomp can refuse.
+    let script = r#"
+unshare -n true 2>&1; echo "unshare=$?"
+mount -t tmpfs none /mnt 2>&1; echo "mount=$?"
+"#;
+    let seccomp = default_seccomp(&t);
+    let b = t.bundle("b", &["sh", "-c", script], |s| {
+        s["linux"]["seccomp"] = seccomp;
+    });
+    std::fs::create_dir_all(b.join("rootfs/mnt")).unwrap();
+    let out = t.gantry(&["run", "-b", b.to_str().unwrap(), &t.id("c")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("Operation not permitted") && !out.stdout.contains("unshare=0"),
+        "unshare must fail with EPERM: {out:?}"
+    );
+    // busybox mount words EPERM as "permission denied (are you root?)"
+    assert!(
+        out.stdout.contains("permission denied") && !out.stdout.contains("mount=0"),
+        "mount must fail with EPERM: {out:?}"
+    );
+    // The same bundle without the filter: both succeed, so the filter is what refused.
+    edit(&b, |s| {
+        s["linux"]
+            .as_object_mut()
+            .unwrap()
+            .remove("seccomp")
+            .map(drop)
+            .unwrap()
+    });
+    let out = t.gantry(&["run", "-b", b.to_str().unwrap(), &t.id("c")]);
+    assert!(
+        out.stdout.contains("unshare=0") && out.stdout.contains("mount=0"),
+        "{out:?}"
+    );
+    t.assert_no_container("c");
+}
+
+#[test]
+fn user_namespace_with_mappings_sees_the_mapped_ids() {
+    let t = Rt::new("userns");
+    // The host-side path to the rootfs must be searchable by the mapped root (host 100000).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = r#"
+echo "uid=$(id -u) gid=$(id -g)"
+echo "uidmap=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')"
+echo "gidmap=$(cat /proc/self/gid_map | tr -s ' ' | sed 's/^ //')"
+echo "owner=$(stat -c %u /bin/busybox)"
+touch /tmp/x && echo "tmpowner=$(stat -c %u:%g /tmp/x)"
+"#;
+    let b = t.bundle("b", &["sh", "-c", script], |s| {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        s["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    std::fs::set_permissions(
+        t.dir.path().join("bundle-b"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let out = t.gantry(&["run", "-b", b.to_str().unwrap(), &t.id("c")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for want in [
+        "uid=0 gid=0",
+        "uidmap=0 100000 65536",
+        "gidmap=0 100000 65536",
+        // host root is not mapped: the overflow id
+        "owner=65534",
+        "tmpowner=0:0",
+    ] {
+        assert!(out.stdout.contains(want), "want {want:?}: {out:?}");
+    }
+    t.assert_no_container("c");
+}
+
+#[test]
+fn inherited_fds_are_closed_except_preserved_ones() {
+    use std::os::unix::process::CommandExt;
+    let t = Rt::new("fds");
+    let script = r#"
+for fd in 3 4 5; do test -e /proc/self/fd/$fd && echo "has$fd"; done
+cat <&3 2>/dev/null
+true
+"#;
+    let b = t.bundle("b", &["sh", "-c", script], |_| {});
+    let payload = t.dir.path().join("payload");
+    std::fs::write(&payload, "passed-through\n").unwrap();
+    let run = |extra: &[&str], id: &str| {
+        let f = std::fs::File::open(&payload).unwrap();
+        let out_path = t.dir.path().join(format!("fds-out-{id}"));
+        let mut c = std::process::Command::new(gantry_bin());
+        c.args(["runtime", "--root", t.root.to_str().unwrap(), "run"])
+            .args(extra)
+            .arg("-b")
+            .arg(&b)
+            .arg(t.id(id))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::process::Stdio::inherit());
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&f);
+        // SAFETY: only dup2 (async-signal-safe) between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                // via a copy above 5, so that dup2 never meets its own fd (which would keep
+                // std's close-on-exec flag)
+                let tmp = libc::fcntl(raw, libc::F_DUPFD, 10);
+                for fd in [3, 4, 5] {
+                    if tmp < 0 || libc::dup2(tmp, fd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                libc::close(tmp);
+                Ok(())
+            });
+        }
+        let st = wait_child(c.spawn().unwrap(), &out_path, &out_path);
+        drop(f);
+        st
+    };
+    let none = run(&[], "none");
+    assert_eq!(none.code, 0, "{none:?}");
+    assert!(
+        !none.stdout.contains("has") && !none.stdout.contains("passed-through"),
+        "no fd above 2 may reach the container: {none:?}"
+    );
+    let one = run(&["--preserve-fds", "1"], "one");
+    assert_eq!(one.code, 0, "{one:?}");
+    assert!(one.stdout.contains("has3"), "{one:?}");
+    assert!(
+        !one.stdout.contains("has4") && !one.stdout.contains("has5"),
+        "{one:?}"
+    );
+    assert!(one.stdout.contains("passed-through"), "{one:?}");
+    t.assert_no_container("none");
+    t.assert_no_container("one");
+}

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod dr;
+pub mod leader;
 pub mod member;
 pub mod nodes;
 pub mod plan_apply;

@@ -3,6 +3,7 @@
 //! existing one (learner, caught up, then voter), or resume from the data dir.
 
 use crate::api::{ClusterService, ControllerClient};
+use crate::leader::{LeaderConfig, LeaderShared};
 use crate::raft::db::{new_cluster_id, ControllerDb, DbError};
 use crate::raft::{
     BasicNode, GantryRaft, NetworkFactory, NodeId, RaftService, RaftTimings, SledLogStore,
@@ -26,6 +27,8 @@ pub struct MemberConfig {
     pub timings: RaftTimings,
     /// How long a write or linearizable read waits for a quorum before failing.
     pub write_timeout: Duration,
+    /// Node liveness, evaluation batching (the leader loop).
+    pub leader: LeaderConfig,
 }
 
 impl MemberConfig {
@@ -37,6 +40,7 @@ impl MemberConfig {
             data_dir,
             timings: RaftTimings::default(),
             write_timeout: Duration::from_secs(5),
+            leader: LeaderConfig::default(),
         }
     }
 }
@@ -78,6 +82,7 @@ pub struct Member {
     pub handle: Arc<StateHandle>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    leader_loop: JoinHandle<()>,
 }
 
 impl Member {
@@ -148,6 +153,7 @@ impl Member {
         .map_err(|e| MemberError::Raft(e.to_string()))?;
 
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let leader_shared = Arc::new(LeaderShared::default());
         let raft_svc = RaftService::new(raft.clone(), cluster_id.clone()).into_server();
         let api = ClusterService::new(
             raft.clone(),
@@ -155,7 +161,14 @@ impl Member {
             cluster_id.clone(),
             cfg.write_timeout,
         )
+        .with_leader(leader_shared.clone())
         .into_server();
+        let leader_loop = tokio::spawn(crate::leader::run(
+            raft.clone(),
+            handle.clone(),
+            leader_shared,
+            cfg.leader.clone(),
+        ));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(1)))
@@ -178,6 +191,7 @@ impl Member {
             handle,
             shutdown: Some(tx),
             server: Some(server),
+            leader_loop,
         };
         match mode {
             StartMode::Bootstrap => {
@@ -229,6 +243,7 @@ impl Member {
     }
 
     async fn stop_inner(&mut self) {
+        self.leader_loop.abort();
         let _ = self.raft.shutdown().await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -242,6 +257,7 @@ impl Member {
     pub async fn wait(mut self) -> Result<(), String> {
         let server = self.server.take().expect("server running");
         let r = server.await;
+        self.leader_loop.abort();
         let _ = self.raft.shutdown().await;
         match r {
             Ok(Ok(())) => Ok(()),

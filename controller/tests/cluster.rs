@@ -27,6 +27,10 @@ fn config(id: u64, dir: PathBuf, listen: &str, snapshot_every: u64) -> MemberCon
     let mut c = MemberConfig::new(id, listen.parse().unwrap(), dir);
     c.timings = timings(snapshot_every);
     c.write_timeout = Duration::from_secs(2);
+    // These tests compare replicated states taken at different times: the leader loop
+    // must not change them meanwhile (the fake nodes never heartbeat; services ask for
+    // no replicas). tests/leader.rs covers the leader loop.
+    c.leader.liveness.grace = Duration::from_secs(3600);
     c
 }
 
@@ -165,7 +169,7 @@ fn upsert(name: &str, image: &str) -> Command {
         name: name.into(),
         spec: ServiceSpec {
             image: image.into(),
-            replicas: 1,
+            replicas: 0,
             ..Default::default()
         },
         expected_index: None,

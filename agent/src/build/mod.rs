@@ -14,10 +14,15 @@
 //!   build args in scope and the content hash ([`cache`]).
 
 pub mod cache;
+pub mod config;
 pub mod context;
 pub mod dockerignore;
+pub mod executor;
 pub mod instruction;
 pub mod layer;
 pub mod lex;
 pub mod parser;
+pub mod record;
+pub mod rootfs;
+pub mod run;
 pub mod stages;

@@ -359,6 +359,27 @@ pub fn resolve_user(spec: &str, passwd: &str, group: &str) -> Result<(u32, u32),
     Ok((uid, gid))
 }
 
+/// A bridge container's `/etc/resolv.conf`: the host's, without loopback nameservers
+/// (127.0.0.53 of systemd-resolved and the like are unreachable from another netns).
+pub fn bridge_resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() == Some("nameserver") {
+            let addr = words.next().unwrap_or("");
+            if addr
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback())
+            {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +393,15 @@ mod tests {
             user: "daemon".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn bridge_resolv_conf_drops_loopback_nameservers() {
+        let host = "# c\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nsearch x\n";
+        assert_eq!(
+            bridge_resolv_conf(host),
+            "# c\nnameserver 10.0.0.2\nsearch x\n"
+        );
     }
 
     #[test]

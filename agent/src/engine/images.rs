@@ -4,12 +4,16 @@
 //! from an exploded root filesystem directory (`--rootfs DIR`, as podman allows), used
 //! read-only as the single lowerdir.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use super::commit::{self, CommitMeta};
 use super::config::ImageRunConfig;
 use super::rootfs::RootMount;
 use super::EngineError;
-use crate::image::ImageStore;
+use crate::build::layer::{diff_upper, MtimePolicy};
+use crate::image::manifest::OCI_MANIFEST;
+use crate::image::{gc, Digest, ImageStore, Reference};
 
 /// An image resolved for running.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +35,19 @@ pub trait ImageSource: Send + Sync {
     fn release(&self, key: &str) -> Result<(), EngineError>;
     /// Ids (config digests) of the images `reference` names, for `rmi`'s in-use check.
     fn image_id(&self, reference: &str) -> Result<String, EngineError>;
+    /// Turns the writable layer in `upper` into a new image on `base` (whose id must still
+    /// be `base_id`) named `target`; the new image's id.
+    fn commit(
+        &self,
+        upper: &Path,
+        base: &str,
+        base_id: &str,
+        target: &str,
+        meta: &CommitMeta,
+    ) -> Result<String, EngineError>;
+    /// Removes the name `reference`, then every blob and snapshot that no image and no
+    /// snapshot in `keep` (containers') uses; the digests of the blobs deleted.
+    fn remove(&self, reference: &str, keep: &HashSet<String>) -> Result<Vec<String>, EngineError>;
 }
 
 fn image_err(reference: &str, e: impl std::fmt::Display) -> EngineError {
@@ -122,6 +139,101 @@ impl ImageSource for StoreImages {
             .map_err(|e| image_err(reference, e))?;
         Ok(img.config_digest.to_string())
     }
+
+    fn commit(
+        &self,
+        upper: &Path,
+        base: &str,
+        base_id: &str,
+        target: &str,
+        meta: &CommitMeta,
+    ) -> Result<String, EngineError> {
+        let target_ref = parse_target(target)?;
+        let img = self
+            .store
+            .resolve_str(base)
+            .map_err(|e| image_err(base, e))?;
+        if img.config_digest.to_string() != base_id {
+            return Err(EngineError::Image {
+                reference: base.to_string(),
+                reason: format!(
+                    "now names image {} but the container was made from {base_id}",
+                    img.config_digest
+                ),
+            });
+        }
+        let (config, manifest, size) =
+            self.commit_blobs(upper, &img, meta)
+                .map_err(|reason| EngineError::Image {
+                    reference: target.to_string(),
+                    reason: format!("committing {}: {reason}", upper.display()),
+                })?;
+        self.store
+            .index()
+            .tag(&target_ref, &manifest, OCI_MANIFEST, size)
+            .map_err(|e| image_err(target, e))?;
+        Ok(config.to_string())
+    }
+
+    fn remove(&self, reference: &str, keep: &HashSet<String>) -> Result<Vec<String>, EngineError> {
+        let r = Reference::parse(reference).map_err(|e| image_err(reference, e))?;
+        self.store.untag(&r).map_err(|e| image_err(reference, e))?;
+        let report = gc::collect(&self.store, keep, std::time::Duration::ZERO)
+            .map_err(|e| image_err(reference, e))?;
+        Ok(report.blobs_removed.iter().map(|d| d.to_string()).collect())
+    }
+}
+
+fn parse_target(target: &str) -> Result<Reference, EngineError> {
+    let r = Reference::parse(target).map_err(|e| EngineError::InvalidArgument {
+        field: "IMAGE",
+        value: target.to_string(),
+        reason: e.to_string(),
+    })?;
+    if r.digest().is_some() {
+        return Err(EngineError::InvalidArgument {
+            field: "IMAGE",
+            value: target.to_string(),
+            reason: "name the new image by NAME[:TAG], not by digest".into(),
+        });
+    }
+    Ok(r)
+}
+
+impl StoreImages {
+    fn commit_blobs(
+        &self,
+        upper: &Path,
+        img: &crate::image::Image,
+        meta: &CommitMeta,
+    ) -> Result<(Digest, Digest, u64), String> {
+        let content = self.store.content();
+        let layer = diff_upper(upper).map_err(|e| e.to_string())?;
+        let mut w = content.writer(None, None).map_err(|e| e.to_string())?;
+        let diff = layer
+            .write(&mut w, MtimePolicy::Keep)
+            .map_err(|e| e.to_string())?;
+        let blob = w.commit().map_err(|e| e.to_string())?;
+        let base = serde_json::to_value(&img.config).map_err(|e| e.to_string())?;
+        let config = serde_json::to_vec(&commit::new_config(&base, &diff.diff_id, meta))
+            .expect("config serializes");
+        let config = content.put(&config, None).map_err(|e| e.to_string())?;
+        let layers: Vec<serde_json::Value> = img
+            .layers
+            .iter()
+            .map(|l| serde_json::to_value(l).expect("descriptor serializes"))
+            .collect();
+        let manifest = commit::new_manifest(
+            &layers,
+            &config.digest.to_string(),
+            config.size,
+            &blob.digest.to_string(),
+            blob.size,
+        );
+        let manifest = serde_json::to_vec(&manifest).expect("manifest serializes");
+        let m = content.put(&manifest, None).map_err(|e| e.to_string())?;
+        Ok((config.digest, m.digest, m.size))
+    }
 }
 
 /// The source of an agent with no image store yet: every reference is refused, saying so.
@@ -142,6 +254,19 @@ impl ImageSource for NoImageStore {
             what: "image",
             reference: format!("{reference} (this agent has no image store: use --rootfs DIR)"),
         })
+    }
+    fn commit(
+        &self,
+        _upper: &Path,
+        base: &str,
+        _base_id: &str,
+        _target: &str,
+        _meta: &CommitMeta,
+    ) -> Result<String, EngineError> {
+        self.image_id(base)
+    }
+    fn remove(&self, reference: &str, _keep: &HashSet<String>) -> Result<Vec<String>, EngineError> {
+        self.image_id(reference).map(|_| unreachable!())
     }
 }
 

@@ -6,6 +6,9 @@
 //! - **container dirs**: `ROOT/containers/ID/` — `upper/`, `work/` (the overlay's writable
 //!   layer), `bundle/` (`config.json` + `rootfs/`), `container.log` ([`rootfs`]);
 //! - **run dir**: `RUN_ROOT/containers/ID/`, the shim's files ([`crate::supervisor`]);
+//! - **netns file**: `RUN_ROOT/netns/ID`, a bridge container's pinned network namespace,
+//!   wired (veth, address, published ports: [`crate::network`]) at create and released at
+//!   rm, so the container keeps its address across stop and start;
 //! - **monitor**: the agent task that waits on a shim's socket for the container's exit,
 //!   records it and applies the restart policy.
 //!
@@ -13,6 +16,7 @@
 //! `stop`/`wait` happen outside it. The agent never forks a container itself: it spawns a
 //! shim, which does.
 
+pub mod commit;
 pub mod config;
 pub mod images;
 pub mod record;
@@ -32,12 +36,13 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+use crate::network::{self, netns, BridgeNetwork, NetworkError};
 use crate::supervisor::{
     self, oci::OciRuntime, timefmt, RunDir, ShimConfig, ShimStatus, SupervisorError,
 };
 use config::{ProcessFlags, Resources};
 use images::{ImageSource, ResolvedImage};
-use record::{ContainerConfig, ContainerRecord, RestartPolicy, RunState, Status};
+use record::{ContainerConfig, ContainerRecord, NetworkInfo, RestartPolicy, RunState, Status};
 use rootfs::ContainerDirs;
 use spec::NetNs;
 use store::Store;
@@ -102,6 +107,24 @@ pub enum EngineError {
     NotSupported { what: String, hint: &'static str },
     #[error("container {id} did not stop within {seconds} s of SIGKILL")]
     StopTimeout { id: String, seconds: u64 },
+    #[error("image {reference} is in use by container {container}: remove the container first or use rmi -f")]
+    ImageInUse {
+        reference: String,
+        container: String,
+    },
+    #[error("container {id}: network: {source}")]
+    Network {
+        id: String,
+        #[source]
+        source: NetworkError,
+    },
+}
+
+fn no_bridge() -> EngineError {
+    EngineError::NotSupported {
+        what: "--network bridge".into(),
+        hint: "this agent runs without a bridge network (started with --no-bridge): use --network none or --network host",
+    }
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -153,6 +176,9 @@ pub struct Engine {
     cfg: EngineConfig,
     pub(crate) store: Store,
     images: Arc<dyn ImageSource>,
+    /// The node's bridge network; `None` when the agent runs without one (then
+    /// `--network bridge` is refused).
+    network: Option<BridgeNetwork>,
     runtime: OciRuntime,
     /// Bumped on every state change; `wait`, `stop` and `logs -f` watch it.
     changed: watch::Sender<u64>,
@@ -196,11 +222,13 @@ impl Engine {
     pub fn open(
         cfg: EngineConfig,
         images: Arc<dyn ImageSource>,
+        network: Option<BridgeNetwork>,
     ) -> Result<Arc<Engine>, EngineError> {
         for d in [
             cfg.root.join("containers"),
             cfg.run_root.join("containers"),
             cfg.run_root.join("runtime"),
+            cfg.run_root.join("netns"),
         ] {
             std::fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
@@ -214,6 +242,7 @@ impl Engine {
             cfg,
             store,
             images,
+            network,
             runtime,
             changed: watch::channel(0).0,
             locks: Mutex::new(HashMap::new()),
@@ -230,6 +259,64 @@ impl Engine {
 
     fn run_dir(&self, id: &str) -> RunDir {
         RunDir(self.cfg.run_root.join("containers").join(id))
+    }
+
+    /// Where a bridge container's network namespace is pinned.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        self.cfg.run_root.join("netns").join(id)
+    }
+
+    pub fn network(&self) -> Option<&BridgeNetwork> {
+        self.network.as_ref()
+    }
+
+    /// Bridge mode: pins a new netns and attaches it (veth, address, published ports).
+    /// On failure nothing is left (the network undoes its half-done attach).
+    async fn attach_network(&self, rec: &ContainerRecord) -> Result<NetworkInfo, EngineError> {
+        let net_err = |source| EngineError::Network {
+            id: rec.id.clone(),
+            source,
+        };
+        let net = self.network.as_ref().ok_or_else(no_bridge)?;
+        let ports = network::parse_port_specs(&rec.config.publish).map_err(net_err)?;
+        let path = self.netns_path(&rec.id);
+        netns::create(&path).map_err(net_err)?;
+        match net.attach(&rec.id, &path, &ports).await {
+            Ok(a) => Ok(NetworkInfo {
+                ip: a.ip,
+                prefix_len: a.prefix_len,
+                gateway: a.gateway,
+                host_veth: a.host_veth,
+                ports: a.ports,
+            }),
+            Err(e) => {
+                let _ = netns::remove(&path);
+                Err(net_err(e))
+            }
+        }
+    }
+
+    /// Removes everything the bridge gave the container (veth, rules, lease, netns file).
+    async fn release_network(&self, id: &str) -> Result<(), EngineError> {
+        let net_err = |source| EngineError::Network {
+            id: id.to_string(),
+            source,
+        };
+        if let Some(net) = &self.network {
+            net.detach(id).await.map_err(net_err)?;
+        }
+        netns::remove(&self.netns_path(id)).map_err(net_err)
+    }
+
+    /// Before a start: a bridge container whose pinned netns is gone (the host rebooted,
+    /// `RUN_ROOT` is volatile) gets its stale lease dropped and a new attachment.
+    async fn ensure_network(&self, rec: &mut ContainerRecord) -> Result<(), EngineError> {
+        if rec.config.network != "bridge" || netns::is_pinned(&self.netns_path(&rec.id)) {
+            return Ok(());
+        }
+        self.release_network(&rec.id).await?;
+        rec.network = Some(self.attach_network(rec).await?);
+        self.store.save(rec)
     }
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -282,12 +369,28 @@ impl Engine {
         )
         .await
         .expect("prepare task panicked");
-        let saved = prepared.and_then(|(mounts, snapshot)| {
-            rec.rootfs = mounts;
-            rec.snapshot = snapshot;
-            self.store.save(&rec)
-        });
+        let saved = match prepared {
+            Ok((mounts, snapshot)) => {
+                rec.rootfs = mounts;
+                rec.snapshot = snapshot;
+                if rec.config.network == "bridge" {
+                    match self.attach_network(&rec).await {
+                        Ok(info) => {
+                            rec.network = Some(info);
+                            self.store.save(&rec)
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.store.save(&rec)
+                }
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = saved {
+            if rec.network.is_some() {
+                let _ = self.release_network(&rec.id).await;
+            }
             let _ = self.images.release(&rec.id);
             let _ = std::fs::remove_dir_all(&self.dirs(&rec.id).0);
             let _ = self.store.remove(&rec);
@@ -340,11 +443,18 @@ impl Engine {
                     });
                 }
             }
-            "bridge" => return Err(EngineError::NotSupported {
-                what: "--network bridge".into(),
-                hint:
-                    "this agent has no bridge networking yet: use --network none or --network host",
-            }),
+            "bridge" => {
+                if self.network.is_none() {
+                    return Err(no_bridge());
+                }
+                network::parse_port_specs(&opts.publish).map_err(|e| {
+                    EngineError::InvalidArgument {
+                        field: "--publish",
+                        value: opts.publish.join(","),
+                        reason: e.to_string(),
+                    }
+                })?;
+            }
             other => {
                 return Err(EngineError::InvalidArgument {
                     field: "--network",
@@ -399,6 +509,7 @@ impl Engine {
                 status: Some(Status::Created),
                 ..Default::default()
             },
+            network: None,
             id,
             name,
         };
@@ -423,6 +534,11 @@ impl Engine {
         mut rec: ContainerRecord,
         is_restart: bool,
     ) -> Result<(), EngineError> {
+        if let Err(e) = self.ensure_network(&mut rec).await {
+            rec.state.error = e.to_string();
+            self.store.save(&rec)?;
+            return Err(e);
+        }
         let this = self.clone();
         let r2 = rec.clone();
         let started = tokio::task::spawn_blocking(move || this.launch(&r2))
@@ -482,12 +598,19 @@ impl Engine {
         let (uid, gid) = config::resolve_user(&rec.config.process.user, &passwd, &group)?;
         let netns = match rec.config.network.as_str() {
             "host" => NetNs::Host,
+            "bridge" => NetNs::Path(self.netns_path(&rec.id)),
             _ => NetNs::New,
         };
-        let resolv = if netns == NetNs::Host {
-            Some(PathBuf::from("/etc/resolv.conf"))
-        } else {
-            None
+        let resolv = match netns {
+            NetNs::Host => Some(PathBuf::from("/etc/resolv.conf")),
+            NetNs::Path(_) => {
+                let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let path = dirs.0.join("resolv.conf");
+                std::fs::write(&path, config::bridge_resolv_conf(&host))
+                    .map_err(io_err("write", &path))?;
+                Some(path)
+            }
+            NetNs::New => None,
         };
         let spec = spec::build(spec::base_spec(), rec, uid, gid, &netns, resolv.as_ref());
         let config_path = dirs.bundle().join("config.json");
@@ -675,6 +798,7 @@ impl Engine {
     /// On agent start: reattach to live shims, record exits that happened meanwhile, and
     /// apply restart policies (containerd's shim_load).
     pub async fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
+        self.reconcile_network().await?;
         for rec in self.store.list()? {
             match rec.status() {
                 Status::Running => {
@@ -699,6 +823,44 @@ impl Engine {
                     }
                 }
                 _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases what the network holds for containers that have no record (an agent that
+    /// died half way through a create or rm): leases, veths, port rules, netns files.
+    async fn reconcile_network(&self) -> Result<(), EngineError> {
+        let bridged: std::collections::HashSet<String> = self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|r| r.config.network == "bridge")
+            .map(|r| r.id)
+            .collect();
+        if let Some(net) = &self.network {
+            let removed = net
+                .cleanup_stale(|id| bridged.contains(id))
+                .await
+                .map_err(|source| EngineError::Network {
+                    id: "(stale)".into(),
+                    source,
+                })?;
+            if !removed.is_empty() {
+                tracing::info!(?removed, "released the network of removed containers");
+            }
+        }
+        let dir = self.cfg.run_root.join("netns");
+        for e in std::fs::read_dir(&dir)
+            .map_err(io_err("read directory", &dir))?
+            .flatten()
+        {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if !bridged.contains(&id) {
+                netns::remove(&e.path()).map_err(|source| EngineError::Network {
+                    id: id.clone(),
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -875,10 +1037,91 @@ impl Engine {
         })
         .await
         .expect("remove task panicked")?;
+        self.release_network(&rec.id).await?;
         self.store.remove(&rec)?;
         self.locks.lock().expect("locks poisoned").remove(&rec.id);
         self.notify();
         Ok(())
+    }
+
+    /// `commit`: the container's writable layer as a new image `target` on its image
+    /// (see [`commit`]). A running container is frozen (cgroup freezer) meanwhile so the
+    /// layer is consistent, as docker's `commit --pause` does. The new image's id.
+    pub async fn commit(
+        self: &Arc<Self>,
+        reference: &str,
+        target: &str,
+        mut meta: commit::CommitMeta,
+        pause: bool,
+    ) -> Result<String, EngineError> {
+        let rec = self.resolve(reference)?;
+        let lock = self.lock_of(&rec.id);
+        let _g = lock.lock().await;
+        let rec = self.resolve(&rec.id)?;
+        let upper = rec
+            .rootfs
+            .first()
+            .and_then(|m| match m.kind.as_str() {
+                "bind" => Some(PathBuf::from(&m.source)),
+                _ => m.upperdir(),
+            })
+            .filter(|_| rec.snapshot.is_some() && !rec.image_id.is_empty())
+            .ok_or_else(|| EngineError::InvalidArgument {
+                field: "CONTAINER",
+                value: rec.name.clone(),
+                reason: format!(
+                    "it runs from {} (--rootfs): only containers made from an image can be committed",
+                    rec.image
+                ),
+            })?;
+        meta.container = rec.id[..12].to_string();
+        meta.created = timefmt::format_rfc3339(timefmt::now_nanos());
+        let freezer = (pause && rec.status() == Status::Running)
+            .then(|| Freezer::find(&self.cfg.cgroup_root, &rec.id))
+            .flatten();
+        if let Some(f) = &freezer {
+            f.set(true).map_err(io_err("freeze", &f.path))?;
+        }
+        let this = self.clone();
+        let r2 = rec.clone();
+        let target2 = target.to_string();
+        let done = tokio::task::spawn_blocking(move || {
+            this.images
+                .commit(&upper, &r2.image, &r2.image_id, &target2, &meta)
+        })
+        .await
+        .expect("commit task panicked");
+        if let Some(f) = &freezer {
+            f.set(false).map_err(io_err("thaw", &f.path))?;
+        }
+        done
+    }
+
+    /// `rmi`: refuses an image a container was made from unless `force`; removes the name
+    /// and the blobs and snapshots nothing uses any more. The digests of blobs deleted.
+    pub async fn remove_image(
+        self: &Arc<Self>,
+        reference: &str,
+        force: bool,
+    ) -> Result<Vec<String>, EngineError> {
+        let id = self.images.image_id(reference)?;
+        let records = self.list()?;
+        if !force {
+            if let Some(user) = records.iter().find(|r| r.image_id == id) {
+                return Err(EngineError::ImageInUse {
+                    reference: reference.to_string(),
+                    container: format!("{} ({})", user.name, &user.id[..12]),
+                });
+            }
+        }
+        // Containers' snapshots are keyed by container id; records made but not yet
+        // prepared are kept too.
+        let keep: std::collections::HashSet<String> = records.into_iter().map(|r| r.id).collect();
+        let this = self.clone();
+        let reference = reference.to_string();
+        tokio::task::spawn_blocking(move || this.images.remove(&reference, &keep))
+            .await
+            .expect("rmi task panicked")
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -891,5 +1134,54 @@ impl Engine {
 
     pub fn run_dir_of(&self, id: &str) -> RunDir {
         self.run_dir(id)
+    }
+}
+
+/// A container's cgroup freezer: `freezer.state` on v1, `cgroup.freeze` on v2.
+struct Freezer {
+    path: PathBuf,
+    v2: bool,
+}
+
+impl Freezer {
+    /// The container's freezer file, if its cgroup has one.
+    fn find(cgroup_root: &Path, id: &str) -> Option<Freezer> {
+        let rel = spec::cgroup_path(id);
+        let rel = rel.trim_start_matches('/');
+        let v1 = cgroup_root.join("freezer").join(rel).join("freezer.state");
+        let v2 = cgroup_root.join(rel).join("cgroup.freeze");
+        if v1.exists() {
+            Some(Freezer {
+                path: v1,
+                v2: false,
+            })
+        } else if v2.exists() {
+            Some(Freezer { path: v2, v2: true })
+        } else {
+            None
+        }
+    }
+
+    /// Freezes or thaws, waiting (bounded) until v1 reports the state reached.
+    fn set(&self, frozen: bool) -> std::io::Result<()> {
+        let value = match (self.v2, frozen) {
+            (true, true) => "1",
+            (true, false) => "0",
+            (false, true) => "FROZEN",
+            (false, false) => "THAWED",
+        };
+        std::fs::write(&self.path, value)?;
+        if !self.v2 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::fs::read_to_string(&self.path)?.trim() != value {
+                if std::time::Instant::now() > deadline {
+                    return Err(std::io::Error::other(format!(
+                        "still not {value} after 5 s"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(())
     }
 }

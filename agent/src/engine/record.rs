@@ -130,6 +130,20 @@ pub struct ContainerRecord {
     pub created_nanos: i64,
     pub config: ContainerConfig,
     pub state: RunState,
+    /// What the bridge network gave it (from create until rm); `None` for host and none.
+    #[serde(default)]
+    pub network: Option<NetworkInfo>,
+}
+
+/// A bridge container's address and published ports, as attached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub ip: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: std::net::Ipv4Addr,
+    /// Host end of its veth pair.
+    pub host_veth: String,
+    pub ports: Vec<crate::network::PortMapping>,
 }
 
 impl ContainerRecord {

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
 use super::config::{self, ProcessFlags, Resources};
 use super::record::{ContainerRecord, Status};
-use super::{stats, CreateOptions, Engine, EngineError};
+use super::{commit, stats, CreateOptions, Engine, EngineError};
 use crate::supervisor::logfile;
 
 impl From<EngineError> for GrpcStatus {
@@ -28,7 +28,13 @@ impl From<EngineError> for GrpcStatus {
             EngineError::InvalidArgument { .. } | EngineError::Ambiguous { .. } => {
                 GrpcStatus::invalid_argument(msg)
             }
-            EngineError::InvalidState { .. } => GrpcStatus::failed_precondition(msg),
+            EngineError::InvalidState { .. } | EngineError::ImageInUse { .. } => {
+                GrpcStatus::failed_precondition(msg)
+            }
+            EngineError::Network {
+                source: crate::network::NetworkError::PortInUse { .. },
+                ..
+            } => GrpcStatus::already_exists(msg),
             EngineError::NotSupported { .. } => GrpcStatus::unimplemented(msg),
             EngineError::StopTimeout { .. } => GrpcStatus::deadline_exceeded(msg),
             _ => GrpcStatus::internal(msg),
@@ -59,7 +65,17 @@ fn summary(r: &ContainerRecord) -> pb::ContainerSummary {
         exit_code: r.state.exit_code,
         started_unix: r.state.started_nanos / 1_000_000_000,
         finished_unix: r.state.finished_nanos / 1_000_000_000,
-        ports: Vec::new(),
+        ports: r
+            .network
+            .iter()
+            .flat_map(|n| &n.ports)
+            .map(|p| pb::PortMapping {
+                host_ip: p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                host_port: p.host_port.into(),
+                container_port: p.container_port.into(),
+                protocol: p.protocol.as_str().to_string(),
+            })
+            .collect(),
         labels: r.config.labels.clone().into_iter().collect(),
         pid: r.state.init.map_or(0, |p| p.pid as u32),
         restart_count: r.state.restart_count,
@@ -522,5 +538,37 @@ impl EngineApi for EngineService {
             chunk = s.message().await?;
         }
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitReply>, GrpcStatus> {
+        let r = req.into_inner();
+        let changes = r
+            .changes
+            .iter()
+            .map(|c| commit::parse_change(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let meta = commit::CommitMeta {
+            message: r.message,
+            author: r.author,
+            changes,
+            ..Default::default()
+        };
+        let id = self
+            .engine
+            .commit(&r.container, &r.image, meta, !r.no_pause)
+            .await?;
+        Ok(Response::new(pb::CommitReply { image_id: id }))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageReply>, GrpcStatus> {
+        let r = req.into_inner();
+        let deleted = self.engine.remove_image(&r.image, r.force).await?;
+        Ok(Response::new(pb::RemoveImageReply { deleted }))
     }
 }

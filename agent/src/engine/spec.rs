@@ -164,6 +164,7 @@ mod tests {
                 labels: Default::default(),
             },
             state: RunState::default(),
+            network: None,
         }
     }
 

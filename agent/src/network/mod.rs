@@ -23,6 +23,7 @@ pub mod error;
 pub mod firewall;
 pub mod ipam;
 pub mod links;
+pub mod netns;
 pub mod ports;
 pub mod rules;
 

@@ -58,11 +58,16 @@ pub struct CapabilityPlan {
     pub effective: CapsHashSet,
     pub permitted: CapsHashSet,
     pub inheritable: CapsHashSet,
+    /// The spec's ambient set without [`Self::dropped_ambient`].
     pub ambient: CapsHashSet,
+    /// Ambient capabilities the kernel would refuse (not in permitted ∩ inheritable), sorted.
+    /// They are left out with a warning, as runc does, rather than failing the container.
+    pub dropped_ambient: Vec<String>,
 }
 
 impl CapabilityPlan {
-    /// Translates and validates: effective ⊆ permitted, ambient ⊆ permitted ∩ inheritable.
+    /// Translates and validates: effective ⊆ permitted is an error; ambient capabilities
+    /// outside permitted ∩ inheritable are moved to `dropped_ambient`.
     pub fn from_spec(c: &LinuxCapabilities) -> Result<Self, CapsError> {
         let conv =
             |set: &'static str, caps: &Option<Capabilities>| -> Result<CapsHashSet, CapsError> {
@@ -71,7 +76,7 @@ impl CapabilityPlan {
                     .map(|cap| to_caps(set, *cap))
                     .collect::<Result<HashSet<_>, _>>()
             };
-        let plan = CapabilityPlan {
+        let mut plan = CapabilityPlan {
             bounding: match c.bounding() {
                 Some(_) => Some(conv("bounding", c.bounding())?),
                 None => None,
@@ -80,10 +85,16 @@ impl CapabilityPlan {
             permitted: conv("permitted", c.permitted())?,
             inheritable: conv("inheritable", c.inheritable())?,
             ambient: conv("ambient", c.ambient())?,
+            dropped_ambient: Vec::new(),
         };
         subset("effective", &plan.effective, "permitted", &plan.permitted)?;
-        subset("ambient", &plan.ambient, "permitted", &plan.permitted)?;
-        subset("ambient", &plan.ambient, "inheritable", &plan.inheritable)?;
+        let (keep, drop): (CapsHashSet, CapsHashSet) = plan
+            .ambient
+            .iter()
+            .partition(|cap| plan.permitted.contains(cap) && plan.inheritable.contains(cap));
+        plan.dropped_ambient = drop.iter().map(|c| c.to_string()).collect();
+        plan.dropped_ambient.sort();
+        plan.ambient = keep;
         Ok(plan)
     }
 }
@@ -250,19 +261,24 @@ mod tests {
     }
 
     #[test]
-    fn ambient_must_be_inheritable() {
+    fn ambient_outside_permitted_and_inheritable_is_dropped_and_named() {
         let c = LinuxCapabilitiesBuilder::default()
             .effective(set(&[]))
-            .inheritable(set(&[]))
-            .permitted(set(&[Capability::Kill]))
-            .ambient(set(&[Capability::Kill]))
+            .inheritable(set(&[Capability::Chown, Capability::Kill]))
+            .permitted(set(&[Capability::Chown, Capability::NetRaw]))
+            .ambient(set(&[
+                Capability::Chown,
+                Capability::Kill,
+                Capability::NetRaw,
+            ]))
             .build()
             .unwrap();
-        let err = CapabilityPlan::from_spec(&c).unwrap_err().to_string();
-        assert!(
-            err.contains("ambient") && err.contains("inheritable"),
-            "{err}"
+        let p = CapabilityPlan::from_spec(&c).unwrap();
+        assert_eq!(
+            p.ambient,
+            [caps::Capability::CAP_CHOWN].into_iter().collect()
         );
+        assert_eq!(p.dropped_ambient, vec!["CAP_KILL", "CAP_NET_RAW"]);
     }
 
     #[test]

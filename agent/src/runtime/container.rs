@@ -79,6 +79,8 @@ pub enum ContainerError {
     },
     #[error("unknown signal `{0}`")]
     BadSignal(String),
+    #[error("--user `{0}`: expected UID or UID:GID, numeric")]
+    BadUser(String),
     #[error("container `{id}`: {msg}")]
     Other { id: String, msg: String },
 }
@@ -140,6 +142,50 @@ pub struct CreateOptions {
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub handover: Handover,
+    pub fds: PassFds,
+}
+
+/// Descriptors the container's process inherits beyond stdio, as runc passes them: the
+/// systemd socket-activation ones first (3 .. 3+listen), then `--preserve-fds` more. Every
+/// other descriptor above 2 is closed at exec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassFds {
+    pub listen: u32,
+    pub preserve: u32,
+}
+
+impl PassFds {
+    /// From `--preserve-fds` and the caller's `LISTEN_FDS`/`LISTEN_PID`; the listen fds
+    /// count only when `LISTEN_PID` names this process (what `sd_listen_fds` checks).
+    pub fn new(
+        preserve: u32,
+        listen_fds: Option<&str>,
+        listen_pid: Option<&str>,
+        own_pid: u32,
+    ) -> Self {
+        let ours = listen_pid.and_then(|p| p.trim().parse::<u32>().ok()) == Some(own_pid);
+        let listen = match listen_fds {
+            Some(n) if ours => n.trim().parse().unwrap_or(0),
+            _ => 0,
+        };
+        PassFds { listen, preserve }
+    }
+
+    /// How many descriptors after stdio stay open.
+    pub fn keep(&self) -> u32 {
+        self.listen + self.preserve
+    }
+
+    /// The environment the process gets for socket activation (it is pid 1 or its own).
+    pub fn env(&self, pid: &str) -> Vec<String> {
+        if self.listen == 0 {
+            return Vec::new();
+        }
+        vec![
+            format!("LISTEN_FDS={}", self.listen),
+            format!("LISTEN_PID={pid}"),
+        ]
+    }
 }
 
 /// Options of `exec`: either a full process.json, or args plus overrides of the container's
@@ -150,7 +196,22 @@ pub struct ExecOptions {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: Option<PathBuf>,
+    /// `--user UID[:GID]`: replaces the process's uid (and gid when given).
+    pub user: Option<(u32, Option<u32>)>,
     pub pid_file: Option<PathBuf>,
+    pub fds: PassFds,
+}
+
+/// Parses runc's `--user UID[:GID]` (numeric ids only).
+pub fn parse_user(s: &str) -> Result<(u32, Option<u32>)> {
+    let bad = || ContainerError::BadUser(s.to_string());
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid = u.parse().map_err(|_| bad())?;
+    let gid = g.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+    Ok((uid, gid))
 }
 
 /// A container that `create` set up; `pid` is its init.
@@ -164,6 +225,7 @@ pub struct Created {
 pub struct Runtime<'a> {
     store: StateStore,
     sys: &'a dyn Syscall,
+    warn: Option<&'a dyn Fn(&str)>,
 }
 
 /// Undoes a half-made container unless disarmed.
@@ -191,6 +253,24 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
+/// Where a container goes when its spec names no `cgroupsPath`: under the runtime's own
+/// `gantry/` parent.
+fn default_cgroups_path(id: &str) -> String {
+    format!("gantry/{id}")
+}
+
+/// The OOM report of a stopped container, if the OOM killer ended any of its processes.
+pub fn oom_report(id: &str, stats: &crate::runtime::cgroups::CgroupStats) -> Option<String> {
+    let n = stats.oom_kills.filter(|n| *n > 0)?;
+    let limit = match stats.memory_limit_bytes {
+        Some(l) => format!("memory limit {l} bytes"),
+        None => "no memory limit of its own".to_string(),
+    };
+    Some(format!(
+        "container `{id}`: the OOM killer killed {n} process(es) ({limit})"
+    ))
+}
+
 /// The container's cgroup path relative to each hierarchy root.
 fn cgroups_path(b: &Bundle, id: &str) -> Result<String> {
     match b
@@ -199,7 +279,7 @@ fn cgroups_path(b: &Bundle, id: &str) -> Result<String> {
         .as_ref()
         .and_then(|l| l.cgroups_path().as_ref())
     {
-        None => Ok(format!("gantry/{id}")),
+        None => Ok(default_cgroups_path(id)),
         Some(p) => {
             let s = p.to_string_lossy();
             if s.contains(':') {
@@ -290,15 +370,17 @@ fn cstring(file: &Path, field: &str, s: &str) -> Result<CString> {
 
 /// Everything `execve` and the process set-up need, computed before `clone`. `root` is
 /// where the container's `/` is seen from here (the rootfs, or `/proc/PID/root` for exec).
+/// Also returns the warnings (spec entries left out, as runc leaves them out).
 fn process_config(
     file: &Path,
     p: &Process,
     root: &Path,
     seccomp: Option<seccomp::Program>,
-    sigmask: SigSet,
-) -> Result<ProcessConfig> {
+    fds: PassFds,
+) -> Result<(ProcessConfig, Vec<String>)> {
     let args = p.args().clone().unwrap_or_default();
-    let env = p.env().clone().unwrap_or_default();
+    let mut env = p.env().clone().unwrap_or_default();
+    env.extend(fds.env("1"));
     let path = spec::env_path(&env);
     let exe = spec::resolve_executable(root, p.cwd(), &args[0], &path).ok_or_else(|| {
         SpecError::ExecutableNotFound {
@@ -308,14 +390,23 @@ fn process_config(
             path: path.clone(),
         }
     })?;
+    let mut warnings = Vec::new();
     if let Some(c) = p.capabilities() {
-        capabilities::CapabilityPlan::from_spec(c).map_err(|e| ContainerError::Caps {
-            file: file.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let plan =
+            capabilities::CapabilityPlan::from_spec(c).map_err(|e| ContainerError::Caps {
+                file: file.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        for cap in plan.dropped_ambient {
+            warnings.push(format!(
+                "{}: process.capabilities.ambient: {cap} is not in both the permitted and \
+                 the inheritable set; left out",
+                file.display()
+            ));
+        }
     }
     let user = p.user();
-    Ok(ProcessConfig {
+    let pc = ProcessConfig {
         exe: cstring(file, "process.args[0]", &exe.to_string_lossy())?,
         argv: args
             .iter()
@@ -339,8 +430,10 @@ fn process_config(
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         capabilities: p.capabilities().clone(),
         seccomp,
-        sigmask,
-    })
+        sigmask: SigSet::empty(),
+        keep_fds: fds.keep(),
+    };
+    Ok((pc, warnings))
 }
 
 fn compile_seccomp(file: &Path, spec: &Spec) -> Result<Option<seccomp::Program>> {
@@ -475,6 +568,21 @@ impl<'a> Runtime<'a> {
         Self {
             store: StateStore::new(root),
             sys,
+            warn: None,
+        }
+    }
+
+    /// Where warnings go (spec entries left out); without one they are dropped.
+    pub fn with_warnings(mut self, warn: &'a dyn Fn(&str)) -> Self {
+        self.warn = Some(warn);
+        self
+    }
+
+    fn warn_all(&self, warnings: &[String]) {
+        if let Some(w) = self.warn {
+            for m in warnings {
+                w(m);
+            }
         }
     }
 
@@ -515,13 +623,8 @@ impl<'a> Runtime<'a> {
         })?;
         // The original mask, restored in the child before exec.
         let mut old_mask = SigSet::empty();
-        let pc = process_config(
-            &bundle.config,
-            &process,
-            &bundle.rootfs,
-            seccomp,
-            SigSet::empty(),
-        )?;
+        let (pc, warnings) =
+            process_config(&bundle.config, &process, &bundle.rootfs, seccomp, opts.fds)?;
         let sysctl: Vec<(String, String)> = bundle
             .spec
             .linux()
@@ -532,6 +635,7 @@ impl<'a> Runtime<'a> {
             .collect();
 
         let dir = self.store.claim(&opts.id)?;
+        self.warn_all(&warnings);
         let mut guard = CreateGuard {
             store: &self.store,
             id: opts.id.clone(),
@@ -652,12 +756,19 @@ impl<'a> Runtime<'a> {
 
     /// `run` = create without the barrier, wait (forwarding signals), delete. Returns the
     /// container's exit code (128+signal when it was killed).
-    pub fn run(&self, id: &str, bundle: &Path, pid_file: Option<PathBuf>) -> Result<i32> {
+    pub fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: Option<PathBuf>,
+        fds: PassFds,
+    ) -> Result<i32> {
         let c = self.create(&CreateOptions {
             id: id.into(),
             bundle: bundle.into(),
             pid_file,
             handover: Handover::Immediate,
+            fds,
         })?;
         self.wait_and_delete(&c)
     }
@@ -669,13 +780,20 @@ impl<'a> Runtime<'a> {
         Ok(code)
     }
 
-    /// Removes the cgroup and the state dir of a stopped container.
+    /// Removes the cgroup and the state dir of a stopped container. Reports (as a warning)
+    /// processes the OOM killer ended, read from the cgroup before it goes. With the
+    /// default cgroup path, the runtime's own `gantry/` parent goes too once empty.
     fn cleanup(&self, st: &SavedState) -> Result<()> {
         let cg = CgroupManager::new(&st.cgroups_path).map_err(|e| ContainerError::Cgroup {
             id: st.id.clone(),
             path: st.cgroups_path.clone(),
             msg: e.to_string(),
         })?;
+        if let Ok(stats) = cg.stats() {
+            if let Some(msg) = oom_report(&st.id, &stats) {
+                self.warn_all(&[msg]);
+            }
+        }
         // v1 may still see the exiting tasks for a moment: retry briefly.
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
@@ -690,6 +808,9 @@ impl<'a> Runtime<'a> {
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
+        }
+        if st.cgroups_path == default_cgroups_path(&st.id) {
+            cg.remove_empty_parents(1);
         }
         self.store.remove(&st.id)?;
         Ok(())
@@ -887,6 +1008,14 @@ impl<'a> Runtime<'a> {
         if let Some(cwd) = &opts.cwd {
             process.set_cwd(cwd.clone());
         }
+        if let Some((uid, gid)) = opts.user {
+            let mut u = process.user().clone();
+            u.set_uid(uid);
+            if let Some(g) = gid {
+                u.set_gid(g);
+            }
+            process.set_user(u);
+        }
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(SpecError::Invalid {
                 file,
@@ -898,7 +1027,8 @@ impl<'a> Runtime<'a> {
         let seccomp = compile_seccomp(&config, &spec)?;
         let root = PathBuf::from(format!("/proc/{}/root", st.pid));
         let mut old_mask = SigSet::empty();
-        let pc = process_config(&file, &process, &root, seccomp, SigSet::empty())?;
+        let (pc, warnings) = process_config(&file, &process, &root, seccomp, opts.fds)?;
+        self.warn_all(&warnings);
 
         // Namespaces that differ from ours, in setns order (user first, mount last).
         let mut join = Vec::new();
@@ -1028,5 +1158,59 @@ mod tests {
         assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
         assert!(parse_signal("NOPE").is_err());
         assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn oom_is_reported_only_when_something_was_killed() {
+        let mut stats = crate::runtime::cgroups::CgroupStats {
+            oom_kills: Some(0),
+            memory_limit_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        assert_eq!(oom_report("c1", &stats), None);
+        stats.oom_kills = None;
+        assert_eq!(oom_report("c1", &stats), None);
+        stats.oom_kills = Some(2);
+        let m = oom_report("c1", &stats).unwrap();
+        assert!(
+            m.contains("`c1`") && m.contains("OOM killer killed 2") && m.contains("1048576"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn user_is_uid_or_uid_colon_gid() {
+        assert_eq!(parse_user("65534").unwrap(), (65534, None));
+        assert_eq!(parse_user("1:2").unwrap(), (1, Some(2)));
+        for bad in ["nobody", "1:", ":2", "1:x", ""] {
+            let e = parse_user(bad).unwrap_err().to_string();
+            assert!(e.contains("--user") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn passed_fds_count_listen_fds_only_when_meant_for_us() {
+        let f = PassFds::new(2, Some("3"), Some("4242"), 4242);
+        assert_eq!(
+            f,
+            PassFds {
+                listen: 3,
+                preserve: 2
+            }
+        );
+        assert_eq!(f.keep(), 5);
+        assert_eq!(f.env("1"), vec!["LISTEN_FDS=3", "LISTEN_PID=1"]);
+        // LISTEN_PID of another process (our parent's activation): not ours to pass on.
+        let f = PassFds::new(1, Some("3"), Some("17"), 4242);
+        assert_eq!(
+            f,
+            PassFds {
+                listen: 0,
+                preserve: 1
+            }
+        );
+        assert!(f.env("1").is_empty());
+        assert_eq!(PassFds::new(0, Some("x"), Some("9"), 9).keep(), 0);
+        assert_eq!(PassFds::new(0, None, None, 9).keep(), 0);
     }
 }

@@ -74,6 +74,9 @@ pub struct ProcessConfig {
     pub seccomp: Option<seccomp::Program>,
     /// The signal mask to restore before exec (the parent blocked signals before clone).
     pub sigmask: SigSet,
+    /// Descriptors after stdio that the process inherits (3 .. 3+keep_fds); every other
+    /// one above 2 is closed at exec.
+    pub keep_fds: u32,
 }
 
 #[derive(Debug)]
@@ -192,12 +195,14 @@ fn barrier(fifo: Option<OwnedFd>, sync: &mut std::fs::File) -> Result<(), InitEr
     Ok(())
 }
 
-/// From a set-up container to the user's process: cwd, rlimits, user, capabilities,
-/// no_new_privs, seccomp, signal mask, exec. Shared by `create` and `exec`.
+/// From a set-up container to the user's process: inherited descriptors, cwd, rlimits,
+/// user, capabilities, no_new_privs, seccomp, signal mask, exec. Shared by `create` and
+/// `exec`.
 pub fn become_process(
     p: &ProcessConfig,
     sys: &dyn Syscall,
 ) -> Result<std::convert::Infallible, InitError> {
+    sys.cloexec_from(3 + p.keep_fds)?;
     sys.chdir(&p.cwd)?;
     for (res, soft, hard) in &p.rlimits {
         let lim = libc::rlimit {

@@ -69,6 +69,9 @@ pub trait Syscall {
     /// Follows symlinks, like `stat`.
     fn file_kind(&self, path: &Path) -> FileKind;
     fn write_file(&self, path: &Path, data: &[u8]) -> Result<()>;
+    /// Marks every descriptor from `first` up close-on-exec, so the container's process
+    /// inherits none of the runtime's (or its caller's) files beyond the ones passed on.
+    fn cloexec_from(&self, first: u32) -> Result<()>;
 }
 
 /// The real syscalls.
@@ -144,6 +147,40 @@ impl Syscall for LinuxSyscall {
             .map_err(io_to_nix)
             .map_err(err("write", path))
     }
+    fn cloexec_from(&self, first: u32) -> Result<()> {
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        // SAFETY: close_range takes integers only; CLOEXEC closes nothing now.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        // Kernels before 5.11: walk the descriptor table instead.
+        let dir = Path::new("/proc/self/fd");
+        let fds: Vec<i32> = std::fs::read_dir(dir)
+            .map_err(io_to_nix)
+            .map_err(err("close_range/readdir", dir))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|fd| *fd >= first as i32)
+            .collect();
+        for fd in fds {
+            // SAFETY: fcntl on a descriptor number; a stale one (the readdir's) gives EBADF.
+            unsafe {
+                let fl = libc::fcntl(fd, libc::F_GETFD);
+                if fl >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, fl | libc::FD_CLOEXEC);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One recorded call of [`FakeSyscall`].
@@ -166,6 +203,7 @@ pub enum Call {
     MkdirAll(PathBuf),
     CreateFile(PathBuf),
     WriteFile(PathBuf, Vec<u8>),
+    CloexecFrom(u32),
 }
 
 /// A fake that records every call and succeeds, except where told to fail. `file_kind`
@@ -266,6 +304,10 @@ impl Syscall for FakeSyscall {
     }
     fn write_file(&self, path: &Path, data: &[u8]) -> Result<()> {
         self.record(Call::WriteFile(path.into(), data.to_vec()));
+        Ok(())
+    }
+    fn cloexec_from(&self, first: u32) -> Result<()> {
+        self.record(Call::CloexecFrom(first));
         Ok(())
     }
 }

@@ -72,8 +72,10 @@ pub fn main(config_path: &Path) -> i32 {
         _ => return 0,
     }
     unsafe { libc::setsid() };
-    // Our stdout is the agent's pipe: keep it aside for the one report line.
-    let report_fd = unsafe { libc::dup(1) };
+    // Our stdout is the agent's pipe: keep it aside for the one report line. Close-on-exec:
+    // the agent reads the pipe to its end, so neither the runtime nor the container may
+    // inherit a copy (a container holding it would hang the agent until it exits).
+    let report_fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
     let devnull = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     unsafe { libc::dup2(devnull, 1) };
     let mut report = unsafe { File::from_raw_fd(report_fd) };

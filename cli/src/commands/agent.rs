@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use gantry_agent::engine::{images::StoreImages, service::EngineService, Engine, EngineConfig};
+use gantry_agent::network::{BridgeConfig, BridgeNetwork};
 use gantry_proto::engine::engine_server::EngineServer;
 
 #[derive(Args)]
@@ -25,9 +26,10 @@ pub struct AgentArgs {
         default_value = "unix:///run/gantry/agent.sock"
     )]
     pub host: String,
-    /// The runc-compatible OCI runtime the shims drive.
-    #[arg(long, default_value = "runc")]
-    pub runtime: PathBuf,
+    /// A runc-compatible OCI runtime for the shims to drive (e.g. `runc`); by default
+    /// gantry's own (`gantry runtime`).
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
     /// Rotate a container's log when it reaches this many bytes.
     #[arg(long, default_value_t = 10 << 20)]
     pub log_max_size: u64,
@@ -37,6 +39,18 @@ pub struct AgentArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// The node's bridge for `--network bridge` containers.
+    #[arg(long, default_value = gantry_agent::network::config::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// The bridge's subnet (CIDR); the gateway is its first address.
+    #[arg(long, default_value = gantry_agent::network::config::DEFAULT_SUBNET)]
+    pub subnet: String,
+    /// Prefix of gantry's iptables chains (PREFIX-DNAT, PREFIX-POST, PREFIX-FWD).
+    #[arg(long, default_value = gantry_agent::network::config::DEFAULT_CHAIN_PREFIX)]
+    pub chain_prefix: String,
+    /// Run without a bridge network (only `--network host|none` containers).
+    #[arg(long, conflicts_with_all = ["bridge", "subnet", "chain_prefix"])]
+    pub no_bridge: bool,
 }
 
 /// A `unix://` address (or a bare path) as a path.
@@ -84,8 +98,11 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = EngineConfig {
         root: args.root,
         run_root: args.run_root,
-        runtime_program: args.runtime,
-        runtime_args: Vec::new(),
+        runtime_program: args.runtime.clone().unwrap_or_else(|| exe.clone()),
+        runtime_args: match args.runtime {
+            Some(_) => Vec::new(),
+            None => vec!["runtime".into()],
+        },
         shim_program: exe,
         shim_args: vec!["shim".into()],
         log_max_bytes: args.log_max_size,
@@ -94,7 +111,21 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     };
     let store = gantry_agent::image::ImageStore::open(&cfg.root)
         .with_context(|| format!("opening the image store in {}", cfg.root.display()))?;
-    let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }))?;
+    let network = if args.no_bridge {
+        None
+    } else {
+        let bridge = BridgeConfig::custom(
+            cfg.root.join("network"),
+            &args.bridge,
+            &args.subnet,
+            &args.chain_prefix,
+        )?;
+        let net = BridgeNetwork::open(bridge)
+            .await
+            .context("setting up the bridge network (use --no-bridge to run without one)")?;
+        Some(net)
+    };
+    let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }), network)?;
     engine.recover().await?;
     if let Some(dir) = sock.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

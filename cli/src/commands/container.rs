@@ -55,6 +55,43 @@ pub enum ContainerCommand {
     Wait(RefsArgs),
     /// Show a container's processes.
     Top(TopArgs),
+    /// Make a new image from a container's changes.
+    Commit(CommitArgs),
+    /// Remove images (refuses one a container uses unless -f); frees unused blobs.
+    Rmi(RmiArgs),
+}
+
+#[derive(Args)]
+pub struct CommitArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Commit message (the history entry's comment).
+    #[arg(short, long, default_value = "")]
+    message: String,
+    /// Author (e.g. "Name <mail>").
+    #[arg(short, long, default_value = "")]
+    author: String,
+    /// Dockerfile instruction applied to the new image's config (CMD, ENTRYPOINT, ENV,
+    /// WORKDIR, USER, EXPOSE, LABEL, STOPSIGNAL).
+    #[arg(short, long)]
+    change: Vec<String>,
+    /// Freeze a running container while its layer is read.
+    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+    pause: bool,
+    container: String,
+    /// NAME[:TAG] of the new image.
+    image: String,
+}
+
+#[derive(Args)]
+pub struct RmiArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Remove even if a container was made from it (the container keeps running).
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true)]
+    images: Vec<String>,
 }
 
 #[derive(Args)]
@@ -365,6 +402,49 @@ async fn dispatch(cmd: ContainerCommand) -> anyhow::Result<i32> {
             .await
         }
         ContainerCommand::Exec(a) => exec(a).await,
+        ContainerCommand::Commit(a) => {
+            let mut c = connect(&a.conn.host).await?;
+            let id = c
+                .commit(pb::CommitRequest {
+                    container: a.container,
+                    image: a.image,
+                    message: a.message,
+                    author: a.author,
+                    changes: a.change,
+                    no_pause: !a.pause,
+                })
+                .await
+                .map_err(status_msg)?
+                .into_inner()
+                .image_id;
+            println!("{id}");
+            Ok(0)
+        }
+        ContainerCommand::Rmi(a) => {
+            let mut c = connect(&a.conn.host).await?;
+            let mut failed = false;
+            for image in &a.images {
+                match c
+                    .remove_image(pb::RemoveImageRequest {
+                        image: image.clone(),
+                        force: a.force,
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        println!("Untagged: {image}");
+                        for d in r.into_inner().deleted {
+                            println!("Deleted: {d}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("Error: {}", e.message());
+                        failed = true;
+                    }
+                }
+            }
+            Ok(failed as i32)
+        }
         ContainerCommand::Inspect(a) => {
             let mut c = connect(&a.conn.host).await?;
             let mut out = Vec::new();
@@ -840,6 +920,7 @@ async fn ps(a: PsArgs) -> anyhow::Result<i32> {
                         "State": x.state, "Status": status_text(x), "ExitCode": x.exit_code,
                         "CreatedAt": timefmt::format_rfc3339(x.created_unix * 1_000_000_000),
                         "Pid": x.pid, "RestartCount": x.restart_count, "Labels": x.labels,
+                        "Ports": ports_text(x),
                     })
                 );
             }
@@ -858,7 +939,7 @@ async fn ps(a: PsArgs) -> anyhow::Result<i32> {
                         format!("\"{cmd}\""),
                         format!("{} ago", ago(x.created_unix * 1_000_000_000)),
                         status_text(x),
-                        String::new(),
+                        ports_text(x),
                         x.name.clone(),
                     ]
                 })
@@ -879,6 +960,22 @@ async fn ps(a: PsArgs) -> anyhow::Result<i32> {
         f => bail!("invalid --format {f:?}: table or json"),
     }
     Ok(0)
+}
+
+/// docker's PORTS column: `0.0.0.0:8080->80/tcp, …`.
+fn ports_text(x: &pb::ContainerSummary) -> String {
+    x.ports
+        .iter()
+        .map(|p| {
+            let ip = if p.host_ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                &p.host_ip
+            };
+            format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.protocol)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn human_bytes(b: u64) -> String {

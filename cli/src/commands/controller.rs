@@ -128,6 +128,12 @@ struct RunArgs {
     /// How long a write waits for a quorum before failing.
     #[arg(long, default_value_t = 5000)]
     write_timeout_ms: u64,
+    /// A node silent for this long is down (agents beat every second).
+    #[arg(long, default_value_t = 3000)]
+    node_ttl_ms: u64,
+    /// After becoming leader, no node is judged before this has passed.
+    #[arg(long, default_value_t = 3000)]
+    node_grace_ms: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -262,6 +268,8 @@ async fn daemon(a: RunArgs) -> Result<()> {
         snapshot_every: a.snapshot_every,
     };
     cfg.write_timeout = Duration::from_millis(a.write_timeout_ms);
+    cfg.leader.liveness.ttl = Duration::from_millis(a.node_ttl_ms);
+    cfg.leader.liveness.grace = Duration::from_millis(a.node_grace_ms);
     let mode = match (a.bootstrap, a.join) {
         (true, _) => StartMode::Bootstrap,
         (false, Some(addr)) => StartMode::Join(addr),

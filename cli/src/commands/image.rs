@@ -1,5 +1,5 @@
-//! `gantry images`, `gantry image ls|inspect|load|save|tag|rm|prune|unpack`, `gantry tag`,
-//! `gantry rmi`.
+//! `gantry images`, `gantry image ls|inspect|load|save|tag|rm|prune|unpack`, `gantry tag`.
+//! (`gantry rmi` goes through the agent, which knows the containers: `container.rs`.)
 //!
 //! Until the agent's engine daemon exists, these verbs open the local image store directly:
 //! `--store DIR` or `GANTRY_STORE` (default `/var/lib/gantry/agent`). The store is safe to
@@ -154,11 +154,6 @@ pub fn images(args: ImagesArgs) -> i32 {
 /// `gantry tag`.
 pub fn tag(args: TagArgs) -> i32 {
     run(|| do_tag(&args))
-}
-
-/// `gantry rmi`.
-pub fn rmi(args: RmiArgs) -> i32 {
-    run(|| do_rmi(&args))
 }
 
 /// `gantry image …`.

@@ -1,5 +1,6 @@
 //! One module per command group.
 pub mod agent;
+pub mod build;
 pub mod container;
 pub mod controller;
 pub mod distribution;

@@ -9,7 +9,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use gantry_agent::runtime::container::{self, CreateOptions, ExecOptions, Handover, Runtime};
+use gantry_agent::runtime::container::{
+    self, CreateOptions, ExecOptions, Handover, PassFds, Runtime,
+};
 use gantry_agent::runtime::state::OciState;
 use gantry_agent::runtime::syscall::LinuxSyscall;
 
@@ -53,7 +55,8 @@ pub enum RuntimeCommand {
         /// Accepted for runc compatibility: gantry never creates session keyrings.
         #[arg(long)]
         no_new_keyring: bool,
-        /// Extra fds (after stdio) passed to the container process.
+        /// Extra fds (after stdio, after any LISTEN_FDS) passed to the container process;
+        /// every other inherited fd is closed.
         #[arg(long, default_value_t = 0)]
         preserve_fds: u32,
         id: String,
@@ -106,8 +109,14 @@ pub enum RuntimeCommand {
         /// Working directory inside the container.
         #[arg(long)]
         cwd: Option<PathBuf>,
+        /// The user to run as: UID[:GID], numeric (as runc).
+        #[arg(short, long)]
+        user: Option<String>,
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Extra fds (after stdio) passed to the process.
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: u32,
         /// Allocate a terminal (not supported: refused with an error).
         #[arg(short, long)]
         tty: bool,
@@ -174,20 +183,38 @@ pub fn main(args: RuntimeArgs) -> i32 {
         Err(Failure(msg)) => {
             eprintln!("gantry runtime: {msg}");
             if let Some(log) = &args.log {
-                log_error(log, args.log_format, &msg);
+                log_line(log, args.log_format, "error", &msg);
             }
             1
         }
     }
 }
 
-fn log_error(path: &PathBuf, format: LogFormat, msg: &str) {
+/// A warning goes to --log when there is one, else to stderr (runc's logrus does the same).
+fn warn(args: &RuntimeArgs, msg: &str) {
+    match &args.log {
+        Some(log) => log_line(log, args.log_format, "warning", msg),
+        None => eprintln!("gantry runtime: warning: {msg}"),
+    }
+}
+
+/// The descriptors to pass on: `--preserve-fds` plus systemd's LISTEN_FDS when meant for us.
+fn pass_fds(preserve: u32) -> PassFds {
+    PassFds::new(
+        preserve,
+        std::env::var("LISTEN_FDS").ok().as_deref(),
+        std::env::var("LISTEN_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+fn log_line(path: &PathBuf, format: LogFormat, level: &str, msg: &str) {
     let time = gantry_agent::runtime::state::now_rfc3339();
     let line = match format {
-        LogFormat::Text => format!("time=\"{time}\" level=error msg={msg:?}\n"),
+        LogFormat::Text => format!("time=\"{time}\" level={level} msg={msg:?}\n"),
         LogFormat::Json => format!(
             "{}\n",
-            serde_json::json!({"level": "error", "msg": msg, "time": time})
+            serde_json::json!({"level": level, "msg": msg, "time": time})
         ),
     };
     if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -206,7 +233,8 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
         ));
     }
     let sys = LinuxSyscall;
-    let rt = Runtime::new(&args.root, &sys);
+    let warnings = |m: &str| warn(args, m);
+    let rt = Runtime::new(&args.root, &sys).with_warnings(&warnings);
     match &args.command {
         RuntimeCommand::Create {
             bundle,
@@ -219,14 +247,12 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
             if console_socket.is_some() {
                 return Err(unsupported("--console-socket (terminal: true)"));
             }
-            if *preserve_fds > 0 {
-                return Err(unsupported("--preserve-fds"));
-            }
             rt.create(&CreateOptions {
                 id: id.clone(),
                 bundle: bundle.clone(),
                 pid_file: pid_file.clone(),
                 handover: Handover::Barrier,
+                fds: pass_fds(*preserve_fds),
             })?;
             Ok(0)
         }
@@ -276,16 +302,15 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
             if *detach {
                 return Err(unsupported("run --detach (use create, then start)"));
             }
-            if *preserve_fds > 0 {
-                return Err(unsupported("--preserve-fds"));
-            }
-            Ok(rt.run(id, bundle, pid_file.clone())?)
+            Ok(rt.run(id, bundle, pid_file.clone(), pass_fds(*preserve_fds))?)
         }
         RuntimeCommand::Exec {
             process,
             env,
             cwd,
+            user,
             pid_file,
+            preserve_fds,
             tty,
             detach,
             console_socket,
@@ -310,7 +335,9 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
                     args: cmd.clone(),
                     env: env.clone(),
                     cwd: cwd.clone(),
+                    user: user.as_deref().map(container::parse_user).transpose()?,
                     pid_file: pid_file.clone(),
+                    fds: pass_fds(*preserve_fds),
                 },
             )?)
         }

@@ -220,21 +220,56 @@ impl Rt {
         );
     }
 
-    /// No state dir, and no process whose cgroup or environment names the container.
+    /// No state dir, no cgroup dir, no mount under this test's dir, and no process whose
+    /// root directory is one of this test's bundles.
     pub fn assert_no_container(&self, name: &str) {
         let id = self.id(name);
         assert!(
             !self.root.join(&id).exists(),
             "state dir of {id} left behind"
         );
-        for hier in ["memory", "pids", "cpu,cpuacct", "devices", "freezer", ""] {
+        for hier in [
+            "memory",
+            "pids",
+            "cpu,cpuacct",
+            "devices",
+            "freezer",
+            "blkio",
+            "cpuset",
+            "unified",
+            "",
+        ] {
             let p = Path::new("/sys/fs/cgroup")
                 .join(hier)
                 .join("gantry")
                 .join(&id);
             assert!(!p.exists(), "cgroup {} left behind", p.display());
         }
+        let dir = self.dir.path().to_str().unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(dir),
+            "mount under {dir} left behind: {mounts}"
+        );
+        let procs = processes_rooted_under(self.dir.path());
+        assert!(
+            procs.is_empty(),
+            "processes rooted under {dir} left behind: {procs:?}"
+        );
     }
+}
+
+/// Pids whose root directory (`/proc/PID/root`) lies under `dir`: container processes.
+pub fn processes_rooted_under(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r.starts_with(dir))
+                && proc_alive(*pid)
+        })
+        .collect()
 }
 
 impl Drop for Rt {

@@ -250,4 +250,29 @@ impl ControllerClient {
         })
         .await
     }
+
+    /// Report that `node` is alive; answers the node's status in the state.
+    pub async fn heartbeat(&mut self, node: u64) -> Result<String, ClientError> {
+        self.with_retry(|mut c| async move {
+            c.heartbeat(HeartbeatRequest {
+                node,
+                forwarded: false,
+            })
+            .await
+            .map(|r| r.into_inner().status)
+        })
+        .await
+    }
+
+    /// Why replicas are not placed, per service (the leader's last evaluation).
+    pub async fn unplaced(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        self.with_retry(|mut c| async move {
+            c.unplaced(UnplacedRequest { forwarded: false })
+                .await
+                .map(|r| r.into_inner().reasons.into_iter().collect())
+        })
+        .await
+    }
 }

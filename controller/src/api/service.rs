@@ -1,10 +1,11 @@
 //! [`ClusterService`]: the tonic implementation of cluster.proto on one member.
 
 use super::error::ApiError;
+use crate::leader::LeaderShared;
 use crate::raft::network::channel;
 use crate::raft::state_machine::capture;
 use crate::raft::{BasicNode, GantryRaft, NodeId, StateHandle};
-use crate::state::{Change, Command};
+use crate::state::{Change, Command, NodeStatus};
 use gantry_proto::cluster::cluster_client::ClusterClient;
 use gantry_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use gantry_proto::cluster::*;
@@ -28,6 +29,7 @@ pub struct ClusterService {
     cluster_id: String,
     write_timeout: Duration,
     leaders: Arc<Mutex<HashMap<String, Channel>>>,
+    leader: Arc<LeaderShared>,
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -45,7 +47,14 @@ impl ClusterService {
             cluster_id,
             write_timeout,
             leaders: Default::default(),
+            leader: Default::default(),
         }
+    }
+
+    /// Share the leader loop's heartbeat table and placement reasons with this API.
+    pub fn with_leader(mut self, leader: Arc<LeaderShared>) -> Self {
+        self.leader = leader;
+        self
     }
 
     pub fn into_server(self) -> ClusterServer<Self> {
@@ -428,5 +437,50 @@ impl Cluster for ClusterService {
             .map(|c| Ok(SnapshotChunk { data: c.to_vec() }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Rpc<HeartbeatReply> {
+        let req = req.into_inner();
+        if self.leader.heartbeat(req.node) {
+            let status = self.handle.read().state.node(req.node).map(|n| n.status);
+            return match status {
+                None => Err(Status::not_found(format!(
+                    "node {} is not registered",
+                    req.node
+                ))),
+                Some(s) => Ok(Response::new(HeartbeatReply {
+                    status: node_status_name(s).to_string(),
+                })),
+            };
+        }
+        let (addr, mut client) = self.leader_client(req.forwarded, None)?;
+        let fwd = HeartbeatRequest {
+            forwarded: true,
+            ..req
+        };
+        client.heartbeat(fwd).await.map_err(forward_err(addr))
+    }
+
+    async fn unplaced(&self, req: Request<UnplacedRequest>) -> Rpc<UnplacedReply> {
+        let req = req.into_inner();
+        if let Some(reasons) = self.leader.unplaced() {
+            return Ok(Response::new(UnplacedReply {
+                reasons: reasons.into_iter().collect(),
+            }));
+        }
+        let (addr, mut client) = self.leader_client(req.forwarded, None)?;
+        client
+            .unplaced(UnplacedRequest { forwarded: true })
+            .await
+            .map_err(forward_err(addr))
+    }
+}
+
+/// The wire name of a node status (HeartbeatReply.status).
+pub fn node_status_name(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Ready => "Ready",
+        NodeStatus::Draining => "Draining",
+        NodeStatus::Down => "Down",
     }
 }

@@ -262,6 +262,20 @@ impl CgroupManager {
         }
     }
 
+    /// Removes the first `levels` parents of the container's directories where they are
+    /// empty (best effort: a parent in use by another container stays). For the runtime's
+    /// own shared parent, whose creator's in-memory record is gone by `delete`; a concurrent
+    /// create that loses its parent this way retries (see `make_dirs`).
+    pub fn remove_empty_parents(&self, levels: usize) {
+        for dir in self.dirs() {
+            for parent in dir.ancestors().skip(1).take(levels) {
+                if std::fs::remove_dir(parent).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Removes the container's directories (retrying briefly while the kernel still counts
     /// exiting tasks) and every parent this manager created. Idempotent.
     pub fn destroy(&self) -> Result<(), CgroupError> {

@@ -1,0 +1,223 @@
+//! `RUN` steps: the container a step runs in, and the runtime that runs it.
+//!
+//! Vocabulary:
+//! - **run spec** ([`run_spec`]): the bundle's `config.json` — gantry's hardened default
+//!   spec (`runtime::defaults`: Docker's capabilities and seccomp profile, masked and
+//!   read-only paths, no_new_privileges) with the step's argv, env, user, working dir and
+//!   network, and a writable root (the step's changes are the layer). Pure;
+//! - **step runner** ([`StepRunner`]): runs a prepared bundle to completion, streaming its
+//!   output. [`OciRuntimeRunner`] starts `gantry runtime run` (the runtime library in its
+//!   own single-threaded process: the library clones, which a multi-threaded agent must
+//!   not do) — any runc-compatible runtime works the same way.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::runtime::defaults::default_spec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("starting the runtime {program}: {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the output of container {id}: {source}")]
+    Output {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("--network {0}: not available to builds (use none or host)")]
+    Network(String),
+}
+
+/// The network of `RUN` containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// A new network namespace with only loopback (the default: builds are hermetic).
+    #[default]
+    None,
+    /// The host's network.
+    Host,
+}
+
+impl NetworkMode {
+    pub fn parse(s: &str) -> Result<NetworkMode, RunError> {
+        match s {
+            "" | "none" | "default" => Ok(NetworkMode::None),
+            "host" => Ok(NetworkMode::Host),
+            other => Err(RunError::Network(other.to_string())),
+        }
+    }
+}
+
+/// What one `RUN` runs.
+#[derive(Debug, Clone)]
+pub struct RunProcess {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub network: NetworkMode,
+}
+
+/// The bundle config for a `RUN` (root at `rootfs`, relative to the bundle).
+pub fn run_spec(p: &RunProcess, cgroups_path: &str) -> Value {
+    let mut spec = serde_json::to_value(default_spec(p.argv.clone())).expect("spec serializes");
+    spec["root"] = json!({ "path": "rootfs", "readonly": false });
+    spec["hostname"] = json!("gantry-build");
+    let process = &mut spec["process"];
+    process["args"] = json!(p.argv);
+    process["env"] = json!(p.env);
+    process["cwd"] = json!(if p.cwd.is_empty() { "/" } else { &p.cwd });
+    process["user"] = json!({ "uid": p.uid, "gid": p.gid });
+    process["terminal"] = json!(false);
+    let linux = &mut spec["linux"];
+    linux["cgroupsPath"] = json!(cgroups_path);
+    if p.network == NetworkMode::Host {
+        if let Some(ns) = linux["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+    }
+    spec
+}
+
+/// Runs a prepared bundle (config.json + mounted rootfs) to completion.
+pub trait StepRunner: Send + Sync {
+    /// Returns the exit code (128+signal when killed); `output` gets stdout and stderr
+    /// as they come.
+    fn run(&self, id: &str, bundle: &Path, output: &mut dyn FnMut(&[u8])) -> Result<i32, RunError>;
+}
+
+/// Runs bundles with a runc-compatible runtime command: `<program> <args…> --root <root>
+/// run --bundle <bundle> <id>`.
+#[derive(Debug, Clone)]
+pub struct OciRuntimeRunner {
+    pub program: PathBuf,
+    /// Arguments before the runtime's own (`["runtime"]` for the gantry binary).
+    pub args: Vec<String>,
+    /// The runtime's state root.
+    pub root: PathBuf,
+}
+
+impl OciRuntimeRunner {
+    /// This binary's `gantry runtime` (the agent and the CLI are the gantry binary).
+    pub fn current_exe(root: PathBuf) -> io::Result<OciRuntimeRunner> {
+        Ok(OciRuntimeRunner {
+            program: std::env::current_exe()?,
+            args: vec!["runtime".into()],
+            root,
+        })
+    }
+}
+
+impl StepRunner for OciRuntimeRunner {
+    fn run(&self, id: &str, bundle: &Path, output: &mut dyn FnMut(&[u8])) -> Result<i32, RunError> {
+        let (mut reader, writer) = io::pipe().map_err(|source| RunError::Output {
+            id: id.to_string(),
+            source,
+        })?;
+        let writer2 = writer.try_clone().map_err(|source| RunError::Output {
+            id: id.to_string(),
+            source,
+        })?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("run")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer2);
+        let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        // Our copies of the write end are gone with `cmd`: EOF comes when the container
+        // and the runtime have exited.
+        drop(cmd);
+        let mut buf = vec![0u8; 16 * 1024];
+        let read_result = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => output(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let status = child.wait().map_err(|source| RunError::Output {
+            id: id.to_string(),
+            source,
+        })?;
+        read_result.map_err(|source| RunError::Output {
+            id: id.to_string(),
+            source,
+        })?;
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(network: NetworkMode) -> RunProcess {
+        RunProcess {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/src".into(),
+            uid: 1000,
+            gid: 100,
+            network,
+        }
+    }
+
+    #[test]
+    fn run_spec_is_the_hardened_default_with_the_step_written_in() {
+        let s = run_spec(&process(NetworkMode::None), "gantry/build-1");
+        assert_eq!(s["process"]["args"][2], "echo hi");
+        assert_eq!(s["process"]["env"][0], "PATH=/bin");
+        assert_eq!(s["process"]["cwd"], "/src");
+        assert_eq!(s["process"]["user"]["uid"], 1000);
+        assert_eq!(s["process"]["user"]["gid"], 100);
+        assert_eq!(s["root"]["readonly"], false);
+        assert_eq!(s["linux"]["cgroupsPath"], "gantry/build-1");
+        assert_eq!(s["process"]["noNewPrivileges"], true);
+        assert!(s["linux"]["seccomp"].is_object(), "default seccomp kept");
+        let caps = s["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        let ns: Vec<&str> = s["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert!(ns.contains(&"network") && ns.contains(&"mount") && ns.contains(&"pid"));
+        let host = run_spec(&process(NetworkMode::Host), "x");
+        assert!(!host["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
+    }
+
+    #[test]
+    fn network_modes() {
+        assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
+        assert_eq!(NetworkMode::parse("host").unwrap(), NetworkMode::Host);
+        let e = NetworkMode::parse("bridge").unwrap_err().to_string();
+        assert!(e.contains("--network bridge"), "{e}");
+    }
+}

@@ -1,0 +1,492 @@
+//! `gantry build` end to end on temp stores: busybox Dockerfiles built for real (RUN steps
+//! in containers), the resulting image's config and layers read back from the store, the
+//! cache observed through the progress output, and failures checked for leftovers.
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gantry_agent::image::{ImageStore, Snapshotter};
+use serde_json::Value;
+
+struct Built {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// A test's store and context dirs.
+struct Env {
+    dir: tempfile::TempDir,
+    /// The pid of the last `gantry build` (its RUN containers are named after it).
+    last_pid: std::cell::Cell<u32>,
+}
+
+impl Env {
+    fn new() -> Env {
+        common::require_root();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            last_pid: std::cell::Cell::new(0),
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A context with busybox and `files` (path → content).
+    fn context(&self, name: &str, dockerfile: &str, files: &[(&str, &str)]) -> PathBuf {
+        let ctx = self.dir.path().join(name);
+        fs::create_dir_all(&ctx).unwrap();
+        fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        for (p, c) in files {
+            let path = ctx.join(p);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, c).unwrap();
+        }
+        ctx
+    }
+
+    fn build(&self, args: &[&str]) -> Built {
+        let out = self.dir.path().join("out");
+        let err = self.dir.path().join("err");
+        let mut child = Command::new(common::gantry_bin())
+            .arg("build")
+            .arg("--store")
+            .arg(self.store())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        self.last_pid.set(child.id());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "gantry build {args:?} timed out: {}",
+                    fs::read_to_string(&err).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Built {
+            code: status.code().unwrap_or(-1),
+            stdout: fs::read_to_string(&out).unwrap(),
+            stderr: fs::read_to_string(&err).unwrap(),
+        }
+    }
+
+    fn build_ok(&self, args: &[&str]) -> Built {
+        let b = self.build(args);
+        assert_eq!(b.code, 0, "gantry build {args:?} failed:\n{}", b.stderr);
+        b
+    }
+
+    fn image(&self, name: &str) -> Image {
+        let store = ImageStore::open(self.store()).unwrap();
+        let img = store.resolve_str(name).unwrap();
+        let config: Value =
+            serde_json::from_slice(&store.content().read(&img.config_digest).unwrap()).unwrap();
+        let mut files = BTreeMap::new();
+        for l in &img.layers {
+            let d = gantry_agent::image::Digest::parse(l.digest().as_ref()).unwrap();
+            let mut archive = tar::Archive::new(store.content().reader(&d).unwrap());
+            for e in archive.entries().unwrap() {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                let (uid, mode) = (e.header().uid().unwrap(), e.header().mode().unwrap());
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                files.insert(path, (data, uid, mode));
+            }
+        }
+        Image {
+            digest: img.manifest_digest.to_string(),
+            config,
+            files,
+            layers: img.layers.len(),
+        }
+    }
+}
+
+struct Image {
+    digest: String,
+    config: Value,
+    /// Path → (content, uid, mode), upper layers winning.
+    files: BTreeMap<String, (Vec<u8>, u64, u32)>,
+    layers: usize,
+}
+
+impl Image {
+    fn text(&self, path: &str) -> String {
+        let (d, _, _) = self
+            .files
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} not in the image: {:?}", self.files.keys()));
+        String::from_utf8_lossy(d).into_owned()
+    }
+}
+
+/// Which steps (by their text) ran and which were cached, from the plain progress.
+fn step_states(stderr: &str) -> Vec<(String, &'static str)> {
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix('#') else {
+            continue;
+        };
+        let (n, msg) = rest.split_once(' ').unwrap();
+        if msg.starts_with('[') {
+            let text = msg.split_once("] ").unwrap().1.to_string();
+            labels.insert(n.to_string(), text);
+        } else if msg == "CACHED" {
+            out.push((labels[n].clone(), "cached"));
+        } else if msg.starts_with("DONE") {
+            out.push((labels[n].clone(), "ran"));
+        }
+    }
+    out
+}
+
+const APP: &str = r#"# an app on busybox
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+ARG GREETING=hello
+ENV WHO=world \
+    EMPTY=
+LABEL org.example.name="demo app" version=1
+EXPOSE 8080 53/udp
+WORKDIR /app
+COPY msg.txt data/ ./
+RUN echo "$GREETING $WHO" > out.txt && cat msg.txt && echo "${UNSET:-dflt} ${WHO:+set}" > subst.txt
+RUN mkdir /shared && chmod 777 /shared && rm /app/msg.txt
+USER 1000:1000
+RUN id -u > /shared/uid
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /app/out.txt"]
+"#;
+
+#[test]
+fn a_busybox_app_builds_with_its_config_and_files() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        APP,
+        &[("msg.txt", "from the context\n"), ("data/d.txt", "d\n")],
+    );
+    let b = env.build_ok(&[
+        "-t",
+        "demo/app:1",
+        "--build-arg",
+        "GREETING=hi",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(
+        b.stderr.contains("from the context"),
+        "RUN output streamed: {}",
+        b.stderr
+    );
+    let img = env.image("demo/app:1");
+    assert_eq!(b.stdout.trim(), img.digest);
+    assert_eq!(
+        img.text("app/out.txt"),
+        "hi world\n",
+        "--build-arg wins over the default"
+    );
+    assert_eq!(img.text("app/subst.txt"), "dflt set\n");
+    assert_eq!(
+        img.text("app/d.txt"),
+        "d\n",
+        "a directory source copies its contents"
+    );
+    assert_eq!(img.text("shared/uid"), "1000\n", "USER applies to RUN");
+    assert_eq!(img.files["shared/uid"].1, 1000);
+    assert!(
+        img.files.contains_key("app/.wh.msg.txt"),
+        "a deleted file is a whiteout: {:?}",
+        img.files.keys()
+    );
+    let c = &img.config["config"];
+    let env_list: Vec<&str> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(env_list, ["WHO=world", "EMPTY="]);
+    assert_eq!(c["WorkingDir"], "/app");
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(c["Labels"]["org.example.name"], "demo app");
+    assert_eq!(c["Labels"]["version"], "1");
+    assert!(c["ExposedPorts"]["8080/tcp"].is_object());
+    assert!(c["ExposedPorts"]["53/udp"].is_object());
+    assert_eq!(c["StopSignal"], "SIGTERM");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(c["Cmd"], serde_json::json!(["cat /app/out.txt"]));
+    assert_eq!(img.config["architecture"], "amd64");
+    assert_eq!(img.config["os"], "linux");
+    // One history entry per step; layers only for the steps that change files.
+    let history = img.config["history"].as_array().unwrap();
+    assert_eq!(history.len(), 15, "one per step after FROM");
+    let with_layer = history.iter().filter(|h| h["empty_layer"] != true).count();
+    assert_eq!(with_layer, img.layers);
+    assert_eq!(img.layers, 7, "COPY, RUN, WORKDIR, COPY, RUN, RUN, RUN");
+    assert_eq!(
+        img.config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        img.layers
+    );
+}
+
+#[test]
+fn a_rebuild_is_cached_and_a_changed_file_reruns_exactly_the_steps_after_it() {
+    let env = Env::new();
+    let df = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo ran-$((0+1)) > /one; echo ran-$((0+1))\"]\n\
+              COPY a.txt /a.txt\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo ran-$((1+1)); /bin/busybox cat /a.txt > /two\"]\n";
+    let ctx = env.context("ctx", df, &[("a.txt", "v1\n")]);
+    let first = env.build_ok(&["-t", "c:1", ctx.to_str().unwrap()]);
+    assert!(step_states(&first.stderr).iter().all(|(_, s)| *s == "ran"));
+    let d1 = env.image("c:1").digest;
+
+    let second = env.build_ok(&["-t", "c:1", ctx.to_str().unwrap()]);
+    let states = step_states(&second.stderr);
+    assert_eq!(states.len(), 4);
+    assert!(states.iter().all(|(_, s)| *s == "cached"), "{states:?}");
+    assert!(
+        !second.stderr.contains("ran-1") && !second.stderr.contains("ran-2"),
+        "no RUN step ran: {}",
+        second.stderr
+    );
+    assert_eq!(env.image("c:1").digest, d1, "same inputs, same image");
+
+    fs::write(ctx.join("a.txt"), "v2\n").unwrap();
+    let third = env.build_ok(&["-t", "c:2", ctx.to_str().unwrap()]);
+    let states: Vec<&str> = step_states(&third.stderr).iter().map(|(_, s)| *s).collect();
+    assert_eq!(states, ["cached", "cached", "ran", "ran"]);
+    assert!(third.stderr.contains("ran-2") && !third.stderr.contains("ran-1"));
+    assert_eq!(env.image("c:2").text("two"), "v2\n");
+
+    // --no-cache runs everything again, and still gives the same image.
+    let fourth = env.build_ok(&["--no-cache", "-t", "c:3", ctx.to_str().unwrap()]);
+    assert!(step_states(&fourth.stderr).iter().all(|(_, s)| *s == "ran"));
+    assert_eq!(env.image("c:3").digest, env.image("c:2").digest);
+}
+
+#[test]
+fn equal_inputs_give_equal_digests_in_separate_stores() {
+    let a = Env::new();
+    let b = Env::new();
+    let df = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo x > /x; /bin/busybox mkdir -p /d/e\"]\nENV A=1\n";
+    let ca = a.context("ctx", df, &[]);
+    let cb = b.context("ctx", df, &[]);
+    a.build_ok(&["-t", "r:1", ca.to_str().unwrap()]);
+    b.build_ok(&["-t", "r:1", cb.to_str().unwrap()]);
+    assert_eq!(a.image("r:1").digest, b.image("r:1").digest);
+}
+
+#[test]
+fn multi_stage_copy_from_a_stage_and_target() {
+    let env = Env::new();
+    let df = r#"ARG BASE=scratch
+FROM ${BASE} AS tools
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /out && echo built > /out/artifact && echo other > /out/other
+
+FROM scratch AS final
+COPY --from=tools /out/artifact /artifact
+COPY --from=0 --chmod=0600 /out/other /other
+
+FROM final AS extra
+ENV X=1
+"#;
+    let ctx = env.context("ctx", df, &[]);
+    env.build_ok(&["-t", "ms:1", "--target", "final", ctx.to_str().unwrap()]);
+    let img = env.image("ms:1");
+    assert_eq!(img.text("artifact"), "built\n");
+    assert_eq!(img.text("other"), "other\n");
+    assert_eq!(img.files["other"].2 & 0o7777, 0o600);
+    assert!(
+        !img.files.contains_key("bin/busybox"),
+        "only what was copied"
+    );
+    assert!(
+        img.config["config"]["Env"].is_null(),
+        "--target stops at final"
+    );
+    env.build_ok(&["-t", "ms:2", ctx.to_str().unwrap()]);
+    assert_eq!(env.image("ms:2").config["config"]["Env"][0], "X=1");
+}
+
+#[test]
+fn dockerignore_keeps_files_out_of_the_context() {
+    let env = Env::new();
+    let df = "FROM scratch\nCOPY . /ctx/\n";
+    let ctx = env.context(
+        "ctx",
+        df,
+        &[
+            (".dockerignore", "secret*\nlogs/\n!logs/keep.log\nbusybox\n"),
+            ("secret.key", "k"),
+            ("logs/a.log", "a"),
+            ("logs/keep.log", "keep"),
+            ("src/main.c", "int main;"),
+        ],
+    );
+    env.build_ok(&["-t", "ign:1", ctx.to_str().unwrap()]);
+    let img = env.image("ign:1");
+    assert_eq!(img.text("ctx/src/main.c"), "int main;");
+    assert_eq!(img.text("ctx/logs/keep.log"), "keep");
+    for gone in ["ctx/secret.key", "ctx/logs/a.log", "ctx/busybox"] {
+        assert!(!img.files.contains_key(gone), "{gone} was ignored");
+    }
+}
+
+/// Nothing of a failed build stays: no mounts under the store, no active snapshots, no
+/// container state, no cgroups, no scratch dirs, no image.
+fn assert_clean(env: &Env) {
+    let store = env.store();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(store.to_str().unwrap()),
+        "a mount under the store is left: {mountinfo}"
+    );
+    let s = ImageStore::open(&store).unwrap();
+    let active: Vec<_> = s
+        .snapshotter()
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.kind != gantry_agent::image::snapshot::Kind::Committed)
+        .collect();
+    assert!(active.is_empty(), "snapshots left: {active:?}");
+    for d in ["build/tmp", "build/runtime"] {
+        let left: Vec<_> = fs::read_dir(store.join(d))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{d} not empty: {left:?}");
+    }
+    for h in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let g = h.path().join("gantry");
+        for e in fs::read_dir(&g).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with(&format!("build-run-{}-", env.last_pid.get())),
+                "cgroup {} left",
+                e.path().display()
+            );
+        }
+    }
+    assert!(s.index().list().unwrap().is_empty(), "no image named");
+}
+
+#[test]
+fn a_failing_run_reports_line_code_and_output_and_leaves_nothing() {
+    let env = Env::new();
+    let df = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+              RUN echo partial > /p && echo to-stderr >&2 && exit 7\nRUN echo never\n";
+    let ctx = env.context("ctx", df, &[]);
+    let b = env.build(&["-t", "bad:1", ctx.to_str().unwrap()]);
+    assert_eq!(b.code, 1);
+    assert!(b.stderr.contains("Dockerfile:4"), "{}", b.stderr);
+    assert!(b.stderr.contains("exit code 7"), "{}", b.stderr);
+    assert!(b.stderr.contains("to-stderr"), "{}", b.stderr);
+    assert!(!b.stderr.contains("never"));
+    assert_clean(&env);
+}
+
+#[test]
+fn bad_dockerfiles_fail_with_the_line_and_change_nothing() {
+    let env = Env::new();
+    let cases: &[(&str, &str)] = &[
+        ("FROM scratch\nFROBNICATE x\n", "Dockerfile:2"),
+        ("# only args\nARG X=1\n", "no FROM"),
+        ("FROM scratch\nCOPY --from=nope /x /x\n", "Dockerfile:2"),
+        ("FROM scratch\nCOPY ../outside /x\n", "Dockerfile:2"),
+        ("FROM scratch\nCOPY missing.txt /x\n", "Dockerfile:2"),
+        (
+            "FROM scratch\nADD http://127.0.0.1:9/f.tar /f\n",
+            "Dockerfile:2",
+        ),
+        ("FROM no-such-image:1\n", "Dockerfile:1"),
+        (
+            "FROM scratch\nCOPY --chown=nobody busybox /b\n",
+            "Dockerfile:2",
+        ),
+    ];
+    for (i, (df, want)) in cases.iter().enumerate() {
+        let ctx = env.context(&format!("ctx{i}"), df, &[]);
+        let b = env.build(&["-t", "bad:1", ctx.to_str().unwrap()]);
+        assert_eq!(b.code, 1, "{df:?} should fail");
+        assert!(
+            b.stderr.contains(want),
+            "{df:?}: expected {want:?} in: {}",
+            b.stderr
+        );
+        assert_clean(&env);
+    }
+    // Docker's leniency: a malformed JSON array is shell form, with a warning.
+    let ctx = env.context("lenient", "FROM scratch\nCMD [\"a\",\n", &[]);
+    let b = env.build_ok(&["-t", "len:1", ctx.to_str().unwrap()]);
+    assert!(b.stderr.contains("Dockerfile:2"), "{}", b.stderr);
+    assert_eq!(
+        env.image("len:1").config["config"]["Cmd"],
+        serde_json::json!(["/bin/sh", "-c", "[\"a\","])
+    );
+}
+
+#[test]
+fn add_extracts_a_local_tar_and_a_base_image_is_built_on() {
+    let env = Env::new();
+    let ctx = env.context("ctx", "", &[]);
+    // A tar in the context.
+    let mut tb = tar::Builder::new(fs::File::create(ctx.join("files.tar")).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    tb.append_data(&mut h, "inner/file.txt", &b"abc"[..])
+        .unwrap();
+    tb.finish().unwrap();
+    drop(tb);
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV P=base\nCMD [\"sh\"]\n",
+    )
+    .unwrap();
+    env.build_ok(&["-t", "base:1", ctx.to_str().unwrap()]);
+    fs::write(
+        ctx.join("Dockerfile.child"),
+        "FROM base:1\nADD files.tar /opt/\nRUN cat /opt/inner/file.txt > /copied && echo $P >> /copied\n",
+    )
+    .unwrap();
+    env.build_ok(&[
+        "-t",
+        "child:1",
+        "-f",
+        ctx.join("Dockerfile.child").to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    let img = env.image("child:1");
+    assert_eq!(img.text("opt/inner/file.txt"), "abc");
+    assert_eq!(img.text("copied"), "abcbase\n");
+    assert_eq!(img.config["config"]["Cmd"], serde_json::json!(["sh"]));
+    assert_eq!(img.config["config"]["Env"][0], "P=base");
+}
