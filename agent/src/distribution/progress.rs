@@ -89,3 +89,32 @@ pub fn human(n: u64) -> String {
         format!("{v:.1} {}", U[i])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_like_docker_pull_and_byte_counts_stay_quiet() {
+        assert_eq!(
+            describe(&LayerEvent::Downloading { size: 3 << 20 }).as_deref(),
+            Some("downloading (3.0 MiB)")
+        );
+        assert_eq!(
+            describe(&LayerEvent::Downloaded { size: 512 }).as_deref(),
+            Some("download complete (512 B)")
+        );
+        assert_eq!(
+            describe(&LayerEvent::Unpacked).as_deref(),
+            Some("pull complete (unpacked)")
+        );
+        assert_eq!(
+            describe(&LayerEvent::Progress {
+                received: 1,
+                size: 2
+            }),
+            None
+        );
+        assert_eq!(human(5 << 30), "5.0 GiB");
+    }
+}
