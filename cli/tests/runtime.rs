@@ -595,3 +595,96 @@ true
     t.assert_no_container("none");
     t.assert_no_container("one");
 }
+
+#[test]
+fn terminal_master_is_sent_over_the_console_socket() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let t = Rt::new("tty");
+    let b = t.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "tty; test -t 0 && test -t 1 && test -t 2 && echo all-ttys; echo done",
+        ],
+        |s| s["process"]["terminal"] = json!(true),
+    );
+    let sock = t.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let id = t.id("c");
+    // Without the socket: a clear error naming the field, nothing left.
+    let out = t.gantry(&["create", "-b", b.to_str().unwrap(), &id]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("process.terminal") && out.stderr.contains("--console-socket"),
+        "{out:?}"
+    );
+    t.assert_no_container("c");
+
+    let create = t.spawn(&[
+        "create",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "-b",
+        b.to_str().unwrap(),
+        &id,
+    ]);
+    listener.set_nonblocking(true).unwrap();
+    let mut conn = None;
+    wait_until(
+        || {
+            conn = listener.accept().ok().map(|(c, _)| c);
+            conn.is_some()
+        },
+        "the runtime to connect to the console socket",
+    );
+    let conn = conn.unwrap();
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut name = [0u8; 64];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let msg = nix::sys::socket::recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let n = msg.bytes;
+    let master = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("an fd in SCM_RIGHTS");
+    let name = String::from_utf8_lossy(&name[..n]).to_string();
+    assert!(name.starts_with("/dev/pts/"), "{name}");
+    // SAFETY: recvmsg just gave us this descriptor.
+    let mut master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(master) });
+    assert_eq!(create.wait().code, 0);
+    assert_eq!(t.gantry(&["start", &id]).code, 0);
+    // Read until the slave side is gone (EIO), bounded by the container's exit.
+    let mut text = Vec::new();
+    let mut buf = [0u8; 256];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => text.extend_from_slice(&buf[..k]),
+        }
+        if String::from_utf8_lossy(&text).contains("done") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains(&name), "tty must print {name}: {text:?}");
+    assert!(text.contains("all-ttys"), "{text:?}");
+    t.wait_status(&id, "stopped");
+    assert_eq!(t.gantry(&["delete", &id]).code, 0);
+    t.assert_no_container("c");
+}

@@ -31,7 +31,7 @@ use super::plan::{self, CgroupLayout, PlanInput};
 use super::spec::{self, Bundle, SpecError};
 use super::state::{self, ContainerStatus, SavedState, StateError, StateStore, EXEC_FIFO};
 use super::syscall::Syscall;
-use super::{capabilities, seccomp};
+use super::{capabilities, console, seccomp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -143,6 +143,8 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub handover: Handover,
     pub fds: PassFds,
+    /// runc's `--console-socket`: required with `process.terminal: true`, refused without.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Descriptors the container's process inherits beyond stdio, as runc passes them: the
@@ -634,6 +636,31 @@ impl<'a> Runtime<'a> {
             .into_iter()
             .collect();
 
+        let console_socket = match (process.terminal() == Some(true), &opts.console_socket) {
+            (true, Some(path)) => {
+                Some(console::connect(path).map_err(|e| ContainerError::Other {
+                    id: opts.id.clone(),
+                    msg: e.to_string(),
+                })?)
+            }
+            (false, None) => None,
+            (true, None) => {
+                return Err(SpecError::Invalid {
+                    file: bundle.config.clone(),
+                    field: "process.terminal".into(),
+                    msg: "true needs --console-socket (the caller must take the pty master)".into(),
+                }
+                .into())
+            }
+            (false, Some(p)) => {
+                return Err(SpecError::Invalid {
+                    file: bundle.config.clone(),
+                    field: "process.terminal".into(),
+                    msg: format!("is false, but --console-socket {} was given", p.display()),
+                }
+                .into())
+            }
+        };
         let dir = self.store.claim(&opts.id)?;
         self.warn_all(&warnings);
         let mut guard = CreateGuard {
@@ -683,6 +710,7 @@ impl<'a> Runtime<'a> {
             },
             sysctl,
             exec_fifo,
+            console_socket,
         };
         let pid = match clone_process(cfg.plan.clone_flags)? {
             None => {
@@ -756,19 +784,10 @@ impl<'a> Runtime<'a> {
 
     /// `run` = create without the barrier, wait (forwarding signals), delete. Returns the
     /// container's exit code (128+signal when it was killed).
-    pub fn run(
-        &self,
-        id: &str,
-        bundle: &Path,
-        pid_file: Option<PathBuf>,
-        fds: PassFds,
-    ) -> Result<i32> {
+    pub fn run(&self, opts: &CreateOptions) -> Result<i32> {
         let c = self.create(&CreateOptions {
-            id: id.into(),
-            bundle: bundle.into(),
-            pid_file,
             handover: Handover::Immediate,
-            fds,
+            ..opts.clone()
         })?;
         self.wait_and_delete(&c)
     }

@@ -27,7 +27,7 @@ use oci_spec::runtime::LinuxCapabilities;
 use super::plan::SetupPlan;
 use super::rootfs;
 use super::syscall::{Syscall, SyscallError};
-use super::{capabilities, seccomp};
+use super::{capabilities, console, seccomp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -47,6 +47,8 @@ pub enum InitError {
     Seccomp(String),
     #[error("parent went away before the container was released")]
     ParentGone,
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
 }
 
 fn os(what: impl Into<String>) -> impl FnOnce(nix::Error) -> InitError {
@@ -86,6 +88,9 @@ pub struct InitConfig {
     pub sysctl: Vec<(String, String)>,
     /// `create`: the exec fifo; `run`: none (no barrier).
     pub exec_fifo: Option<PathBuf>,
+    /// `process.terminal`: the caller's console socket, connected; the pty master goes
+    /// there and the slave becomes the process's stdio and controlling terminal.
+    pub console_socket: Option<OwnedFd>,
 }
 
 /// The child's ends of the two pipes.
@@ -152,6 +157,11 @@ fn init(
         None => None,
     };
     rootfs::prepare(sys, plan)?;
+    // Before the barrier, so `create` returns with the console delivered.
+    let console = match &cfg.console_socket {
+        Some(sock) => Some(console::open_and_send(&plan.rootfs, sock)?),
+        None => None,
+    };
     if !plan.user_namespace {
         wait_go(go)?;
     }
@@ -166,6 +176,9 @@ fn init(
         set_sysctls(sys, &cfg.sysctl)?;
         rootfs::finish(sys, plan)?;
         barrier(fifo, sync)?;
+    }
+    if let Some(slave) = console {
+        console::make_stdio(slave)?;
     }
     become_process(&cfg.process, sys)
 }

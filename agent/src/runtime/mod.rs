@@ -11,6 +11,7 @@
 //! - [`init`]: the cloned child, from `clone` to `execve`;
 //! - [`state`]: state dirs under the runtime root, status derived from the process;
 //! - [`container`]: the verbs (create, start, run, state, kill, delete, exec, list);
+//! - [`console`]: `process.terminal` (a pty, its master sent over the console socket);
 //! - [`cgroups`], [`capabilities`], [`seccomp`]: limits and hardening applied to it;
 //!   [`defaults`]: the hardened default spec of `gantry runtime spec`.
 //!
@@ -20,6 +21,7 @@
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod console;
 pub mod container;
 pub mod defaults;
 pub mod init;

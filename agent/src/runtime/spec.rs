@@ -141,13 +141,6 @@ fn validate(b: &Bundle) -> Result<(), SpecError> {
             format!("{} is not an absolute path", p.cwd().display()),
         ));
     }
-    if p.terminal() == Some(true) {
-        return Err(invalid(
-            b,
-            "process.terminal",
-            "true is not supported by gantry runtime (no console socket); set it to false",
-        ));
-    }
     for (i, m) in b.spec.mounts().iter().flatten().enumerate() {
         if !m.destination().is_absolute() {
             return Err(invalid(

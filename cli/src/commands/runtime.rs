@@ -49,7 +49,8 @@ pub enum RuntimeCommand {
         /// Write the container's init pid to this file.
         #[arg(long)]
         pid_file: Option<PathBuf>,
-        /// Console socket for terminal:true (not supported: refused with an error).
+        /// Unix socket that receives the pty master (SCM_RIGHTS) when process.terminal is
+        /// true.
         #[arg(long)]
         console_socket: Option<PathBuf>,
         /// Accepted for runc compatibility: gantry never creates session keyrings.
@@ -86,7 +87,7 @@ pub enum RuntimeCommand {
         bundle: PathBuf,
         #[arg(long)]
         pid_file: Option<PathBuf>,
-        /// Console socket (not supported: refused with an error).
+        /// Unix socket that receives the pty master when process.terminal is true.
         #[arg(long)]
         console_socket: Option<PathBuf>,
         /// Detach (not supported: use create + start).
@@ -244,15 +245,13 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
             id,
             ..
         } => {
-            if console_socket.is_some() {
-                return Err(unsupported("--console-socket (terminal: true)"));
-            }
             rt.create(&CreateOptions {
                 id: id.clone(),
                 bundle: bundle.clone(),
                 pid_file: pid_file.clone(),
                 handover: Handover::Barrier,
                 fds: pass_fds(*preserve_fds),
+                console_socket: console_socket.clone(),
             })?;
             Ok(0)
         }
@@ -296,13 +295,17 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
             id,
             ..
         } => {
-            if console_socket.is_some() {
-                return Err(unsupported("--console-socket (terminal: true)"));
-            }
             if *detach {
                 return Err(unsupported("run --detach (use create, then start)"));
             }
-            Ok(rt.run(id, bundle, pid_file.clone(), pass_fds(*preserve_fds))?)
+            Ok(rt.run(&CreateOptions {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                pid_file: pid_file.clone(),
+                handover: Handover::Immediate,
+                fds: pass_fds(*preserve_fds),
+                console_socket: console_socket.clone(),
+            })?)
         }
         RuntimeCommand::Exec {
             process,
