@@ -1221,3 +1221,41 @@ fn seed_lifecycle_run_commit_run_kill_start_rm_rmi() {
     assert!(a.ids().is_empty());
     a.assert_no_leaks(&[]);
 }
+
+#[test]
+fn restart_policy_applies_to_exits_seen_by_a_new_agent() {
+    let mut a = Agent::start();
+    let always = a
+        .ok(&a.run_args(
+            &["-d", "--name", "always", "--restart", "always"],
+            &["sh", "-c", "sleep 1; exit 3"],
+        ))
+        .trim()
+        .to_string();
+    let never = a
+        .ok(&a.run_args(&["-d", "--name", "never"], &["sh", "-c", "sleep 1; exit 3"]))
+        .trim()
+        .to_string();
+    a.remember(&always);
+    a.remember(&never);
+    a.kill9();
+    // Both exit while no agent runs; the new agent records the exits and restarts only
+    // the one whose policy says so.
+    std::thread::sleep(Duration::from_millis(1500));
+    a.spawn();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = a.inspect("always");
+        if v["state"]["restart_count"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "always was not restarted: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = a.inspect("never");
+    assert_eq!(v["state"]["status"], "exited", "{v}");
+    assert_eq!(v["state"]["exit_code"], 3, "{v}");
+    assert_eq!(v["state"]["restart_count"], 0, "{v}");
+    a.ok(&["rm", "-f", "always", "never"]);
+    a.assert_no_leaks(&[]);
+}

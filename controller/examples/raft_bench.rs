@@ -1,12 +1,15 @@
 //! Raft benchmark driver (see bench/raft.sh): starts 3 `gantry controller run` processes on
 //! loopback (durable sled data dirs in a temp dir), then measures
 //! - commits/s and latency with 1, 16, 256 concurrent clients writing small commands;
-//! - failover: leader SIGKILL → first write accepted again, over N trials.
+//! - failover: leader SIGKILL → first write accepted again, over N trials;
+//! - with `--rss-nodes N --rss-services S --rss-replicas R`: the members' RSS after N nodes
+//!   and S×R allocations (S ApplyPlan commands of R placements) are committed.
 //!
 //! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256]
+//!        [--rss-nodes N --rss-services S --rss-replicas R]
 
 use gantry_controller::api::ControllerClient;
-use gantry_controller::state::{Command, NodeStatus};
+use gantry_controller::state::{Command, NodeStatus, Placement, Reply, Resources, ServiceSpec};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -126,6 +129,9 @@ async fn main() {
         .split(',')
         .map(|s| s.parse().unwrap())
         .collect();
+    let rss_nodes: u64 = opt("--rss-nodes", "0").parse().unwrap();
+    let rss_services: u64 = opt("--rss-services", "0").parse().unwrap();
+    let rss_replicas: u64 = opt("--rss-replicas", "0").parse().unwrap();
     let root = tempfile::tempdir().unwrap();
     let timing = ["--heartbeat-ms", "50", "--election-timeout-ms", "150"];
     let mut procs: Vec<Proc> = Vec::new();
@@ -230,4 +236,133 @@ async fn main() {
         pct(&times, 1.0),
         pct(&times, 0.0)
     );
+
+    if rss_nodes > 0 {
+        let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+        let (_, leader_addr) = leader(&addrs, 3).await;
+        rss_phase(&procs, &leader_addr, rss_nodes, rss_services, rss_replicas).await;
+    }
+}
+
+/// VmRSS and VmHWM of a process, in MiB.
+fn rss_of(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1024.0
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+async fn rss_phase(procs: &[Proc], leader_addr: &str, nodes: u64, services: u64, replicas: u64) {
+    let start = Instant::now();
+    // nodes, 32 writers at a time
+    let mut ids = Vec::with_capacity(nodes as usize);
+    let mut tasks = Vec::new();
+    for w in 0..32u64 {
+        let addr = leader_addr.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = ControllerClient::new(vec![addr]);
+            let mut out = Vec::new();
+            for i in (w..nodes).step_by(32) {
+                let big = Resources {
+                    cpu_millis: 64_000,
+                    memory_bytes: 256 << 30,
+                    pids: 1 << 20,
+                };
+                let cmd = Command::RegisterNode {
+                    name: format!("node-{i:05}"),
+                    address: format!("10.{}.{}.{}:7070", i >> 16, (i >> 8) & 255, i & 255),
+                    labels: [
+                        (
+                            "env".to_string(),
+                            ["dev", "qa", "prod"][i as usize % 3].to_string(),
+                        ),
+                        ("site".to_string(), format!("site-{}", i % 4)),
+                    ]
+                    .into(),
+                    capacity: big,
+                    allocatable: big,
+                };
+                match c.write(&cmd).await.unwrap().1.unwrap() {
+                    Reply::NodeRegistered { id } => out.push(id),
+                    r => panic!("register: {r:?}"),
+                }
+            }
+            out
+        }));
+    }
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    let ids = std::sync::Arc::new(ids);
+    // services, each placed in one plan of `replicas` allocations, 8 writers at a time
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let addr = leader_addr.to_string();
+        let ids = ids.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = ControllerClient::new(vec![addr]);
+            for s in (w..services).step_by(8) {
+                let name = format!("svc-{s:04}");
+                let spec = ServiceSpec {
+                    image: format!("registry.local/app-{s}:1"),
+                    command: vec!["/bin/app".into()],
+                    env: [("SERVICE".to_string(), name.clone())].into(),
+                    resources: Resources {
+                        cpu_millis: 10,
+                        memory_bytes: 16 << 20,
+                        pids: 16,
+                    },
+                    replicas: replicas as u32,
+                    ..Default::default()
+                };
+                let upsert = Command::UpsertService {
+                    name: name.clone(),
+                    spec,
+                    expected_index: None,
+                };
+                let version = match c.write(&upsert).await.unwrap().1.unwrap() {
+                    Reply::ServiceUpserted { version } => version,
+                    r => panic!("upsert: {r:?}"),
+                };
+                let placements = (0..replicas)
+                    .map(|r| Placement {
+                        service: name.clone(),
+                        version,
+                        node: ids[((s * replicas + r) % ids.len() as u64) as usize],
+                        ports: vec![],
+                    })
+                    .collect();
+                let plan = Command::ApplyPlan {
+                    placements,
+                    stops: vec![],
+                };
+                c.write(&plan).await.unwrap().1.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = start.elapsed();
+    // let snapshots and compaction settle
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    println!();
+    println!(
+        "# memory: {nodes} nodes, {} allocations ({services} services × {replicas}), committed in {:.1} s",
+        services * replicas,
+        took.as_secs_f64()
+    );
+    println!("| member | RSS MiB | peak RSS (VmHWM) MiB |\n|---:|---:|---:|");
+    for p in procs {
+        if let Some(c) = &p.child {
+            let (rss, hwm) = rss_of(c.id());
+            println!("| {} | {rss:.0} | {hwm:.0} |", p.id);
+        }
+    }
 }

@@ -137,6 +137,7 @@ impl Member {
         let sm = SledStateMachine::open(db.clone())?;
         let handle = sm.handle();
         let log = SledLogStore::new(db);
+        let committed = log.committed_index();
         let config = cfg
             .timings
             .config(&cluster_id)
@@ -161,6 +162,8 @@ impl Member {
             cluster_id.clone(),
             cfg.write_timeout,
         )
+        .with_leader_lease(Duration::from_millis(cfg.timings.election_max_ms))
+        .with_committed_index(committed)
         .with_leader(leader_shared.clone())
         .into_server();
         let leader_loop = tokio::spawn(crate::leader::run(

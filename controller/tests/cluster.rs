@@ -574,3 +574,33 @@ fn walk(p: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_moves_leadership_to_the_chosen_voter() {
+    let c = Cluster::new(3, 10_000).await;
+    let mut client = c.client();
+    let idx = write_ok(&mut client, &register("before")).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    // twice, so the second transfer starts from a leader made by the first
+    let mut from = leader;
+    for _ in 0..2 {
+        let target = *c.addrs.keys().find(|id| **id != from).unwrap();
+        let r = client.transfer_leader(target).await.unwrap();
+        assert_eq!(r.leader, target, "{r:?}");
+        assert_eq!(c.wait_leader(Duration::from_secs(5)).await, target);
+        let st = client.status().await.unwrap();
+        assert_eq!(st.leader, Some(target), "{st:?}");
+        assert!(st.committed.unwrap() >= idx, "{st:?}");
+        from = target;
+    }
+    // the cluster still commits, and a transfer to the leader itself is a no-op
+    let idx2 = write_ok(&mut client, &register("after")).await;
+    c.wait_applied(idx2, Duration::from_secs(5)).await;
+    assert_eq!(c.image(from).nodes.len(), 2);
+    let r = client.transfer_leader(from).await.unwrap();
+    assert_eq!(r.leader, from);
+    // unknown member: a clear error
+    let e = client.transfer_leader(42).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+    assert!(e.to_string().contains("42"), "{e}");
+}

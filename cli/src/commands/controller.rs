@@ -59,6 +59,14 @@ enum ControllerCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Make another voter the leader (e.g. before maintenance of the leader's host).
+    TransferLeader {
+        /// The voter to become leader.
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Raft status: term, leader, log/applied index and lag of every member.
     Status(Target),
     /// Snapshots of the cluster state.
@@ -181,6 +189,11 @@ async fn run(args: ControllerArgs) -> Result<()> {
                 "member {id} removed: voters {:?}, learners {:?}",
                 r.voters, r.learners
             );
+            Ok(())
+        }
+        ControllerCommand::TransferLeader { id, target } => {
+            let r = client(&target).transfer_leader(id).await?;
+            println!("member {} is the leader (term {})", r.leader, r.term);
             Ok(())
         }
         ControllerCommand::Status(t) => status(t).await,
@@ -334,6 +347,7 @@ async fn status(t: Target) -> Result<()> {
             .map_or("unreachable".to_string(), |o| o.state.clone());
         let applied = own.as_ref().and_then(|o| o.last_applied);
         let last_log = own.as_ref().and_then(|o| o.last_log_index);
+        let committed = own.as_ref().and_then(|o| o.committed);
         let term = own.as_ref().map(|o| o.current_term);
         let opt = |v: Option<u64>| v.map_or("-".into(), |x| x.to_string());
         rows.push(vec![
@@ -343,12 +357,13 @@ async fn status(t: Target) -> Result<()> {
             state.clone(),
             opt(term),
             opt(last_log),
+            opt(committed),
             opt(applied),
             opt(m.lag),
         ]);
         json.push(
             serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter,
-            "state": state, "term": term, "last_log_index": last_log, "last_applied": applied,
+            "state": state, "term": term, "last_log_index": last_log, "committed": committed, "last_applied": applied,
             "matched_index": m.matched_index, "lag": m.lag}),
         );
     }
@@ -366,7 +381,15 @@ async fn status(t: Target) -> Result<()> {
     );
     crate::output::table(
         &[
-            "ID", "ADDRESS", "ROLE", "STATE", "TERM", "LAST LOG", "APPLIED", "LAG",
+            "ID",
+            "ADDRESS",
+            "ROLE",
+            "STATE",
+            "TERM",
+            "LAST LOG",
+            "COMMITTED",
+            "APPLIED",
+            "LAG",
         ],
         &rows,
     );

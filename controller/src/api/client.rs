@@ -96,7 +96,7 @@ impl ControllerClient {
         }
         let deadline = Instant::now() + self.retry_for;
         let mut last;
-        let mut pause = Duration::from_millis(20);
+        let mut pause = Duration::from_millis(10);
         loop {
             let addr = self.addrs[self.current].clone();
             match call(self.client(&addr)?).await {
@@ -130,7 +130,7 @@ impl ControllerClient {
                 });
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(300));
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
@@ -217,6 +217,22 @@ impl ControllerClient {
         self.with_retry(|mut c| async move {
             c.remove_member(RemoveMemberRequest {
                 id,
+                forwarded: false,
+            })
+            .await
+            .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Hand leadership to voter `target`; the new leader and term.
+    pub async fn transfer_leader(
+        &mut self,
+        target: u64,
+    ) -> Result<TransferLeaderReply, ClientError> {
+        self.with_retry(|mut c| async move {
+            c.transfer_leader(TransferLeaderRequest {
+                target,
                 forwarded: false,
             })
             .await

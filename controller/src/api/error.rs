@@ -26,6 +26,8 @@ pub enum ApiError {
     UnknownMember(u64),
     #[error("raft: {0}")]
     Raft(String),
+    #[error("transfer of leadership to member {target}: {reason}")]
+    Transfer { target: u64, reason: String },
 }
 
 impl From<ApiError> for Status {
@@ -51,6 +53,7 @@ impl From<ApiError> for Status {
             ApiError::AlreadyMember(_) => Status::already_exists(msg),
             ApiError::UnknownMember(_) => Status::not_found(msg),
             ApiError::Raft(_) => Status::new(Code::Unavailable, msg),
+            ApiError::Transfer { .. } => Status::aborted(msg),
         }
     }
 }

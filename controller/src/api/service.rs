@@ -11,8 +11,9 @@ use gantry_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use gantry_proto::cluster::*;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_stream::Stream;
@@ -28,7 +29,12 @@ pub struct ClusterService {
     handle: Arc<StateHandle>,
     cluster_id: String,
     write_timeout: Duration,
-    leaders: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Channels to other members by address (the leader, or voters during a transfer).
+    members: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How long a follower refuses votes after hearing from its leader (openraft's leader
+    /// lease = election_timeout_max).
+    leader_lease: Duration,
+    committed: Arc<AtomicU64>,
     leader: Arc<LeaderShared>,
 }
 
@@ -46,7 +52,9 @@ impl ClusterService {
             handle,
             cluster_id,
             write_timeout,
-            leaders: Default::default(),
+            members: Default::default(),
+            leader_lease: Duration::from_millis(300),
+            committed: Arc::default(),
             leader: Default::default(),
         }
     }
@@ -54,6 +62,17 @@ impl ClusterService {
     /// Share the leader loop's heartbeat table and placement reasons with this API.
     pub fn with_leader(mut self, leader: Arc<LeaderShared>) -> Self {
         self.leader = leader;
+        self
+    }
+
+    pub fn with_leader_lease(mut self, lease: Duration) -> Self {
+        self.leader_lease = lease;
+        self
+    }
+
+    /// Where `status` reads the committed index (the log store's view).
+    pub fn with_committed_index(mut self, committed: Arc<AtomicU64>) -> Self {
+        self.committed = committed;
         self
     }
 
@@ -84,21 +103,150 @@ impl ClusterService {
             Some(a) if !forwarded => a,
             other => return Err(ApiError::NotLeader { leader: other }),
         };
-        let mut map = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
-        let ch = match map.get(&addr) {
+        let client = self.client_at(&addr).map_err(|_| ApiError::NotLeader {
+            leader: Some(addr.clone()),
+        })?;
+        Ok((addr, client))
+    }
+
+    /// A client to the member at `addr` over a reused channel.
+    fn client_at(&self, addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
+        let mut map = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        let ch = match map.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = channel(&addr).map_err(|_| ApiError::NotLeader {
-                    leader: Some(addr.clone()),
-                })?;
-                map.insert(addr.clone(), c.clone());
+                let c = channel(addr)?;
+                map.insert(addr.to_string(), c.clone());
                 c
             }
         };
-        Ok((
-            addr,
-            ClusterClient::new(ch).max_decoding_message_size(64 << 20),
-        ))
+        Ok(ClusterClient::new(ch).max_decoding_message_size(64 << 20))
+    }
+
+    /// Pause the election timer of the member at `addr` for `pause`, or make it campaign.
+    async fn control_election(
+        &self,
+        id: NodeId,
+        addr: &str,
+        pause: Duration,
+        elect_now: bool,
+    ) -> Result<(), ApiError> {
+        let req = ElectionControlRequest {
+            pause_ms: pause.as_millis().min(u32::MAX as u128) as u32,
+            elect_now,
+        };
+        if id == self.raft.metrics().borrow().id {
+            return self.local_election_control(req).await;
+        }
+        let mut client = self.client_at(addr).map_err(|e| ApiError::Transfer {
+            target: id,
+            reason: format!("address {addr}: {e}"),
+        })?;
+        tokio::time::timeout(self.write_timeout, client.election_control(req))
+            .await
+            .map_err(|_| ApiError::Timeout {
+                what: "election control",
+                after: self.write_timeout,
+            })?
+            .map_err(|status| ApiError::Forward {
+                addr: addr.to_string(),
+                status,
+            })?;
+        Ok(())
+    }
+
+    async fn local_election_control(&self, req: ElectionControlRequest) -> Result<(), ApiError> {
+        if req.pause_ms > 0 {
+            let rc = self.raft.runtime_config();
+            rc.elect(false);
+            let raft = self.raft.clone();
+            let pause = Duration::from_millis(req.pause_ms.into());
+            // Resume on our own, so a leader lost mid-transfer cannot leave us unable to
+            // campaign.
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                raft.runtime_config().elect(true);
+            });
+        }
+        if req.elect_now {
+            self.raft.runtime_config().elect(true);
+            self.raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| ApiError::Raft(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// On the leader: hand leadership to voter `target` (see cluster.proto).
+    async fn transfer_as_leader(&self, target: NodeId) -> Result<TransferLeaderReply, ApiError> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeMap<NodeId, String> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+            .collect();
+        let target_addr = match voters.get(&target) {
+            Some(a) => a.clone(),
+            None if membership.get_node(&target).is_some() => {
+                return Err(ApiError::Transfer {
+                    target,
+                    reason: "it is a learner, not a voter".into(),
+                })
+            }
+            None => return Err(ApiError::UnknownMember(target)),
+        };
+        if target == m.id {
+            return Ok(TransferLeaderReply {
+                leader: m.id,
+                term: m.current_term,
+            });
+        }
+        let term = m.current_term;
+        // Everyone but the target holds off long enough for the leases to lapse and the
+        // target to win; they resume on their own after `pause` whatever happens.
+        let pause = self.leader_lease * 4 + Duration::from_secs(1);
+        for (id, addr) in voters.iter().filter(|(id, _)| **id != target) {
+            self.control_election(*id, addr, pause, false).await?;
+        }
+        // No heartbeats: the followers' leases run out (writes still replicate).
+        self.raft.runtime_config().heartbeat(false);
+        let result = async {
+            tokio::time::sleep(self.leader_lease + Duration::from_millis(50)).await;
+            self.control_election(target, &target_addr, Duration::ZERO, true)
+                .await?;
+            let after = self
+                .raft
+                .wait(Some(pause))
+                .metrics(
+                    |x| x.current_term > term && x.current_leader.is_some(),
+                    "a leader in a later term",
+                )
+                .await
+                .map_err(|e| ApiError::Transfer {
+                    target,
+                    reason: format!("no new leader: {e}"),
+                })?;
+            Ok::<_, ApiError>(after)
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        let after = result?;
+        match after.current_leader {
+            Some(l) if l == target => Ok(TransferLeaderReply {
+                leader: l,
+                term: after.current_term,
+            }),
+            other => Err(ApiError::Transfer {
+                target,
+                reason: format!(
+                    "member {} won the election of term {} instead",
+                    other.map_or("none".to_string(), |l| l.to_string()),
+                    after.current_term
+                ),
+            }),
+        }
     }
 
     async fn timed<T, F: std::future::Future<Output = T>>(
@@ -217,7 +365,7 @@ impl Cluster for ClusterService {
             last_applied: m.last_applied.map(|l| l.index),
             cluster_id: self.cluster_id.clone(),
             leader_address,
-            committed: None,
+            committed: Some(self.committed.load(Ordering::Relaxed)),
             members,
         }))
     }
@@ -437,6 +585,31 @@ impl Cluster for ClusterService {
             .map(|c| Ok(SnapshotChunk { data: c.to_vec() }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Rpc<TransferLeaderReply> {
+        let req = req.into_inner();
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(m.id) {
+            return Ok(Response::new(self.transfer_as_leader(req.target).await?));
+        }
+        let (addr, mut client) = self.leader_client(req.forwarded, None)?;
+        let fwd = TransferLeaderRequest {
+            forwarded: true,
+            ..req
+        };
+        client.transfer_leader(fwd).await.map_err(forward_err(addr))
+    }
+
+    async fn election_control(
+        &self,
+        req: Request<ElectionControlRequest>,
+    ) -> Rpc<ElectionControlReply> {
+        self.local_election_control(req.into_inner()).await?;
+        Ok(Response::new(ElectionControlReply {}))
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Rpc<HeartbeatReply> {

@@ -82,7 +82,9 @@ impl RaftTimings {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: 0,
             snapshot_max_chunk_size: 1 << 20,
-            max_payload_entries: 1000,
+            // Entries per AppendEntries: a plan entry can be ~100 KB, and the raft service
+            // accepts messages up to 256 MiB.
+            max_payload_entries: 300,
             install_snapshot_timeout: 2000,
             ..Default::default()
         }
