@@ -490,3 +490,107 @@ fn add_extracts_a_local_tar_and_a_base_image_is_built_on() {
     assert_eq!(img.config["config"]["Cmd"], serde_json::json!(["sh"]));
     assert_eq!(img.config["config"]["Env"][0], "P=base");
 }
+
+/// A `gantry agent` on the test's dir (no bridge), killed by PID on drop.
+struct AgentProc {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl AgentProc {
+    fn start(dir: &std::path::Path) -> AgentProc {
+        let sock = dir.join("agent.sock");
+        let child = Command::new(common::gantry_bin())
+            .arg("agent")
+            .arg("--root")
+            .arg(dir.join("agent-root"))
+            .arg("--run-root")
+            .arg(dir.join("agent-run"))
+            .arg("--host")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--no-bridge")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let a = AgentProc { child, sock };
+        common::wait_until(|| a.sock.exists(), "the agent's socket");
+        a
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    fn gantry(&self, args: &[&str]) -> std::process::Output {
+        Command::new(common::gantry_bin())
+            .args(args)
+            .env_remove("GANTRY_STORE")
+            .env("GANTRY_HOST", self.host())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn through_the_agent_the_image_runs_with_gantry_run() {
+    let env = Env::new();
+    let agent = AgentProc::start(env.dir.path());
+    let df = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+              COPY msg.txt /msg.txt\nRUN echo built-$((40+2)) | tee /built\nCMD [\"sh\", \"-c\", \"cat /msg.txt /built\"]\n";
+    let ctx = env.context(
+        "ctx",
+        df,
+        &[
+            ("msg.txt", "streamed\n"),
+            (".dockerignore", "big\n"),
+            ("big", "x"),
+        ],
+    );
+    let out = agent.gantry(&["build", "-t", "viaagent:1", ctx.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "build through the agent failed: {stderr}"
+    );
+    assert!(
+        stderr.contains("built-42"),
+        "RUN output streamed back: {stderr}"
+    );
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // The image is in the agent's store, not in a local one.
+    let store = ImageStore::open(env.dir.path().join("agent-root")).unwrap();
+    assert_eq!(
+        store
+            .resolve_str("viaagent:1")
+            .unwrap()
+            .manifest_digest
+            .to_string(),
+        digest
+    );
+    let run = agent.gantry(&["run", "--rm", "--network", "none", "viaagent:1"]);
+    assert!(
+        run.status.success(),
+        "gantry run failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "streamed\nbuilt-42\n");
+    // A failing build through the agent: the error names the line, nothing is tagged.
+    fs::write(ctx.join("Dockerfile"), "FROM viaagent:1\nRUN exit 5\n").unwrap();
+    let bad = agent.gantry(&["build", "-t", "viaagent:2", ctx.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("Dockerfile:2") && stderr.contains("exit code 5"),
+        "{stderr}"
+    );
+    assert!(store.resolve_str("viaagent:2").is_err());
+}

@@ -25,4 +25,5 @@ pub mod parser;
 pub mod record;
 pub mod rootfs;
 pub mod run;
+pub mod service;
 pub mod stages;

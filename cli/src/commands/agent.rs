@@ -111,6 +111,14 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     };
     let store = gantry_agent::image::ImageStore::open(&cfg.root)
         .with_context(|| format!("opening the image store in {}", cfg.root.display()))?;
+    let builds = gantry_agent::build::service::BuildService::new(
+        store.clone(),
+        Arc::new(gantry_agent::build::run::OciRuntimeRunner {
+            program: cfg.runtime_program.clone(),
+            args: cfg.runtime_args.clone(),
+            root: cfg.run_root.join("build-runtime"),
+        }),
+    );
     let network = if args.no_bridge {
         None
     } else {
@@ -148,6 +156,9 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     };
     tonic::transport::Server::builder()
         .add_service(EngineServer::new(EngineService::new(engine)))
+        .add_service(gantry_proto::engine::builder_server::BuilderServer::new(
+            builds,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the engine API")?;

@@ -1,11 +1,12 @@
-//! `gantry build`: builds an image from a Dockerfile into the local image store.
+//! `gantry build`: builds an image from a Dockerfile into an image store.
 //!
-//! Like the other image verbs (`pull`, `push`, `images`) it opens the store directly
-//! (`--store DIR` or `GANTRY_STORE`, default `/var/lib/gantry/agent`, shared safely with a
-//! running agent) and runs the builder (`gantry_agent::build::executor`) in this process;
-//! `RUN` steps run under `gantry runtime` (this binary). The context travels as it would
-//! to an agent: the `.dockerignore`-filtered tree is streamed as a tar (no temp tar file)
-//! and received into the builder's scratch dir.
+//! By default it asks the local agent (`--host` / `GANTRY_HOST`, the engine socket): the
+//! `.dockerignore`-filtered context is streamed as a tar over gRPC while it is walked (no
+//! temp copy), the agent builds (`gantry_agent::build::service`) and streams progress
+//! back; the image lands in the agent's store, ready for `gantry run` and `gantry push`.
+//! With `--store DIR` (or `GANTRY_STORE`) the same builder runs in this process on that
+//! store, `RUN` steps under `gantry runtime` (this binary); the context takes the same
+//! path through a pipe.
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use gantry_agent::build::run::{NetworkMode, OciRuntimeRunner};
 use gantry_agent::build::stages::BuildOptions;
 use gantry_agent::image::ImageStore;
 
-use super::image::StoreArgs;
+use super::container::Conn;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -30,8 +31,11 @@ pub enum ProgressMode {
 
 #[derive(Args)]
 pub struct BuildArgs {
+    /// Build in this process on this image store instead of asking the agent.
+    #[arg(long, env = "GANTRY_STORE")]
+    pub store: Option<PathBuf>,
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub conn: Conn,
     /// Name (and optionally tag) of the image; may be repeated.
     #[arg(short = 't', long = "tag")]
     pub tags: Vec<String>,
@@ -106,7 +110,15 @@ impl Drop for ScratchDir {
     }
 }
 
-fn build(a: &BuildArgs) -> anyhow::Result<()> {
+/// What both paths need: the request (without the context) and the context walker.
+struct Prepared {
+    dockerfile: String,
+    options: BuildOptions,
+    network: NetworkMode,
+    walker: ContextWalker,
+}
+
+fn prepare(a: &BuildArgs) -> anyhow::Result<Prepared> {
     let context = a
         .context
         .canonicalize()
@@ -128,9 +140,59 @@ fn build(a: &BuildArgs) -> anyhow::Result<()> {
         target: a.target.clone(),
         ..BuildOptions::default()
     };
+    let walker = ContextWalker::new(&context, in_context.as_deref())?;
+    Ok(Prepared {
+        dockerfile,
+        options,
+        network,
+        walker,
+    })
+}
 
-    let store = ImageStore::open(&a.store.store)
-        .with_context(|| format!("opening image store {}", a.store.store.display()))?;
+fn build(a: &BuildArgs) -> anyhow::Result<()> {
+    let p = prepare(a)?;
+    match &a.store {
+        Some(store) => build_local(a, p, store),
+        None => build_remote(a, p),
+    }
+}
+
+/// Prints progress in BuildKit's plain format, on stderr.
+fn print_event(out: &mut impl Write, e: Event) {
+    let _ = match e {
+        Event::Warning(w) => writeln!(out, "{w}"),
+        Event::Step { n, label } => writeln!(out, "#{n} {label}"),
+        Event::Cached { n } => writeln!(out, "#{n} CACHED"),
+        Event::Output { n, data } => String::from_utf8_lossy(&data)
+            .lines()
+            .try_for_each(|l| writeln!(out, "#{n} {l}")),
+        Event::Done { n, elapsed } => writeln!(out, "#{n} DONE {:.3}s", elapsed.as_secs_f64()),
+    };
+}
+
+fn print_result(
+    quiet: bool,
+    started: Instant,
+    digest: &str,
+    run: usize,
+    cached: usize,
+    tags: &[String],
+) {
+    if !quiet {
+        eprintln!(
+            "built {digest} in {:.3}s ({run} steps run, {cached} cached)",
+            started.elapsed().as_secs_f64(),
+        );
+        for t in tags {
+            eprintln!("naming to {t}");
+        }
+    }
+    println!("{digest}");
+}
+
+fn build_local(a: &BuildArgs, p: Prepared, store: &std::path::Path) -> anyhow::Result<()> {
+    let store = ImageStore::open(store)
+        .with_context(|| format!("opening image store {}", store.display()))?;
     let runner = OciRuntimeRunner::current_exe(store.root().join("build/runtime"))
         .context("locating the gantry binary for RUN steps")?;
     let builder = Builder::new(&store, &runner)?;
@@ -145,7 +207,7 @@ fn build(a: &BuildArgs) -> anyhow::Result<()> {
             .scratch_dir()
             .join(format!("context-{}-{nanos}", std::process::id())),
     );
-    let walker = ContextWalker::new(&context, in_context.as_deref())?;
+    let walker = p.walker;
     let (reader, writer) = std::io::pipe().context("creating the context pipe")?;
     let sender = std::thread::spawn(move || walker.write_tar(writer));
     let received_ok = receive_context(reader, &received.0);
@@ -156,46 +218,117 @@ fn build(a: &BuildArgs) -> anyhow::Result<()> {
     received_ok?;
 
     let req = BuildRequest {
-        dockerfile,
-        options,
+        dockerfile: p.dockerfile,
+        options: p.options,
         context: received.0.clone(),
         tags: a.tags.clone(),
         no_cache: a.no_cache,
-        network,
+        network: p.network,
     };
     let quiet = a.quiet;
     let started = Instant::now();
     let mut stderr = std::io::stderr().lock();
     let mut printer = |e: Event| {
-        if quiet {
-            return;
+        if !quiet {
+            print_event(&mut stderr, e);
         }
-        let _ = match e {
-            Event::Warning(w) => writeln!(stderr, "{w}"),
-            Event::Step { n, label } => writeln!(stderr, "#{n} {label}"),
-            Event::Cached { n } => writeln!(stderr, "#{n} CACHED"),
-            Event::Output { n, data } => {
-                let text = String::from_utf8_lossy(&data);
-                text.lines().try_for_each(|l| writeln!(stderr, "#{n} {l}"))
-            }
-            Event::Done { n, elapsed } => {
-                writeln!(stderr, "#{n} DONE {:.3}s", elapsed.as_secs_f64())
-            }
-        };
     };
     let out = builder.build(&req, &mut printer)?;
-    if !quiet {
-        eprintln!(
-            "built {} in {:.3}s ({} steps run, {} cached)",
-            out.manifest_digest,
-            started.elapsed().as_secs_f64(),
-            out.steps_run,
-            out.steps_cached
-        );
-        for t in &out.tags {
-            eprintln!("naming to {t}");
-        }
-    }
-    println!("{}", out.manifest_digest);
+    print_result(
+        quiet,
+        started,
+        &out.manifest_digest.to_string(),
+        out.steps_run,
+        out.steps_cached,
+        &out.tags,
+    );
     Ok(())
+}
+
+/// Through the agent: spec, then the context stream; progress comes back.
+fn build_remote(a: &BuildArgs, p: Prepared) -> anyhow::Result<()> {
+    use gantry_agent::build::context::ChannelWriter;
+    use gantry_proto::engine::builder_client::BuilderClient;
+    use gantry_proto::engine::{build_event, build_input, BuildInput, BuildSpec};
+    use tokio_stream::StreamExt;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let channel = super::container::channel(&a.conn.host).await?;
+        let mut client = BuilderClient::new(channel).max_decoding_message_size(64 << 20);
+        let spec = BuildInput {
+            input: Some(build_input::Input::Spec(BuildSpec {
+                dockerfile: p.dockerfile,
+                tags: a.tags.clone(),
+                build_args: p.options.build_args.into_iter().collect(),
+                target: p.options.target.unwrap_or_default(),
+                no_cache: a.no_cache,
+                network: a.network.clone(),
+            })),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let walker = p.walker;
+        let sender = tokio::task::spawn_blocking(move || {
+            walker.write_tar(ChannelWriter::new(tx, 256 << 10))
+        });
+        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx).map(|chunk| BuildInput {
+            input: Some(build_input::Input::Context(chunk)),
+        });
+        let input = tokio_stream::once(spec).chain(chunks);
+        let started = Instant::now();
+        let mut events = client
+            .build(input)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        let mut stderr = std::io::stderr();
+        let mut result = None;
+        while let Some(ev) = events
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        {
+            let e = match ev.event {
+                Some(build_event::Event::Warning(w)) => Event::Warning(w),
+                Some(build_event::Event::Step(s)) => Event::Step {
+                    n: s.n as usize,
+                    label: s.label,
+                },
+                Some(build_event::Event::Cached(n)) => Event::Cached { n: n as usize },
+                Some(build_event::Event::Output(o)) => Event::Output {
+                    n: o.n as usize,
+                    data: o.data,
+                },
+                Some(build_event::Event::Done(d)) => Event::Done {
+                    n: d.n as usize,
+                    elapsed: std::time::Duration::from_micros(d.elapsed_micros),
+                },
+                Some(build_event::Event::Result(r)) => {
+                    result = Some(r);
+                    continue;
+                }
+                None => continue,
+            };
+            if !a.quiet {
+                print_event(&mut stderr, e);
+            }
+        }
+        // The walker's own errors (an unreadable file) explain a cut-off stream best.
+        sender
+            .await
+            .map_err(|_| anyhow::anyhow!("the context streamer panicked"))??;
+        let r = result.context("the agent ended the build without a result")?;
+        print_result(
+            a.quiet,
+            started,
+            &r.digest,
+            r.steps_run as usize,
+            r.steps_cached as usize,
+            &r.tags,
+        );
+        Ok(())
+    })
 }

@@ -287,6 +287,11 @@ pub struct TopArgs {
 
 /// Connects to the agent's unix socket.
 pub async fn connect(host: &str) -> anyhow::Result<EngineClient<Channel>> {
+    Ok(EngineClient::new(channel(host).await?).max_decoding_message_size(64 << 20))
+}
+
+/// A channel to the agent's unix socket (the engine and builder services share it).
+pub async fn channel(host: &str) -> anyhow::Result<Channel> {
     let path = crate::commands::agent::socket_path(host)?;
     let p2 = path.clone();
     let channel = Endpoint::try_from("http://agent.local")?
@@ -305,7 +310,7 @@ pub async fn connect(host: &str) -> anyhow::Result<EngineClient<Channel>> {
                 path.display()
             )
         })?;
-    Ok(EngineClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(channel)
 }
 
 /// An error from the agent: its message, without tonic's framing.
