@@ -133,7 +133,17 @@ async fn main() {
     let rss_services: u64 = opt("--rss-services", "0").parse().unwrap();
     let rss_replicas: u64 = opt("--rss-replicas", "0").parse().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let timing = ["--heartbeat-ms", "50", "--election-timeout-ms", "150"];
+    // The simulated nodes never heartbeat: keep the leader loop from marking them down.
+    let timing = [
+        "--heartbeat-ms",
+        "50",
+        "--election-timeout-ms",
+        "150",
+        "--node-ttl-ms",
+        "86400000",
+        "--node-grace-ms",
+        "86400000",
+    ];
     let mut procs: Vec<Proc> = Vec::new();
     for id in 1..=3u64 {
         let addr = free_addr(&format!("127.0.0.{}", id + 1));
