@@ -4,7 +4,7 @@
 #           before each run), and `gantry image load` + `unpack` from the layout into a
 #           fresh store (copies and verifies every blob first);
 #   peer:   `umoci unpack` of the same layout into a fresh bundle.
-# Interleaved by hyperfine in one run; medians and ratios appended to docs/benchmarks.md.
+# Run by hyperfine in one invocation (each command's runs back to back); medians and ratios appended to docs/benchmarks.md.
 #
 # usage: bench/unpack.sh [-r RUNS] [-b GANTRY_BIN] [--no-record]
 set -euo pipefail
@@ -75,7 +75,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 table=$(cat <<MD
 
 ### Unpack: ${total} MiB, 4 random-data gzip layers, OCI layout ($(date -u +%Y-%m-%d), runs=$runs)
-Command: \`bench/unpack.sh -r $runs\` (hyperfine, interleaved, one run; umoci $(umoci --version | awk '{print $3}')).
+Command: \`bench/unpack.sh -r $runs\` (hyperfine in one run, each command's runs back to back, not interleaved; umoci $(umoci --version | awk '{print $3}')).
 
 | what | median s | umoci / this |
 |---|---:|---:|

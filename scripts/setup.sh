@@ -15,6 +15,7 @@ declare -A NEED=(
   [umoci]=umoci
   [hyperfine]=hyperfine      # benchmarks
   [docker-registry]=docker-registry  # the reference registry (interop tests)
+  [dockerd]=docker.io        # the Docker engine (interop test, pull benchmark peer)
   [iperf3]=iperf3
   [curl]=curl
 )

@@ -1,6 +1,8 @@
 //! The registry client against real registries on 127.0.0.1: the gantry registry (in
 //! process) and the reference registry (`docker-registry`, started here, killed by PID).
 
+mod image_support;
+
 use gantry_agent::distribution::{self, ClientConfig, Credentials, DistributionError, Silent};
 use gantry_agent::image::{manifest, Digest, ImageStore, Reference};
 use sha2::{Digest as _, Sha256};
@@ -8,6 +10,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use image_support::{put_image, require_root, tree, Layer};
 
 struct Server {
     addr: std::net::SocketAddr,
@@ -101,23 +105,6 @@ async fn start_reference() -> RefRegistry {
     panic!("docker-registry did not listen on {addr} within 10 s");
 }
 
-fn gzip(raw: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, raw).unwrap();
-    gz.finish().unwrap()
-}
-
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut t = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        t.append_data(&mut h, name, *data).unwrap();
-    }
-    t.into_inner().unwrap()
-}
-
 fn sha(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
@@ -125,39 +112,17 @@ fn sha(data: &[u8]) -> String {
 /// Builds an image in `store` named `name` with one gzip layer per file set; returns the
 /// manifest digest.
 fn make_image(store: &ImageStore, name: &str, layers: &[Vec<(&str, Vec<u8>)>]) -> Digest {
-    let mut descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for files in layers {
-        let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, &d[..])).collect();
-        let raw = tar_of(&refs);
-        diff_ids.push(sha(&raw));
-        let gz = gzip(&raw);
-        store.content().put(&gz, None).unwrap();
-        descs.push(serde_json::json!({"mediaType": manifest::OCI_LAYER_GZIP, "digest": sha(&gz), "size": gz.len()}));
-    }
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap();
-    store.content().put(&config, None).unwrap();
-    let m = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
-        "config": {"mediaType": manifest::OCI_CONFIG, "digest": sha(&config), "size": config.len()},
-        "layers": descs,
-    }))
-    .unwrap();
-    let info = store.content().put(&m, None).unwrap();
-    store
-        .index()
-        .tag(
-            &Reference::parse(name).unwrap(),
-            &info.digest,
-            manifest::OCI_MANIFEST,
-            m.len() as u64,
-        )
-        .unwrap();
-    info.digest
+    let tars: Vec<Vec<u8>> = layers
+        .iter()
+        .map(|files| {
+            let mut l = Layer::new();
+            for (n, d) in files {
+                l.file(n, d, 0o644, 1_600_000_000);
+            }
+            l.tar()
+        })
+        .collect();
+    put_image(store, name, &tars)
 }
 
 fn store() -> (ImageStore, tempfile::TempDir) {
@@ -505,4 +470,133 @@ async fn bearer_token_flow() {
         matches!(err, DistributionError::Unauthorized { .. }),
         "{err}"
     );
+}
+
+/// Unmounts (detached) on drop.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Layers are unpacked while they download, each into its own snapshot, then stacked by
+/// chain ID: the mounted stack shows the upper layer's whiteout hiding a lower file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_layers_stack_by_chain_id_with_whiteouts() {
+    require_root("pulling into overlay snapshots (whiteout devices, overlay mount)");
+    let s = start_gantry().await;
+    let (a, _da) = store();
+    let name = format!("{}/stack/img:v1", s.addr);
+    let lower = Layer::new()
+        .dir("a/", 0o755, 1_600_000_000)
+        .file("a/keep", b"keep\n", 0o644, 1_600_000_000)
+        .file("a/gone", b"gone\n", 0o644, 1_600_000_000)
+        .tar();
+    let upper = Layer::new()
+        .file("a/.wh.gone", b"", 0o644, 1_600_000_000)
+        .file("b/new", &random(2 << 20, 7), 0o600, 1_600_000_000)
+        .tar();
+    put_image(&a, &name, &[lower, upper]);
+    distribution::push(&a, &name, &cfg(), Arc::new(Silent))
+        .await
+        .unwrap();
+
+    let (b, db) = store();
+    let p = distribution::pull(&b, &name, &cfg(), &Silent)
+        .await
+        .unwrap();
+    let image = b.resolve(&Reference::parse(&name).unwrap()).unwrap();
+    let snaps = b.snapshotter();
+    use gantry_agent::image::Snapshotter;
+    let top = snaps.stat(&image.chain_ids[1].to_string()).unwrap();
+    assert_eq!(top.parent, Some(image.chain_ids[0].to_string()));
+    assert_eq!(
+        snaps.stat(&image.chain_ids[0].to_string()).unwrap().parent,
+        None
+    );
+    assert_eq!(p.chain_id.as_ref(), Some(&image.chain_ids[1]));
+    let keys: Vec<String> = snaps.list().unwrap().into_iter().map(|i| i.key).collect();
+    assert_eq!(keys.len(), 2, "only the two layers remain: {keys:?}");
+
+    let key = format!("view-{}", std::process::id());
+    let mounts = snaps.view(&key, Some(&top.key)).unwrap();
+    assert_eq!(mounts[0].kind, "overlay");
+    let target = db.path().join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    nix::mount::mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(mounts[0].options.join(",").as_str()),
+    )
+    .expect("mount overlay");
+    let guard = Unmount(target.clone());
+    assert_eq!(std::fs::read(target.join("a/keep")).unwrap(), b"keep\n");
+    assert!(!target.join("a/gone").exists(), "the whiteout hides a/gone");
+    assert_eq!(
+        std::fs::read(target.join("b/new")).unwrap(),
+        random(2 << 20, 7)
+    );
+    drop(guard);
+    snaps.remove(&key).unwrap();
+}
+
+/// A layer the unpacker refuses (an entry climbing out of the target) fails the pull while
+/// it streams: the error names the entry, and neither blob, snapshot, name nor file
+/// outside is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_layer_during_pull_leaves_nothing() {
+    require_root("unpacking layers (owners, whiteouts)");
+    let s = start_gantry().await;
+    let (a, _da) = store();
+    let name = format!("{}/evil/img:v1", s.addr);
+    let escape = format!("escape-{}", std::process::id());
+    let good = Layer::new()
+        .file("ok.bin", &random(1 << 20, 9), 0o644, 1_600_000_000)
+        .tar();
+    let evil = Layer::new()
+        .file("fine", b"x", 0o644, 1_600_000_000)
+        .file(
+            &format!("../../../{escape}"),
+            b"pwned",
+            0o644,
+            1_600_000_000,
+        )
+        .tar();
+    let md = put_image(&a, &name, &[good, evil]);
+    distribution::push(&a, &name, &cfg(), Arc::new(Silent))
+        .await
+        .unwrap();
+    let image = a.resolve_digest(&name, &md, None).unwrap();
+    let evil_blob = Digest::try_from(image.layers[1].digest()).unwrap();
+
+    let (b, db) = store();
+    let err = distribution::pull(&b, &name, &cfg(), &Silent)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&escape), "entry named: {err}");
+    assert!(
+        !b.content().exists(&evil_blob),
+        "refused layer's blob not stored"
+    );
+    use gantry_agent::image::Snapshotter;
+    assert!(
+        b.snapshotter().list().unwrap().is_empty(),
+        "no snapshot left"
+    );
+    assert!(
+        b.index().list().unwrap().is_empty(),
+        "no name for a failed pull"
+    );
+    let left: Vec<String> = tree(&db.path().join("snapshots"))
+        .into_iter()
+        .filter(|p| !p.starts_with("metadata"))
+        .collect();
+    assert!(left.is_empty(), "snapshot dirs left behind: {left:?}");
+    assert!(empty_or_missing(&db.path().join("content/ingest")));
+    assert!(!tree(db.path()).iter().any(|p| p.contains(&escape)));
+    assert!(!db.path().parent().unwrap().join(&escape).exists());
 }

@@ -187,3 +187,43 @@ fn gc_removes_only_unreferenced_blobs_and_snapshots() {
         .unpack(&store.resolve(&Reference::parse("keep:1").unwrap()).unwrap())
         .unwrap();
 }
+
+/// A layer staged without a parent (as a pull unpacks it while downloading) is stacked
+/// afterwards with `commit_onto`; a parent that is not committed is refused and changes
+/// nothing.
+#[test]
+fn staged_layers_are_stacked_onto_committed_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = gantry_agent::image::OverlaySnapshotter::open(dir.path()).unwrap();
+    let lower = snaps.prepare_for_unpack("stage-lower", None).unwrap();
+    fs::write(lower.join("l"), b"lower").unwrap();
+    let upper = snaps.prepare_for_unpack("stage-upper", None).unwrap();
+    fs::write(upper.join("u"), b"upper").unwrap();
+
+    // The parent is still active: refused, and both staged snapshots are unchanged.
+    let err = snaps
+        .commit_onto("chain-upper", "stage-upper", Some("stage-lower"))
+        .unwrap_err();
+    assert!(err.to_string().contains("stage-lower"), "{err}");
+    assert!(snaps.stat("chain-upper").is_err());
+    assert_eq!(snaps.stat("stage-upper").unwrap().parent, None);
+
+    snaps
+        .commit_onto("chain-lower", "stage-lower", None)
+        .unwrap();
+    snaps
+        .commit_onto("chain-upper", "stage-upper", Some("chain-lower"))
+        .unwrap();
+    let info = snaps.stat("chain-upper").unwrap();
+    assert_eq!(info.parent.as_deref(), Some("chain-lower"));
+    assert_eq!(fs::read(snaps.fs_dir(&info).join("u")).unwrap(), b"upper");
+    // The lower one now has a child: removing it is refused.
+    assert!(snaps.remove("chain-lower").is_err());
+    let mounts = snaps.view("v", Some("chain-upper")).unwrap();
+    let lowerdir = mounts[0]
+        .options
+        .iter()
+        .find(|o| o.starts_with("lowerdir="))
+        .unwrap();
+    assert_eq!(lowerdir.matches(':').count(), 1, "two lowers: {lowerdir}");
+}

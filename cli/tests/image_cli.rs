@@ -163,3 +163,95 @@ fn image_verbs_end_to_end() {
         0
     );
 }
+
+/// Kills the child (by its PID, through `Child::kill`) on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `gantry push` to and `gantry pull` from a `gantry registry` on loopback: the pull says
+/// per layer what it did in plain lines (stderr is not a terminal) and leaves the image
+/// unpacked under its name.
+#[test]
+fn push_and_pull_through_gantry_registry() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "push_and_pull_through_gantry_registry needs root (unpack sets owners); run as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let reg_root = dir.path().join("registry");
+    let _registry = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["registry", "--listen", &addr, "--root"])
+            .arg(&reg_root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gantry registry"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gantry registry did not listen on {addr} within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let store = dir.path().join("store");
+    let (manifest, layer) = layout(&dir.path().join("layout"));
+    let name = format!("{addr}/test/app");
+    ok(
+        &store,
+        &[
+            "image",
+            "load",
+            "-i",
+            dir.path().join("layout").to_str().unwrap(),
+            "--name",
+            &name,
+        ],
+    );
+    let pushed = ok(&store, &["push", &format!("{name}:1")]);
+    assert_eq!(pushed.trim(), format!("Digest: {manifest}"));
+
+    let store2 = dir.path().join("store2");
+    let o = gantry(&store2, &["pull", &format!("{name}:1")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "pull failed: {err}");
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![format!("{name}:1"), format!("Digest: {manifest}")]
+    );
+    let short = &layer.hex()[..12];
+    assert!(
+        err.contains(&format!("{short}: downloading"))
+            && err.contains(&format!("{short}: pull complete (unpacked)")),
+        "{err}"
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&store2, &["image", "inspect", &format!("{name}:1")])).unwrap();
+    assert_eq!(inspect[0]["unpacked"], true);
+
+    // A second pull finds everything present.
+    let o = gantry(&store2, &["pull", &format!("{name}:1")]);
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("{short}: already exists")),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

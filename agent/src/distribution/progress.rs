@@ -8,12 +8,27 @@ use std::io::Write;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerEvent {
     AlreadyExists,
-    Downloading { size: u64 },
-    Downloaded { size: u64 },
+    Downloading {
+        size: u64,
+    },
+    /// Bytes received so far of `size` (sent about once per MiB).
+    Progress {
+        received: u64,
+        size: u64,
+    },
+    Downloaded {
+        size: u64,
+    },
     Unpacked,
-    Mounted { from: String },
-    Uploading { size: u64 },
-    Pushed { size: u64 },
+    Mounted {
+        from: String,
+    },
+    Uploading {
+        size: u64,
+    },
+    Pushed {
+        size: u64,
+    },
 }
 
 /// Receives progress events (from several tasks at once).
@@ -22,26 +37,34 @@ pub trait Progress: Send + Sync {
     fn message(&self, text: &str);
 }
 
-/// Prints each event as a line on stderr.
+/// Prints each event but byte counts as a line on stderr.
 pub struct LinePrinter;
 
 impl Progress for LinePrinter {
     fn layer(&self, digest: &Digest, event: LayerEvent) {
         let short = &digest.hex()[..12];
-        let text = match event {
-            LayerEvent::AlreadyExists => "already exists".to_string(),
-            LayerEvent::Downloading { size } => format!("downloading ({})", human(size)),
-            LayerEvent::Downloaded { size } => format!("download complete ({})", human(size)),
-            LayerEvent::Unpacked => "unpacked".to_string(),
-            LayerEvent::Mounted { from } => format!("mounted from {from}"),
-            LayerEvent::Uploading { size } => format!("pushing ({})", human(size)),
-            LayerEvent::Pushed { size } => format!("pushed ({})", human(size)),
+        let Some(text) = describe(&event) else {
+            return;
         };
         let _ = writeln!(std::io::stderr().lock(), "{short}: {text}");
     }
     fn message(&self, text: &str) {
         let _ = writeln!(std::io::stderr().lock(), "{text}");
     }
+}
+
+/// The words for an event, as `docker pull` says them; None for byte counts.
+pub fn describe(event: &LayerEvent) -> Option<String> {
+    Some(match event {
+        LayerEvent::AlreadyExists => "already exists".to_string(),
+        LayerEvent::Downloading { size } => format!("downloading ({})", human(*size)),
+        LayerEvent::Progress { .. } => return None,
+        LayerEvent::Downloaded { size } => format!("download complete ({})", human(*size)),
+        LayerEvent::Unpacked => "pull complete (unpacked)".to_string(),
+        LayerEvent::Mounted { from } => format!("mounted from {from}"),
+        LayerEvent::Uploading { size } => format!("pushing ({})", human(*size)),
+        LayerEvent::Pushed { size } => format!("pushed ({})", human(*size)),
+    })
 }
 
 /// Ignores progress.
@@ -52,7 +75,7 @@ impl Progress for Silent {
     fn message(&self, _: &str) {}
 }
 
-fn human(n: u64) -> String {
+pub fn human(n: u64) -> String {
     const U: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut i = 0;
@@ -64,5 +87,34 @@ fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", U[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_like_docker_pull_and_byte_counts_stay_quiet() {
+        assert_eq!(
+            describe(&LayerEvent::Downloading { size: 3 << 20 }).as_deref(),
+            Some("downloading (3.0 MiB)")
+        );
+        assert_eq!(
+            describe(&LayerEvent::Downloaded { size: 512 }).as_deref(),
+            Some("download complete (512 B)")
+        );
+        assert_eq!(
+            describe(&LayerEvent::Unpacked).as_deref(),
+            Some("pull complete (unpacked)")
+        );
+        assert_eq!(
+            describe(&LayerEvent::Progress {
+                received: 1,
+                size: 2
+            }),
+            None
+        );
+        assert_eq!(human(5 << 30), "5.0 GiB");
     }
 }

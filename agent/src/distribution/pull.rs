@@ -7,8 +7,12 @@ use super::client::{header_map, status_error, RegistryClient};
 use super::progress::{LayerEvent, Progress};
 use super::{auth, digest_of, ClientConfig, DistributionError, ACCEPT, MAX_MANIFEST_BYTES};
 use crate::image::manifest::{self, Parsed};
-use crate::image::{Digest, ImageStore, Reference};
+use crate::image::{
+    ApplyError, ContentError, ContentWriter, Digest, ImageStore, Reference, Snapshotter,
+    StoreError, UnpackError,
+};
 use reqwest::Method;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -84,39 +88,89 @@ async fn fetch_manifest(
     Ok((body.to_vec(), actual, mt))
 }
 
-/// Downloads one blob into the content store, verified while streaming.
-async fn fetch_blob(
-    client: Arc<RegistryClient>,
-    store: ImageStore,
-    repo: String,
-    digest: Digest,
+/// Network chunks of one blob, readable as a [`Read`] on a blocking thread.
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl ChunkReader {
+    /// The next non-empty chunk, or None at the end of the stream.
+    fn next_chunk(&mut self) -> Option<bytes::Bytes> {
+        loop {
+            match self.rx.blocking_recv() {
+                Some(c) if c.is_empty() => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Copies every chunk into the content writer on its way to the unpacker: the layer is
+/// stored and unpacked in one pass over the network stream, with no temp tar.
+struct TeeReader {
+    chunks: ChunkReader,
+    writer: ContentWriter,
+    /// Why writing to the content store failed (reported instead of the unpacker's error).
+    failed: Option<ContentError>,
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.chunks.chunk.is_empty() {
+            let Some(c) = self.chunks.next_chunk() else {
+                return Ok(0);
+            };
+            if let Err(e) = self.writer.write_chunk(&c) {
+                let msg = e.to_string();
+                self.failed = Some(e);
+                return Err(std::io::Error::other(msg));
+            }
+            self.chunks.chunk = c;
+        }
+        let n = buf.len().min(self.chunks.chunk.len());
+        buf[..n].copy_from_slice(&self.chunks.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// What a download task reports back to the pull loop.
+type Events = tokio::sync::mpsc::UnboundedSender<(Digest, LayerEvent)>;
+
+/// Streams the body of blob `digest` to `sink`, which runs on a blocking thread and reads
+/// the chunks through a small bounded channel (memory stays at a few MiB whatever the
+/// blob's size). Returns the bytes received and the sink's result; a network failure or
+/// cancellation wins over the sink's result (the sink then saw a truncated stream).
+#[allow(clippy::too_many_arguments)]
+async fn stream_blob<T: Send + 'static>(
+    client: &RegistryClient,
+    repo: &str,
+    digest: &Digest,
     size: u64,
-    scope: String,
-    cancel: Arc<AtomicBool>,
-) -> Result<u64, DistributionError> {
+    scope: &str,
+    cancel: &AtomicBool,
+    events: &Events,
+    sink: impl FnOnce(ChunkReader) -> T + Send + 'static,
+) -> Result<(u64, T), DistributionError> {
     let path = format!("/v2/{repo}/blobs/{digest}");
     let mut resp = client
-        .send(Method::GET, &path, Default::default(), &scope)
+        .send(Method::GET, &path, Default::default(), scope)
         .await?;
     if !resp.status().is_success() {
         return Err(status_error(&client.url(&path), resp).await);
     }
-    // The writer hashes on a blocking thread; the network side hands it chunks through
-    // a small bounded channel (memory stays at a few MiB whatever the layer size).
-    let writer = store.content().writer(Some(digest.clone()), Some(size))?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
-    let sink = tokio::task::spawn_blocking(move || {
-        let mut w = writer;
-        while let Some(chunk) = rx.blocking_recv() {
-            w.write_chunk(&chunk)?;
-        }
-        w.commit()
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let task = tokio::task::spawn_blocking(move || {
+        sink(ChunkReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        })
     });
     let mut received = 0u64;
+    let mut reported = 0u64;
     let mut failure = None;
     loop {
         if cancel.load(Ordering::Relaxed) {
-            // Another blob failed: stop, and let the writer drop its partial data.
             failure = Some(DistributionError::Invalid {
                 what: format!("blob {digest}"),
                 why: "download cancelled after another blob failed".into(),
@@ -127,7 +181,11 @@ async fn fetch_blob(
             Ok(Some(c)) => {
                 received += c.len() as u64;
                 if tx.send(c).await.is_err() {
-                    break; // the writer failed; its error is reported below
+                    break; // the sink stopped early; its result says why
+                }
+                if received - reported >= PROGRESS_STEP {
+                    reported = received;
+                    let _ = events.send((digest.clone(), LayerEvent::Progress { received, size }));
                 }
             }
             Ok(None) => break,
@@ -141,21 +199,130 @@ async fn fetch_blob(
         }
     }
     drop(tx);
-    let committed = sink.await.expect("blob writer panicked");
-    if let Some(e) = failure {
-        return Err(e); // the writer was dropped uncommitted or failed: nothing stored
+    let out = task.await.expect("blob sink panicked");
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((received, out)),
     }
-    match committed {
-        Ok(_) => Ok(received),
-        Err(crate::image::ContentError::DigestMismatch {
+}
+
+/// Progress events are sent at most once per this many bytes.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+fn blob_error(repo: &str, e: ContentError) -> DistributionError {
+    match e {
+        ContentError::DigestMismatch {
             expected, actual, ..
-        }) => Err(DistributionError::DigestMismatch {
+        } => DistributionError::DigestMismatch {
             what: format!("blob {repo}@{expected}"),
             expected: expected.to_string(),
             actual: actual.to_string(),
-        }),
-        Err(e) => Err(e.into()),
+        },
+        e => e.into(),
     }
+}
+
+/// Downloads one blob into the content store, verified while streaming.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_blob(
+    client: Arc<RegistryClient>,
+    store: ImageStore,
+    repo: String,
+    digest: Digest,
+    size: u64,
+    scope: String,
+    cancel: Arc<AtomicBool>,
+    events: Events,
+) -> Result<u64, DistributionError> {
+    let writer = store.content().writer(Some(digest.clone()), Some(size))?;
+    let sink = move |mut chunks: ChunkReader| {
+        let mut w = writer;
+        while let Some(c) = chunks.next_chunk() {
+            w.write_chunk(&c)?;
+        }
+        w.commit()
+    };
+    let (n, committed) = stream_blob(
+        &client, &repo, &digest, size, &scope, &cancel, &events, sink,
+    )
+    .await?;
+    committed.map_err(|e| blob_error(&repo, e))?;
+    Ok(n)
+}
+
+/// Downloads one layer into the content store and, in the same pass, unpacks it into a
+/// staged snapshot ([`ImageStore::stage_layer`]); returns the bytes received and the
+/// staged snapshot's key. A refused or corrupt layer leaves neither blob nor snapshot.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_layer(
+    client: Arc<RegistryClient>,
+    store: ImageStore,
+    repo: String,
+    digest: Digest,
+    size: u64,
+    diff_id: Digest,
+    scope: String,
+    cancel: Arc<AtomicBool>,
+    events: Events,
+) -> Result<(u64, String), DistributionError> {
+    let writer = store.content().writer(Some(digest.clone()), Some(size))?;
+    let mut opts = store.unpack_options.clone();
+    opts.expected_digest = Some(digest.clone());
+    opts.expected_diff_id = Some(diff_id);
+    opts.compression = None;
+    let st = store.clone();
+    let sink = move |chunks: ChunkReader| -> Result<String, LayerFailure> {
+        let mut tee = TeeReader {
+            chunks,
+            writer,
+            failed: None,
+        };
+        match st.stage_layer(&mut tee, &opts) {
+            Ok((key, _stats)) => match tee.writer.commit() {
+                Ok(_) => Ok(key),
+                Err(e) => {
+                    let _ = st.snapshotter().remove(&key);
+                    Err(LayerFailure::Content(e))
+                }
+            },
+            Err(e) => {
+                if let Some(w) = tee.failed.take() {
+                    return Err(LayerFailure::Content(w));
+                }
+                // A stream the decompressor or tar reader chokes on is most often a
+                // corrupt download: read the rest and tell the two apart by the digest.
+                if let ApplyError::Unpack(UnpackError::Tar { .. }) = &e {
+                    if std::io::copy(&mut tee, &mut std::io::sink()).is_ok() {
+                        if let Err(c) = tee.writer.check() {
+                            return Err(LayerFailure::Content(c));
+                        }
+                    }
+                }
+                Err(LayerFailure::Unpack(e))
+            }
+        }
+    };
+    let (n, staged) = stream_blob(
+        &client, &repo, &digest, size, &scope, &cancel, &events, sink,
+    )
+    .await?;
+    match staged {
+        Ok(key) => Ok((n, key)),
+        Err(LayerFailure::Content(e)) => Err(blob_error(&repo, e)),
+        Err(LayerFailure::Unpack(e)) => Err(DistributionError::Store(match e {
+            ApplyError::Unpack(source) => StoreError::Unpack {
+                image: repo.clone(),
+                layer: digest,
+                source,
+            },
+            ApplyError::Snapshot(s) => s.into(),
+        })),
+    }
+}
+
+enum LayerFailure {
+    Content(ContentError),
+    Unpack(ApplyError),
 }
 
 /// Pulls `reference` (`host[:port]/repo[:tag][@digest]`) into `store`.
@@ -225,18 +392,6 @@ pub async fn pull(
         }
     };
 
-    // Config and layers, in parallel, skipping what the store has.
-    let mut blobs: Vec<(Digest, u64, bool)> = Vec::new();
-    let config_d = manifest::descriptor_digest(image_manifest.config(), &what).map_err(merr)?;
-    blobs.push((config_d, image_manifest.config().size(), false));
-    for l in image_manifest.layers() {
-        let d = manifest::descriptor_digest(l, &what).map_err(merr)?;
-        blobs.push((d, l.size(), true));
-    }
-    let parallel = config.max_parallel.max(1);
-    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
-    let mut tasks = tokio::task::JoinSet::new();
-    let cancel = Arc::new(AtomicBool::new(false));
     let mut report = PullReport {
         name: None,
         digest: top_digest.clone(),
@@ -245,44 +400,106 @@ pub async fn pull(
         bytes_downloaded: 0,
         chain_id: None,
     };
-    for (d, size, is_layer) in blobs {
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<(Digest, LayerEvent)>();
+    let cancel = Arc::new(AtomicBool::new(false));
+
+    // The config first: its diff_ids let each layer be verified and unpacked while it
+    // downloads.
+    let config_d = manifest::descriptor_digest(image_manifest.config(), &what).map_err(merr)?;
+    if !store.content().exists(&config_d) {
+        report.bytes_downloaded += fetch_blob(
+            client.clone(),
+            store.clone(),
+            repo.clone(),
+            config_d.clone(),
+            image_manifest.config().size(),
+            scope.clone(),
+            cancel.clone(),
+            ev_tx.clone(),
+        )
+        .await?;
+    }
+    let config_bytes = store.content().read(&config_d)?;
+    let image_config =
+        manifest::parse_config(&config_bytes, &format!("config {config_d}")).map_err(merr)?;
+    let diff_ids = manifest::diff_ids(&image_config, &image_manifest).map_err(merr)?;
+    let chain_ids = manifest::chain_ids(&diff_ids);
+
+    // Layers, in parallel, skipping what the store has: a layer whose snapshot is missing
+    // is downloaded and unpacked in one pass; one already unpacked is only downloaded
+    // (its blob is kept for push and save).
+    let parallel = config.max_parallel.max(1);
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut staged: Vec<Option<String>> = vec![None; image_manifest.layers().len()];
+    for (i, l) in image_manifest.layers().iter().enumerate() {
+        let d = manifest::descriptor_digest(l, &what).map_err(merr)?;
+        let size = l.size();
+        let unpacked = store.snapshotter().stat(&chain_ids[i].to_string()).is_ok();
         if store.content().exists(&d) {
-            if is_layer {
-                report.layers_present += 1;
-                progress.layer(&d, LayerEvent::AlreadyExists);
-            }
+            report.layers_present += 1;
+            progress.layer(&d, LayerEvent::AlreadyExists);
             continue;
         }
-        if is_layer {
-            progress.layer(&d, LayerEvent::Downloading { size });
-        }
-        let (client, store, repo, scope, sem, cancel) = (
+        progress.layer(&d, LayerEvent::Downloading { size });
+        let (client, store, repo, scope, sem, cancel, events) = (
             client.clone(),
             store.clone(),
             repo.clone(),
             scope.clone(),
             sem.clone(),
             cancel.clone(),
+            ev_tx.clone(),
         );
+        let diff_id = diff_ids[i].clone();
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
-            let n = fetch_blob(client, store, repo, d.clone(), size, scope, cancel).await?;
-            Ok::<_, DistributionError>((d, n, is_layer))
+            let (n, key) = if unpacked {
+                let n =
+                    fetch_blob(client, store, repo, d.clone(), size, scope, cancel, events).await?;
+                (n, None)
+            } else {
+                let (n, key) = fetch_layer(
+                    client,
+                    store,
+                    repo,
+                    d.clone(),
+                    size,
+                    diff_id,
+                    scope,
+                    cancel,
+                    events,
+                )
+                .await?;
+                (n, Some(key))
+            };
+            Ok::<_, DistributionError>((i, d, n, key))
         });
     }
+    drop(ev_tx);
     let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        let joined = tokio::select! {
+            Some((d, ev)) = ev_rx.recv() => {
+                progress.layer(&d, ev);
+                continue;
+            }
+            joined = tasks.join_next() => joined,
+        };
+        let Some(joined) = joined else { break };
         let outcome = match joined {
             Ok(o) => o,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
         match outcome {
-            Ok((d, n, is_layer)) => {
+            Ok((i, d, n, key)) => {
                 report.bytes_downloaded += n;
-                if is_layer {
-                    report.layers_downloaded += 1;
-                    progress.layer(&d, LayerEvent::Downloaded { size: n });
+                report.layers_downloaded += 1;
+                progress.layer(&d, LayerEvent::Downloaded { size: n });
+                if key.is_some() {
+                    progress.layer(&d, LayerEvent::Unpacked);
                 }
+                staged[i] = key;
             }
             Err(e) => {
                 // Every task is awaited (not aborted) so that no writer outlives the pull.
@@ -294,19 +511,36 @@ pub async fn pull(
         }
     }
     if let Some(e) = first_error {
+        for key in staged.into_iter().flatten() {
+            let _ = store.snapshotter().remove(&key);
+        }
         return Err(e);
     }
     for (body, d) in manifests.iter().rev() {
-        store.content().put(body, Some(d))?;
+        if let Err(e) = store.content().put(body, Some(d)) {
+            for key in staged.into_iter().flatten() {
+                let _ = store.snapshotter().remove(&key);
+            }
+            return Err(e.into());
+        }
     }
 
-    // Unpack (each layer once, shared by chain ID), then name the image.
+    // Stack the staged layers by chain ID (unpacking any layer whose blob was present but
+    // not unpacked), then name the image.
     let s = store.clone();
     let name = r.name();
     let (td, tmt) = (top_digest.clone(), top_media_type.clone());
     let chain = tokio::task::spawn_blocking(move || {
-        let image = s.resolve_digest(&name, &td, Some(&tmt))?;
-        s.unpack(&image)
+        let image = match s.resolve_digest(&name, &td, Some(&tmt)) {
+            Ok(i) => i,
+            Err(e) => {
+                for key in staged.into_iter().flatten() {
+                    let _ = s.snapshotter().remove(&key);
+                }
+                return Err(e);
+            }
+        };
+        s.unpack_staged(&image, staged)
     })
     .await
     .expect("unpack task panicked")?;

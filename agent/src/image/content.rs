@@ -267,11 +267,13 @@ impl ContentWriter {
             .unwrap_or_else(|| "unnamed blob".into())
     }
 
-    /// Verifies size and digest, fsyncs, and renames the temp file into place. On a
-    /// mismatch nothing is stored (the temp file is removed).
-    pub fn commit(mut self) -> Result<BlobInfo, ContentError> {
-        let size = self.hasher.len();
-        let actual = std::mem::take(&mut self.hasher).finish();
+    /// Whether what was written so far is the complete expected blob (size and digest),
+    /// without storing it: tells a corrupt download from a bad layer.
+    pub fn check(&self) -> Result<(), ContentError> {
+        self.verify(&self.hasher.clone().finish(), self.hasher.len())
+    }
+
+    fn verify(&self, actual: &Digest, size: u64) -> Result<(), ContentError> {
         if let Some(expected) = self.expected_size {
             if expected != size {
                 return Err(ContentError::SizeMismatch {
@@ -282,14 +284,23 @@ impl ContentWriter {
             }
         }
         if let Some(expected) = &self.expected {
-            if *expected != actual {
+            if expected != actual {
                 return Err(ContentError::DigestMismatch {
                     expected: expected.clone(),
-                    actual,
+                    actual: actual.clone(),
                     size,
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Verifies size and digest, fsyncs, and renames the temp file into place. On a
+    /// mismatch nothing is stored (the temp file is removed).
+    pub fn commit(mut self) -> Result<BlobInfo, ContentError> {
+        let size = self.hasher.len();
+        let actual = std::mem::take(&mut self.hasher).finish();
+        self.verify(&actual, size)?;
         let file = self
             .file
             .take()

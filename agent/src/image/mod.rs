@@ -267,10 +267,53 @@ impl ImageStore {
     /// Unpacks every layer of `image` not yet unpacked (each into its own snapshot named by
     /// chain ID). Returns the top chain ID (`None` for an image without layers).
     pub fn unpack(&self, image: &Image) -> Result<Option<Digest>, StoreError> {
+        self.unpack_staged(image, Vec::new())
+    }
+
+    /// [`Self::unpack`], where `staged[i]`, when `Some`, is a snapshot key returned by
+    /// [`Self::stage_layer`] holding layer `i` already unpacked (a pull unpacks while
+    /// downloading): it is stacked in place instead of unpacking the blob. Every staged
+    /// snapshot is used or removed, also on failure.
+    pub fn unpack_staged(
+        &self,
+        image: &Image,
+        mut staged: Vec<Option<String>>,
+    ) -> Result<Option<Digest>, StoreError> {
+        staged.resize(image.layers.len(), None);
+        let result = self.unpack_inner(image, &mut staged);
+        for key in staged.into_iter().flatten() {
+            let _ = self.snapshots.remove(&key);
+        }
+        result
+    }
+
+    fn unpack_inner(
+        &self,
+        image: &Image,
+        staged: &mut [Option<String>],
+    ) -> Result<Option<Digest>, StoreError> {
         for (i, layer) in image.layers.iter().enumerate() {
             let chain = &image.chain_ids[i];
             if self.snapshots.stat(&chain.to_string()).is_ok() {
                 continue;
+            }
+            let parent = i.checked_sub(1).map(|p| image.chain_ids[p].to_string());
+            if let Some(key) = staged[i].take() {
+                match self
+                    .snapshots
+                    .commit_onto(&chain.to_string(), &key, parent.as_deref())
+                {
+                    Ok(()) => continue,
+                    // Another unpacker committed this chain first: keep theirs.
+                    Err(SnapshotError::AlreadyExists { .. }) => {
+                        self.snapshots.remove(&key)?;
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = self.snapshots.remove(&key);
+                        return Err(e.into());
+                    }
+                }
             }
             let layer_digest =
                 manifest::descriptor_digest(layer, &image.reference).map_err(|source| {
@@ -293,7 +336,6 @@ impl ImageStore {
             // Magic bytes decide (gzip and zstd are unambiguous against a tar header), so a
             // mislabelled layer still unpacks; the digests are verified either way.
             opts.compression = None;
-            let parent = i.checked_sub(1).map(|p| image.chain_ids[p].to_string());
             self.apply_layer(&chain.to_string(), parent.as_deref(), reader, &opts)
                 .map_err(|e| match e {
                     ApplyError::Unpack(source) => StoreError::Unpack {
@@ -342,6 +384,36 @@ impl ImageStore {
             Err(e) => {
                 let _ = self.snapshots.remove(&key);
                 Err(e.into())
+            }
+        }
+    }
+
+    /// Unpacks one layer stream into a new parentless snapshot and returns its key, for
+    /// [`Self::unpack_staged`] to stack later. Overlay-mode layers never read their parent,
+    /// so the layers of an image can be staged in parallel, straight from the network. A
+    /// refused layer leaves nothing behind.
+    pub fn stage_layer<R: std::io::Read>(
+        &self,
+        reader: R,
+        opts: &UnpackOptions,
+    ) -> Result<(String, UnpackStats), ApplyError> {
+        if opts.whiteouts != WhiteoutMode::Overlay {
+            return Err(ApplyError::Unpack(UnpackError::Refused {
+                entry: String::new(),
+                reason: "staged layers need overlay whiteouts (apply mode reads the parent)".into(),
+            }));
+        }
+        let key = format!(
+            "unpack-staged-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let dir = self.snapshots.prepare_for_unpack(&key, None)?;
+        match unpack::unpack_layer(reader, &dir, opts) {
+            Ok(stats) => Ok((key, stats)),
+            Err(e) => {
+                let _ = self.snapshots.remove(&key);
+                Err(ApplyError::Unpack(e))
             }
         }
     }

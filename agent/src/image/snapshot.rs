@@ -164,6 +164,19 @@ impl OverlaySnapshotter {
         &self.dir
     }
 
+    /// Commits the active snapshot `key` (made by [`Self::prepare_for_unpack`] without a
+    /// parent, never mounted) as `name` on top of the committed `parent`. Layers unpacked
+    /// with overlay whiteouts never read their parent, so a pull unpacks all layers at once,
+    /// each into a parentless snapshot, and stacks them with this afterwards, bottom first.
+    pub fn commit_onto(
+        &self,
+        name: &str,
+        key: &str,
+        parent: Option<&str>,
+    ) -> Result<(), SnapshotError> {
+        self.commit_inner(name, key, Some(parent))
+    }
+
     /// The directory holding a snapshot's files: the layer of a committed snapshot, the
     /// upper dir of an active one. Layers are unpacked straight into it.
     pub fn fs_dir(&self, info: &Info) -> PathBuf {
@@ -364,6 +377,49 @@ impl OverlaySnapshotter {
         Ok(vec![mount])
     }
 
+    /// Commits `key` as `name`; with `reparent`, first sets its parent (checked committed).
+    fn commit_inner(
+        &self,
+        name: &str,
+        key: &str,
+        reparent: Option<Option<&str>>,
+    ) -> Result<(), SnapshotError> {
+        let info = self.update(|meta| {
+            let mut info = Self::get(meta, key)?;
+            if info.kind != Kind::Active {
+                return Err(SnapshotError::WrongKind {
+                    key: key.to_string(),
+                    kind: info.kind,
+                    expected: "active",
+                });
+            }
+            if meta.snapshots.contains_key(name) {
+                return Err(SnapshotError::AlreadyExists {
+                    key: name.to_string(),
+                });
+            }
+            if let Some(parent) = reparent {
+                if let Some(p) = parent {
+                    if Self::get(meta, p)?.kind != Kind::Committed {
+                        return Err(SnapshotError::ParentNotCommitted {
+                            key: name.to_string(),
+                            parent: p.to_string(),
+                        });
+                    }
+                }
+                info.parent = parent.map(str::to_string);
+            }
+            meta.snapshots.remove(key);
+            info.key = name.to_string();
+            info.kind = Kind::Committed;
+            meta.snapshots.insert(name.to_string(), info.clone());
+            Ok(info)
+        })?;
+        let work = self.work_dir(&info);
+        let _ = fs::remove_dir_all(work);
+        Ok(())
+    }
+
     /// Removes a snapshot's directory (its metadata already gone).
     fn remove_dir(&self, info: &Info) -> Result<(), SnapshotError> {
         let base = self.dir.join(info.id.to_string());
@@ -385,29 +441,7 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn commit(&self, name: &str, key: &str) -> Result<(), SnapshotError> {
-        let info = self.update(|meta| {
-            let mut info = Self::get(meta, key)?;
-            if info.kind != Kind::Active {
-                return Err(SnapshotError::WrongKind {
-                    key: key.to_string(),
-                    kind: info.kind,
-                    expected: "active",
-                });
-            }
-            if meta.snapshots.contains_key(name) {
-                return Err(SnapshotError::AlreadyExists {
-                    key: name.to_string(),
-                });
-            }
-            meta.snapshots.remove(key);
-            info.key = name.to_string();
-            info.kind = Kind::Committed;
-            meta.snapshots.insert(name.to_string(), info.clone());
-            Ok(info)
-        })?;
-        let work = self.work_dir(&info);
-        let _ = fs::remove_dir_all(work);
-        Ok(())
+        self.commit_inner(name, key, None)
     }
 
     fn remove(&self, key: &str) -> Result<(), SnapshotError> {

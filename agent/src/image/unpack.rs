@@ -12,8 +12,9 @@
 //!   directory's new contents);
 //! - **target**: the directory being written. Every write is done relative to file
 //!   descriptors: each entry's parent is resolved with `openat2(RESOLVE_BENEATH |
-//!   RESOLVE_NO_MAGICLINKS)` from the target's fd, so no path — absolute, `..`, or through a
-//!   symlink or hardlink the layer planted — can reach outside it; the last component is
+//!   RESOLVE_NO_MAGICLINKS)` from the target's fd, so no path — `..`, or through a symlink or
+//!   hardlink the layer planted — can reach outside it (a leading `/` is dropped: an
+//!   absolute name is relative to the target, as in GNU tar and containerd); the last component is
 //!   never followed. Refusals name the entry.
 //!
 //! Owners, modes (setuid included), xattrs (PAX `SCHILY.xattr.*`, except `trusted.overlay.*`
@@ -171,12 +172,11 @@ fn is_limit(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|i| i.is::<LimitExceeded>())
 }
 
-/// Splits an entry path into clean components, refusing absolute paths and `..`.
-/// `.` and empty components are dropped; an empty result is the target itself.
+/// Splits an entry path into clean components, refusing `..`. A leading `/` is dropped:
+/// member names are relative to the layer root, as GNU tar, containerd and umoci read
+/// them (umoci writes `/` and `/bin/sh` entries), so an absolute name lands inside the
+/// target. `.` and empty components are dropped; an empty result is the target itself.
 pub fn clean_path(p: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
-    if p.first() == Some(&b'/') {
-        return Err("absolute path");
-    }
     let mut out = Vec::new();
     for c in p.split(|b| *b == b'/') {
         match c {

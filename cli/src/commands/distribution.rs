@@ -1,10 +1,16 @@
 //! `gantry pull` and `gantry push`: the registry client against the local image store.
 use anyhow::Context;
 use clap::Args;
-use gantry_agent::distribution::{self, ClientConfig, Credentials, LinePrinter};
-use gantry_agent::image::ImageStore;
+use gantry_agent::distribution::progress::describe;
+use gantry_agent::distribution::{
+    self, ClientConfig, Credentials, LayerEvent, LinePrinter, Progress,
+};
+use gantry_agent::image::{Digest, ImageStore};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Args)]
 pub struct RegistryClientArgs {
@@ -69,6 +75,79 @@ fn config(
     })
 }
 
+/// One progress bar per layer on a terminal, like `docker pull`.
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<Digest, ProgressBar>>,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        Bars {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn layer(&self, digest: &Digest, event: LayerEvent) {
+        let mut bars = self.bars.lock().unwrap();
+        let size = match &event {
+            LayerEvent::Downloading { size } | LayerEvent::Uploading { size } => Some(*size),
+            _ => None,
+        };
+        if let Some(size) = size {
+            let bar = self.multi.add(ProgressBar::new(size));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix}: {msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(digest.hex()[..12].to_string());
+            bar.set_message(describe(&event).unwrap_or_default());
+            bars.insert(digest.clone(), bar);
+            return;
+        }
+        let Some(bar) = bars.get(digest) else {
+            if let Some(text) = describe(&event) {
+                let _ = self
+                    .multi
+                    .println(format!("{}: {text}", &digest.hex()[..12]));
+            }
+            return;
+        };
+        match event {
+            LayerEvent::Progress { received, .. } => bar.set_position(received),
+            LayerEvent::Downloaded { size } | LayerEvent::Pushed { size } => {
+                bar.set_position(size);
+                bar.set_message(describe(&event).unwrap_or_default());
+                if matches!(event, LayerEvent::Pushed { .. }) {
+                    bar.finish();
+                }
+            }
+            other => {
+                bar.finish_with_message(describe(&other).unwrap_or_default());
+            }
+        }
+    }
+
+    fn message(&self, text: &str) {
+        let _ = self.multi.println(text);
+    }
+}
+
+/// Bars on a terminal, plain lines otherwise (logs, pipes, CI).
+fn progress() -> Arc<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        Arc::new(Bars::new())
+    } else {
+        Arc::new(LinePrinter)
+    }
+}
+
 fn run(f: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -91,7 +170,7 @@ pub fn pull(a: PullArgs) -> i32 {
         let cfg = config(&a.client, &a.image, None)?;
         let store = ImageStore::open(&a.client.store)
             .with_context(|| format!("opening the image store in {}", a.client.store.display()))?;
-        let r = distribution::pull(&store, &a.image, &cfg, &LinePrinter).await?;
+        let r = distribution::pull(&store, &a.image, &cfg, progress().as_ref()).await?;
         println!("{}", r.name.unwrap_or_else(|| a.image.clone()));
         println!("Digest: {}", r.digest);
         Ok(())
@@ -103,7 +182,7 @@ pub fn push(a: PushArgs) -> i32 {
         let cfg = config(&a.client, &a.image, a.chunk_size)?;
         let store = ImageStore::open(&a.client.store)
             .with_context(|| format!("opening the image store in {}", a.client.store.display()))?;
-        let r = distribution::push(&store, &a.image, &cfg, Arc::new(LinePrinter)).await?;
+        let r = distribution::push(&store, &a.image, &cfg, progress()).await?;
         if let Some(d) = r.digest {
             println!("Digest: {d}");
         }
