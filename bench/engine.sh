@@ -52,7 +52,8 @@ export GANTRY_HOST=unix://$tmp/agent.sock
 
 # A busybox image, loaded into the agent's store (the same rootfs the anchors' peers import).
 rootfs=$tmp/rootfs; mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/proc" "$rootfs/sys" "$rootfs/dev"
-cp /bin/busybox "$rootfs/bin/"; for a in $(/bin/busybox --list); do ln -sf busybox "$rootfs/bin/$a"; done
+cp /bin/busybox "$rootfs/bin/"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$rootfs/bin/$a"; done
 echo 'root:x:0:0:root:/root:/bin/sh' > "$rootfs/etc/passwd"
 layout=$tmp/layout; mkdir -p "$layout/blobs/sha256"
 tar -C "$rootfs" -cf "$tmp/layer.tar" .
@@ -84,19 +85,22 @@ echo "## 1b. run --rm IMG true (median ms; --network none)"
 echo "## 2. 100 x run -d at once (default network)"
 cpu0=$(awk '{print $14+$15}' "/proc/$agent_pid/stat")
 t0=$(date +%s.%N)
-for i in $(seq 100); do "$bin" run -d bench-bb:latest sleep 1000 >/dev/null & done
-wait
+# Wait for these 100 only (a bare `wait` would wait for the agent too).
+pids=()
+for i in $(seq 100); do "$bin" run -d bench-bb:latest sleep 1000 >/dev/null & pids+=($!); done
+wait "${pids[@]}" || true
 t1=$(date +%s.%N)
 cpu1=$(awk '{print $14+$15}' "/proc/$agent_pid/stat")
 running=$("$bin" ps -q | wc -l)
 echo "gantry: wall_s=$(echo "$t1 - $t0" | bc) agent_cpu_s=$(echo "($cpu1 - $cpu0) / $(getconf CLK_TCK)" | bc -l | cut -c1-5) running=$running"
 if [[ " $peers " == *" podman "* ]]; then
   t0=$(date +%s.%N)
+  pids=()
   for i in $(seq 100); do
     podman --runtime runc run -d --label "$label" --ulimit nofile=1024:1024 \
-      --ulimit nproc=1024:1024 anchors-bb:latest sleep 1000 >/dev/null &
+      --ulimit nproc=1024:1024 anchors-bb:latest sleep 1000 >/dev/null & pids+=($!)
   done
-  wait
+  wait "${pids[@]}" || true
   t1=$(date +%s.%N)
   echo "podman --runtime runc: wall_s=$(echo "$t1 - $t0" | bc) running=$(podman ps -q --filter "label=$label" | wc -l)"
   ids=$(podman ps -aq --filter "label=$label"); [ -z "$ids" ] || podman rm -f -t 0 $ids >/dev/null

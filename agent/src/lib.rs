@@ -14,8 +14,10 @@
 //! - [`network`]: container networking: bridge, veth, IPAM, NAT, published ports.
 //! - [`engine`]: the local container lifecycle behind `gantry agent`.
 //! - [`supervisor`]: `gantry shim`, the per-container supervisor.
+//! - [`cluster`]: cluster mode (`gantry agent --join`): register, heartbeat, converge.
 
 pub mod build;
+pub mod cluster;
 pub mod distribution;
 pub mod engine;
 pub mod image;

@@ -46,6 +46,12 @@ enum Command {
     Push(commands::distribution::PushArgs),
     /// The engine daemon: serves the container verbs on a unix socket.
     Agent(commands::agent::AgentArgs),
+    /// Cluster nodes: ls, inspect, label, drain, activate.
+    Node(commands::cluster::NodeArgs),
+    /// Cluster services: create, ls, ps, inspect, scale, rm.
+    Service(commands::cluster::ServiceArgs),
+    /// Move a service to nodes matching new constraints (make-before-break).
+    Migrate(commands::cluster::MigrateArgs),
     /// Per-container supervisor (internal: started by the agent).
     #[command(hide = true)]
     Shim(commands::shim::ShimArgs),
@@ -67,6 +73,9 @@ fn main() {
         Command::Push(args) => commands::distribution::push(args),
         Command::Agent(args) => commands::agent::main(args),
         Command::Shim(args) => commands::shim::main(args),
+        Command::Node(args) => commands::cluster::node(args),
+        Command::Service(args) => commands::cluster::service(args),
+        Command::Migrate(args) => commands::cluster::migrate(args),
         Command::Container(cmd) => commands::container::main(cmd),
     };
     std::process::exit(code);

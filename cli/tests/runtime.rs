@@ -221,6 +221,54 @@ fn exec_joins_the_running_container() {
     let missing = t.gantry(&["exec", &id, "nosuchcmd"]);
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("nosuchcmd"), "{missing:?}");
+
+    // --detach (conmon's way): returns once the process runs, its pid in --pid-file.
+    let pidfile = t.dir.path().join("exec.pid");
+    let out = t.gantry(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "sleep 1; echo later > /tmp/detached",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid > 0);
+    wait_until(
+        || b.join("rootfs/tmp/detached").exists(),
+        "the detached exec to finish its work",
+    );
+
+    // --tty: needs a console socket; with one, the pty master goes there.
+    let out = t.gantry(&["exec", "--tty", &id, "tty"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("--console-socket"), "{out:?}");
+    let sock = t.dir.path().join("exec-console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let run = t.spawn(&[
+        "exec",
+        "--tty",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "tty; echo exec-done",
+    ]);
+    let (name, mut master) = recv_console(&listener);
+    let text = read_pty(&mut master, "exec-done");
+    assert!(
+        text.contains(&name) && text.contains("exec-done"),
+        "{text:?}"
+    );
+    assert_eq!(run.wait().code, 0);
     assert_eq!(t.gantry(&["delete", "-f", &id]).code, 0);
 }
 
@@ -598,8 +646,6 @@ true
 
 #[test]
 fn terminal_master_is_sent_over_the_console_socket() {
-    use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let t = Rt::new("tty");
     let b = t.bundle(
         "b",
@@ -630,6 +676,21 @@ fn terminal_master_is_sent_over_the_console_socket() {
         b.to_str().unwrap(),
         &id,
     ]);
+    let (name, mut master) = recv_console(&listener);
+    assert_eq!(create.wait().code, 0);
+    assert_eq!(t.gantry(&["start", &id]).code, 0);
+    let text = read_pty(&mut master, "done");
+    assert!(text.contains(&name), "tty must print {name}: {text:?}");
+    assert!(text.contains("all-ttys"), "{text:?}");
+    t.wait_status(&id, "stopped");
+    assert_eq!(t.gantry(&["delete", &id]).code, 0);
+    t.assert_no_container("c");
+}
+
+/// Accepts the runtime's connection on a console socket and receives the pty master:
+/// its name (the message) and the fd (SCM_RIGHTS). Bounded by `wait_until`.
+fn recv_console(listener: &std::os::unix::net::UnixListener) -> (String, std::fs::File) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     listener.set_nonblocking(true).unwrap();
     let mut conn = None;
     wait_until(
@@ -665,10 +726,15 @@ fn terminal_master_is_sent_over_the_console_socket() {
     let name = String::from_utf8_lossy(&name[..n]).to_string();
     assert!(name.starts_with("/dev/pts/"), "{name}");
     // SAFETY: recvmsg just gave us this descriptor.
-    let mut master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(master) });
-    assert_eq!(create.wait().code, 0);
-    assert_eq!(t.gantry(&["start", &id]).code, 0);
-    // Read until the slave side is gone (EIO), bounded by the container's exit.
+    (
+        name,
+        std::fs::File::from(unsafe { OwnedFd::from_raw_fd(master) }),
+    )
+}
+
+/// Reads a pty master until `until` shows up, the slave closes, or 20 s pass.
+fn read_pty(master: &mut std::fs::File, until: &str) -> String {
+    use std::io::Read;
     let mut text = Vec::new();
     let mut buf = [0u8; 256];
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -677,14 +743,9 @@ fn terminal_master_is_sent_over_the_console_socket() {
             Ok(0) | Err(_) => break,
             Ok(k) => text.extend_from_slice(&buf[..k]),
         }
-        if String::from_utf8_lossy(&text).contains("done") {
+        if String::from_utf8_lossy(&text).contains(until) {
             break;
         }
     }
-    let text = String::from_utf8_lossy(&text);
-    assert!(text.contains(&name), "tty must print {name}: {text:?}");
-    assert!(text.contains("all-ttys"), "{text:?}");
-    t.wait_status(&id, "stopped");
-    assert_eq!(t.gantry(&["delete", &id]).code, 0);
-    t.assert_no_container("c");
+    String::from_utf8_lossy(&text).into_owned()
 }

@@ -202,6 +202,12 @@ pub struct ExecOptions {
     pub user: Option<(u32, Option<u32>)>,
     pub pid_file: Option<PathBuf>,
     pub fds: PassFds,
+    /// `--tty`: the process gets a pty (as `process.terminal: true` in a process.json).
+    pub tty: bool,
+    /// Where the pty master goes (required with a terminal).
+    pub console_socket: Option<PathBuf>,
+    /// `--detach`: return once the process runs; the caller (a subreaper) reaps it.
+    pub detach: bool,
 }
 
 /// Parses runc's `--user UID[:GID]` (numeric ids only).
@@ -1035,6 +1041,24 @@ impl<'a> Runtime<'a> {
             }
             process.set_user(u);
         }
+        let terminal = opts.tty || process.terminal() == Some(true);
+        let console_socket = match (terminal, &opts.console_socket) {
+            (true, Some(path)) => {
+                Some(console::connect(path).map_err(|e| ContainerError::Other {
+                    id: id.into(),
+                    msg: e.to_string(),
+                })?)
+            }
+            (true, None) => {
+                return Err(SpecError::Invalid {
+                    file,
+                    field: "process.terminal".into(),
+                    msg: "a terminal needs --console-socket".into(),
+                }
+                .into())
+            }
+            (false, _) => None,
+        };
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(SpecError::Invalid {
                 file,
@@ -1099,7 +1123,7 @@ impl<'a> Runtime<'a> {
         let pid = match clone_process(nix::sched::CloneFlags::empty())? {
             None => {
                 drop(parent);
-                exec_child(&join, &pc, child, self.sys)
+                exec_child(&join, &pc, console_socket.as_ref(), child, self.sys)
             }
             Some(pid) => pid,
         };
@@ -1133,6 +1157,9 @@ impl<'a> Runtime<'a> {
             return Err(e);
         }
         released.map_err(|e| kill_child(os("releasing exec")(e)))?;
+        if opts.detach {
+            return Ok(0);
+        }
         wait_forwarding(pid)
     }
 }
@@ -1141,6 +1168,7 @@ impl<'a> Runtime<'a> {
 fn exec_child(
     join: &[(nix::sched::CloneFlags, std::fs::File)],
     pc: &ProcessConfig,
+    console_socket: Option<&OwnedFd>,
     pipes: ChildPipes,
     sys: &dyn Syscall,
 ) -> ! {
@@ -1154,6 +1182,11 @@ fn exec_child(
         let mut b = [0u8; 1];
         if go.read(&mut b).ok() != Some(1) {
             return Err("runtime went away".to_string());
+        }
+        if let Some(sock) = console_socket {
+            // setns into the mount namespace moved our root to the container's.
+            let slave = console::open_and_send(Path::new("/"), sock).map_err(|e| e.to_string())?;
+            console::make_stdio(slave).map_err(|e| e.to_string())?;
         }
         init::become_process(pc, sys).map_err(|e| e.to_string())
     })();

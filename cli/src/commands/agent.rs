@@ -1,14 +1,17 @@
 //! `gantry agent`: the engine daemon. Serves the engine API on a unix socket (mode 0600)
 //! from a single-threaded tokio runtime (blocking work goes to a small pool), after
-//! reattaching to the shims of containers that kept running while it was down.
+//! reattaching to the shims of containers that kept running while it was down. With
+//! `--join`, it is also a cluster node (agent/src/cluster).
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use gantry_agent::cluster::{self, executor::EngineContainers, ClusterConfig};
 use gantry_agent::engine::{images::StoreImages, service::EngineService, Engine, EngineConfig};
 use gantry_agent::network::{BridgeConfig, BridgeNetwork};
+use gantry_controller::state::Resources;
 use gantry_proto::engine::engine_server::EngineServer;
 
 #[derive(Args)]
@@ -51,6 +54,30 @@ pub struct AgentArgs {
     /// Run without a bridge network (only `--network host|none` containers).
     #[arg(long, conflicts_with_all = ["bridge", "subnet", "chain_prefix"])]
     pub no_bridge: bool,
+    /// Cluster mode: join the controllers at ADDR[,ADDR…] and run what they place here.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Cluster mode: a label of this node (repeatable), e.g. --label env=qa.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Cluster mode: this node's name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Cluster mode: the address this node is reached at (default: the node's name).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Cluster mode: CPU (millicores) kept for the host.
+    #[arg(long, default_value_t = 0)]
+    pub reserve_cpu_millis: u64,
+    /// Cluster mode: memory (bytes) kept for the host.
+    #[arg(long, default_value_t = 0)]
+    pub reserve_memory_bytes: u64,
+    /// Cluster mode: heartbeat interval.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// Cluster mode: seconds a stopped allocation gets between its stop signal and SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    pub stop_timeout: i32,
 }
 
 /// A `unix://` address (or a bare path) as a path.
@@ -94,6 +121,7 @@ pub fn main(args: AgentArgs) -> i32 {
 
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let sock = socket_path(&args.host)?;
+    let cluster_cfg = cluster_config(&args)?;
     let exe = std::env::current_exe().context("locating the gantry binary for shims")?;
     let cfg = EngineConfig {
         root: args.root,
@@ -135,6 +163,14 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     };
     let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }), network)?;
     engine.recover().await?;
+    let cluster = match cluster_cfg {
+        Some(cfg) => {
+            tracing::info!(join = ?cfg.join, name = %cfg.name, "cluster mode");
+            let containers = Arc::new(EngineContainers::new(engine.clone()));
+            Some(tokio::spawn(gantry_agent::cluster::run(cfg, containers)))
+        }
+        None => None,
+    };
     if let Some(dir) = sock.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -163,5 +199,38 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .context("serving the engine API")?;
     let _ = std::fs::remove_file(&sock);
+    if let Some(c) = cluster {
+        c.abort();
+    }
     Ok(())
+}
+
+/// The cluster-mode configuration, when --join is given.
+fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
+    if args.join.is_empty() {
+        return Ok(None);
+    }
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name (or give --name)")?
+            .trim()
+            .to_string(),
+    };
+    let capacity = cluster::detect_capacity()?;
+    Ok(Some(ClusterConfig {
+        join: args.join.clone(),
+        advertise: args.advertise.clone().unwrap_or_else(|| name.clone()),
+        name,
+        labels: cluster::parse_labels(&args.labels)?,
+        capacity,
+        reserved: Resources {
+            cpu_millis: args.reserve_cpu_millis,
+            memory_bytes: args.reserve_memory_bytes,
+            pids: 0,
+        },
+        heartbeat: std::time::Duration::from_millis(args.heartbeat_ms),
+        resync: std::time::Duration::from_secs(1),
+        stop_timeout_s: args.stop_timeout,
+    }))
 }

@@ -1,6 +1,7 @@
 //! One module per command group.
 pub mod agent;
 pub mod build;
+pub mod cluster;
 pub mod container;
 pub mod controller;
 pub mod distribution;

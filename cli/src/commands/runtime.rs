@@ -118,10 +118,10 @@ pub enum RuntimeCommand {
         /// Extra fds (after stdio) passed to the process.
         #[arg(long, default_value_t = 0)]
         preserve_fds: u32,
-        /// Allocate a terminal (not supported: refused with an error).
+        /// Allocate a terminal (needs --console-socket, or process.terminal in --process).
         #[arg(short, long)]
         tty: bool,
-        /// Detach (not supported).
+        /// Exit once the process runs (its pid in --pid-file) instead of waiting for it.
         #[arg(short, long)]
         detach: bool,
         #[arg(long)]
@@ -320,12 +320,6 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
             id,
             args: cmd,
         } => {
-            if *tty || console_socket.is_some() {
-                return Err(unsupported("exec --tty"));
-            }
-            if *detach {
-                return Err(unsupported("exec --detach"));
-            }
             if process.is_none() && cmd.is_empty() {
                 return Err(Failure(
                     "exec needs either --process FILE or a command".into(),
@@ -341,6 +335,9 @@ fn dispatch(args: &RuntimeArgs) -> Result<i32, Failure> {
                     user: user.as_deref().map(container::parse_user).transpose()?,
                     pid_file: pid_file.clone(),
                     fds: pass_fds(*preserve_fds),
+                    tty: *tty,
+                    console_socket: console_socket.clone(),
+                    detach: *detach,
                 },
             )?)
         }

@@ -1,0 +1,438 @@
+//! Cluster mode: `gantry agent --join ADDR[,ADDR…]` makes this agent a node of a gantry
+//! cluster. It registers (name, address, labels, capacity), heartbeats, watches the
+//! replicated state, and converges its containers to the allocations the controller
+//! placed on it.
+//!
+//! Vocabulary:
+//! - **mirror**: this agent's copy of what it needs from the replicated state — its
+//!   node, its allocations and the services they belong to — built from the controller's
+//!   `Watch` stream (a full state first, then changes from an index; the stream resumes
+//!   on any member after a reconnect);
+//! - **pass**: list the local containers, [`reconcile::reconcile`] them against the
+//!   mirror, carry the actions out through [`executor::Containers`], then report what
+//!   changed in one `ReportAllocStatus` batch ([`reconcile::reports`]);
+//! - **synced**: the mirror has received a state. Before that, and whenever no
+//!   controller answers, the agent changes nothing: its containers keep running.
+
+pub mod executor;
+pub mod reconcile;
+
+use executor::Containers;
+use gantry_controller::api::ControllerClient;
+use gantry_controller::state::{
+    AllocId, Allocation, Change, Command, NodeId, Reply, Resources, Service, StateImage,
+};
+use gantry_proto::cluster::watch_event;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How this agent joins.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Controller member addresses (any of them; the client follows the leader).
+    pub join: Vec<String>,
+    /// The node's name (unique in the cluster).
+    pub name: String,
+    /// The address the node is reachable at (its published ports).
+    pub advertise: String,
+    pub labels: BTreeMap<String, String>,
+    /// What the host has; detected by [`detect_capacity`].
+    pub capacity: Resources,
+    /// Kept for the host: not handed out to allocations.
+    pub reserved: Resources,
+    pub heartbeat: Duration,
+    /// How often local containers are re-listed without a state change (exits).
+    pub resync: Duration,
+    /// Seconds a stopped allocation's container gets between its stop signal and SIGKILL.
+    pub stop_timeout_s: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("label {entry:?}: expected KEY=VALUE")]
+    BadLabel { entry: String },
+    #[error("registering node {name}: {reason}")]
+    Register { name: String, reason: String },
+    #[error("reading {path}: {source}")]
+    Detect {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Parse `--label k=v` entries.
+pub fn parse_labels(entries: &[String]) -> Result<BTreeMap<String, String>, ClusterError> {
+    entries
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(ClusterError::BadLabel { entry: e.clone() }),
+        })
+        .collect()
+}
+
+/// The host's CPUs (online), memory (MemTotal) and process limit (pid_max).
+pub fn detect_capacity() -> Result<Resources, ClusterError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let meminfo =
+        std::fs::read_to_string("/proc/meminfo").map_err(|source| ClusterError::Detect {
+            path: "/proc/meminfo",
+            source,
+        })?;
+    let mem_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(32768);
+    Ok(Resources {
+        cpu_millis: cpus * 1000,
+        memory_bytes: mem_kib * 1024,
+        pids: pid_max,
+    })
+}
+
+/// What the agent knows of the replicated state.
+#[derive(Debug, Default)]
+struct Mirror {
+    me: NodeId,
+    synced: bool,
+    index: u64,
+    allocs: HashMap<AllocId, Allocation>,
+    services: HashMap<String, Service>,
+}
+
+impl Mirror {
+    fn full(&mut self, index: u64, image: StateImage) {
+        self.allocs = image
+            .allocations
+            .into_iter()
+            .filter(|a| a.node == self.me)
+            .map(|a| (a.id, a))
+            .collect();
+        self.services = image
+            .services
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        self.index = index;
+        self.synced = true;
+    }
+
+    fn apply(&mut self, index: u64, changes: Vec<Change>) {
+        for c in changes {
+            match c {
+                Change::Allocation(a) if a.node == self.me => {
+                    self.allocs.insert(a.id, a);
+                }
+                Change::Allocation(a) => {
+                    self.allocs.remove(&a.id);
+                }
+                Change::AllocationRemoved { id, .. } => {
+                    self.allocs.remove(&id);
+                }
+                Change::Service(s) => {
+                    self.services.insert(s.name.clone(), s);
+                }
+                Change::ServiceRemoved { name, .. } => {
+                    self.services.remove(&name);
+                }
+                Change::Node(_) => {}
+            }
+        }
+        self.index = index;
+    }
+}
+
+/// Run cluster mode until the task is dropped.
+pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>) {
+    let node = Arc::new(AtomicU64::new(0));
+    let mirror = Arc::new(Mutex::new(Mirror::default()));
+    let (dirty_tx, mut dirty_rx) = tokio::sync::watch::channel(0u64);
+    let beat = tokio::spawn(heartbeat_loop(cfg.clone(), node.clone()));
+    let watch = tokio::spawn(watch_loop(
+        cfg.clone(),
+        node.clone(),
+        mirror.clone(),
+        dirty_tx,
+    ));
+    let _guard = AbortOnDrop(vec![beat, watch]);
+    let mut client = client(&cfg);
+    let mut failures: HashMap<AllocId, String> = HashMap::new();
+    let mut exits: HashMap<AllocId, i32> = HashMap::new();
+    loop {
+        tokio::select! {
+            r = dirty_rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(cfg.resync) => {}
+        }
+        let id = node.load(Ordering::SeqCst);
+        if id == 0 || !lock(&mirror).synced {
+            continue;
+        }
+        if let Err(e) = pass(
+            &cfg,
+            id,
+            &mirror,
+            containers.as_ref(),
+            &mut client,
+            &mut failures,
+            &mut exits,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "cluster pass");
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+fn lock(m: &Mutex<Mirror>) -> std::sync::MutexGuard<'_, Mirror> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn client(cfg: &ClusterConfig) -> ControllerClient {
+    let mut c = ControllerClient::new(cfg.join.clone());
+    c.retry_for = Duration::from_secs(2);
+    c
+}
+
+async fn register(cfg: &ClusterConfig, c: &mut ControllerClient) -> Result<NodeId, ClusterError> {
+    let fail = |reason: String| ClusterError::Register {
+        name: cfg.name.clone(),
+        reason,
+    };
+    let cmd = Command::RegisterNode {
+        name: cfg.name.clone(),
+        address: cfg.advertise.clone(),
+        labels: cfg.labels.clone(),
+        capacity: cfg.capacity,
+        allocatable: cfg.capacity.saturating_sub(cfg.reserved),
+    };
+    match c.write(&cmd).await {
+        Ok((_, Ok(Reply::NodeRegistered { id }))) => Ok(id),
+        Ok((_, Ok(other))) => Err(fail(format!("unexpected reply {other:?}"))),
+        Ok((_, Err(e))) => Err(fail(e.to_string())),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// Register, then beat; register again when the controller does not know the node or
+/// has marked it down.
+async fn heartbeat_loop(cfg: ClusterConfig, node: Arc<AtomicU64>) {
+    let mut c = client(&cfg);
+    loop {
+        let id = node.load(Ordering::SeqCst);
+        if id == 0 {
+            match register(&cfg, &mut c).await {
+                Ok(id) => {
+                    tracing::info!(node = id, name = %cfg.name, "registered with the controller");
+                    node.store(id, Ordering::SeqCst);
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "not registered yet"),
+            }
+        } else {
+            match c.heartbeat(id).await {
+                Ok(status) if status == "Down" => {
+                    tracing::info!(
+                        node = id,
+                        "marked down by the controller: registering again"
+                    );
+                    node.store(0, Ordering::SeqCst);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                    node.store(0, Ordering::SeqCst);
+                    continue;
+                }
+                Err(e) => tracing::debug!(error = %e, "heartbeat"),
+            }
+        }
+        tokio::time::sleep(cfg.heartbeat).await;
+    }
+}
+
+/// Follow the controller's Watch stream into the mirror; reconnect (to any member) from
+/// the last index seen when the stream breaks.
+async fn watch_loop(
+    cfg: ClusterConfig,
+    node: Arc<AtomicU64>,
+    mirror: Arc<Mutex<Mirror>>,
+    dirty: tokio::sync::watch::Sender<u64>,
+) {
+    let mut c = client(&cfg);
+    loop {
+        let id = node.load(Ordering::SeqCst);
+        if id == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let from = {
+            let mut m = lock(&mirror);
+            if m.me != id {
+                m.me = id;
+                m.synced = false;
+                m.index = 0;
+            }
+            m.index
+        };
+        let mut stream = match c.watch(from).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "watch");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(ev)) => {
+                    let mut m = lock(&mirror);
+                    match ev.event {
+                        Some(watch_event::Event::FullStateJson(b)) => {
+                            match serde_json::from_slice::<StateImage>(&b) {
+                                Ok(img) => m.full(ev.index, img),
+                                Err(e) => tracing::warn!(error = %e, "undecodable full state"),
+                            }
+                        }
+                        Some(watch_event::Event::ChangesJson(b)) => {
+                            match serde_json::from_slice::<Vec<Change>>(&b) {
+                                Ok(ch) => m.apply(ev.index, ch),
+                                Err(e) => tracing::warn!(error = %e, "undecodable changes"),
+                            }
+                        }
+                        None => {}
+                    }
+                    drop(m);
+                    dirty.send_modify(|v| *v += 1);
+                }
+                Ok(None) | Err(_) => break,
+            }
+            if node.load(Ordering::SeqCst) != id {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn pass(
+    cfg: &ClusterConfig,
+    node: NodeId,
+    mirror: &Mutex<Mirror>,
+    containers: &dyn Containers,
+    client: &mut ControllerClient,
+    failures: &mut HashMap<AllocId, String>,
+    exits: &mut HashMap<AllocId, i32>,
+) -> Result<(), executor::ExecError> {
+    let mut observed = containers.list().await?;
+    let (actions, work) = {
+        let m = lock(mirror);
+        let desired = reconcile::desired_here(&m.allocs, &m.services);
+        let actions = reconcile::reconcile(&desired, &observed);
+        let work: HashMap<AllocId, (Allocation, Service)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                reconcile::Action::Run { alloc } => {
+                    let a = m.allocs.get(alloc)?.clone();
+                    let s = m.services.get(&a.service)?.clone();
+                    Some((*alloc, (a, s)))
+                }
+                _ => None,
+            })
+            .collect();
+        (actions, work)
+    };
+    for action in &actions {
+        match action {
+            reconcile::Action::Run { alloc } => {
+                let Some((a, s)) = work.get(alloc) else {
+                    continue;
+                };
+                match containers.run(a, s).await {
+                    Ok(id) => {
+                        tracing::info!(alloc, container = %id, service = %a.service, "started");
+                        failures.remove(alloc);
+                    }
+                    Err(e) => {
+                        tracing::warn!(alloc, error = %e, "allocation failed");
+                        failures.insert(*alloc, e.to_string());
+                    }
+                }
+            }
+            reconcile::Action::Start { container, alloc } => {
+                if let Err(e) = containers.start(container).await {
+                    failures.insert(*alloc, e.to_string());
+                }
+            }
+            reconcile::Action::Remove { container, alloc } => {
+                match containers.remove(container, cfg.stop_timeout_s).await {
+                    Ok(code) => {
+                        tracing::info!(alloc, container = %container, "stopped and removed");
+                        exits.insert(*alloc, code);
+                    }
+                    Err(e) => tracing::warn!(alloc, error = %e, "removing"),
+                }
+            }
+        }
+    }
+    if !actions.is_empty() {
+        observed = containers.list().await?;
+    }
+    let batch = {
+        let m = lock(mirror);
+        failures.retain(|id, _| m.allocs.contains_key(id));
+        exits.retain(|id, _| m.allocs.contains_key(id));
+        reconcile::reports(&m.allocs, &observed, failures, exits)
+    };
+    if !batch.is_empty() {
+        let n = batch.len();
+        match client
+            .write(&Command::ReportAllocStatus { node, batch })
+            .await
+        {
+            Ok((_, Ok(_))) => tracing::debug!(reports = n, "status reported"),
+            Ok((_, Err(e))) => tracing::warn!(error = %e, "status report refused"),
+            Err(e) => tracing::debug!(error = %e, "status report not delivered"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_and_bad_entries_are_named() {
+        let l = parse_labels(&["env=qa".into(), "site=onprem".into()]).unwrap();
+        assert_eq!(l["env"], "qa");
+        assert_eq!(l["site"], "onprem");
+        let e = parse_labels(&["env".into()]).unwrap_err();
+        assert!(e.to_string().contains("\"env\""), "{e}");
+        assert!(parse_labels(&["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn capacity_is_detected_from_the_host() {
+        let r = detect_capacity().unwrap();
+        assert!(r.cpu_millis >= 1000);
+        assert!(r.memory_bytes > 64 << 20);
+        assert!(r.pids > 100);
+    }
+}

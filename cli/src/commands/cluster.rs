@@ -1,0 +1,487 @@
+//! `gantry node …`, `gantry service …`, `gantry migrate …`: the cluster's client verbs.
+//! Every one talks to any controller member (`--controller` / GANTRY_CONTROLLER); writes
+//! are committed through Raft, reads are linearizable.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use gantry_controller::api::ControllerClient;
+use gantry_controller::state::{
+    parse_constraints, Allocation, Command, Desired, Node, NodeStatus, Reply, Resources,
+    RestartPolicy, Service, ServiceSpec,
+};
+use gantry_proto::cluster::ReadKind;
+use std::collections::BTreeMap;
+
+#[derive(Args, Clone)]
+pub struct Target {
+    /// Controller member address(es), comma-separated.
+    #[arg(
+        long,
+        env = "GANTRY_CONTROLLER",
+        default_value = "127.0.0.1:7700",
+        value_delimiter = ',',
+        global = true
+    )]
+    controller: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    command: NodeCommand,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List the nodes.
+    Ls,
+    /// A node as JSON.
+    Inspect { name: String },
+    /// Set labels (KEY=VALUE) or remove them (KEY-).
+    Label {
+        name: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// Move every allocation off the node (make-before-break) and place nothing new.
+    Drain { name: String },
+    /// Make a drained node schedulable again.
+    Activate { name: String },
+}
+
+#[derive(Args)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    command: ServiceCommand,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    name: String,
+    /// Image reference, or rootfs:DIR for a root filesystem present on every node.
+    #[arg(long)]
+    image: String,
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Placement constraint (repeatable): env==qa, site!=cloud, region in (a,b), gpu.
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// KEY=VALUE (repeatable).
+    #[arg(long = "env")]
+    env: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    cpu_millis: u64,
+    #[arg(long, default_value_t = 0)]
+    memory_bytes: u64,
+    #[arg(long, default_value_t = 0)]
+    pids: u64,
+    /// always | on-failure | never
+    #[arg(long, default_value = "always")]
+    restart: String,
+    /// Replacements in flight at once during updates and migrations.
+    #[arg(long, default_value_t = 1)]
+    max_parallel: u32,
+    /// The entrypoint (overrides the image's); the rest after `--` is its arguments.
+    #[arg(long = "entrypoint")]
+    entrypoint: Vec<String>,
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Create a service.
+    Create(CreateArgs),
+    /// List the services with running / desired replicas.
+    Ls,
+    /// The allocations of a service, and why replicas are unplaced.
+    Ps { name: String },
+    /// A service as JSON.
+    Inspect { name: String },
+    /// Change the replica count.
+    Scale { name: String, replicas: u32 },
+    /// Remove a service (its containers are stopped).
+    Rm { name: String },
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    service: String,
+    /// The constraints the service moves to (repeatable), e.g. --to env==qa (k=v is
+    /// read as k==v); they replace the service's constraints.
+    #[arg(long = "to", required = true)]
+    to: Vec<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn exit(what: &str, r: Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("gantry {what}: {e:#}");
+            1
+        }
+    }
+}
+
+pub fn node(args: NodeArgs) -> i32 {
+    exit(
+        "node",
+        runtime().and_then(|rt| rt.block_on(node_main(args))),
+    )
+}
+
+pub fn service(args: ServiceArgs) -> i32 {
+    exit(
+        "service",
+        runtime().and_then(|rt| rt.block_on(service_main(args))),
+    )
+}
+
+pub fn migrate(args: MigrateArgs) -> i32 {
+    exit(
+        "migrate",
+        runtime().and_then(|rt| rt.block_on(migrate_main(args))),
+    )
+}
+
+async fn write(c: &mut ControllerClient, cmd: &Command) -> Result<Reply> {
+    let (_, resp) = c.write(cmd).await?;
+    resp.map_err(|e| anyhow!("{}: {e}", cmd.verb()))
+}
+
+async fn nodes(c: &mut ControllerClient) -> Result<Vec<Node>> {
+    Ok(c.read::<Vec<Node>>(ReadKind::Nodes, false).await?.1)
+}
+
+async fn services(c: &mut ControllerClient) -> Result<Vec<Service>> {
+    Ok(c.read::<Vec<Service>>(ReadKind::Services, false).await?.1)
+}
+
+async fn allocations(c: &mut ControllerClient) -> Result<Vec<Allocation>> {
+    Ok(c.read::<Vec<Allocation>>(ReadKind::Allocations, false)
+        .await?
+        .1)
+}
+
+async fn find_node(c: &mut ControllerClient, name: &str) -> Result<Node> {
+    nodes(c)
+        .await?
+        .into_iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| anyhow!("no node named {name:?}"))
+}
+
+async fn find_service(c: &mut ControllerClient, name: &str) -> Result<Service> {
+    services(c)
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| anyhow!("no service named {name:?}"))
+}
+
+fn labels_text(l: &BTreeMap<String, String>) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Apply `KEY=VALUE` (set) and `KEY-` (remove) to a label map, naming a bad entry.
+pub fn edit_labels(labels: &mut BTreeMap<String, String>, changes: &[String]) -> Result<()> {
+    for ch in changes {
+        if let Some((k, v)) = ch.split_once('=') {
+            if k.is_empty() || v.is_empty() {
+                bail!("label {ch:?}: expected KEY=VALUE or KEY-");
+            }
+            labels.insert(k.to_string(), v.to_string());
+        } else if let Some(k) = ch.strip_suffix('-') {
+            if labels.remove(k).is_none() {
+                bail!("label {ch:?}: the node has no label {k:?}");
+            }
+        } else {
+            bail!("label {ch:?}: expected KEY=VALUE or KEY-");
+        }
+    }
+    Ok(())
+}
+
+async fn node_main(args: NodeArgs) -> Result<()> {
+    let mut c = ControllerClient::new(args.target.controller.clone());
+    match args.command {
+        NodeCommand::Ls => {
+            let ns = nodes(&mut c).await?;
+            let allocs = allocations(&mut c).await?;
+            let rows: Vec<Vec<String>> = ns
+                .iter()
+                .map(|n| {
+                    let running = allocs
+                        .iter()
+                        .filter(|a| a.node == n.id && a.desired == Desired::Run)
+                        .count();
+                    vec![
+                        n.id.to_string(),
+                        n.name.clone(),
+                        format!("{:?}", n.status),
+                        n.address.clone(),
+                        labels_text(&n.labels),
+                        format!(
+                            "{}m/{}Mi",
+                            n.allocatable.cpu_millis,
+                            n.allocatable.memory_bytes >> 20
+                        ),
+                        running.to_string(),
+                    ]
+                })
+                .collect();
+            crate::output::table(
+                &[
+                    "ID",
+                    "NAME",
+                    "STATUS",
+                    "ADDRESS",
+                    "LABELS",
+                    "ALLOCATABLE",
+                    "ALLOCS",
+                ],
+                &rows,
+            );
+        }
+        NodeCommand::Inspect { name } => {
+            let n = find_node(&mut c, &name).await?;
+            println!("{}", serde_json::to_string_pretty(&n)?);
+        }
+        NodeCommand::Label { name, changes } => {
+            let n = find_node(&mut c, &name).await?;
+            let mut labels = n.labels.clone();
+            edit_labels(&mut labels, &changes)?;
+            write(&mut c, &Command::SetNodeLabels { node: n.id, labels }).await?;
+        }
+        NodeCommand::Drain { name } => {
+            let n = find_node(&mut c, &name).await?;
+            let cmd = Command::SetNodeStatus {
+                node: n.id,
+                status: NodeStatus::Draining,
+            };
+            write(&mut c, &cmd).await?;
+        }
+        NodeCommand::Activate { name } => {
+            let n = find_node(&mut c, &name).await?;
+            let cmd = Command::SetNodeStatus {
+                node: n.id,
+                status: NodeStatus::Ready,
+            };
+            write(&mut c, &cmd).await?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_restart(s: &str) -> Result<RestartPolicy> {
+    Ok(match s {
+        "always" => RestartPolicy::Always,
+        "on-failure" => RestartPolicy::OnFailure,
+        "never" | "no" => RestartPolicy::Never,
+        _ => bail!("--restart {s:?}: expected always, on-failure or never"),
+    })
+}
+
+fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
+    let env = a
+        .env
+        .iter()
+        .map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--env {e:?}: expected KEY=VALUE"))
+        })
+        .collect::<Result<BTreeMap<_, _>>>()?;
+    Ok(ServiceSpec {
+        image: a.image.clone(),
+        command: a.entrypoint.clone(),
+        args: a.args.clone(),
+        env,
+        resources: Resources {
+            cpu_millis: a.cpu_millis,
+            memory_bytes: a.memory_bytes,
+            pids: a.pids,
+        },
+        replicas: a.replicas,
+        constraints: parse_constraints("--constraint", &a.constraints)?,
+        restart: parse_restart(&a.restart)?,
+        update: gantry_controller::state::UpdatePolicy {
+            max_parallel: a.max_parallel,
+        },
+        ..Default::default()
+    })
+}
+
+async fn upsert(
+    c: &mut ControllerClient,
+    name: &str,
+    spec: ServiceSpec,
+    expected: u64,
+) -> Result<()> {
+    let cmd = Command::UpsertService {
+        name: name.to_string(),
+        spec,
+        expected_index: Some(expected),
+    };
+    write(c, &cmd).await.map(|_| ())
+}
+
+async fn service_main(args: ServiceArgs) -> Result<()> {
+    let mut c = ControllerClient::new(args.target.controller.clone());
+    match args.command {
+        ServiceCommand::Create(a) => {
+            let spec = spec_of(&a)?;
+            upsert(&mut c, &a.name, spec, 0).await?;
+            println!("{}", a.name);
+        }
+        ServiceCommand::Ls => {
+            let svcs = services(&mut c).await?;
+            let allocs = allocations(&mut c).await?;
+            let rows: Vec<Vec<String>> = svcs
+                .iter()
+                .map(|s| {
+                    let running = allocs
+                        .iter()
+                        .filter(|a| {
+                            a.service == s.name
+                                && a.desired == Desired::Run
+                                && a.observed == gantry_controller::state::Observed::Running
+                        })
+                        .count();
+                    vec![
+                        s.name.clone(),
+                        s.spec.image.clone(),
+                        format!("{running}/{}", s.spec.replicas),
+                        s.version.to_string(),
+                        s.spec
+                            .constraints
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect();
+            crate::output::table(
+                &["NAME", "IMAGE", "REPLICAS", "VERSION", "CONSTRAINTS"],
+                &rows,
+            );
+        }
+        ServiceCommand::Ps { name } => {
+            let s = find_service(&mut c, &name).await?;
+            let ns: BTreeMap<u64, String> = nodes(&mut c)
+                .await?
+                .into_iter()
+                .map(|n| (n.id, n.name))
+                .collect();
+            let rows: Vec<Vec<String>> = allocations(&mut c)
+                .await?
+                .into_iter()
+                .filter(|a| a.service == s.name)
+                .map(|a| {
+                    vec![
+                        a.id.to_string(),
+                        ns.get(&a.node)
+                            .cloned()
+                            .unwrap_or_else(|| a.node.to_string()),
+                        a.version.to_string(),
+                        format!("{:?}", a.desired),
+                        format!("{:?}", a.observed),
+                        a.container.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            crate::output::table(
+                &[
+                    "ALLOC",
+                    "NODE",
+                    "VERSION",
+                    "DESIRED",
+                    "OBSERVED",
+                    "CONTAINER",
+                ],
+                &rows,
+            );
+            if let Some(reason) = c.unplaced().await?.get(&s.name) {
+                println!("unplaced: {reason}");
+            }
+        }
+        ServiceCommand::Inspect { name } => {
+            let s = find_service(&mut c, &name).await?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        ServiceCommand::Scale { name, replicas } => {
+            let s = find_service(&mut c, &name).await?;
+            let mut spec = s.spec.clone();
+            spec.replicas = replicas;
+            upsert(&mut c, &name, spec, s.modify_index).await?;
+        }
+        ServiceCommand::Rm { name } => {
+            write(&mut c, &Command::RemoveService { name }).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `k=v` as `k==v`; other constraint forms as given.
+fn migrate_constraint(s: &str) -> String {
+    if !s.contains("==") && !s.contains("!=") && !s.contains(" in ") {
+        if let Some((k, v)) = s.split_once('=') {
+            return format!("{k}=={v}");
+        }
+    }
+    s.to_string()
+}
+
+async fn migrate_main(args: MigrateArgs) -> Result<()> {
+    let mut c = ControllerClient::new(args.target.controller.clone());
+    let s = find_service(&mut c, &args.service).await?;
+    let to: Vec<String> = args.to.iter().map(|t| migrate_constraint(t)).collect();
+    let mut spec = s.spec.clone();
+    // Make-before-break is the scheduler's: allocations on nodes that no longer match
+    // keep running until their replacements run (at most max_parallel at once).
+    spec.constraints = parse_constraints("--to", &to)?;
+    upsert(&mut c, &s.name, spec, s.modify_index).await?;
+    println!("{}: moving to {}", s.name, to.join(","));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_set_and_removed_and_bad_entries_named() {
+        let mut l: BTreeMap<String, String> = [("env".to_string(), "dev".to_string())].into();
+        edit_labels(&mut l, &["env=qa".into(), "site=onprem".into()]).unwrap();
+        assert_eq!(labels_text(&l), "env=qa,site=onprem");
+        edit_labels(&mut l, &["site-".into()]).unwrap();
+        assert_eq!(labels_text(&l), "env=qa");
+        let e = edit_labels(&mut l, &["nope-".into()]).unwrap_err();
+        assert!(e.to_string().contains("\"nope-\""), "{e}");
+        assert!(edit_labels(&mut l, &["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn migrate_reads_k_eq_v_as_equality() {
+        assert_eq!(migrate_constraint("env=qa"), "env==qa");
+        assert_eq!(migrate_constraint("env!=qa"), "env!=qa");
+        assert_eq!(migrate_constraint("region in (a,b)"), "region in (a,b)");
+    }
+}
