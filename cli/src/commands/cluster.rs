@@ -479,6 +479,39 @@ mod tests {
     }
 
     #[test]
+    fn bad_service_input_names_the_flag_and_entry() {
+        let mut a = CreateArgs {
+            name: "web".into(),
+            image: "busybox".into(),
+            replicas: 1,
+            constraints: vec!["env==qa".into(), "env=~qa".into()],
+            env: vec![],
+            cpu_millis: 0,
+            memory_bytes: 0,
+            pids: 0,
+            restart: "always".into(),
+            max_parallel: 1,
+            entrypoint: vec![],
+            args: vec![],
+        };
+        let e = spec_of(&a).unwrap_err().to_string();
+        assert!(e.contains("--constraint[1]"), "{e}");
+        a.constraints = vec!["env==qa".into()];
+        a.env = vec!["NOEQUALS".into()];
+        let e = spec_of(&a).unwrap_err().to_string();
+        assert!(e.contains("--env \"NOEQUALS\""), "{e}");
+        a.env = vec!["A=1".into()];
+        a.restart = "sometimes".into();
+        let e = spec_of(&a).unwrap_err().to_string();
+        assert!(e.contains("--restart \"sometimes\""), "{e}");
+        a.restart = "on-failure".into();
+        let spec = spec_of(&a).unwrap();
+        assert_eq!(spec.env["A"], "1");
+        assert_eq!(spec.restart, RestartPolicy::OnFailure);
+        assert_eq!(spec.constraints.len(), 1);
+    }
+
+    #[test]
     fn migrate_reads_k_eq_v_as_equality() {
         assert_eq!(migrate_constraint("env=qa"), "env==qa");
         assert_eq!(migrate_constraint("env!=qa"), "env!=qa");
