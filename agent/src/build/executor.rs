@@ -285,12 +285,47 @@ impl<'a> Builder<'a> {
         let base = store.root().join("build");
         let tmp = base.join("tmp");
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-        Ok(Builder {
+        let builder = Builder {
             store,
             runner,
             cache: BuildCache::open(base.join("cache"))?,
             tmp,
-        })
+        };
+        builder.remove_stale();
+        Ok(builder)
+    }
+
+    /// Removes what builds of dead processes left (killed mid-step): scratch dirs (after
+    /// detaching a mount still on them) and their snapshots. Names carry the builder's pid.
+    fn remove_stale(&self) {
+        let dead = |name: &str| -> bool {
+            let rest = ["build-run-", "build-view-", "context-"]
+                .iter()
+                .find_map(|p| name.strip_prefix(p));
+            let pid = rest.and_then(|r| r.split('-').next()?.parse::<u32>().ok());
+            pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        };
+        for e in fs::read_dir(&self.tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !dead(&name) {
+                continue;
+            }
+            let path = e.path();
+            for m in [path.join("rootfs"), path.clone()] {
+                if is_mount_point(&m) {
+                    let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+            if !is_mount_point(&path.join("rootfs")) && !is_mount_point(&path) {
+                let _ = fs::remove_dir_all(&path);
+            }
+        }
+        let snapshots = self.store.snapshotter();
+        for info in snapshots.list().unwrap_or_default() {
+            if info.kind != crate::image::snapshot::Kind::Committed && dead(&info.key) {
+                let _ = snapshots.remove(&info.key);
+            }
+        }
     }
 
     /// Where a build's scratch dirs go (a received context may go here too).
@@ -883,5 +918,44 @@ impl Run<'_, '_> {
         let stored = b.write_layer(&layer::diff_upper(&upper)?)?;
         drop(scratch);
         Ok(stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoRun;
+    impl StepRunner for NoRun {
+        fn run(&self, id: &str, _: &Path, _: &mut dyn FnMut(&[u8])) -> Result<i32, RunError> {
+            panic!("no RUN expected ({id})")
+        }
+    }
+
+    #[test]
+    fn leftovers_of_dead_builders_are_removed_and_live_ones_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(t.path()).unwrap();
+        let tmp = t.path().join("build/tmp");
+        // No process has a pid this large (pid_max is at most 2^22).
+        let dead_pid = 99_999_999u32;
+        let me = std::process::id();
+        let dead_dir = tmp.join(format!("build-run-{dead_pid}-abc/rootfs"));
+        let dead_ctx = tmp.join(format!("context-{dead_pid}-1"));
+        let live = tmp.join(format!("context-{me}-2"));
+        for d in [&dead_dir, &dead_ctx, &live] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let snaps = store.snapshotter();
+        snaps
+            .prepare(&format!("build-run-{dead_pid}-abc"), None)
+            .unwrap();
+        snaps.prepare(&format!("build-run-{me}-def"), None).unwrap();
+        let _b = Builder::new(&store, &NoRun).unwrap();
+        assert!(!tmp.join(format!("build-run-{dead_pid}-abc")).exists());
+        assert!(!dead_ctx.exists());
+        assert!(live.exists(), "a live builder's dir stays");
+        let keys: Vec<String> = snaps.list().unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(keys, [format!("build-run-{me}-def")]);
     }
 }
