@@ -75,13 +75,16 @@ impl V1Cgroup {
             }
         }
         for h in &self.hierarchies {
-            let first_new = created.len();
             super::make_dirs(&h.mount, &self.rel, created)?;
             if h.controllers.iter().any(|c| c == "cpuset") {
                 // A new cpuset group starts with no CPUs and no memory nodes, and refuses
-                // tasks until it has some: inherit the parent's, top-down.
-                for dir in &created[first_new..] {
-                    inherit_cpuset(dir)?;
+                // tasks until it has some: fill every level top-down from its parent —
+                // also the levels this call did not create, since a concurrent creator may
+                // not have filled a shared parent yet.
+                let mut dir = h.mount.clone();
+                for part in self.rel.components() {
+                    dir.push(part);
+                    inherit_cpuset(&dir)?;
                 }
             }
         }
@@ -154,9 +157,14 @@ fn parse_u64(path: &Path) -> Result<u64, CgroupError> {
     })
 }
 
+/// Give `dir` its parent's CPUs and memory nodes when it has none (idempotent, so
+/// concurrent creators of a shared parent agree).
 fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
     let parent = dir.parent().expect("a created cgroup dir has a parent");
     for file in ["cpuset.cpus", "cpuset.mems"] {
+        if !read_file(&dir.join(file))?.trim().is_empty() {
+            continue;
+        }
         let value = read_file(&parent.join(file))?;
         let value = value.trim();
         if !value.is_empty() {
