@@ -151,13 +151,13 @@ async fn stream_blob<T: Send + 'static>(
     cancel: &AtomicBool,
     events: &Events,
     sink: impl FnOnce(ChunkReader) -> T + Send + 'static,
-) -> Result<(u64, T), DistributionError> {
+) -> Result<(u64, T), StreamFailure<T>> {
     let path = format!("/v2/{repo}/blobs/{digest}");
     let mut resp = client
         .send(Method::GET, &path, Default::default(), scope)
         .await?;
     if !resp.status().is_success() {
-        return Err(status_error(&client.url(&path), resp).await);
+        return Err(status_error(&client.url(&path), resp).await.into());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let task = tokio::task::spawn_blocking(move || {
@@ -201,8 +201,28 @@ async fn stream_blob<T: Send + 'static>(
     drop(tx);
     let out = task.await.expect("blob sink panicked");
     match failure {
-        Some(e) => Err(e),
+        // The sink may still have finished (e.g. every chunk had arrived before the
+        // cancel): hand its result back so the caller can undo it.
+        Some(e) => Err(StreamFailure {
+            error: e,
+            sink_output: Some(out),
+        }),
         None => Ok((received, out)),
+    }
+}
+
+/// Why [`stream_blob`] failed, with what the sink produced if it ran to the end.
+struct StreamFailure<T> {
+    error: DistributionError,
+    sink_output: Option<T>,
+}
+
+impl<T> From<DistributionError> for StreamFailure<T> {
+    fn from(error: DistributionError) -> Self {
+        StreamFailure {
+            error,
+            sink_output: None,
+        }
     }
 }
 
@@ -245,7 +265,8 @@ async fn fetch_blob(
     let (n, committed) = stream_blob(
         &client, &repo, &digest, size, &scope, &cancel, &events, sink,
     )
-    .await?;
+    .await
+    .map_err(|f| f.error)?;
     committed.map_err(|e| blob_error(&repo, e))?;
     Ok(n)
 }
@@ -302,10 +323,20 @@ async fn fetch_layer(
             }
         }
     };
-    let (n, staged) = stream_blob(
+    let (n, staged) = match stream_blob(
         &client, &repo, &digest, size, &scope, &cancel, &events, sink,
     )
-    .await?;
+    .await
+    {
+        Ok(v) => v,
+        Err(f) => {
+            // A layer staged before the download was cancelled must not outlive the pull.
+            if let Some(Ok(key)) = f.sink_output {
+                let _ = store.snapshotter().remove(&key);
+            }
+            return Err(f.error);
+        }
+    };
     match staged {
         Ok(key) => Ok((n, key)),
         Err(LayerFailure::Content(e)) => Err(blob_error(&repo, e)),
