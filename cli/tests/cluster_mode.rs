@@ -34,11 +34,6 @@ fn rootfs(dir: &Path) -> PathBuf {
     root
 }
 
-fn free_addr(ip: &str) -> String {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 /// A daemon killed by PID on drop.
 struct Daemon {
     child: Option<Child>,
@@ -221,7 +216,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
         .unwrap();
     let dir = tmp.path();
     let rootfs = rootfs(dir);
-    let ctl_addr = free_addr("127.0.0.2");
+    let ctl_addr = common::free_addr("127.0.0.2");
     let _controller = Daemon::spawn(
         &[
             "controller",

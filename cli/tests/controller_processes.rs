@@ -10,13 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gantry");
+mod common;
 
-/// A free port on a loopback address (bound then released).
-fn free_addr(ip: &str) -> String {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind loopback");
-    l.local_addr().unwrap().to_string()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_gantry");
 
 /// One controller process; SIGKILLed (by pid) when dropped.
 struct Proc {
@@ -117,7 +113,7 @@ async fn wait_ready(addrs: &[String], voters: usize) -> u64 {
 async fn start_cluster(root: &Path, n: u64) -> Vec<Proc> {
     let mut procs = Vec::new();
     for id in 1..=n {
-        let addr = free_addr(&format!("127.0.0.{}", id + 1));
+        let addr = common::free_addr(&format!("127.0.0.{}", id + 1));
         let dir = root.join(format!("m{id}"));
         let p = if id == 1 {
             Proc::spawn(id, &addr, &dir, &["--bootstrap"])
@@ -262,7 +258,7 @@ async fn cli_status_snapshot_restore_and_recover_with_real_processes() {
     assert!(ok, "snapshot save failed: {err}");
     assert!(out.contains("25 nodes"), "{out}");
     let (_, live): (u64, StateImage) = c.read(ReadKind::State, false).await.unwrap();
-    let new_addr = free_addr("127.0.0.9");
+    let new_addr = common::free_addr("127.0.0.9");
     let new_dir = root.path().join("restored");
     let (ok, _, err) = gantry(&[
         "controller",

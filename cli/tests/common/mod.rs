@@ -12,6 +12,12 @@ pub fn gantry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_gantry")
 }
 
+/// A free port on a loopback address (bound then released).
+pub fn free_addr(ip: &str) -> String {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind loopback");
+    l.local_addr().unwrap().to_string()
+}
+
 pub fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let uid = status
