@@ -13,26 +13,11 @@ mod common;
 use gantry_controller::api::ControllerClient;
 use gantry_controller::state::{Allocation, Desired, Node, Observed};
 use gantry_proto::cluster::ReadKind;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gantry");
-
-/// A minimal busybox root filesystem (sh and sleep).
-fn rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep"] {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
-    root
-}
 
 /// A daemon killed by PID on drop.
 struct Daemon {
@@ -215,7 +200,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
         .tempdir()
         .unwrap();
     let dir = tmp.path();
-    let rootfs = rootfs(dir);
+    let rootfs = common::busybox_rootfs(dir);
     let ctl_addr = common::free_addr("127.0.0.2");
     let _controller = Daemon::spawn(
         &[

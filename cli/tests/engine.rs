@@ -3,12 +3,13 @@
 //! test's agent is killed by PID in a Drop guard that also removes its containers, mounts,
 //! cgroups and processes, and the leak checks look for exactly those.
 
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gantry_agent::network::{host_veth_name, BridgeConfig, BridgeNetwork};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gantry");
 
@@ -24,25 +25,9 @@ fn require_root() {
     );
 }
 
-/// A busybox root filesystem: /bin/busybox and one link per applet, /etc/passwd, /etc/group.
+/// The common busybox root filesystem plus a file the lifecycle test deletes.
 fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            let _ = symlink("busybox", root.join("bin").join(applet));
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    let root = common::busybox_rootfs(dir);
     std::fs::write(root.join("etc/deleted-later"), "base file\n").unwrap();
     root
 }

@@ -12,6 +12,28 @@ pub fn gantry_bin() -> &'static str {
     env!("CARGO_BIN_EXE_gantry")
 }
 
+/// A busybox root filesystem: /bin/busybox and one link per applet, /etc/passwd, /etc/group.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    root
+}
+
 /// A free port on a loopback address (bound then released).
 pub fn free_addr(ip: &str) -> String {
     let l = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind loopback");
