@@ -68,8 +68,6 @@ fn agent_args(dir: &Path, name: &str, label: &str, controller: &str) -> Vec<Stri
         "--host",
         &format!("unix://{}", s("sock")),
         "--no-bridge",
-        "--runtime",
-        "runc",
         "--join",
         controller,
         "--name",
