@@ -422,7 +422,10 @@ impl State {
                     self.nodes.values().filter_map(|n| n.subnet).collect();
                 let subnet = subnet::allocate(subnet::default_cluster_cidr(), &taken);
                 if subnet.is_none() {
-                    tracing::warn!(node = name, "cluster network exhausted: node gets no subnet");
+                    tracing::warn!(
+                        node = name,
+                        "cluster network exhausted: node gets no subnet"
+                    );
                 }
                 self.next_node_id += 1;
                 let id = self.next_node_id;

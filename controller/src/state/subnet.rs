@@ -13,7 +13,9 @@ pub const NODE_PREFIX: u8 = 24;
 
 /// The default cluster CIDR, parsed.
 pub fn default_cluster_cidr() -> Ipv4Net {
-    DEFAULT_CLUSTER_CIDR.parse().expect("default cluster CIDR parses")
+    DEFAULT_CLUSTER_CIDR
+        .parse()
+        .expect("default cluster CIDR parses")
 }
 
 /// The lowest /[`NODE_PREFIX`] of `cidr` that is not in `taken`; `None` when all are taken
