@@ -19,12 +19,18 @@
 # per host. Processes are started by this script and ended by the PIDs it recorded, plus
 # their descendants (the containers' shims and the containers).
 #
-# GANTRY_CLUSTER_DIR (default /var/lib/gantry-cluster) holds each host's state and logs.
+# GANTRY_CLUSTER_DIR (default /var/lib/gantry-cluster) holds each host's state and logs;
+# GANTRY_CLUSTER_PREFIX (default gty) names the bridge (PREFIX0), namespaces (PREFIX-HOST)
+# and veths (PREFIXvN); GANTRY_CLUSTER_NET (default 10.77.0) is the hosts' /24.
 set -euo pipefail
 
 DIR=${GANTRY_CLUSTER_DIR:-/var/lib/gantry-cluster}
-BRIDGE=gty0
-NET=10.77.0
+# names and addresses are parameters so that tests run their own clusters side by side
+P=${GANTRY_CLUSTER_PREFIX:-gty}
+[[ $P =~ ^[a-z][a-z0-9]{0,7}$ ]] || { echo "cluster.sh: GANTRY_CLUSTER_PREFIX '$P': 1-8 lowercase letters/digits, starting with a letter" >&2; exit 2; }
+BRIDGE=${P}0
+NET=${GANTRY_CLUSTER_NET:-10.77.0}
+[[ $NET =~ ^10\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || { echo "cluster.sh: GANTRY_CLUSTER_NET '$NET': the first three octets of a 10.x.y.0/24" >&2; exit 2; }
 CTL_PORT=7700
 REG_PORT=5000
 
@@ -50,8 +56,8 @@ done
 hosts() { echo "$HOSTS" | awk 'NF == 4 && $1 !~ /^#/'; }
 field() { hosts | awk -v h="$1" -v f="$2" '$1 == h { print $f }'; }
 exists() { [ -n "$(field "$1" 1)" ] || die "unknown host '$1' (hosts: $(hosts | awk '{print $1}' | xargs))"; }
-ns() { echo "gty-$1"; }
-veth() { echo "gtyv$(field "$1" 2)"; }
+ns() { echo "$P-$1"; }
+veth() { echo "${P}v$(field "$1" 2)"; }
 addr() { echo "$NET.$(field "$1" 2)"; }
 controllers() { hosts | awk '$3 == "controller" { print $1 }'; }
 controller_addrs() { for h in $(controllers); do printf '%s%s:%s' "${sep:-}" "$(addr "$h")" "$CTL_PORT"; sep=,; done; echo; }
@@ -73,7 +79,7 @@ net_up() {
   for h in $(hosts | awk '{print $1}'); do
     local n v
     n=$(ns "$h") v=$(veth "$h")
-    ip netns list | grep -qw "^$n" || ip netns add "$n"
+    ip netns list | awk '{print $1}' | grep -qx "$n" || ip netns add "$n"
     if ! ip link show "$v" >/dev/null 2>&1; then
       ip link add "$v" type veth peer name eth0 netns "$n"
       ip link set "$v" master "$BRIDGE" up
@@ -240,7 +246,7 @@ down() {
     done
     # the agents' mounts lived in the namespaces of processes now gone; unmount any that
     # were made in this mount namespace
-    grep -o " $DIR/[^ ]*" /proc/self/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    { grep -o " $DIR/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   fi
   net_down
   rm -rf "$DIR"
@@ -252,7 +258,7 @@ status() {
   printf '%-12s %-11s %-10s %-22s %s\n' HOST ADDRESS ROLE LABELS STATE
   for h in $(hosts | awk '{print $1}'); do
     pids=$(host_pids "$h" | xargs)
-    if ! ip netns list | grep -qw "^$(ns "$h")"; then state="no namespace"
+    if ! ip netns list | awk '{print $1}' | grep -qx "$(ns "$h")"; then state="no namespace"
     elif [ -z "$pids" ]; then state="down"
     elif [ "$(ip -n "$(ns "$h")" -o link show eth0 2>/dev/null | grep -c 'state UP')" = 0 ] ||
       [ "$(ip -o link show "$(veth "$h")" 2>/dev/null | grep -c 'state UP')" = 0 ]; then state="partitioned (pid $pids)"
