@@ -20,6 +20,8 @@
 # their descendants (the containers' shims and the containers).
 #
 # GANTRY_CLUSTER_DIR (default /var/lib/gantry-cluster) holds each host's state and logs;
+# GANTRY_CLUSTER_CONTROLLER_ARGS / GANTRY_CLUSTER_AGENT_ARGS: extra flags for those daemons
+# (e.g. shorter node TTLs in tests);
 # GANTRY_CLUSTER_PREFIX (default gty) names the bridge (PREFIX0), namespaces (PREFIX-HOST)
 # and veths (PREFIXvN); GANTRY_CLUSTER_NET (default 10.77.0) is the hosts' /24.
 set -euo pipefail
@@ -176,10 +178,13 @@ start_host() {
   controller)
     id=$(controllers | grep -n "^$h\$" | cut -d: -f1)
     if [ "$id" = 1 ]; then
-      spawn "$h" controller controller run --id 1 --listen "$a:$CTL_PORT" --data-dir "$DIR/$h/data" --bootstrap
+      # shellcheck disable=SC2086
+      spawn "$h" controller controller run --id 1 --listen "$a:$CTL_PORT" --data-dir "$DIR/$h/data" --bootstrap \
+        ${GANTRY_CLUSTER_CONTROLLER_ARGS:-}
     else
+      # shellcheck disable=SC2086
       spawn "$h" controller controller run --id "$id" --listen "$a:$CTL_PORT" --data-dir "$DIR/$h/data" \
-        --join "$(addr "$(controllers | head -1)"):$CTL_PORT"
+        --join "$(addr "$(controllers | head -1)"):$CTL_PORT" ${GANTRY_CLUSTER_CONTROLLER_ARGS:-}
     fi
     wait_port "$h" "$CTL_PORT"
     ;;
@@ -192,9 +197,10 @@ start_host() {
     octet=$(field "$h" 2)
     IFS=, read -ra kv <<<"$labels"
     for l in "${kv[@]}"; do args+=(--label "$l"); done
+    # shellcheck disable=SC2086
     spawn "$h" agent agent --root "$DIR/$h/agent" --run-root "$DIR/$h/run" \
       --host "unix://$DIR/$h/agent.sock" --subnet "10.209.$octet.0/24" \
-      --join "$(controller_addrs)" --name "$h" --advertise "$a" "${args[@]}"
+      --join "$(controller_addrs)" --name "$h" --advertise "$a" "${args[@]}" ${GANTRY_CLUSTER_AGENT_ARGS:-}
     local deadline=$((SECONDS + 30))
     until [ -S "$DIR/$h/agent.sock" ]; do
       [ $SECONDS -lt $deadline ] || die "$h: the agent's socket did not appear in 30 s (log: $DIR/$h/agent.log)"
