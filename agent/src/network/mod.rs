@@ -19,6 +19,7 @@
 //! (rtnetlink) and [`Firewall`] (iptables-restore), each with a fake.
 
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod firewall;
 pub mod ipam;
