@@ -297,7 +297,13 @@ mod tests {
         }
     }
 
-    fn alloc(id: u64, service: &str, ip: [u8; 4], desired: Desired, observed: Observed) -> Allocation {
+    fn alloc(
+        id: u64,
+        service: &str,
+        ip: [u8; 4],
+        desired: Desired,
+        observed: Observed,
+    ) -> Allocation {
         Allocation {
             id,
             service: service.into(),
@@ -337,11 +343,22 @@ mod tests {
     }
 
     fn table() -> ServiceTable {
-        let services = [svc("web", &["front"]), svc("api", &["front", "back"]), svc("db", &["back"]), svc("local", &[])];
+        let services = [
+            svc("web", &["front"]),
+            svc("api", &["front", "back"]),
+            svc("db", &["back"]),
+            svc("local", &[]),
+        ];
         let allocs = [
             alloc(1, "web", [10, 210, 0, 2], Desired::Run, Observed::Running),
             alloc(2, "api", [10, 210, 1, 2], Desired::Run, Observed::Running),
-            alloc(3, "api", [10, 210, 2, 2], Desired::Run, Observed::Failed("oom".into())),
+            alloc(
+                3,
+                "api",
+                [10, 210, 2, 2],
+                Desired::Run,
+                Observed::Failed("oom".into()),
+            ),
             alloc(4, "api", [10, 210, 2, 3], Desired::Stop, Observed::Running),
             alloc(5, "db", [10, 210, 2, 4], Desired::Run, Observed::Running),
             alloc(6, "api", [10, 210, 0, 9], Desired::Run, Observed::Running),
@@ -366,7 +383,10 @@ mod tests {
         let a = answer(&t, host, &query("api.gantry.", RecordType::A));
         assert_eq!(
             a_records(&a),
-            (ResponseCode::NoError, vec![Ipv4Addr::new(10, 210, 0, 9), Ipv4Addr::new(10, 210, 1, 2)])
+            (
+                ResponseCode::NoError,
+                vec![Ipv4Addr::new(10, 210, 0, 9), Ipv4Addr::new(10, 210, 1, 2)]
+            )
         );
         let Answer::Reply(m) = a else { unreachable!() };
         assert!(m.answers().iter().all(|r| r.ttl() == 0));
@@ -377,7 +397,10 @@ mod tests {
         assert_eq!(a_records(&a), (ResponseCode::NoError, vec![]));
         // A service with no running allocation exists but has no address.
         let t2 = ServiceTable::build(&[svc("idle", &["front"])], &[]);
-        assert_eq!(a_records(&answer(&t2, host, &query("idle.", RecordType::A))), (ResponseCode::NoError, vec![]));
+        assert_eq!(
+            a_records(&answer(&t2, host, &query("idle.", RecordType::A))),
+            (ResponseCode::NoError, vec![])
+        );
     }
 
     #[test]
@@ -385,23 +408,49 @@ mod tests {
         let t = table();
         let web = Ipv4Addr::new(10, 210, 0, 2);
         let db = Ipv4Addr::new(10, 210, 2, 4);
-        assert_eq!(a_records(&answer(&t, web, &query("nope.", RecordType::A))).0, ResponseCode::NXDomain);
+        assert_eq!(
+            a_records(&answer(&t, web, &query("nope.", RecordType::A))).0,
+            ResponseCode::NXDomain
+        );
         // Not on the cluster network: not in DNS.
-        assert_eq!(a_records(&answer(&t, web, &query("local.", RecordType::A))).0, ResponseCode::NXDomain);
+        assert_eq!(
+            a_records(&answer(&t, web, &query("local.", RecordType::A))).0,
+            ResponseCode::NXDomain
+        );
         // web (front) sees api (front, back) but not db (back); db sees api, not web.
-        assert_eq!(a_records(&answer(&t, web, &query("api.", RecordType::A))).0, ResponseCode::NoError);
-        assert_eq!(a_records(&answer(&t, web, &query("db.", RecordType::A))).0, ResponseCode::NXDomain);
-        assert_eq!(a_records(&answer(&t, db, &query("web.", RecordType::A))).0, ResponseCode::NXDomain);
-        assert_eq!(a_records(&answer(&t, db, &query("api.", RecordType::A))).0, ResponseCode::NoError);
-        assert_eq!(answer(&t, web, &query("example.com.", RecordType::A)), Answer::Forward);
+        assert_eq!(
+            a_records(&answer(&t, web, &query("api.", RecordType::A))).0,
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            a_records(&answer(&t, web, &query("db.", RecordType::A))).0,
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            a_records(&answer(&t, db, &query("web.", RecordType::A))).0,
+            ResponseCode::NXDomain
+        );
+        assert_eq!(
+            a_records(&answer(&t, db, &query("api.", RecordType::A))).0,
+            ResponseCode::NoError
+        );
+        assert_eq!(
+            answer(&t, web, &query("example.com.", RecordType::A)),
+            Answer::Forward
+        );
     }
 
     #[test]
     fn upstreams_skip_loopback_and_resolv_conf_points_at_the_gateway() {
-        let u = upstreams("# x\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch lan\nnameserver ::1\n");
+        let u = upstreams(
+            "# x\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch lan\nnameserver ::1\n",
+        );
         assert_eq!(u, vec!["10.0.0.2:53".parse().unwrap()]);
         let r = container_resolv_conf(Ipv4Addr::new(10, 210, 1, 1));
-        assert!(r.starts_with("nameserver 10.210.1.1\n") && r.contains("search gantry"), "{r}");
+        assert!(
+            r.starts_with("nameserver 10.210.1.1\n") && r.contains("search gantry"),
+            "{r}"
+        );
     }
 
     #[tokio::test]
@@ -415,7 +464,9 @@ mod tests {
             let c = &c;
             let to = srv.addr();
             async move {
-                c.send_to(&query(name, RecordType::A).to_bytes().unwrap(), to).await.unwrap();
+                c.send_to(&query(name, RecordType::A).to_bytes().unwrap(), to)
+                    .await
+                    .unwrap();
                 let mut buf = [0u8; 1500];
                 let (n, _) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
                     .await
@@ -425,10 +476,16 @@ mod tests {
             }
         };
         let m = ask("web.").await;
-        assert_eq!(a_records(&Answer::Reply(m)).1, vec![Ipv4Addr::new(10, 210, 0, 2)]);
+        assert_eq!(
+            a_records(&Answer::Reply(m)).1,
+            vec![Ipv4Addr::new(10, 210, 0, 2)]
+        );
         // The table changes: the next answer follows.
         *table.write().unwrap() = ServiceTable::default();
         assert_eq!(ask("web.").await.response_code(), ResponseCode::NXDomain);
-        assert_eq!(ask("example.com.").await.response_code(), ResponseCode::Refused);
+        assert_eq!(
+            ask("example.com.").await.response_code(),
+            ResponseCode::Refused
+        );
     }
 }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod dns;
 pub mod error;
 pub mod firewall;
+pub mod follower;
 pub mod ipam;
 pub mod links;
 pub mod netns;
