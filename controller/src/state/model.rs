@@ -130,6 +130,10 @@ pub struct ServiceSpec {
     pub update: UpdatePolicy,
     /// Ordered constraint sets: place in the first with feasible nodes (site failover).
     pub failover: Vec<Vec<Constraint>>,
+    /// Changed by `gantry service restart`: a new value replaces every allocation, as an
+    /// update does (rolling, make-before-break).
+    #[serde(default)]
+    pub restart_token: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
