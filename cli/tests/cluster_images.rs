@@ -89,7 +89,7 @@ async fn images_are_pulled_rolled_and_bad_ones_fail_with_a_reason() {
         Agent::start(dir, "img-a", &["env=dev"], &ctl),
         Agent::start(dir, "img-b", &["env=dev"], &ctl),
     ];
-    let mut c = common::cluster::client(&[ctl.clone()]);
+    let mut c = common::cluster::client(std::slice::from_ref(&ctl));
     wait_for(&mut c, "two nodes", 30, |_| {}, |v| v.nodes.len() == 2).await;
 
     // Neither agent has the image: both pull it, say so, and run it.

@@ -30,7 +30,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
         Agent::start(dir, "dev-b", &["env=dev"], &ctl_addr),
         Agent::start(dir, "qa-a", &["env=qa"], &ctl_addr),
     ];
-    let mut c = common::cluster::client(&[ctl_addr.clone()]);
+    let mut c = common::cluster::client(std::slice::from_ref(&ctl_addr));
     wait_for(
         &mut c,
         "three nodes registered",
