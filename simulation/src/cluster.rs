@@ -133,15 +133,9 @@ impl SimCluster {
             .config(&self.cluster_id)
             .validate()
             .map_err(|e| raft_err(e.to_string()))?;
-        let raft = GantryRaft::new(
-            id,
-            Arc::new(config),
-            self.router.network_for(id),
-            log,
-            sm,
-        )
-        .await
-        .map_err(|e| raft_err(e.to_string()))?;
+        let raft = GantryRaft::new(id, Arc::new(config), self.router.network_for(id), log, sm)
+            .await
+            .map_err(|e| raft_err(e.to_string()))?;
         let shared = Arc::new(LeaderShared::default());
         let leader_loop = self.config.leader_loop.clone().map(|cfg| {
             tokio::spawn(leader::run(
@@ -242,7 +236,10 @@ impl SimCluster {
             if left.is_zero() {
                 return Err(fail(format!("not committed within {timeout:?}")));
             }
-            let leader = self.wait_leader(left).await.map_err(|e| fail(e.to_string()))?;
+            let leader = self
+                .wait_leader(left)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
             let Some(raft) = self.raft(leader) else {
                 continue;
             };

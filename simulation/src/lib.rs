@@ -12,6 +12,7 @@
 //! - **invariant**: a property checked on what a run observed ([`invariants`]), one per
 //!   file; a broken one is a [`invariants::Violation`].
 
+pub mod chaos;
 pub mod cluster;
 pub mod invariants;
 pub mod net;

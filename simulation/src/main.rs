@@ -2,12 +2,16 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use gantry_sim::chaos::{self, ChaosConfig};
 use gantry_sim::scale::{self, Phase, ScaleConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "gantry-sim", about = "gantry's simulator: the real controller at scale and under faults")]
+#[command(
+    name = "gantry-sim",
+    about = "gantry's simulator: the real controller at scale and under faults"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -24,7 +28,12 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000)]
         replicas: u32,
         /// Scenarios after the initial placement, in order (comma-separated).
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "node-fail,site-fail,rolling-update")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "node-fail,site-fail,rolling-update"
+        )]
         phases: Vec<Phase>,
         /// Run only the initial placement.
         #[arg(long)]
@@ -45,6 +54,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Seeded faults against 3 controllers and simulated agents; invariants checked.
+    Chaos {
+        /// First seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How many seeds to run (seed, seed+1, ...): a soak is a large number.
+        #[arg(long, default_value_t = 1)]
+        runs: u64,
+        /// Replay one seed, printing its fault schedule as it runs.
+        #[arg(long, conflicts_with_all = ["seed", "runs"])]
+        reproduce: Option<u64>,
+        /// Seconds of faults per run.
+        #[arg(long, default_value_t = 6)]
+        fault_seconds: u64,
+        /// Seconds the cluster has to converge after the faults stop.
+        #[arg(long, default_value_t = 20)]
+        convergence_bound: u64,
+        /// Print each run's report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn print_scale(r: &scale::ScaleReport) {
@@ -58,8 +88,18 @@ fn print_scale(r: &scale::ScaleReport) {
     );
     println!(
         "{:<15} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-        "phase", "seconds", "placed", "stopped", "placed/s", "eval p50", "eval p99", "commit50",
-        "commit99", "sched s", "commit s", "ack s"
+        "phase",
+        "seconds",
+        "placed",
+        "stopped",
+        "placed/s",
+        "eval p50",
+        "eval p99",
+        "commit50",
+        "commit99",
+        "sched s",
+        "commit s",
+        "ack s"
     );
     for p in &r.phases {
         println!(
@@ -146,6 +186,58 @@ fn main() -> anyhow::Result<()> {
             }
             if !report.violations.is_empty() {
                 anyhow::bail!("{} invariant violation(s)", report.violations.len());
+            }
+        }
+        Cmd::Chaos {
+            seed,
+            runs,
+            reproduce,
+            fault_seconds,
+            convergence_bound,
+            json,
+        } => {
+            let seeds: Vec<u64> = match reproduce {
+                Some(s) => vec![s],
+                None => (seed..seed.saturating_add(runs)).collect(),
+            };
+            let mut failed = Vec::new();
+            for s in seeds {
+                let mut cfg = ChaosConfig::new(s);
+                cfg.fault_time = Duration::from_secs(fault_seconds);
+                cfg.convergence_bound = Duration::from_secs(convergence_bound);
+                cfg.verbose = reproduce.is_some();
+                let report = rt.block_on(chaos::run(cfg)).context("chaos run")?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!(
+                        "seed {}: {} faults, {} leader terms, {}/{} writes acknowledged, {}, {}",
+                        report.seed,
+                        report.schedule.len(),
+                        report.leader_terms,
+                        report.writes_acknowledged,
+                        report.writes_attempted,
+                        match report.converged_after_seconds {
+                            Some(t) => format!("converged {t:.2}s after healing"),
+                            None => "NOT converged".into(),
+                        },
+                        if report.violations.is_empty() {
+                            "ok".to_string()
+                        } else {
+                            format!("{} violation(s)", report.violations.len())
+                        }
+                    );
+                }
+                for v in &report.violations {
+                    eprintln!("seed {s}: VIOLATION {v}");
+                }
+                if !report.violations.is_empty() {
+                    eprintln!("seed {s} failed: replay with `gantry-sim chaos --reproduce {s}`");
+                    failed.push(s);
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("failing seeds: {failed:?}");
             }
         }
     }

@@ -180,7 +180,9 @@ impl Router {
             .await
             .map_err(|_| unreachable(NetError::Timeout { from, to, ttl }))?;
         match self.decide(to, from) {
-            Fate::Partitioned => return Err(unreachable(NetError::Partitioned { from: to, to: from })),
+            Fate::Partitioned => {
+                return Err(unreachable(NetError::Partitioned { from: to, to: from }))
+            }
             Fate::Lost => return Err(unreachable(NetError::Lost { from: to, to: from })),
             Fate::Deliver(d) if !d.is_zero() => tokio::time::sleep(d).await,
             Fate::Deliver(_) => {}
@@ -278,7 +280,10 @@ mod tests {
         assert_eq!(a, run(7), "same seed, same fates");
         assert_ne!(a, run(8), "another seed, other fates");
         let lost = a.iter().filter(|f| **f == Fate::Lost).count();
-        assert!((30..=90).contains(&lost), "about 30% of 200 lost, got {lost}");
+        assert!(
+            (30..=90).contains(&lost),
+            "about 30% of 200 lost, got {lost}"
+        );
         assert!(a.iter().all(|f| match f {
             Fate::Deliver(d) => (1..=20).contains(&(d.as_millis() as u64)),
             _ => true,

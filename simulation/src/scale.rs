@@ -537,10 +537,12 @@ pub async fn run(cfg: ScaleConfig) -> Result<ScaleReport, ScaleError> {
     let total = Instant::now();
     let cluster = SimCluster::start(ClusterConfig {
         members: 3,
+        // openraft times an AppendEntries out after one heartbeat interval, including the
+        // follower's fsync of the entries: large plans need more than the daemon's 50 ms.
         timings: RaftTimings {
-            heartbeat_ms: 100,
-            election_min_ms: 1000,
-            election_max_ms: 2000,
+            heartbeat_ms: 250,
+            election_min_ms: 2000,
+            election_max_ms: 4000,
             snapshot_every: 1_000_000,
         },
         leader_loop: None,
@@ -595,8 +597,10 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
             Phase::NodeFail => d.fail_nodes(phase, |n| n.id % 10 == 0).await?,
             Phase::SiteFail => {
                 let site = topology::SITES[0];
-                d.fail_nodes(phase, |n| n.labels.get("site").map(String::as_str) == Some(site))
-                    .await?
+                d.fail_nodes(phase, |n| {
+                    n.labels.get("site").map(String::as_str) == Some(site)
+                })
+                .await?
             }
             Phase::RollingUpdate => {
                 let t = Instant::now();

@@ -74,7 +74,10 @@ pub fn service_spec(s: u64, replicas: u32, image_version: u32) -> ServiceSpec {
     let (cpu, mib) = REQUESTS[(s % REQUESTS.len() as u64) as usize];
     let mut constraints = vec![constraint(&format!("env=={}", ENVS[(s % 3) as usize]))];
     if s % 4 == 1 {
-        constraints.push(constraint(&format!("site!={}", SITES[(s / 4 % 4) as usize])));
+        constraints.push(constraint(&format!(
+            "site!={}",
+            SITES[(s / 4 % 4) as usize]
+        )));
     }
     ServiceSpec {
         image: format!("registry.local/app-{s}:{image_version}"),
