@@ -85,6 +85,11 @@ struct CreateArgs {
     /// Replacements in flight at once during updates and migrations.
     #[arg(long, default_value_t = 1)]
     max_parallel: u32,
+    /// A cluster network to join (repeatable): the service's containers get addresses on
+    /// the overlay, are found by name from services sharing a network, and cannot reach
+    /// those sharing none.
+    #[arg(long = "network")]
+    networks: Vec<String>,
     /// The entrypoint (overrides the image's); the rest after `--` is its arguments.
     #[arg(long = "entrypoint")]
     entrypoint: Vec<String>,
@@ -324,6 +329,7 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
         update: gantry_controller::state::UpdatePolicy {
             max_parallel: a.max_parallel,
         },
+        networks: a.networks.clone(),
         ..Default::default()
     })
 }
@@ -491,6 +497,7 @@ mod tests {
             pids: 0,
             restart: "always".into(),
             max_parallel: 1,
+            networks: vec![],
             entrypoint: vec![],
             args: vec![],
         };

@@ -63,6 +63,12 @@ pub enum Command {
     },
     /// Forget allocations that are stopped and finished (garbage collection).
     PurgeAllocations { ids: Vec<AllocId> },
+    /// An agent's report of its allocations' cluster-network addresses (None: it has
+    /// none any more), all for allocations on `node`.
+    SetAllocAddresses {
+        node: NodeId,
+        addresses: Vec<(AllocId, Option<std::net::Ipv4Addr>)>,
+    },
 }
 
 impl Command {
@@ -77,6 +83,7 @@ impl Command {
             Command::ApplyPlan { .. } => "ApplyPlan",
             Command::ReportAllocStatus { .. } => "ReportAllocStatus",
             Command::PurgeAllocations { .. } => "PurgeAllocations",
+            Command::SetAllocAddresses { .. } => "SetAllocAddresses",
         }
     }
 }
