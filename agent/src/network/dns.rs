@@ -92,7 +92,7 @@ impl ServiceTable {
     pub fn service_of(name: &str) -> Option<String> {
         let n = name.trim_end_matches('.').to_ascii_lowercase();
         let svc = match n.strip_suffix(DOMAIN) {
-            Some(rest) if rest.is_empty() => return None,
+            Some("") => return None,
             Some(rest) => rest.strip_suffix('.')?.to_string(),
             None if !n.contains('.') => n,
             None => return None,

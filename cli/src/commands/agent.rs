@@ -8,7 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use gantry_agent::cluster::{self, executor::EngineContainers, ClusterConfig};
+use gantry_agent::cluster::{
+    self,
+    executor::{EngineContainers, RegistryImages},
+    ClusterConfig,
+};
 use gantry_agent::engine::{images::StoreImages, service::EngineService, Engine, EngineConfig};
 use gantry_agent::network::{dns, follower, overlay, BridgeConfig, BridgeNetwork, NetlinkLinks};
 use gantry_controller::state::Resources;
@@ -83,6 +87,14 @@ pub struct AgentArgs {
     /// and --advertise must be this node's IPv4 address on the underlay.
     #[arg(long, requires = "join", conflicts_with = "no_bridge")]
     pub overlay: bool,
+    /// Cluster mode: a registry (host[:port]) pulled from over plain HTTP (repeatable;
+    /// loopback registries always are).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Cluster mode: wait after a failed pull before pulling that image again (doubled
+    /// per further failure, up to 60 s).
+    #[arg(long, default_value_t = 1000)]
+    pub pull_backoff_ms: u64,
 }
 
 /// A `unix://` address (or a bare path) as a path.
@@ -186,6 +198,13 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let pulls = RegistryImages {
+        store: store.clone(),
+        config: gantry_agent::distribution::ClientConfig {
+            insecure_registries: args.insecure_registries.clone(),
+            ..Default::default()
+        },
+    };
     let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }), network)?;
     engine.recover().await?;
     let _follower = match (overlay, &cluster_cfg) {
@@ -207,7 +226,11 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         Some(cfg) => {
             tracing::info!(join = ?cfg.join, name = %cfg.name, "cluster mode");
             let containers = Arc::new(EngineContainers::new(engine.clone()));
-            Some(tokio::spawn(gantry_agent::cluster::run(cfg, containers)))
+            Some(tokio::spawn(gantry_agent::cluster::run(
+                cfg,
+                containers,
+                Arc::new(pulls),
+            )))
         }
         None => None,
     };
@@ -318,5 +341,7 @@ fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms),
         resync: std::time::Duration::from_secs(1),
         stop_timeout_s: args.stop_timeout,
+        pull_backoff: std::time::Duration::from_millis(args.pull_backoff_ms),
+        pull_backoff_max: std::time::Duration::from_secs(60),
     }))
 }
