@@ -154,7 +154,7 @@ fn parse_bytes(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     let v: f64 = num.trim().parse().ok()?;
-    (v >= 0.0).then(|| (v * mult as f64) as u64)
+    (v >= 0.0).then_some((v * mult as f64) as u64)
 }
 
 fn parse_protocol(field: &str, p: &str) -> Result<Protocol> {
