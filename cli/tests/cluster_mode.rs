@@ -168,6 +168,46 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     )
     .await;
 
+    // A Compose file: a malformed one is refused naming its line and creates nothing;
+    // a good one becomes a service placed by its Swarm-style constraint.
+    let bad = dir.join("bad-compose.yaml");
+    std::fs::write(&bad, "services:\n  app:\n    image: x\n   oops: [\n").unwrap();
+    let (ok, _, err) =
+        common::cluster::gantry_any(&ctl_addr, &["deploy", "-f", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("line 4"), "{err}");
+    let unknown = dir.join("unknown-compose.yaml");
+    std::fs::write(
+        &unknown,
+        "services:\n  app:\n    image: x\n    healthcheck: {}\n",
+    )
+    .unwrap();
+    let (ok, _, err) =
+        common::cluster::gantry_any(&ctl_addr, &["deploy", "-f", unknown.to_str().unwrap()]);
+    assert!(!ok && err.contains("services.app.healthcheck"), "{err}");
+    assert!(!gantry(&ctl_addr, &["service", "ls"]).contains("app"));
+    let compose = dir.join("compose.yaml");
+    std::fs::write(
+        &compose,
+        format!(
+            "services:\n  app:\n    image: \"{image}\"\n    entrypoint: [/bin/sleep]\n    command: \"1000\"\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [node.labels.env == dev]\n"
+        ),
+    )
+    .unwrap();
+    let out = gantry(&ctl_addr, &["deploy", "-f", compose.to_str().unwrap()]);
+    assert!(out.contains("app: created"), "{out}");
+    let v = wait_for(
+        &mut c,
+        "app running twice",
+        30,
+        |_| {},
+        |v| v.running("app").len() == 2,
+    )
+    .await;
+    let mut on: Vec<String> = v.running("app").into_iter().map(|(_, n)| n).collect();
+    on.sort();
+    assert_eq!(on, vec!["dev-a", "dev-b"]);
+    gantry(&ctl_addr, &["service", "rm", "app"]);
+
     // Remove the service: every agent ends with no container.
     gantry(&ctl_addr, &["service", "rm", "web"]);
     common::cluster::wait_no_containers(&agents, "service rm").await;

@@ -22,7 +22,7 @@ pub struct Target {
         value_delimiter = ',',
         global = true
     )]
-    controller: Vec<String>,
+    pub(crate) controller: Vec<String>,
 }
 
 #[derive(Args)]
@@ -157,14 +157,14 @@ pub struct MigrateArgs {
     target: Target,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
 }
 
-fn exit(what: &str, r: Result<()>) -> i32 {
+pub(crate) fn exit(what: &str, r: Result<()>) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => {
@@ -204,7 +204,7 @@ async fn nodes(c: &mut ControllerClient) -> Result<Vec<Node>> {
     Ok(c.read::<Vec<Node>>(ReadKind::Nodes, false).await?.1)
 }
 
-async fn services(c: &mut ControllerClient) -> Result<Vec<Service>> {
+pub(crate) async fn services(c: &mut ControllerClient) -> Result<Vec<Service>> {
     Ok(c.read::<Vec<Service>>(ReadKind::Services, false).await?.1)
 }
 
@@ -574,7 +574,7 @@ async fn service_main(args: ServiceArgs) -> Result<()> {
 }
 
 /// `k=v` as `k==v`; other constraint forms as given.
-fn migrate_constraint(s: &str) -> String {
+pub(crate) fn migrate_constraint(s: &str) -> String {
     if !s.contains("==") && !s.contains("!=") && !s.contains(" in ") {
         if let Some((k, v)) = s.split_once('=') {
             return format!("{k}=={v}");

@@ -173,18 +173,31 @@ impl Agent {
             &self.root.join(format!("{}-again.log", self.name)),
         );
     }
-    /// Ids of the containers this agent's engine holds.
+    /// Short ids of the containers this agent's engine holds; waits (bounded) for the
+    /// engine to answer, so a restarting agent is never read as holding nothing.
     pub fn containers(&self) -> Vec<String> {
         let sock = self.root.join(format!("{}-sock", self.name));
-        let out = Command::new(gantry_bin())
-            .args(["ps", "-a", "-q", "--host"])
-            .arg(format!("unix://{}", sock.display()))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new(gantry_bin())
+                .args(["ps", "-a", "-q", "--host"])
+                .arg(format!("unix://{}", sock.display()))
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: the engine did not answer ps within 20 s: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     /// The engine's log of a container (stdout and stderr).
     pub fn logs(&self, container: &str) -> String {
