@@ -385,6 +385,7 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, ChaosError> {
             },
             tick: Duration::from_millis(100),
             batch: Duration::from_millis(5),
+            ..Default::default()
         }),
         seed,
     })

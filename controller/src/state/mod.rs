@@ -60,6 +60,7 @@ fn reshapes_allocations(a: &ServiceSpec, b: &ServiceSpec) -> bool {
         || a.resources != b.resources
         || a.ports != b.ports
         || a.restart != b.restart
+        || a.restart_token != b.restart_token
         || a.networks != b.networks
 }
 

@@ -134,6 +134,10 @@ pub struct ServiceSpec {
     pub update: UpdatePolicy,
     /// Ordered constraint sets: place in the first with feasible nodes (site failover).
     pub failover: Vec<Vec<Constraint>>,
+    /// Changed by `gantry service restart`: a new value replaces every allocation, as an
+    /// update does (rolling, make-before-break).
+    #[serde(default)]
+    pub restart_token: u64,
     /// Cluster networks the service's containers join (the overlay: reachable across
     /// nodes, found by name in DNS, isolated from services sharing no network). Empty:
     /// the node-local networking of before (host, or the bridge for published ports).
