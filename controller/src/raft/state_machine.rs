@@ -495,9 +495,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         // it on demand rather than stored as one big sled value.
         let handle = self.handle.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
-            if handle.read().last_applied.is_none() {
-                return None;
-            }
+            handle.read().last_applied?;
             Some(capture(&handle))
         })
         .await
