@@ -24,6 +24,7 @@ pub mod firewall;
 pub mod ipam;
 pub mod links;
 pub mod netns;
+pub mod overlay;
 pub mod ports;
 pub mod rules;
 

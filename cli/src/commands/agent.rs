@@ -8,7 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use gantry_agent::cluster::{self, executor::EngineContainers, ClusterConfig};
+use gantry_agent::cluster::{
+    self,
+    executor::{EngineContainers, RegistryImages},
+    ClusterConfig,
+};
 use gantry_agent::engine::{images::StoreImages, service::EngineService, Engine, EngineConfig};
 use gantry_agent::network::{BridgeConfig, BridgeNetwork};
 use gantry_controller::state::Resources;
@@ -78,6 +82,14 @@ pub struct AgentArgs {
     /// Cluster mode: seconds a stopped allocation gets between its stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: i32,
+    /// Cluster mode: a registry (host[:port]) pulled from over plain HTTP (repeatable;
+    /// loopback registries always are).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Cluster mode: wait after a failed pull before pulling that image again (doubled
+    /// per further failure, up to 60 s).
+    #[arg(long, default_value_t = 1000)]
+    pub pull_backoff_ms: u64,
 }
 
 /// A `unix://` address (or a bare path) as a path.
@@ -161,13 +173,24 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             .context("setting up the bridge network (use --no-bridge to run without one)")?;
         Some(net)
     };
+    let pulls = RegistryImages {
+        store: store.clone(),
+        config: gantry_agent::distribution::ClientConfig {
+            insecure_registries: args.insecure_registries.clone(),
+            ..Default::default()
+        },
+    };
     let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }), network)?;
     engine.recover().await?;
     let cluster = match cluster_cfg {
         Some(cfg) => {
             tracing::info!(join = ?cfg.join, name = %cfg.name, "cluster mode");
             let containers = Arc::new(EngineContainers::new(engine.clone()));
-            Some(tokio::spawn(gantry_agent::cluster::run(cfg, containers)))
+            Some(tokio::spawn(gantry_agent::cluster::run(
+                cfg,
+                containers,
+                Arc::new(pulls),
+            )))
         }
         None => None,
     };
@@ -232,5 +255,7 @@ fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms),
         resync: std::time::Duration::from_secs(1),
         stop_timeout_s: args.stop_timeout,
+        pull_backoff: std::time::Duration::from_millis(args.pull_backoff_ms),
+        pull_backoff_max: std::time::Duration::from_secs(60),
     }))
 }

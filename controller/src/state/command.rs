@@ -63,6 +63,12 @@ pub enum Command {
     },
     /// Forget allocations that are stopped and finished (garbage collection).
     PurgeAllocations { ids: Vec<AllocId> },
+    /// An agent's report of its allocations' cluster-network addresses (None: it has
+    /// none any more), all for allocations on `node`.
+    SetAllocAddresses {
+        node: NodeId,
+        addresses: Vec<(AllocId, Option<std::net::Ipv4Addr>)>,
+    },
     /// Several independent client commands proposed together in one log entry (the API's
     /// proposer batches concurrent writes). Each is applied in order at the entry's index and
     /// answered on its own: one rejected command does not affect the others. Not nestable.
@@ -81,6 +87,7 @@ impl Command {
             Command::ApplyPlan { .. } => "ApplyPlan",
             Command::ReportAllocStatus { .. } => "ReportAllocStatus",
             Command::PurgeAllocations { .. } => "PurgeAllocations",
+            Command::SetAllocAddresses { .. } => "SetAllocAddresses",
             Command::Batch { .. } => "Batch",
         }
     }

@@ -715,3 +715,92 @@ fn batch_answers_each_command_and_a_rejected_one_changes_nothing() {
     assert_eq!(changes, expected_changes);
     assert!(changes.iter().all(|c| c.index() == 7));
 }
+
+#[test]
+fn nodes_get_distinct_subnets_kept_across_reregistration() {
+    let mut s = build(&[register("a", &[]), register("b", &[])]);
+    let a = s.node_by_name("a").unwrap().clone();
+    let b = s.node_by_name("b").unwrap().clone();
+    assert_eq!(a.subnet, Some("10.210.0.0/24".parse().unwrap()));
+    assert_eq!(b.subnet, Some("10.210.1.0/24".parse().unwrap()));
+    // An agent restarting (or returning after being down) keeps its subnet.
+    s.apply(10, &register("a", &[("env", "qa")])).0.unwrap();
+    assert_eq!(s.node_by_name("a").unwrap().subnet, a.subnet);
+    // Subnets survive a snapshot round trip.
+    let img = s.to_image();
+    let back = State::from_image(img.clone());
+    assert_eq!(back.to_image(), img);
+}
+
+#[test]
+fn alloc_addresses_are_recorded_and_bad_ones_rejected() {
+    let mut s = build(&[
+        register("a", &[]),
+        register("b", &[]),
+        upsert("web", spec("img", 1)),
+    ]);
+    let (r, _) = s.apply(
+        10,
+        &Command::ApplyPlan {
+            placements: vec![place("web", 1, 1)],
+            stops: vec![],
+        },
+    );
+    let Ok(Reply::PlanApplied { allocations }) = r else {
+        panic!("{r:?}")
+    };
+    let id = allocations[0];
+    let ip: std::net::Ipv4Addr = "10.210.0.5".parse().unwrap();
+    let (r, changes) = s.apply(
+        11,
+        &Command::SetAllocAddresses {
+            node: 1,
+            addresses: vec![(id, Some(ip))],
+        },
+    );
+    r.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(s.to_image().allocations[0].address, Some(ip));
+    // The same address again changes nothing.
+    let (_, changes) = s.apply(
+        12,
+        &Command::SetAllocAddresses {
+            node: 1,
+            addresses: vec![(id, Some(ip))],
+        },
+    );
+    assert!(changes.is_empty());
+    // Another node may not report it; an address outside the node's subnet is refused.
+    assert_rejected(
+        &mut s,
+        &Command::SetAllocAddresses {
+            node: 2,
+            addresses: vec![(id, None)],
+        },
+        "addresses[0].id",
+    );
+    assert_rejected(
+        &mut s,
+        &Command::SetAllocAddresses {
+            node: 1,
+            addresses: vec![(id, Some("10.210.1.5".parse().unwrap()))],
+        },
+        "addresses[0].address",
+    );
+    assert_rejected(
+        &mut s,
+        &Command::SetAllocAddresses {
+            node: 1,
+            addresses: vec![(999, None)],
+        },
+        "addresses[0].id",
+    );
+}
+
+#[test]
+fn bad_network_names_are_named() {
+    let mut s = build(&[]);
+    let mut sp = spec("img", 1);
+    sp.networks = vec!["front".into(), "Bad_Net".into()];
+    assert_rejected(&mut s, &upsert("web", sp), "spec.networks[1]");
+}
