@@ -17,6 +17,7 @@
 
 pub mod logfile;
 pub mod oci;
+pub mod programs;
 pub mod shim;
 pub mod timefmt;
 
