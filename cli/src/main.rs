@@ -58,6 +58,8 @@ enum Command {
     Service(commands::cluster::ServiceArgs),
     /// Move a service to nodes matching new constraints (make-before-break).
     Migrate(commands::cluster::MigrateArgs),
+    /// Create or update the services of a Docker Compose file.
+    Deploy(commands::deploy::DeployArgs),
     /// Per-container supervisor (internal: started by the agent).
     #[command(hide = true)]
     Shim(commands::shim::ShimArgs),
@@ -115,6 +117,7 @@ fn main() {
         Command::Node(args) => commands::cluster::node(args),
         Command::Service(args) => commands::cluster::service(args),
         Command::Migrate(args) => commands::cluster::migrate(args),
+        Command::Deploy(args) => commands::deploy::main(args),
         Command::Container(cmd) => commands::container::main(cmd),
     };
     std::process::exit(code);

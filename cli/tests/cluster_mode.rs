@@ -10,185 +10,9 @@
 
 mod common;
 
-use gantry_controller::api::ControllerClient;
-use gantry_controller::state::{Allocation, Desired, Node, Observed};
-use gantry_proto::cluster::ReadKind;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use common::cluster::{gantry, wait_for, Agent, Controller};
+use gantry_controller::state::Desired;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_gantry");
-
-/// A daemon killed by PID on drop.
-struct Daemon {
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn spawn(args: &[String], log: &Path) -> Daemon {
-        let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn gantry");
-        Daemon { child: Some(child) }
-    }
-    fn signal(&mut self, sig: i32) {
-        if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, sig) };
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
-    }
-}
-
-struct Agent {
-    name: String,
-    label: String,
-    root: PathBuf,
-    daemon: Daemon,
-}
-
-fn agent_args(dir: &Path, name: &str, label: &str, controller: &str) -> Vec<String> {
-    let s = |p: &str| dir.join(format!("{name}-{p}")).display().to_string();
-    [
-        "agent",
-        "--root",
-        &s("root"),
-        "--run-root",
-        &s("run"),
-        "--host",
-        &format!("unix://{}", s("sock")),
-        "--no-bridge",
-        "--join",
-        controller,
-        "--name",
-        name,
-        "--label",
-        label,
-        "--advertise",
-        "127.0.0.1:1",
-        "--heartbeat-ms",
-        "300",
-        "--stop-timeout",
-        "1",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect()
-}
-
-impl Agent {
-    fn start(dir: &Path, name: &str, label: &str, controller: &str) -> Agent {
-        let daemon = Daemon::spawn(
-            &agent_args(dir, name, label, controller),
-            &dir.join(format!("{name}.log")),
-        );
-        Agent {
-            name: name.into(),
-            label: label.into(),
-            root: dir.to_path_buf(),
-            daemon,
-        }
-    }
-    fn restart(&mut self, controller: &str) {
-        self.daemon = Daemon::spawn(
-            &agent_args(&self.root, &self.name, &self.label, controller),
-            &self.root.join(format!("{}-again.log", self.name)),
-        );
-    }
-    /// Ids of the containers this agent's engine holds.
-    fn containers(&self) -> Vec<String> {
-        let sock = self.root.join(format!("{}-sock", self.name));
-        let out = Command::new(BIN)
-            .args(["ps", "-a", "-q", "--host"])
-            .arg(format!("unix://{}", sock.display()))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-fn gantry(controller: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("GANTRY_CONTROLLER", controller)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gantry {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct View {
-    nodes: Vec<Node>,
-    allocs: Vec<Allocation>,
-}
-
-impl View {
-    fn node_name(&self, id: u64) -> &str {
-        &self.nodes.iter().find(|n| n.id == id).unwrap().name
-    }
-    /// Allocations of `svc` that should run and do, with their node names.
-    fn running(&self, svc: &str) -> Vec<(u64, String)> {
-        self.allocs
-            .iter()
-            .filter(|a| {
-                a.service == svc && a.desired == Desired::Run && a.observed == Observed::Running
-            })
-            .map(|a| (a.id, self.node_name(a.node).to_string()))
-            .collect()
-    }
-    fn wanted(&self, svc: &str) -> usize {
-        self.allocs
-            .iter()
-            .filter(|a| a.service == svc && a.desired == Desired::Run)
-            .count()
-    }
-}
-
-async fn view(c: &mut ControllerClient) -> View {
-    let (_, nodes) = c.read(ReadKind::Nodes, false).await.unwrap();
-    let (_, allocs) = c.read(ReadKind::Allocations, false).await.unwrap();
-    View { nodes, allocs }
-}
-
-/// Poll the state until `pred` holds (30 s at most); `each` runs on every view.
-async fn wait_for(
-    c: &mut ControllerClient,
-    what: &str,
-    mut each: impl FnMut(&View),
-    pred: impl Fn(&View) -> bool,
-) -> View {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = view(c).await;
-        each(&v);
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within 30 s; allocations: {:#?}",
-            v.allocs
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
@@ -199,38 +23,18 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
         .unwrap();
     let dir = tmp.path();
     let rootfs = common::busybox_rootfs(dir);
-    let ctl_addr = common::free_addr("127.0.0.2");
-    let _controller = Daemon::spawn(
-        &[
-            "controller",
-            "run",
-            "--id",
-            "1",
-            "--listen",
-            &ctl_addr,
-            "--data-dir",
-            &dir.join("ctl").display().to_string(),
-            "--bootstrap",
-            "--node-ttl-ms",
-            "1500",
-            "--node-grace-ms",
-            "1000",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>(),
-        &dir.join("controller.log"),
-    );
+    let controller = Controller::start(dir, 1, None);
+    let ctl_addr = controller.addr.clone();
     let mut agents = [
-        Agent::start(dir, "dev-a", "env=dev", &ctl_addr),
-        Agent::start(dir, "dev-b", "env=dev", &ctl_addr),
-        Agent::start(dir, "qa-a", "env=qa", &ctl_addr),
+        Agent::start(dir, "dev-a", &["env=dev"], &ctl_addr),
+        Agent::start(dir, "dev-b", &["env=dev"], &ctl_addr),
+        Agent::start(dir, "qa-a", &["env=qa"], &ctl_addr),
     ];
-    let mut c = ControllerClient::new(vec![ctl_addr.clone()]);
-    c.retry_for = Duration::from_secs(20);
+    let mut c = common::cluster::client(std::slice::from_ref(&ctl_addr));
     wait_for(
         &mut c,
         "three nodes registered",
+        30,
         |_| {},
         |v| v.nodes.len() == 3,
     )
@@ -263,6 +67,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     let v = wait_for(
         &mut c,
         "web running twice",
+        30,
         |_| {},
         |v| v.running("web").len() == 2,
     )
@@ -295,6 +100,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     wait_for(
         &mut c,
         "web scaled to 1",
+        30,
         |_| {},
         |v| v.running("web").len() == 1 && v.wanted("web") == 1,
     )
@@ -309,7 +115,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     }
 
     // SIGKILL the agent running web: the replacement runs on the other dev node.
-    let v = view(&mut c).await;
+    let v = common::cluster::view(&mut c).await;
     let (old_alloc, victim) = v.running("web")[0].clone();
     let vi = agents.iter().position(|a| a.name == victim).unwrap();
     let killed_at = Instant::now();
@@ -317,6 +123,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     let v = wait_for(
         &mut c,
         "web replaced on the other dev node",
+        30,
         |_| {},
         |v| {
             let r = v.running("web");
@@ -332,7 +139,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     assert_eq!(old.desired, Desired::Stop);
 
     // It comes back: its stale container is stopped and removed.
-    agents[vi].restart(&ctl_addr);
+    agents[vi].restart();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !agents[vi].containers().is_empty() {
         assert!(
@@ -347,6 +154,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     wait_for(
         &mut c,
         "web moved to qa",
+        30,
         |v| {
             assert!(
                 !v.running("web").is_empty(),
@@ -360,22 +168,48 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     )
     .await;
 
+    // A Compose file: a malformed one is refused naming its line and creates nothing;
+    // a good one becomes a service placed by its Swarm-style constraint.
+    let bad = dir.join("bad-compose.yaml");
+    std::fs::write(&bad, "services:\n  app:\n    image: x\n   oops: [\n").unwrap();
+    let (ok, _, err) =
+        common::cluster::gantry_any(&ctl_addr, &["deploy", "-f", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("line 4"), "{err}");
+    let unknown = dir.join("unknown-compose.yaml");
+    std::fs::write(
+        &unknown,
+        "services:\n  app:\n    image: x\n    healthcheck: {}\n",
+    )
+    .unwrap();
+    let (ok, _, err) =
+        common::cluster::gantry_any(&ctl_addr, &["deploy", "-f", unknown.to_str().unwrap()]);
+    assert!(!ok && err.contains("services.app.healthcheck"), "{err}");
+    assert!(!gantry(&ctl_addr, &["service", "ls"]).contains("app"));
+    let compose = dir.join("compose.yaml");
+    std::fs::write(
+        &compose,
+        format!(
+            "services:\n  app:\n    image: \"{image}\"\n    entrypoint: [/bin/sleep]\n    command: \"1000\"\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [node.labels.env == dev]\n"
+        ),
+    )
+    .unwrap();
+    let out = gantry(&ctl_addr, &["deploy", "-f", compose.to_str().unwrap()]);
+    assert!(out.contains("app: created"), "{out}");
+    let v = wait_for(
+        &mut c,
+        "app running twice",
+        30,
+        |_| {},
+        |v| v.running("app").len() == 2,
+    )
+    .await;
+    let mut on: Vec<String> = v.running("app").into_iter().map(|(_, n)| n).collect();
+    on.sort();
+    assert_eq!(on, vec!["dev-a", "dev-b"]);
+    gantry(&ctl_addr, &["service", "rm", "app"]);
+
     // Remove the service: every agent ends with no container.
     gantry(&ctl_addr, &["service", "rm", "web"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while agents.iter().any(|a| !a.containers().is_empty()) {
-        assert!(
-            Instant::now() < deadline,
-            "containers left after service rm"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for a in agents.iter_mut() {
-        a.daemon.signal(libc::SIGTERM);
-    }
-    let left = common::processes_rooted_under(&rootfs);
-    for pid in &left {
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
-    assert!(left.is_empty(), "container processes left: {left:?}");
+    common::cluster::wait_no_containers(&agents, "service rm").await;
+    common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
 }

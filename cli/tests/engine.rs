@@ -792,45 +792,7 @@ fn bad_input_is_refused_clearly_and_changes_nothing() {
 /// Writes an OCI layout of the busybox root filesystem (one layer, Cmd `sh`), named by tag
 /// `1` only, and loads it into the agent's image store as `bb:1`.
 fn load_busybox_image(a: &Agent) -> String {
-    use gantry_agent::image::Digest;
-    let dir = a.dir.path().join("layout");
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let d = Digest::of(data);
-        std::fs::write(blobs.join(d.hex()), data).unwrap();
-        (d, data.len())
-    };
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.append_dir_all(".", &a.rootfs).unwrap();
-    let layer = b.into_inner().unwrap();
-    let (ld, ls) = put(&layer);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux", "created": "2026-11-28T00:00:00Z",
-        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/root"},
-        "rootfs": {"type": "layers", "diff_ids": [ld.to_string()]},
-    }))
-    .unwrap();
-    let (cd, cs) = put(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}],
-    }))
-    .unwrap();
-    let (md, ms) = put(&manifest);
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-                "annotations": {"org.opencontainers.image.ref.name": "1"}}],
-        }))
-        .unwrap(),
-    )
-    .unwrap();
+    let dir = common::rootfs_layout(&a.rootfs, &a.dir.path().join("layout"));
     let store = a.dir.path().join("root");
     a.ok(&[
         "image",

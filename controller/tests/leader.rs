@@ -32,6 +32,7 @@ impl One {
             },
             tick: Duration::from_millis(50),
             batch: Duration::from_millis(2),
+            ..Default::default()
         };
         let member = Member::start(cfg, StartMode::Bootstrap).await.unwrap();
         let addr = member.addr.clone();

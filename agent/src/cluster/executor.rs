@@ -2,6 +2,9 @@
 //! [`Containers`] is the boundary (the engine's API, as `gantry container` uses it);
 //! [`EngineContainers`] drives the real engine in-process through its gRPC service
 //! implementation, so cluster mode and `gantry container …` see the same containers.
+//! [`Images`] is the other boundary: whether the node's image store holds an image, and
+//! pulling it from its registry ([`RegistryImages`]: the agent's own registry client into
+//! the engine's store, so allocations of one image share its unpacked layers).
 
 use super::reconcile::{ContainerState, ObservedContainer, ALLOC_LABEL, SERVICE_LABEL};
 use gantry_controller::state::{Allocation, RestartPolicy, Service};
@@ -23,6 +26,49 @@ pub enum ExecError {
         #[source]
         status: tonic::Status,
     },
+    #[error("pulling {image}: {source}")]
+    Pull {
+        image: String,
+        #[source]
+        source: crate::distribution::DistributionError,
+    },
+}
+
+/// The node's images, as cluster mode needs them.
+#[tonic::async_trait]
+pub trait Images: Send + Sync {
+    /// Whether `reference` can run without a pull (in the store, or a `rootfs:` image).
+    fn present(&self, reference: &str) -> bool;
+    /// Pull `reference` from its registry into the store.
+    async fn pull(&self, reference: &str) -> Result<(), ExecError>;
+}
+
+/// The engine's image store, filled from registries by the agent's registry client.
+pub struct RegistryImages {
+    pub store: crate::image::ImageStore,
+    pub config: crate::distribution::ClientConfig,
+}
+
+#[tonic::async_trait]
+impl Images for RegistryImages {
+    fn present(&self, reference: &str) -> bool {
+        reference.starts_with(ROOTFS_PREFIX) || self.store.resolve_str(reference).is_ok()
+    }
+
+    async fn pull(&self, reference: &str) -> Result<(), ExecError> {
+        crate::distribution::pull(
+            &self.store,
+            reference,
+            &self.config,
+            &crate::distribution::Silent,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|source| ExecError::Pull {
+            image: reference.to_string(),
+            source,
+        })
+    }
 }
 
 /// The engine operations the executor needs.
@@ -74,7 +120,7 @@ pub fn create_request(alloc: &Allocation, svc: &Service) -> pb::CreateRequest {
                 format!("{}:{}/{proto}", p.host, p.container)
             })
             .collect(),
-        network: if alloc.ports.is_empty() {
+        network: if alloc.ports.is_empty() && spec.networks.is_empty() {
             "host".into()
         } else {
             "bridge".into()

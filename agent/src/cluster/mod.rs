@@ -9,24 +9,29 @@
 //!   `Watch` stream (a full state first, then changes from an index; the stream resumes
 //!   on any member after a reconnect);
 //! - **pass**: list the local containers, [`reconcile::reconcile`] them against the
-//!   mirror, carry the actions out through [`executor::Containers`], then report what
-//!   changed in one `ReportAllocStatus` batch ([`reconcile::reports`]);
+//!   mirror, pull the images that allocations to run lack (reported `pulling` first;
+//!   a failed pull fails them and backs the image off, [`backoff`]), carry the actions
+//!   out through [`executor::Containers`], then report what changed in one
+//!   `ReportAllocStatus` batch ([`reconcile::reports`]);
 //! - **synced**: the mirror has received a state. Before that, and whenever no
 //!   controller answers, the agent changes nothing: its containers keep running.
 
+pub mod backoff;
 pub mod executor;
 pub mod reconcile;
 
-use executor::Containers;
+use backoff::PullBackoff;
+use executor::{Containers, Images};
 use gantry_controller::api::ControllerClient;
 use gantry_controller::state::{
-    AllocId, Allocation, Change, Command, NodeId, Reply, Resources, Service, StateImage,
+    AllocId, AllocReport, Allocation, Change, Command, NodeId, Observed, Reply, Resources, Service,
+    StateImage,
 };
 use gantry_proto::cluster::watch_event;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How this agent joins.
 #[derive(Debug, Clone)]
@@ -47,6 +52,10 @@ pub struct ClusterConfig {
     pub resync: Duration,
     /// Seconds a stopped allocation's container gets between its stop signal and SIGKILL.
     pub stop_timeout_s: i32,
+    /// Wait after a failed pull before pulling that image again (doubled per failure).
+    pub pull_backoff: Duration,
+    /// The longest wait between pulls of an image that keeps failing.
+    pub pull_backoff_max: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +160,7 @@ impl Mirror {
 }
 
 /// Run cluster mode until the task is dropped.
-pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>) {
+pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>, images: Arc<dyn Images>) {
     let node = Arc::new(AtomicU64::new(0));
     let mirror = Arc::new(Mutex::new(Mirror::default()));
     let (dirty_tx, mut dirty_rx) = tokio::sync::watch::channel(0u64);
@@ -166,6 +175,7 @@ pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>) {
     let mut client = client(&cfg);
     let mut failures: HashMap<AllocId, String> = HashMap::new();
     let mut exits: HashMap<AllocId, i32> = HashMap::new();
+    let mut backoff = PullBackoff::new(cfg.pull_backoff, cfg.pull_backoff_max);
     loop {
         tokio::select! {
             r = dirty_rx.changed() => if r.is_err() { return },
@@ -175,14 +185,19 @@ pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>) {
         if id == 0 || !lock(&mirror).synced {
             continue;
         }
+        let mut st = PassState {
+            failures: &mut failures,
+            exits: &mut exits,
+            backoff: &mut backoff,
+        };
         if let Err(e) = pass(
             &cfg,
             id,
             &mirror,
             containers.as_ref(),
+            images.as_ref(),
             &mut client,
-            &mut failures,
-            &mut exits,
+            &mut st,
         )
         .await
         {
@@ -210,7 +225,11 @@ fn client(cfg: &ClusterConfig) -> ControllerClient {
     c
 }
 
-async fn register(cfg: &ClusterConfig, c: &mut ControllerClient) -> Result<NodeId, ClusterError> {
+/// Registers (or re-registers) this node; its id.
+pub async fn register(
+    cfg: &ClusterConfig,
+    c: &mut ControllerClient,
+) -> Result<NodeId, ClusterError> {
     let fail = |reason: String| ClusterError::Register {
         name: cfg.name.clone(),
         reason,
@@ -331,14 +350,99 @@ async fn watch_loop(
     }
 }
 
+/// What passes carry over from one to the next.
+struct PassState<'a> {
+    /// Allocations whose container could not be made, and why.
+    failures: &'a mut HashMap<AllocId, String>,
+    /// The last exit code of containers removed for stopped allocations.
+    exits: &'a mut HashMap<AllocId, i32>,
+    backoff: &'a mut PullBackoff,
+}
+
+async fn report(client: &mut ControllerClient, node: NodeId, batch: Vec<AllocReport>) {
+    let n = batch.len();
+    match client
+        .write(&Command::ReportAllocStatus { node, batch })
+        .await
+    {
+        Ok((_, Ok(_))) => tracing::debug!(reports = n, "status reported"),
+        Ok((_, Err(e))) => tracing::warn!(error = %e, "status report refused"),
+        Err(e) => tracing::debug!(error = %e, "status report not delivered"),
+    }
+}
+
+/// Make the images of the allocations about to run present: pull each missing one once
+/// (its allocations reported `pulling` first). The allocations that cannot run in this
+/// pass: their image failed (recorded in `failures`) or is backed off.
+async fn pull_missing(
+    node: NodeId,
+    work: &HashMap<AllocId, (Allocation, Service)>,
+    images: &dyn Images,
+    client: &mut ControllerClient,
+    st: &mut PassState<'_>,
+) -> std::collections::HashSet<AllocId> {
+    let mut missing: BTreeMap<String, Vec<&Allocation>> = BTreeMap::new();
+    for (a, s) in work.values() {
+        if !images.present(&s.spec.image) {
+            missing.entry(s.spec.image.clone()).or_default().push(a);
+        }
+    }
+    let mut held = std::collections::HashSet::new();
+    if missing.is_empty() {
+        return held;
+    }
+    let now = Instant::now();
+    let mut pulling = Vec::new();
+    for (image, allocs) in &missing {
+        if st.backoff.blocked_until(image, now).is_some() {
+            held.extend(allocs.iter().map(|a| a.id));
+            continue;
+        }
+        pulling.extend(
+            allocs
+                .iter()
+                .filter(|a| a.observed != Observed::Pulling)
+                .map(|a| AllocReport {
+                    id: a.id,
+                    observed: Observed::Pulling,
+                    container: None,
+                }),
+        );
+    }
+    if !pulling.is_empty() {
+        report(client, node, pulling).await;
+    }
+    for (image, allocs) in missing {
+        if st.backoff.blocked_until(&image, now).is_some() {
+            continue;
+        }
+        let started = Instant::now();
+        match images.pull(&image).await {
+            Ok(()) => {
+                tracing::info!(image = %image, took = ?started.elapsed(), "pulled");
+                st.backoff.succeeded(&image);
+            }
+            Err(e) => {
+                let wait = st.backoff.failed(&image, Instant::now());
+                tracing::warn!(image = %image, error = %e, retry_in = ?wait, "pull failed");
+                for a in allocs {
+                    st.failures.insert(a.id, e.to_string());
+                    held.insert(a.id);
+                }
+            }
+        }
+    }
+    held
+}
+
 async fn pass(
     cfg: &ClusterConfig,
     node: NodeId,
     mirror: &Mutex<Mirror>,
     containers: &dyn Containers,
+    images: &dyn Images,
     client: &mut ControllerClient,
-    failures: &mut HashMap<AllocId, String>,
-    exits: &mut HashMap<AllocId, i32>,
+    st: &mut PassState<'_>,
 ) -> Result<(), executor::ExecError> {
     let mut observed = containers.list().await?;
     let (actions, work) = {
@@ -358,12 +462,17 @@ async fn pass(
             .collect();
         (actions, work)
     };
+    let held = pull_missing(node, &work, images, client, st).await;
+    let (failures, exits) = (&mut *st.failures, &mut *st.exits);
     for action in &actions {
         match action {
             reconcile::Action::Run { alloc } => {
                 let Some((a, s)) = work.get(alloc) else {
                     continue;
                 };
+                if held.contains(alloc) {
+                    continue;
+                }
                 match containers.run(a, s).await {
                     Ok(id) => {
                         tracing::info!(alloc, container = %id, service = %a.service, "started");
@@ -401,15 +510,7 @@ async fn pass(
         reconcile::reports(&m.allocs, &observed, failures, exits)
     };
     if !batch.is_empty() {
-        let n = batch.len();
-        match client
-            .write(&Command::ReportAllocStatus { node, batch })
-            .await
-        {
-            Ok((_, Ok(_))) => tracing::debug!(reports = n, "status reported"),
-            Ok((_, Err(e))) => tracing::warn!(error = %e, "status report refused"),
-            Err(e) => tracing::debug!(error = %e, "status report not delivered"),
-        }
+        report(client, node, batch).await;
     }
     Ok(())
 }

@@ -189,6 +189,7 @@ mod tests {
             ports: vec![],
             history: vec![],
             modify_index: 1,
+            address: None,
         }
     }
 

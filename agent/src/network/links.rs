@@ -19,18 +19,23 @@ use std::sync::Mutex;
 use futures::TryStreamExt;
 use nix::sched::CloneFlags;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourMessage};
+use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
     RouteMessageBuilder,
 };
 
 use super::error::{NetworkError, Result};
+use super::overlay::{OverlayConfig, Peer};
 
 /// Name of the container end of the veth pair, inside the container's netns.
 pub const CONTAINER_IFNAME: &str = "eth0";
 
 const ENODEV: i32 = libc::ENODEV;
+const ENOENT: i32 = libc::ENOENT;
+const ESRCH: i32 = libc::ESRCH;
 const EEXIST: i32 = libc::EEXIST;
 
 /// Creates, configures and deletes network links.
@@ -69,6 +74,16 @@ pub trait Links: Send + Sync {
 
     /// Names of the links enslaved to `bridge` (empty if the bridge does not exist).
     fn bridge_ports(&self, bridge: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Creates the overlay's vxlan device (see [`super::overlay`]): VNI, local address,
+    /// port, the VTEP MAC and address of `cfg.subnet`, learning off, MTU, up.
+    fn create_vxlan(&self, cfg: &OverlayConfig) -> impl Future<Output = Result<()>> + Send;
+
+    /// Adds (or replaces) a peer's route, neighbour and FDB entry on `vxlan`.
+    fn add_peer(&self, vxlan: &str, peer: &Peer) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes a peer's entries from `vxlan` (entries already gone are fine).
+    fn remove_peer(&self, vxlan: &str, peer: &Peer) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// rtnetlink, in-process.
@@ -301,6 +316,138 @@ impl Links for NetlinkLinks {
         }
         Ok(names)
     }
+
+    async fn create_vxlan(&self, cfg: &OverlayConfig) -> Result<()> {
+        let name = &cfg.vxlan;
+        let msg = LinkVxlan::new(name, cfg.vni)
+            .port(cfg.port)
+            .local(cfg.local)
+            .learning(false)
+            .address(super::overlay::vtep_mac(cfg.subnet).to_vec())
+            .mtu(cfg.mtu)
+            .up()
+            .build();
+        self.host.link().add(msg).execute().await.map_err(|e| {
+            NetworkError::netlink(
+                format!("create vxlan {name} (vni {}, local {})", cfg.vni, cfg.local),
+                e,
+            )
+        })?;
+        let index = self.vxlan_index(name).await?;
+        let vtep = super::overlay::vtep_addr(cfg.subnet);
+        match self
+            .host
+            .address()
+            .add(index, IpAddr::V4(vtep), 32)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, EEXIST) => Ok(()),
+            Err(e) => Err(NetworkError::netlink(
+                format!("add address {vtep}/32 to {name}"),
+                e,
+            )),
+        }
+    }
+
+    async fn add_peer(&self, vxlan: &str, peer: &Peer) -> Result<()> {
+        let index = self.vxlan_index(vxlan).await?;
+        let (mac, vtep) = (peer.vtep_mac(), peer.vtep_addr());
+        let what = |w: &str| {
+            format!(
+                "{w} for peer {} at {} on {vxlan}",
+                peer.subnet, peer.underlay
+            )
+        };
+        self.host
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(NeighbourFlags::Own)
+            .destination(IpAddr::V4(peer.underlay))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink(what("add fdb entry"), e))?;
+        self.host
+            .neighbours()
+            .add(index, IpAddr::V4(vtep))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink(what("add neighbour"), e))?;
+        self.host
+            .route()
+            .add(peer_route(index, peer))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetworkError::netlink(what("add route"), e))
+    }
+
+    async fn remove_peer(&self, vxlan: &str, peer: &Peer) -> Result<()> {
+        let Some(index) = Self::index_of(&self.host, vxlan, "").await? else {
+            return Ok(());
+        };
+        let gone =
+            |e: &rtnetlink::Error| is_errno(e, ENOENT) || is_errno(e, ESRCH) || is_errno(e, ENODEV);
+        let what = |w: &str| format!("{w} for peer {} on {vxlan}", peer.subnet);
+        match self
+            .host
+            .route()
+            .del(peer_route(index, peer))
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(NetworkError::netlink(what("delete route"), e)),
+        }
+        let (mac, vtep) = (peer.vtep_mac(), peer.vtep_addr());
+        let mut neigh = self
+            .host
+            .neighbours()
+            .add(index, IpAddr::V4(vtep))
+            .link_layer_address(&mac);
+        let neigh: NeighbourMessage = neigh.message_mut().clone();
+        let mut fdb = self
+            .host
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(NeighbourFlags::Own)
+            .destination(IpAddr::V4(peer.underlay));
+        let fdb: NeighbourMessage = fdb.message_mut().clone();
+        for (msg, w) in [(neigh, "delete neighbour"), (fdb, "delete fdb entry")] {
+            match self.host.neighbours().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(NetworkError::netlink(what(w), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NetlinkLinks {
+    async fn vxlan_index(&self, name: &str) -> Result<u32> {
+        Self::index_of(&self.host, name, "")
+            .await?
+            .ok_or_else(|| NetworkError::Config {
+                field: "vxlan",
+                reason: format!("vxlan device {name} does not exist"),
+            })
+    }
+}
+
+/// `SUBNET via VTEP dev VXLAN onlink`.
+fn peer_route(index: u32, peer: &Peer) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(peer.subnet.network(), peer.subnet.prefix_len())
+        .gateway(peer.vtep_addr())
+        .output_interface(index)
+        .onlink()
+        .build()
 }
 
 /// Writes "1" to a sysctl file unless it already holds it.
@@ -385,5 +532,37 @@ impl Links for FakeLinks {
 
     async fn bridge_ports(&self, _bridge: &str) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+
+    async fn create_vxlan(&self, cfg: &OverlayConfig) -> Result<()> {
+        self.record(format!(
+            "vxlan {} vni {} local {} port {} addr {} mtu {}",
+            cfg.vxlan,
+            cfg.vni,
+            cfg.local,
+            cfg.port,
+            super::overlay::vtep_addr(cfg.subnet),
+            cfg.mtu
+        ))?;
+        self.links.lock().unwrap().insert(cfg.vxlan.clone());
+        Ok(())
+    }
+
+    async fn add_peer(&self, vxlan: &str, peer: &Peer) -> Result<()> {
+        self.record(format!(
+            "peer+ {vxlan} {} via {} at {}",
+            peer.subnet,
+            peer.vtep_addr(),
+            peer.underlay
+        ))
+    }
+
+    async fn remove_peer(&self, vxlan: &str, peer: &Peer) -> Result<()> {
+        self.record(format!(
+            "peer- {vxlan} {} via {} at {}",
+            peer.subnet,
+            peer.vtep_addr(),
+            peer.underlay
+        ))
     }
 }

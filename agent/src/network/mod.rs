@@ -19,11 +19,14 @@
 //! (rtnetlink) and [`Firewall`] (iptables-restore), each with a fake.
 
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod firewall;
+pub mod follower;
 pub mod ipam;
 pub mod links;
 pub mod netns;
+pub mod overlay;
 pub mod ports;
 pub mod rules;
 

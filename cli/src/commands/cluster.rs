@@ -6,8 +6,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use gantry_controller::api::ControllerClient;
 use gantry_controller::state::{
-    parse_constraints, Allocation, Command, Desired, Node, NodeStatus, Reply, Resources,
-    RestartPolicy, Service, ServiceSpec,
+    parse_constraints, Allocation, Command, Constraint, Desired, Node, NodeStatus, Reply,
+    Resources, RestartPolicy, Service, ServiceSpec,
 };
 use gantry_proto::cluster::ReadKind;
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ pub struct Target {
         value_delimiter = ',',
         global = true
     )]
-    controller: Vec<String>,
+    pub(crate) controller: Vec<String>,
 }
 
 #[derive(Args)]
@@ -85,9 +85,43 @@ struct CreateArgs {
     /// Replacements in flight at once during updates and migrations.
     #[arg(long, default_value_t = 1)]
     max_parallel: u32,
+    /// A cluster network to join (repeatable): the service's containers get addresses on
+    /// the overlay, are found by name from services sharing a network, and cannot reach
+    /// those sharing none.
+    #[arg(long = "network")]
+    networks: Vec<String>,
     /// The entrypoint (overrides the image's); the rest after `--` is its arguments.
     #[arg(long = "entrypoint")]
     entrypoint: Vec<String>,
+    /// Ordered failover: constraint sets tried in turn, comma-separated, e.g.
+    /// site=onprem,site=cloud (k=v is read as k==v). Replicas go to the first set with
+    /// feasible nodes; when its nodes are lost, replacements go to the next.
+    #[arg(long)]
+    failover: Option<String>,
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    name: String,
+    /// A new image: every allocation is replaced, rolling (max_parallel at a time, each
+    /// new one running before an old one stops).
+    #[arg(long)]
+    image: Option<String>,
+    /// Set KEY=VALUE in the environment (repeatable).
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Remove KEY from the environment (repeatable).
+    #[arg(long = "env-rm")]
+    env_rm: Vec<String>,
+    /// A new entrypoint (the arguments after `--` replace the old ones when given).
+    #[arg(long = "entrypoint")]
+    entrypoint: Vec<String>,
+    #[arg(long)]
+    replicas: Option<u32>,
+    #[arg(long)]
+    max_parallel: Option<u32>,
     #[arg(last = true)]
     args: Vec<String>,
 }
@@ -104,6 +138,10 @@ enum ServiceCommand {
     Inspect { name: String },
     /// Change the replica count.
     Scale { name: String, replicas: u32 },
+    /// Change what runs (image, environment, command): a rolling replacement.
+    Update(UpdateArgs),
+    /// Replace every allocation of the service, rolling, without changing it.
+    Restart { name: String },
     /// Remove a service (its containers are stopped).
     Rm { name: String },
 }
@@ -119,14 +157,14 @@ pub struct MigrateArgs {
     target: Target,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
 }
 
-fn exit(what: &str, r: Result<()>) -> i32 {
+pub(crate) fn exit(what: &str, r: Result<()>) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => {
@@ -166,7 +204,7 @@ async fn nodes(c: &mut ControllerClient) -> Result<Vec<Node>> {
     Ok(c.read::<Vec<Node>>(ReadKind::Nodes, false).await?.1)
 }
 
-async fn services(c: &mut ControllerClient) -> Result<Vec<Service>> {
+pub(crate) async fn services(c: &mut ControllerClient) -> Result<Vec<Service>> {
     Ok(c.read::<Vec<Service>>(ReadKind::Services, false).await?.1)
 }
 
@@ -299,15 +337,7 @@ fn parse_restart(s: &str) -> Result<RestartPolicy> {
 }
 
 fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
-    let env = a
-        .env
-        .iter()
-        .map(|e| {
-            e.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| anyhow!("--env {e:?}: expected KEY=VALUE"))
-        })
-        .collect::<Result<BTreeMap<_, _>>>()?;
+    let env = parse_env(&a.env)?;
     Ok(ServiceSpec {
         image: a.image.clone(),
         command: a.entrypoint.clone(),
@@ -324,8 +354,99 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
         update: gantry_controller::state::UpdatePolicy {
             max_parallel: a.max_parallel,
         },
+        failover: match &a.failover {
+            Some(f) => parse_failover(f)?,
+            None => Vec::new(),
+        },
+        networks: a.networks.clone(),
         ..Default::default()
     })
+}
+
+/// Split at commas outside parentheses (`region in (a,b)` stays one item).
+fn split_top_level(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut cur = String::new();
+    for ch in s.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    out.push(cur);
+    out.into_iter().map(|x| x.trim().to_string()).collect()
+}
+
+/// `--failover site=onprem,site=cloud`: one constraint set per comma-separated item, in
+/// order; a bad item is named by its position.
+pub fn parse_failover(s: &str) -> Result<Vec<Vec<Constraint>>> {
+    let items = split_top_level(s);
+    if items.iter().any(String::is_empty) {
+        bail!("--failover {s:?}: empty entry (expected C1,C2,… e.g. site=onprem,site=cloud)");
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            parse_constraints("--failover", &[migrate_constraint(item)])
+                .map_err(|e| anyhow!("--failover[{i}] {item:?}: {e}"))
+        })
+        .collect()
+}
+
+fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|e| {
+            e.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--env {e:?}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// The spec after `service update`; an update that changes nothing is refused.
+fn updated_spec(old: &ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec> {
+    let mut spec = old.clone();
+    if let Some(image) = &a.image {
+        if image.is_empty() {
+            bail!("--image: must not be empty");
+        }
+        spec.image = image.clone();
+    }
+    spec.env.extend(parse_env(&a.env)?);
+    for k in &a.env_rm {
+        if spec.env.remove(k).is_none() {
+            bail!("--env-rm {k:?}: the service has no such variable");
+        }
+    }
+    if !a.entrypoint.is_empty() {
+        spec.command = a.entrypoint.clone();
+    }
+    if !a.args.is_empty() {
+        spec.args = a.args.clone();
+    }
+    if let Some(r) = a.replicas {
+        spec.replicas = r;
+    }
+    if let Some(p) = a.max_parallel {
+        if p == 0 {
+            bail!("--max-parallel: must be at least 1");
+        }
+        spec.update.max_parallel = p;
+    }
+    if &spec == old {
+        bail!("nothing to update (give --image, --env, --env-rm, --entrypoint, args, --replicas or --max-parallel)");
+    }
+    Ok(spec)
 }
 
 async fn upsert(
@@ -432,6 +553,19 @@ async fn service_main(args: ServiceArgs) -> Result<()> {
             spec.replicas = replicas;
             upsert(&mut c, &name, spec, s.modify_index).await?;
         }
+        ServiceCommand::Update(a) => {
+            let s = find_service(&mut c, &a.name).await?;
+            let spec = updated_spec(&s.spec, &a)?;
+            upsert(&mut c, &s.name, spec, s.modify_index).await?;
+            println!("{}", s.name);
+        }
+        ServiceCommand::Restart { name } => {
+            let s = find_service(&mut c, &name).await?;
+            let mut spec = s.spec.clone();
+            spec.restart_token = spec.restart_token.wrapping_add(1);
+            upsert(&mut c, &s.name, spec, s.modify_index).await?;
+            println!("{}", s.name);
+        }
         ServiceCommand::Rm { name } => {
             write(&mut c, &Command::RemoveService { name }).await?;
         }
@@ -440,7 +574,7 @@ async fn service_main(args: ServiceArgs) -> Result<()> {
 }
 
 /// `k=v` as `k==v`; other constraint forms as given.
-fn migrate_constraint(s: &str) -> String {
+pub(crate) fn migrate_constraint(s: &str) -> String {
     if !s.contains("==") && !s.contains("!=") && !s.contains(" in ") {
         if let Some((k, v)) = s.split_once('=') {
             return format!("{k}=={v}");
@@ -491,7 +625,9 @@ mod tests {
             pids: 0,
             restart: "always".into(),
             max_parallel: 1,
+            networks: vec![],
             entrypoint: vec![],
+            failover: None,
             args: vec![],
         };
         let e = spec_of(&a).unwrap_err().to_string();
@@ -509,6 +645,77 @@ mod tests {
         assert_eq!(spec.env["A"], "1");
         assert_eq!(spec.restart, RestartPolicy::OnFailure);
         assert_eq!(spec.constraints.len(), 1);
+    }
+
+    #[test]
+    fn failover_sets_parse_in_order_and_bad_entries_are_named() {
+        let f = parse_failover("site=onprem, site=cloud,region in (a,b)").unwrap();
+        let shown: Vec<Vec<String>> = f
+            .iter()
+            .map(|set| set.iter().map(|c| c.to_string()).collect())
+            .collect();
+        assert_eq!(shown.len(), 3);
+        assert_eq!(shown[0], vec!["site==onprem"]);
+        assert_eq!(shown[1], vec!["site==cloud"]);
+        assert!(shown[2][0].starts_with("region in"), "{shown:?}");
+        let e = parse_failover("site=onprem,,site=cloud").unwrap_err();
+        assert!(e.to_string().contains("empty entry"), "{e}");
+        let e = parse_failover("site=onprem,=~x").unwrap_err();
+        assert!(e.to_string().contains("--failover[1]"), "{e}");
+    }
+
+    fn update_args(name: &str) -> UpdateArgs {
+        UpdateArgs {
+            name: name.into(),
+            image: None,
+            env: vec![],
+            env_rm: vec![],
+            entrypoint: vec![],
+            replicas: None,
+            max_parallel: None,
+            args: vec![],
+        }
+    }
+
+    #[test]
+    fn update_changes_only_what_is_given_and_refuses_no_change() {
+        let old = ServiceSpec {
+            image: "a:1".into(),
+            command: vec!["/bin/sleep".into()],
+            args: vec!["100".into()],
+            env: [
+                ("KEEP".to_string(), "1".to_string()),
+                ("DROP".to_string(), "x".to_string()),
+            ]
+            .into(),
+            replicas: 2,
+            ..Default::default()
+        };
+        let mut a = update_args("web");
+        assert!(updated_spec(&old, &a)
+            .unwrap_err()
+            .to_string()
+            .contains("nothing to update"));
+        a.image = Some("a:2".into());
+        a.env = vec!["NEW=2".into()];
+        a.env_rm = vec!["DROP".into()];
+        let s = updated_spec(&old, &a).unwrap();
+        assert_eq!(s.image, "a:2");
+        assert_eq!(s.command, old.command);
+        assert_eq!(s.args, old.args);
+        assert_eq!(s.replicas, 2);
+        assert_eq!(
+            s.env.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["KEEP", "NEW"]
+        );
+        a.env_rm = vec!["NOPE".into()];
+        assert!(updated_spec(&old, &a)
+            .unwrap_err()
+            .to_string()
+            .contains("--env-rm \"NOPE\""));
+        a.env_rm = vec![];
+        a.max_parallel = Some(0);
+        assert!(updated_spec(&old, &a).is_err());
     }
 
     #[test]

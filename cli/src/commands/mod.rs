@@ -4,6 +4,7 @@ pub mod build;
 pub mod cluster;
 pub mod container;
 pub mod controller;
+pub mod deploy;
 pub mod distribution;
 pub mod image;
 pub mod registry;

@@ -12,7 +12,11 @@
 //!   covered by the next one; its plan is re-verified ([`plan_apply::verify`]) and
 //!   committed as one `ApplyPlan`;
 //! - **unplaced**: per service, why the last evaluation could not place all replicas
-//!   (served by the `Unplaced` RPC for `gantry service ps`).
+//!   (served by the `Unplaced` RPC for `gantry service ps`);
+//! - **gc**: finished allocations beyond a bound are purged after each evaluation
+//!   ([`gc::purgeable`]).
+
+pub mod gc;
 
 use crate::nodes::{Liveness, LivenessConfig};
 use crate::plan_apply;
@@ -32,6 +36,7 @@ pub struct LeaderConfig {
     pub tick: Duration,
     /// How long an evaluation waits after a change for more changes to batch with it.
     pub batch: Duration,
+    pub gc: gc::GcConfig,
 }
 
 impl Default for LeaderConfig {
@@ -40,6 +45,7 @@ impl Default for LeaderConfig {
             liveness: LivenessConfig::default(),
             tick: Duration::from_millis(250),
             batch: Duration::from_millis(5),
+            gc: gc::GcConfig::default(),
         }
     }
 }
@@ -219,6 +225,13 @@ async fn lead(
             retry_on_tick = rejected > 0;
             if let Some(cmd) = cmd {
                 if !commit(raft, cmd).await? {
+                    return Ok(true);
+                }
+            }
+            let ids = gc::purgeable(&handle.read().state, config.gc);
+            if !ids.is_empty() {
+                tracing::debug!(allocations = ids.len(), "purging finished allocations");
+                if !commit(raft, Command::PurgeAllocations { ids }).await? {
                     return Ok(true);
                 }
             }

@@ -63,6 +63,16 @@ pub enum Command {
     },
     /// Forget allocations that are stopped and finished (garbage collection).
     PurgeAllocations { ids: Vec<AllocId> },
+    /// An agent's report of its allocations' cluster-network addresses (None: it has
+    /// none any more), all for allocations on `node`.
+    SetAllocAddresses {
+        node: NodeId,
+        addresses: Vec<(AllocId, Option<std::net::Ipv4Addr>)>,
+    },
+    /// Several independent client commands proposed together in one log entry (the API's
+    /// proposer batches concurrent writes). Each is applied in order at the entry's index and
+    /// answered on its own: one rejected command does not affect the others. Not nestable.
+    Batch { commands: Vec<Command> },
 }
 
 impl Command {
@@ -77,6 +87,8 @@ impl Command {
             Command::ApplyPlan { .. } => "ApplyPlan",
             Command::ReportAllocStatus { .. } => "ReportAllocStatus",
             Command::PurgeAllocations { .. } => "PurgeAllocations",
+            Command::SetAllocAddresses { .. } => "SetAllocAddresses",
+            Command::Batch { .. } => "Batch",
         }
     }
 }
@@ -85,9 +97,19 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     Done,
-    NodeRegistered { id: NodeId },
-    ServiceUpserted { version: u64 },
-    PlanApplied { allocations: Vec<AllocId> },
+    NodeRegistered {
+        id: NodeId,
+    },
+    ServiceUpserted {
+        version: u64,
+    },
+    PlanApplied {
+        allocations: Vec<AllocId>,
+    },
+    /// The answers of a [`Command::Batch`], one per command, in order.
+    Batch {
+        responses: Vec<Response>,
+    },
 }
 
 /// Why a command was rejected. The state is unchanged; `field` names the offending input

@@ -12,6 +12,7 @@
 pub mod command;
 pub mod constraint;
 pub mod model;
+pub mod subnet;
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +60,8 @@ fn reshapes_allocations(a: &ServiceSpec, b: &ServiceSpec) -> bool {
         || a.resources != b.resources
         || a.ports != b.ports
         || a.restart != b.restart
+        || a.restart_token != b.restart_token
+        || a.networks != b.networks
 }
 
 fn valid_name(s: &str) -> bool {
@@ -114,6 +117,14 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), ApplyError> {
             return Err(ApplyError::invalid(
                 format!("spec.env[{k:?}]"),
                 "variable name must be non-empty, without '=' or NUL",
+            ));
+        }
+    }
+    for (i, n) in spec.networks.iter().enumerate() {
+        if !valid_name(n) || n.contains('.') {
+            return Err(ApplyError::invalid(
+                format!("spec.networks[{i}]"),
+                format!("{n:?} must be 1-63 of [a-z0-9-], starting alphanumeric"),
             ));
         }
     }
@@ -352,9 +363,39 @@ impl State {
                 self.report(index, *node, batch, &mut changes)
             }
             Command::PurgeAllocations { ids } => self.purge(index, ids, &mut changes),
+            Command::SetAllocAddresses { node, addresses } => {
+                self.set_addresses(index, *node, addresses, &mut changes)
+            }
+            Command::Batch { commands } => Ok(self.apply_batch(index, commands, &mut changes)),
         };
         debug_assert!(r.is_ok() || changes.is_empty());
         (r, changes)
+    }
+
+    /// Apply each command of a batch in order; each answers on its own (a rejected one
+    /// changed nothing, as for a single command).
+    fn apply_batch(
+        &mut self,
+        index: u64,
+        commands: &[Command],
+        changes: &mut Vec<Change>,
+    ) -> Reply {
+        let responses = commands
+            .iter()
+            .enumerate()
+            .map(|(i, cmd)| {
+                if let Command::Batch { .. } = cmd {
+                    return Err(ApplyError::invalid(
+                        format!("commands[{i}]"),
+                        "a batch cannot contain a batch",
+                    ));
+                }
+                let (r, ch) = self.apply(index, cmd);
+                changes.extend(ch);
+                r
+            })
+            .collect();
+        Reply::Batch { responses }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -405,9 +446,19 @@ impl State {
                 id
             }
             None => {
+                let taken: BTreeSet<ipnet::Ipv4Net> =
+                    self.nodes.values().filter_map(|n| n.subnet).collect();
+                let subnet = subnet::allocate(subnet::default_cluster_cidr(), &taken);
+                if subnet.is_none() {
+                    tracing::warn!(
+                        node = name,
+                        "cluster network exhausted: node gets no subnet"
+                    );
+                }
                 self.next_node_id += 1;
                 let id = self.next_node_id;
                 let n = Node {
+                    subnet,
                     id,
                     name: name.to_string(),
                     address: address.to_string(),
@@ -681,6 +732,7 @@ impl State {
                     observed: Observed::Pending,
                 }],
                 modify_index: index,
+                address: None,
             };
             ids.push(a.id);
             self.index_alloc(&a);
@@ -724,6 +776,47 @@ impl State {
                 changed = true;
             }
             if changed {
+                a.modify_index = index;
+                changes.push(Change::Allocation(a.clone()));
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn set_addresses(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        addresses: &[(AllocId, Option<std::net::Ipv4Addr>)],
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        let n = self
+            .nodes
+            .get(&node)
+            .ok_or_else(|| ApplyError::not_found("node", format!("node {node}")))?;
+        for (i, (id, addr)) in addresses.iter().enumerate() {
+            let a = self.allocs.get(id).ok_or_else(|| {
+                ApplyError::not_found(format!("addresses[{i}].id"), format!("allocation {id}"))
+            })?;
+            if a.node != node {
+                return Err(ApplyError::invalid(
+                    format!("addresses[{i}].id"),
+                    format!("allocation {id} is on node {}, not {node}", a.node),
+                ));
+            }
+            if let (Some(addr), Some(net)) = (addr, n.subnet) {
+                if !net.contains(addr) {
+                    return Err(ApplyError::invalid(
+                        format!("addresses[{i}].address"),
+                        format!("{addr} is outside node {}'s subnet {net}", n.name),
+                    ));
+                }
+            }
+        }
+        for (id, addr) in addresses {
+            let a = self.allocs.get_mut(id).expect("validated above");
+            if a.address != *addr {
+                a.address = *addr;
                 a.modify_index = index;
                 changes.push(Change::Allocation(a.clone()));
             }

@@ -69,6 +69,10 @@ pub struct Node {
     pub allocatable: Resources,
     pub status: NodeStatus,
     pub modify_index: u64,
+    /// The node's subnet of the cluster network (its containers' addresses), allocated
+    /// when it first registered ([`super::subnet`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<ipnet::Ipv4Net>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -130,6 +134,15 @@ pub struct ServiceSpec {
     pub update: UpdatePolicy,
     /// Ordered constraint sets: place in the first with feasible nodes (site failover).
     pub failover: Vec<Vec<Constraint>>,
+    /// Changed by `gantry service restart`: a new value replaces every allocation, as an
+    /// update does (rolling, make-before-break).
+    #[serde(default)]
+    pub restart_token: u64,
+    /// Cluster networks the service's containers join (the overlay: reachable across
+    /// nodes, found by name in DNS, isolated from services sharing no network). Empty:
+    /// the node-local networking of before (host, or the bridge for published ports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,4 +203,7 @@ pub struct Allocation {
     /// The last [`HISTORY_LEN`] observed transitions, oldest first.
     pub history: Vec<HistoryEntry>,
     pub modify_index: u64,
+    /// The container's address on the cluster network, as its agent reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }

@@ -672,3 +672,135 @@ fn image_round_trip_rebuilds_indexes_and_apply_is_deterministic() {
     };
     assert_eq!(a.apply(9, &next).0, c.apply(9, &next).0);
 }
+
+#[test]
+fn batch_answers_each_command_and_a_rejected_one_changes_nothing() {
+    let mut s = build(&[register("n1", &[])]);
+    let good = [register("n2", &[]), upsert("web", spec("img:1", 1))];
+    let bad = register("Bad_Name", &[]);
+    let batch = Command::Batch {
+        commands: vec![
+            good[0].clone(),
+            bad.clone(),
+            good[1].clone(),
+            Command::Batch { commands: vec![] },
+        ],
+    };
+    let (r, changes) = s.apply(7, &batch);
+    let Ok(Reply::Batch { responses }) = r else {
+        panic!("a batch answers Batch, got {r:?}");
+    };
+    assert_eq!(responses.len(), 4);
+    assert_eq!(responses[0], Ok(Reply::NodeRegistered { id: 2 }));
+    assert!(
+        matches!(&responses[1], Err(ApplyError::Invalid { field, .. }) if field == "name"),
+        "{:?}",
+        responses[1]
+    );
+    assert_eq!(responses[2], Ok(Reply::ServiceUpserted { version: 1 }));
+    assert!(
+        matches!(&responses[3], Err(ApplyError::Invalid { field, .. }) if field == "commands[3]"),
+        "{:?}",
+        responses[3]
+    );
+    // The same as applying the accepted commands one by one at that index.
+    let mut one_by_one = build(&[register("n1", &[])]);
+    let mut expected_changes = Vec::new();
+    for c in &good {
+        let (r, ch) = one_by_one.apply(7, c);
+        r.unwrap();
+        expected_changes.extend(ch);
+    }
+    assert_eq!(s.to_image(), one_by_one.to_image());
+    assert_eq!(changes, expected_changes);
+    assert!(changes.iter().all(|c| c.index() == 7));
+}
+
+#[test]
+fn nodes_get_distinct_subnets_kept_across_reregistration() {
+    let mut s = build(&[register("a", &[]), register("b", &[])]);
+    let a = s.node_by_name("a").unwrap().clone();
+    let b = s.node_by_name("b").unwrap().clone();
+    assert_eq!(a.subnet, Some("10.210.0.0/24".parse().unwrap()));
+    assert_eq!(b.subnet, Some("10.210.1.0/24".parse().unwrap()));
+    // An agent restarting (or returning after being down) keeps its subnet.
+    s.apply(10, &register("a", &[("env", "qa")])).0.unwrap();
+    assert_eq!(s.node_by_name("a").unwrap().subnet, a.subnet);
+    // Subnets survive a snapshot round trip.
+    let img = s.to_image();
+    let back = State::from_image(img.clone());
+    assert_eq!(back.to_image(), img);
+}
+
+#[test]
+fn alloc_addresses_are_recorded_and_bad_ones_rejected() {
+    let mut s = build(&[
+        register("a", &[]),
+        register("b", &[]),
+        upsert("web", spec("img", 1)),
+    ]);
+    let (r, _) = s.apply(
+        10,
+        &Command::ApplyPlan {
+            placements: vec![place("web", 1, 1)],
+            stops: vec![],
+        },
+    );
+    let Ok(Reply::PlanApplied { allocations }) = r else {
+        panic!("{r:?}")
+    };
+    let id = allocations[0];
+    let ip: std::net::Ipv4Addr = "10.210.0.5".parse().unwrap();
+    let (r, changes) = s.apply(
+        11,
+        &Command::SetAllocAddresses {
+            node: 1,
+            addresses: vec![(id, Some(ip))],
+        },
+    );
+    r.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(s.to_image().allocations[0].address, Some(ip));
+    // The same address again changes nothing.
+    let (_, changes) = s.apply(
+        12,
+        &Command::SetAllocAddresses {
+            node: 1,
+            addresses: vec![(id, Some(ip))],
+        },
+    );
+    assert!(changes.is_empty());
+    // Another node may not report it; an address outside the node's subnet is refused.
+    assert_rejected(
+        &mut s,
+        &Command::SetAllocAddresses {
+            node: 2,
+            addresses: vec![(id, None)],
+        },
+        "addresses[0].id",
+    );
+    assert_rejected(
+        &mut s,
+        &Command::SetAllocAddresses {
+            node: 1,
+            addresses: vec![(id, Some("10.210.1.5".parse().unwrap()))],
+        },
+        "addresses[0].address",
+    );
+    assert_rejected(
+        &mut s,
+        &Command::SetAllocAddresses {
+            node: 1,
+            addresses: vec![(999, None)],
+        },
+        "addresses[0].id",
+    );
+}
+
+#[test]
+fn bad_network_names_are_named() {
+    let mut s = build(&[]);
+    let mut sp = spec("img", 1);
+    sp.networks = vec!["front".into(), "Bad_Net".into()];
+    assert_rejected(&mut s, &upsert("web", sp), "spec.networks[1]");
+}

@@ -1,0 +1,213 @@
+//! Cluster mode with images from a registry, as root: a `gantry registry` on loopback
+//! serves a busybox image pushed once; two agents pull it when an allocation needs it
+//! (reported `pulling` first), run it, and roll it over on `service update` and
+//! `service restart` (new allocations running before old ones stop). An unknown image
+//! fails its allocations with the pull error as the reason, backs off instead of
+//! storming, and allocation GC keeps what is left bounded.
+
+mod common;
+
+use common::cluster::{
+    gantry, gantry_any, push_rootfs_image, registry, wait_for, Agent, Controller, View,
+};
+use gantry_controller::state::{Desired, Observed};
+use std::time::{Duration, Instant};
+
+/// Fails when fewer than `replicas` allocations of `svc` run, or more than
+/// `replicas + surge` are wanted.
+fn never_below(v: &View, svc: &str, replicas: usize, surge: usize) {
+    let running = v.running(svc).len();
+    assert!(
+        running >= replicas,
+        "{svc}: {running} running < {replicas} during a rolling change: {:#?}",
+        v.allocs_of(svc)
+    );
+    assert!(
+        v.wanted(svc) <= replicas + surge,
+        "{svc}: {} wanted > replicas + surge",
+        v.wanted(svc)
+    );
+}
+
+fn all_at(v: &View, svc: &str, replicas: usize, version: u64) -> bool {
+    let r = v.running(svc);
+    r.len() == replicas
+        && v.wanted(svc) == replicas
+        && v.allocs
+            .iter()
+            .filter(|a| a.service == svc && a.desired == Desired::Run)
+            .all(|a| a.version == version)
+}
+
+/// The first output line of each running allocation of `svc`, read from the engine of
+/// the agent it runs on (bounded wait for the line to appear).
+async fn outputs(agents: &[Agent], v: &View, svc: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in v.allocs_of(svc) {
+        if a.desired != Desired::Run {
+            continue;
+        }
+        let node = v.node_name(a.node);
+        let agent = agents.iter().find(|x| x.name == node).unwrap();
+        let container = a
+            .container
+            .clone()
+            .expect("a running allocation has a container");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = agent.logs(&container);
+            if let Some(line) = logs.lines().next() {
+                out.push(line.to_string());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no output from {container} on {node}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_rolled_and_bad_ones_fail_with_a_reason() {
+    common::require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-cluster-images")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let rootfs = common::busybox_rootfs(dir);
+    let (_registry, reg) = registry(dir, "127.0.0.9");
+    push_rootfs_image(dir, &rootfs, &format!("{reg}/test/bb"));
+    let image = format!("{reg}/test/bb:1");
+
+    let controller = Controller::start(dir, 1, None);
+    let ctl = controller.addr.clone();
+    let mut agents = [
+        Agent::start(dir, "img-a", &["env=dev"], &ctl),
+        Agent::start(dir, "img-b", &["env=dev"], &ctl),
+    ];
+    let mut c = common::cluster::client(std::slice::from_ref(&ctl));
+    wait_for(&mut c, "two nodes", 30, |_| {}, |v| v.nodes.len() == 2).await;
+
+    // Neither agent has the image: both pull it, say so, and run it.
+    gantry(
+        &ctl,
+        &[
+            "service",
+            "create",
+            "web",
+            "--image",
+            &image,
+            "--replicas",
+            "2",
+            "--env",
+            "V=1",
+            "--entrypoint",
+            "/bin/sh",
+            "--",
+            "-c",
+            "echo v=$V from=$FROM_IMAGE; exec sleep 1000",
+        ],
+    );
+    let v = wait_for(
+        &mut c,
+        "web running twice",
+        60,
+        |_| {},
+        |v| v.running("web").len() == 2,
+    )
+    .await;
+    for a in v.allocs_of("web") {
+        assert!(
+            a.history.iter().any(|h| h.observed == Observed::Pulling),
+            "allocation {} never reported pulling: {:?}",
+            a.id,
+            a.history
+        );
+    }
+    // Each allocation's output, from the engine of the agent that runs it: the service's
+    // env and the image's own config both apply.
+    assert_eq!(outputs(&agents, &v, "web").await, vec!["v=1 from=yes"; 2]);
+
+    // Rolling update: never fewer than 2 running, never more than 2 + 1 wanted.
+    gantry(&ctl, &["service", "update", "web", "--env", "V=2"]);
+    let v = wait_for(
+        &mut c,
+        "web updated to version 2",
+        60,
+        |v| never_below(v, "web", 2, 1),
+        |v| all_at(v, "web", 2, 2),
+    )
+    .await;
+    assert_eq!(outputs(&agents, &v, "web").await, vec!["v=2 from=yes"; 2]);
+
+    // Restart: every allocation replaced the same way, the spec unchanged.
+    let before: Vec<u64> = wait_for(&mut c, "view", 5, |_| {}, |_| true)
+        .await
+        .running("web")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    gantry(&ctl, &["service", "restart", "web"]);
+    let v = wait_for(
+        &mut c,
+        "web restarted",
+        60,
+        |v| never_below(v, "web", 2, 1),
+        |v| all_at(v, "web", 2, 3),
+    )
+    .await;
+    assert!(
+        v.running("web").iter().all(|(id, _)| !before.contains(id)),
+        "restart kept an old allocation"
+    );
+
+    // An image the registry does not have: failed, with the pull error as the reason.
+    let bad = format!("{reg}/test/nope:1");
+    gantry(&ctl, &["service", "create", "bad", "--image", &bad]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ps = gantry(&ctl, &["service", "ps", "bad"]);
+        if ps.contains("Failed") {
+            assert!(ps.contains(&format!("pulling {bad}")), "{ps}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "bad image never failed: {ps}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Retries back off, and GC keeps at most 5 finished allocations besides the current
+    // one (7 between a plan and the purge that follows it).
+    let started = Instant::now();
+    let mut most = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        let v = common::cluster::view(&mut c).await;
+        most = most.max(v.allocs_of("bad").len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        most <= 7,
+        "{most} allocations of bad at once: no backoff or no GC"
+    );
+    let failed_web = gantry_any(&ctl, &["service", "update", "web"]);
+    assert!(
+        !failed_web.0 && failed_web.2.contains("nothing to update"),
+        "{failed_web:?}"
+    );
+
+    // Removing both: no container left, and GC forgets every finished allocation.
+    gantry(&ctl, &["service", "rm", "bad"]);
+    gantry(&ctl, &["service", "rm", "web"]);
+    common::cluster::wait_no_containers(&agents, "service rm").await;
+    wait_for(
+        &mut c,
+        "allocations purged",
+        30,
+        |_| {},
+        |v| v.allocs.is_empty(),
+    )
+    .await;
+    common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
+}

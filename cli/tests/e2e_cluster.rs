@@ -1,0 +1,524 @@
+//! End to end on the namespace cluster of `deploy/cluster.sh` (issue 8): 3 controllers
+//! (sites onprem, cloud, dr), a registry and 5 agents (env dev/qa/prod at sites onprem and
+//! cloud), each in its own network namespace on a bridge, run by the real `gantry` binary.
+//! Every test brings up its own cluster (own prefix, /24, state dir), drives it with the
+//! CLI and the controller API, breaks hosts with the script's verbs, and tears it down in
+//! a Drop guard, then checks that nothing of it is left (namespaces, links, mounts,
+//! processes, cgroups of its containers). Images come from a `rootfs:` directory or, as
+//! in production, from a Dockerfile built with `gantry build`, pushed to the cluster's
+//! registry and pulled by the agents.
+
+mod common;
+
+use gantry_controller::api::ControllerClient;
+use gantry_controller::state::{Allocation, Desired, Node, NodeStatus, Observed, Service};
+use gantry_proto::cluster::ReadKind;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cluster.sh");
+
+/// One cluster of deploy/cluster.sh, taken down on drop.
+struct Cluster {
+    prefix: String,
+    net: String,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    down: bool,
+}
+
+impl Cluster {
+    /// `n` tells the tests of this file apart (prefix and /24).
+    fn up(n: u32) -> Cluster {
+        common::require_root();
+        let pid = std::process::id();
+        let tmp = tempfile::Builder::new()
+            .prefix("gantry-e2e")
+            .tempdir()
+            .unwrap();
+        let c = Cluster {
+            prefix: format!("ge{}{}", n, pid % 100_000),
+            net: format!("10.{}.{}", 80 + n, pid % 250 + 1),
+            dir: tmp.path().join("cluster"),
+            _tmp: tmp,
+            down: false,
+        };
+        c.script(&["up", "--bin", common::gantry_bin()]);
+        c
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        let out = Command::new("bash")
+            .arg(SCRIPT)
+            .args(args)
+            .env("GANTRY_CLUSTER_DIR", &self.dir)
+            .env("GANTRY_CLUSTER_PREFIX", &self.prefix)
+            .env("GANTRY_CLUSTER_NET", &self.net)
+            .env(
+                "GANTRY_CLUSTER_CONTROLLER_ARGS",
+                "--node-ttl-ms 1500 --node-grace-ms 1500",
+            )
+            .env(
+                "GANTRY_CLUSTER_AGENT_ARGS",
+                "--heartbeat-ms 300 --stop-timeout 1",
+            )
+            .output()
+            .expect("run deploy/cluster.sh");
+        assert!(
+            out.status.success(),
+            "cluster.sh {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn controllers(&self) -> String {
+        (11..=13)
+            .map(|o| format!("{}.{o}:7700", self.net))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn client(&self) -> ControllerClient {
+        let mut c =
+            ControllerClient::new(self.controllers().split(',').map(String::from).collect());
+        c.retry_for = Duration::from_secs(20);
+        c
+    }
+
+    fn gantry(&self, args: &[&str]) -> String {
+        let out = Command::new(common::gantry_bin())
+            .args(args)
+            .env("GANTRY_CONTROLLER", self.controllers())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gantry {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The host name of the controller member that leads now.
+    async fn leader_host(&self, c: &mut ControllerClient) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = c.status().await {
+                if let Some(id) = s.leader {
+                    return ["ctl-onprem", "ctl-cloud", "ctl-dr"][id as usize - 1].to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "no controller leader in 20 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Take the cluster down and check that nothing of it is left.
+    fn down_and_check(&mut self, containers: &[String]) {
+        self.script(&["down"]);
+        self.down = true;
+        let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let netns = String::from_utf8_lossy(&netns.stdout);
+        assert!(
+            !netns
+                .lines()
+                .any(|l| l.starts_with(&format!("{}-", self.prefix))),
+            "namespaces left: {netns}"
+        );
+        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(
+            !links.contains(&format!(": {}", self.prefix)),
+            "links left: {links}"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let dir = self.dir.display().to_string();
+        assert!(!mounts.contains(&dir), "mounts left under {dir}");
+        assert!(!self.dir.exists(), "{dir} left");
+        for id in containers {
+            assert!(
+                !cgroup_exists(id),
+                "cgroup of container {id} left after down"
+            );
+        }
+        assert!(
+            leftover_processes(&dir).is_empty(),
+            "processes left: {:?}",
+            leftover_processes(&dir)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.down {
+            let _ = Command::new("bash")
+                .arg(SCRIPT)
+                .arg("down")
+                .env("GANTRY_CLUSTER_DIR", &self.dir)
+                .env("GANTRY_CLUSTER_PREFIX", &self.prefix)
+                .env("GANTRY_CLUSTER_NET", &self.net)
+                .output();
+        }
+    }
+}
+
+fn cgroup_exists(id: &str) -> bool {
+    ["memory", "pids", "cpu", "unified"]
+        .iter()
+        .any(|h| Path::new(&format!("/sys/fs/cgroup/{h}/gantry/{id}")).exists())
+}
+
+/// Processes whose command line or root points into `dir`.
+fn leftover_processes(dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let root = std::fs::read_link(e.path().join("root"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if cmd.contains(dir) || root.starts_with(dir) {
+            out.push(format!("{name}: {cmd}"));
+        }
+    }
+    out
+}
+
+struct View {
+    nodes: Vec<Node>,
+    allocs: Vec<Allocation>,
+    services: Vec<Service>,
+}
+
+impl View {
+    fn node_name(&self, id: u64) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
+    }
+    /// Node names of the running allocations of `svc`.
+    fn running(&self, svc: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .allocs
+            .iter()
+            .filter(|a| {
+                a.service == svc && a.desired == Desired::Run && a.observed == Observed::Running
+            })
+            .map(|a| self.node_name(a.node))
+            .collect();
+        v.sort();
+        v
+    }
+    fn node_status(&self, name: &str) -> Option<NodeStatus> {
+        self.nodes.iter().find(|n| n.name == name).map(|n| n.status)
+    }
+    fn containers(&self) -> Vec<String> {
+        self.allocs
+            .iter()
+            .filter_map(|a| a.container.clone())
+            .collect()
+    }
+}
+
+async fn view(c: &mut ControllerClient) -> View {
+    let (_, nodes) = c.read(ReadKind::Nodes, false).await.unwrap();
+    let (_, allocs) = c.read(ReadKind::Allocations, false).await.unwrap();
+    let (_, services) = c.read(ReadKind::Services, false).await.unwrap();
+    View {
+        nodes,
+        allocs,
+        services,
+    }
+}
+
+async fn wait_for(c: &mut ControllerClient, what: &str, pred: impl Fn(&View) -> bool) -> View {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let v = view(c).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within 45 s; allocations: {:#?}",
+            v.allocs
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn create(cl: &Cluster, image: &str, name: &str, replicas: &str, constraint: &str) {
+    cl.gantry(&[
+        "service",
+        "create",
+        name,
+        "--image",
+        image,
+        "--replicas",
+        replicas,
+        "--constraint",
+        constraint,
+        "--entrypoint",
+        "/bin/sleep",
+        "--",
+        "1000",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_deploy_across_environments_host_loss_and_full_restart() {
+    let mut cl = Cluster::up(1);
+    let rootfs = common::busybox_rootfs(cl._tmp.path());
+    let image = format!("rootfs:{}", rootfs.display());
+    let mut c = cl.client();
+    wait_for(&mut c, "five agents ready", |v| {
+        v.nodes.len() == 5 && v.nodes.iter().all(|n| n.status == NodeStatus::Ready)
+    })
+    .await;
+
+    // deploy across environments: each service only on its environment's nodes
+    create(&cl, &image, "web-dev", "1", "env==dev");
+    create(&cl, &image, "web-prod", "2", "env==prod");
+    create(&cl, &image, "api-qa", "1", "env==qa");
+    let v = wait_for(&mut c, "every service running", |v| {
+        v.running("web-dev").len() == 1
+            && v.running("web-prod").len() == 2
+            && v.running("api-qa").len() == 1
+    })
+    .await;
+    assert_eq!(v.running("web-dev"), ["dev-onprem"]);
+    assert_eq!(v.running("web-prod"), ["prod-cloud", "prod-onprem"]);
+    let qa_host = v.running("api-qa")[0].clone();
+    assert!(qa_host.starts_with("qa-"), "{qa_host}");
+    let mut seen = v.containers();
+
+    // the api's host is lost: the node goes down, the api runs on the other qa host
+    cl.script(&["kill", &qa_host]);
+    let v = wait_for(&mut c, "api-qa replaced on the other qa host", |v| {
+        v.node_status(&qa_host) == Some(NodeStatus::Down)
+            && v.running("api-qa").len() == 1
+            && v.running("api-qa")[0] != qa_host
+    })
+    .await;
+    assert!(v.running("api-qa")[0].starts_with("qa-"));
+    seen.extend(v.containers());
+    cl.script(&["restart", &qa_host]);
+
+    // full cluster restart: every host lost at once, then started again
+    let hosts = [
+        "ctl-onprem",
+        "ctl-cloud",
+        "ctl-dr",
+        "registry",
+        "dev-onprem",
+        "qa-onprem",
+        "prod-onprem",
+        "qa-cloud",
+        "prod-cloud",
+    ];
+    for h in hosts {
+        cl.script(&["kill", h]);
+    }
+    for h in hosts {
+        cl.script(&["restart", h]);
+    }
+    let mut c = cl.client();
+    let v = wait_for(&mut c, "every service back after a full restart", |v| {
+        v.nodes.iter().all(|n| n.status == NodeStatus::Ready)
+            && v.running("web-dev").len() == 1
+            && v.running("web-prod").len() == 2
+            && v.running("api-qa").len() == 1
+    })
+    .await;
+    seen.extend(v.containers());
+    for s in ["web-dev", "web-prod", "api-qa"] {
+        cl.gantry(&["service", "rm", s]);
+    }
+    wait_for(&mut c, "services removed", |v| {
+        v.allocs.iter().all(|a| a.observed != Observed::Running)
+    })
+    .await;
+    seen.sort();
+    seen.dedup();
+    cl.down_and_check(&seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes() {
+    let mut cl = Cluster::up(2);
+    let rootfs = common::busybox_rootfs(cl._tmp.path());
+    let image = format!("rootfs:{}", rootfs.display());
+    let mut c = cl.client();
+    wait_for(&mut c, "five agents ready", |v| {
+        v.nodes.len() == 5 && v.nodes.iter().all(|n| n.status == NodeStatus::Ready)
+    })
+    .await;
+
+    // the leader's host is lost: deploys still work through the two left
+    let leader = cl.leader_host(&mut c).await;
+    cl.script(&["kill", &leader]);
+    create(&cl, &image, "after-loss", "2", "env==prod");
+    wait_for(&mut c, "a deploy after the leader host's loss", |v| {
+        v.running("after-loss").len() == 2
+    })
+    .await;
+    cl.script(&["restart", &leader]);
+    wait_for(&mut c, "the lost member is back", |_| true).await;
+
+    // a partition isolates the (new) leader; writes acknowledged meanwhile survive the heal
+    let leader = cl.leader_host(&mut c).await;
+    cl.script(&["partition", &leader]);
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    while acked.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no write acknowledged in 20 s while {leader} was cut off"
+        );
+        let name = format!("during-{i}");
+        i += 1;
+        let out = Command::new(common::gantry_bin())
+            .args([
+                "service",
+                "create",
+                &name,
+                "--image",
+                &image,
+                "--replicas",
+                "1",
+                "--constraint",
+                "env==qa",
+                "--entrypoint",
+                "/bin/sleep",
+                "--",
+                "1000",
+            ])
+            .env("GANTRY_CONTROLLER", cl.controllers())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            acked.push(name);
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    cl.script(&["heal", &leader]);
+    let mut c = cl.client();
+    let v = wait_for(
+        &mut c,
+        "every acknowledged service running after the heal",
+        |v| acked.iter().all(|s| v.running(s).len() == 1),
+    )
+    .await;
+    // no acknowledged write lost, and no service above its replicas plus the surge
+    let names: Vec<&str> = v.services.iter().map(|s| s.name.as_str()).collect();
+    for s in &acked {
+        assert!(
+            names.contains(&s.as_str()),
+            "acknowledged {s} lost: {names:?}"
+        );
+    }
+    let mut running: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in &v.allocs {
+        if a.observed == Observed::Running {
+            *running.entry(a.service.as_str()).or_default() += 1;
+        }
+    }
+    for s in &v.services {
+        let n = running.get(s.name.as_str()).copied().unwrap_or(0);
+        assert!(
+            n as u32 <= s.spec.replicas + s.spec.update.max_parallel,
+            "{}: {n} running > {} replicas + {} surge",
+            s.name,
+            s.spec.replicas,
+            s.spec.update.max_parallel
+        );
+    }
+    let seen = v.containers();
+    cl.down_and_check(&seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_built_image_pulled_from_the_registry_fails_over_when_a_site_is_lost() {
+    let mut cl = Cluster::up(3);
+    // build an image from a Dockerfile and push it to the cluster's registry
+    let ctx = cl._tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sleep\", \"1000\"]\n",
+    )
+    .unwrap();
+    let reg = format!("{}.5:5000", cl.net);
+    let image = format!("{reg}/e2e/sleeper:1");
+    let store = cl._tmp.path().join("store").display().to_string();
+    cl.gantry(&[
+        "build",
+        "--store",
+        &store,
+        "-t",
+        &image,
+        "-q",
+        &ctx.display().to_string(),
+    ]);
+    cl.gantry(&[
+        "push",
+        "--store",
+        &store,
+        "--insecure-registry",
+        &reg,
+        &image,
+    ]);
+
+    let mut c = cl.client();
+    wait_for(&mut c, "five agents ready", |v| {
+        v.nodes.len() == 5 && v.nodes.iter().all(|n| n.status == NodeStatus::Ready)
+    })
+    .await;
+    // prod runs in site onprem first, cloud when onprem is lost
+    cl.gantry(&[
+        "service",
+        "create",
+        "shop",
+        "--image",
+        &image,
+        "--constraint",
+        "env==prod",
+        "--failover",
+        "site=onprem,site=cloud",
+    ]);
+    let v = wait_for(&mut c, "shop pulled and running in onprem", |v| {
+        v.running("shop") == ["prod-onprem"]
+    })
+    .await;
+    let mut seen = v.containers();
+
+    let lost = Instant::now();
+    cl.script(&["kill-site", "onprem"]);
+    let mut c = cl.client();
+    let v = wait_for(&mut c, "shop failed over to cloud", |v| {
+        v.running("shop") == ["prod-cloud"]
+    })
+    .await;
+    eprintln!(
+        "site onprem lost -> shop running in cloud after {:.1} s",
+        lost.elapsed().as_secs_f64()
+    );
+    seen.extend(v.containers());
+    seen.sort();
+    seen.dedup();
+    cl.down_and_check(&seen);
+}

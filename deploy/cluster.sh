@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# A multi-host gantry cluster on one machine: every host is a network namespace on one
+# bridge, with its own address, state dirs and gantry daemons.
+#
+#   deploy/cluster.sh up        [--bin PATH]   bring every host up (idempotent)
+#   deploy/cluster.sh down                     remove everything `up` made (idempotent)
+#   deploy/cluster.sh status                   hosts, addresses, daemons
+#   deploy/cluster.sh kill HOST                host loss: SIGKILL its daemons and containers
+#   deploy/cluster.sh kill-site SITE           every host of a site (site=onprem …) lost
+#   deploy/cluster.sh restart HOST             start a killed host's daemons again
+#   deploy/cluster.sh partition HOST          cut the host's link (daemons keep running)
+#   deploy/cluster.sh heal HOST                restore the host's link
+#   deploy/cluster.sh env                      `eval "$(deploy/cluster.sh env)"` sets
+#                                              GANTRY_CONTROLLER for the CLI
+#
+# Addresses: the bridge `gty0` holds 10.77.0.1/24 in the root namespace (so the CLI and
+# curl on this machine reach the hosts); each host has one address of 10.77.0.0/24 inside
+# its own namespace. Containers on an agent host use that agent's bridge, with a subnet
+# per host. Processes are started by this script and ended by the PIDs it recorded, plus
+# their descendants (the containers' shims and the containers).
+#
+# GANTRY_CLUSTER_DIR (default /var/lib/gantry-cluster) holds each host's state and logs;
+# GANTRY_CLUSTER_CONTROLLER_ARGS / GANTRY_CLUSTER_AGENT_ARGS: extra flags for those daemons
+# (e.g. shorter node TTLs in tests);
+# GANTRY_CLUSTER_PREFIX (default gty) names the bridge (PREFIX0), namespaces (PREFIX-HOST)
+# and veths (PREFIXvN); GANTRY_CLUSTER_NET (default 10.77.0) is the hosts' /24.
+set -euo pipefail
+
+DIR=${GANTRY_CLUSTER_DIR:-/var/lib/gantry-cluster}
+# names and addresses are parameters so that tests run their own clusters side by side
+P=${GANTRY_CLUSTER_PREFIX:-gty}
+[[ $P =~ ^[a-z][a-z0-9]{0,7}$ ]] || { echo "cluster.sh: GANTRY_CLUSTER_PREFIX '$P': 1-8 lowercase letters/digits, starting with a letter" >&2; exit 2; }
+BRIDGE=${P}0
+NET=${GANTRY_CLUSTER_NET:-10.77.0}
+[[ $NET =~ ^10\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || { echo "cluster.sh: GANTRY_CLUSTER_NET '$NET': the first three octets of a 10.x.y.0/24" >&2; exit 2; }
+CTL_PORT=7700
+REG_PORT=5000
+
+# name        octet  role        labels
+HOSTS="
+ctl-onprem    11     controller  site=onprem
+ctl-cloud     12     controller  site=cloud
+ctl-dr        13     controller  site=dr
+registry      5      registry    -
+dev-onprem    21     agent       env=dev,site=onprem
+qa-onprem     22     agent       env=qa,site=onprem
+prod-onprem   23     agent       env=prod,site=onprem
+qa-cloud      31     agent       env=qa,site=cloud
+prod-cloud    32     agent       env=prod,site=cloud
+"
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, bridges, containers)"
+for t in ip nsenter iptables; do
+  command -v "$t" >/dev/null || die "missing '$t' (apt-get install iproute2 util-linux iptables)"
+done
+
+hosts() { echo "$HOSTS" | awk 'NF == 4 && $1 !~ /^#/'; }
+field() { hosts | awk -v h="$1" -v f="$2" '$1 == h { print $f }'; }
+exists() { [ -n "$(field "$1" 1)" ] || die "unknown host '$1' (hosts: $(hosts | awk '{print $1}' | xargs))"; }
+ns() { echo "$P-$1"; }
+veth() { echo "${P}v$(field "$1" 2)"; }
+addr() { echo "$NET.$(field "$1" 2)"; }
+controllers() { hosts | awk '$3 == "controller" { print $1 }'; }
+controller_addrs() { for h in $(controllers); do printf '%s%s:%s' "${sep:-}" "$(addr "$h")" "$CTL_PORT"; sep=,; done; echo; }
+bin() { cat "$DIR/bin" 2>/dev/null || die "no cluster is up (run: $0 up)"; }
+
+# --- namespaces and links -----------------------------------------------------------------
+
+net_up() {
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$NET.1/24" dev "$BRIDGE"
+  fi
+  ip link set "$BRIDGE" up
+  # hosts on the bridge talk to each other even when br_netfilter sends bridged frames
+  # through iptables (docker sets FORWARD's policy to DROP)
+  iptables -C FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null ||
+    iptables -I FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
+  local h
+  for h in $(hosts | awk '{print $1}'); do
+    local n v
+    n=$(ns "$h") v=$(veth "$h")
+    ip netns list | awk '{print $1}' | grep -qx "$n" || ip netns add "$n"
+    if ! ip link show "$v" >/dev/null 2>&1; then
+      ip link add "$v" type veth peer name eth0 netns "$n"
+      ip link set "$v" master "$BRIDGE" up
+      ip -n "$n" addr add "$(addr "$h")/24" dev eth0
+      ip -n "$n" link set eth0 up
+      ip -n "$n" link set lo up
+      ip -n "$n" route add default via "$NET.1"
+    fi
+  done
+}
+
+net_down() {
+  local h
+  for h in $(hosts | awk '{print $1}'); do
+    ip link del "$(veth "$h")" 2>/dev/null || true
+    ip netns del "$(ns "$h")" 2>/dev/null || true
+  done
+  ip link del "$BRIDGE" 2>/dev/null || true
+  while iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null; do :; done
+}
+
+# --- processes ----------------------------------------------------------------------------
+
+# All descendants of the given PIDs (from /proc, children before parents are collected).
+descendants() {
+  local want=" $* " pid ppid changed=1 out=""
+  local -A parent=()
+  for s in /proc/[0-9]*/stat; do
+    read -r pid _ ppid < <(sed -E 's/^([0-9]+) \(.*\) . ([0-9]+).*/\1 x \2/' "$s" 2>/dev/null) || continue
+    parent[$pid]=$ppid
+  done
+  local set=" $* "
+  while [ $changed -eq 1 ]; do
+    changed=0
+    for pid in "${!parent[@]}"; do
+      case "$set" in *" $pid "*) continue ;; esac
+      case "$set" in *" ${parent[$pid]} "*) set="$set$pid "; changed=1 ;; esac
+    done
+  done
+  for pid in $set; do case "$want" in *" $pid "*) ;; *) out="$out $pid" ;; esac; done
+  echo $out
+}
+
+# The PIDs recorded for a host, those still alive.
+host_pids() {
+  local f pid
+  for f in "$DIR/$1"/*.pid; do
+    [ -e "$f" ] || continue
+    pid=$(cat "$f")
+    [ -d "/proc/$pid" ] && echo "$pid"
+  done
+}
+
+kill_host() {
+  local h=$1 pids all
+  pids=$(host_pids "$h" | xargs)
+  # shims daemonize (their parent becomes init), so find them by network namespace too
+  pids="$pids $(ip netns pids "$(ns "$h")" 2>/dev/null | xargs)"
+  [ -n "${pids// /}" ] || return 0
+  all="$pids $(descendants $pids)"
+  # shellcheck disable=SC2086
+  kill -KILL $all 2>/dev/null || true
+  local deadline=$((SECONDS + 10)) p
+  for p in $all; do
+    while [ -d "/proc/$p" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ] && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
+  done
+  rm -f "$DIR/$h"/*.pid
+}
+
+spawn() { # HOST NAME ARGS… : start one daemon in the host's network namespace
+  local h=$1 name=$2
+  shift 2
+  mkdir -p "$DIR/$h"
+  # nsenter --net only: the daemon keeps the machine's mounts (cgroupfs); `ip netns exec`
+  # would remount /sys and hide the cgroup hierarchies from the agent
+  RUST_LOG=${RUST_LOG:-info} setsid nsenter --net="/run/netns/$(ns "$h")" "$(bin)" "$@" \
+    >>"$DIR/$h/$name.log" 2>&1 </dev/null &
+  echo $! >"$DIR/$h/$name.pid"
+}
+
+wait_port() { # HOST PORT
+  local deadline=$((SECONDS + 30))
+  until nsenter --net="/run/netns/$(ns "$1")" bash -c "exec 3<>/dev/tcp/$(addr "$1")/$2" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "$1: nothing listens on $(addr "$1"):$2 after 30 s (log: $DIR/$1/)"
+    sleep 0.1
+  done
+}
+
+start_host() {
+  local h=$1 role labels id a
+  role=$(field "$h" 3) labels=$(field "$h" 4) a=$(addr "$h")
+  [ -z "$(host_pids "$h")" ] || return 0
+  case $role in
+  controller)
+    id=$(controllers | grep -n "^$h\$" | cut -d: -f1)
+    if [ "$id" = 1 ]; then
+      # shellcheck disable=SC2086
+      spawn "$h" controller controller run --id 1 --listen "$a:$CTL_PORT" --data-dir "$DIR/$h/data" --bootstrap \
+        ${GANTRY_CLUSTER_CONTROLLER_ARGS:-}
+    else
+      # shellcheck disable=SC2086
+      spawn "$h" controller controller run --id "$id" --listen "$a:$CTL_PORT" --data-dir "$DIR/$h/data" \
+        --join "$(addr "$(controllers | head -1)"):$CTL_PORT" ${GANTRY_CLUSTER_CONTROLLER_ARGS:-}
+    fi
+    wait_port "$h" "$CTL_PORT"
+    ;;
+  registry)
+    spawn "$h" registry registry --listen "$a:$REG_PORT" --root "$DIR/$h/data"
+    wait_port "$h" "$REG_PORT"
+    ;;
+  agent)
+    local octet args=()
+    octet=$(field "$h" 2)
+    IFS=, read -ra kv <<<"$labels"
+    for l in "${kv[@]}"; do args+=(--label "$l"); done
+    # shellcheck disable=SC2086
+    spawn "$h" agent agent --root "$DIR/$h/agent" --run-root "$DIR/$h/run" \
+      --host "unix://$DIR/$h/agent.sock" --subnet "10.209.$octet.0/24" \
+      --join "$(controller_addrs)" --name "$h" --advertise "$a" "${args[@]}" \
+      --insecure-registry "$(addr registry):$REG_PORT" ${GANTRY_CLUSTER_AGENT_ARGS:-}
+    local deadline=$((SECONDS + 30))
+    until [ -S "$DIR/$h/agent.sock" ]; do
+      [ $SECONDS -lt $deadline ] || die "$h: the agent's socket did not appear in 30 s (log: $DIR/$h/agent.log)"
+      sleep 0.1
+    done
+    ;;
+  esac
+}
+
+# --- verbs --------------------------------------------------------------------------------
+
+up() {
+  local b=""
+  while [ $# -gt 0 ]; do
+    case $1 in
+    --bin) b=$2; shift 2 ;;
+    *) die "up: unknown option '$1'" ;;
+    esac
+  done
+  if [ -z "$b" ]; then
+    b=$(cd "$(dirname "$0")/.." && pwd)/target/release/gantry
+  fi
+  [ -x "$b" ] || die "no gantry binary at $b (build it: cargo build --release -p gantry, or pass --bin PATH)"
+  mkdir -p "$DIR"
+  realpath "$b" >"$DIR/bin"
+  net_up
+  local h
+  # controllers first (one at a time: each joins through the first), then the rest
+  for h in $(controllers); do start_host "$h"; done
+  for h in $(hosts | awk '$3 != "controller" {print $1}'); do start_host "$h"; done
+  status
+}
+
+down() {
+  local h
+  if [ -d "$DIR" ]; then
+    for h in $(hosts | awk '{print $1}'); do kill_host "$h"; done
+    # containers left by killed agents: delete them through the runtime state they keep
+    local b
+    b=$(cat "$DIR/bin" 2>/dev/null || true)
+    for h in $(hosts | awk '$3 == "agent" {print $1}'); do
+      [ -n "$b" ] && [ -d "$DIR/$h/run" ] || continue
+      for rt in "$DIR/$h/run"/runtime "$DIR/$h/run"/runc; do
+        [ -d "$rt" ] || continue
+        for c in $("$b" runtime list --root "$rt" -q 2>/dev/null); do
+          "$b" runtime delete --root "$rt" --force "$c" >/dev/null 2>&1 || true
+        done
+      done
+    done
+    # the agents' mounts lived in the namespaces of processes now gone; unmount any that
+    # were made in this mount namespace
+    { grep -o " $DIR/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  fi
+  net_down
+  rm -rf "$DIR"
+  echo "cluster down: namespaces, links, bridge, processes and $DIR removed"
+}
+
+status() {
+  local h pids state
+  printf '%-12s %-11s %-10s %-22s %s\n' HOST ADDRESS ROLE LABELS STATE
+  for h in $(hosts | awk '{print $1}'); do
+    pids=$(host_pids "$h" | xargs)
+    if ! ip netns list | awk '{print $1}' | grep -qx "$(ns "$h")"; then state="no namespace"
+    elif [ -z "$pids" ]; then state="down"
+    elif [ "$(ip -n "$(ns "$h")" -o link show eth0 2>/dev/null | grep -c 'state UP')" = 0 ] ||
+      [ "$(ip -o link show "$(veth "$h")" 2>/dev/null | grep -c 'state UP')" = 0 ]; then state="partitioned (pid $pids)"
+    else state="up (pid $pids)"
+    fi
+    printf '%-12s %-11s %-10s %-22s %s\n' "$h" "$(addr "$h")" "$(field "$h" 3)" "$(field "$h" 4)" "$state"
+  done
+}
+
+verb=${1:-}
+[ $# -gt 0 ] && shift
+case $verb in
+up) up "$@" ;;
+down) down ;;
+status) status ;;
+kill) exists "${1:?kill HOST}"; kill_host "$1"; echo "$1: daemons and containers killed" ;;
+kill-site)
+  s=${1:?kill-site SITE}
+  hs=$(hosts | awk -v s="site=${s#site=}" '$4 ~ ("(^|,)" s "(,|$)") { print $1 }')
+  [ -n "$hs" ] || die "no host has label site=${s#site=}"
+  for h in $hs; do kill_host "$h"; echo "$h: daemons and containers killed"; done
+  ;;
+restart) exists "${1:?restart HOST}"; start_host "$1"; echo "$1: started" ;;
+partition) exists "${1:?partition HOST}"; ip link set "$(veth "$1")" down; echo "$1: link cut" ;;
+heal) exists "${1:?heal HOST}"; ip link set "$(veth "$1")" up; echo "$1: link restored" ;;
+env) echo "export GANTRY_CONTROLLER=$(controller_addrs)" ;;
+addr) exists "${1:?addr HOST}"; addr "$1" ;;
+*) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; [ -z "$verb" ] || exit 2 ;;
+esac

@@ -1,0 +1,673 @@
+//! `gantry-sim scale`: the real scheduler, plan verification, state machine and Raft (three
+//! in-process members on sled) against a simulated fleet whose agents acknowledge every
+//! new allocation at once.
+//!
+//! Vocabulary:
+//! - **phase**: one scenario step, timed on its own — `place` (every service from
+//!   nothing), `node-fail` (10% of the nodes go down at once), `site-fail` (every node of
+//!   one site goes down), `rolling-update` (every service gets a new image);
+//! - **evaluation**: the scheduler over one service on the leader's newest applied state,
+//!   then [`plan_apply::verify`] (the leader's re-check); its latency is the *scheduling
+//!   latency*; the plan is then committed through Raft (*commit latency*);
+//! - **ack**: the simulated agents' report that new allocations run, committed as
+//!   `ReportAllocStatus` batches (one per node) by the [`Acker`] while evaluations go on;
+//! - **converged**: a service has exactly its replicas, all at the current version and
+//!   running.
+//!
+//! The driver plays the leader's evaluation role itself — one evaluation per group of
+//! `services_per_eval` services (1: Nomad's per-job evaluations), evaluations one after
+//! the other on the newest state, so plans never race — instead of the controller's leader
+//! loop, which evaluates every service in one plan: that would make one
+//! 1,000,000-placement Raft entry and give no per-evaluation latency.
+
+use crate::cluster::{ClusterConfig, ClusterError, SimCluster};
+use crate::invariants::{self, Violation};
+use crate::stats::{self, percentile_ms, Quality};
+use crate::topology;
+use futures::stream::{self, StreamExt};
+use gantry_controller::plan_apply;
+use gantry_controller::raft::{NodeId, RaftTimings, StateHandle};
+use gantry_controller::scheduler::Scheduler;
+use gantry_controller::state::{
+    AllocId, AllocReport, Command, Desired, NodeStatus, Observed, Reply, State,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// A failure scenario run after the initial placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    NodeFail,
+    SiteFail,
+    RollingUpdate,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::NodeFail => "node-fail",
+            Phase::SiteFail => "site-fail",
+            Phase::RollingUpdate => "rolling-update",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScaleConfig {
+    pub nodes: u64,
+    pub services: u64,
+    pub replicas: u32,
+    pub phases: Vec<Phase>,
+    /// Where to write placements over time (CSV).
+    pub csv: Option<PathBuf>,
+    /// Concurrent Raft writes of the setup and of the acks.
+    pub concurrency: usize,
+    /// Services per evaluation (one plan, one Raft entry).
+    pub services_per_eval: usize,
+    /// Give up on a phase after this long.
+    pub phase_timeout: Duration,
+    /// Print progress lines on stderr.
+    pub progress: bool,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        ScaleConfig {
+            nodes: 10_000,
+            services: 1_000,
+            replicas: 1_000,
+            phases: vec![Phase::NodeFail, Phase::SiteFail, Phase::RollingUpdate],
+            csv: None,
+            concurrency: 64,
+            services_per_eval: 10,
+            phase_timeout: Duration::from_secs(600),
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("the state rejected {verb}: {reason}")]
+    Rejected { verb: &'static str, reason: String },
+    #[error("writing the CSV {path}: {source}")]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("phase {phase}: not converged within {timeout:?}")]
+    Timeout {
+        phase: &'static str,
+        timeout: Duration,
+    },
+    #[error("the ack task ended: {0}")]
+    Acker(String),
+}
+
+/// What one phase did and how long it took.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    /// From the first evaluation until every service converged (acks included).
+    pub seconds: f64,
+    /// From the first evaluation until the last plan was committed (acks may still run).
+    pub placed_seconds: f64,
+    /// Committing the fault itself (node status changes), before `seconds` starts.
+    pub fault_seconds: f64,
+    pub nodes_failed: u64,
+    pub allocations_lost: u64,
+    pub evaluations: u64,
+    pub plans_committed: u64,
+    pub placements: u64,
+    pub stops: u64,
+    pub placements_per_s: f64,
+    pub eval_p50_ms: f64,
+    pub eval_p99_ms: f64,
+    pub commit_p50_ms: f64,
+    pub commit_p99_ms: f64,
+    /// Time spent scheduling + verifying (evaluation latency: the same, per evaluation),
+    /// waiting for the leader's state (the state machine holds it while applying),
+    /// committing plans, and waiting for acks.
+    pub schedule_seconds: f64,
+    pub state_lock_wait_seconds: f64,
+    pub commit_seconds: f64,
+    pub ack_wait_seconds: f64,
+    pub reports_committed: u64,
+    /// Services that could not converge (replicas that fit nowhere).
+    pub unconverged_services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleReport {
+    pub nodes: u64,
+    pub services: u64,
+    pub replicas: u32,
+    pub raft_members: u64,
+    pub store: &'static str,
+    pub network: &'static str,
+    pub register_nodes_seconds: f64,
+    pub upsert_services_seconds: f64,
+    pub phases: Vec<PhaseReport>,
+    pub total_seconds: f64,
+    pub quality: Quality,
+    pub rss_mib: f64,
+    pub peak_rss_mib: f64,
+    /// Invariant violations found at the end (must be empty).
+    pub violations: Vec<Violation>,
+}
+
+/// The simulated agents: new allocations go in, `ReportAllocStatus` batches come out.
+struct Acker {
+    tx: mpsc::UnboundedSender<Vec<(NodeId, AllocId)>>,
+    pending: Arc<AtomicU64>,
+    running: Arc<AtomicU64>,
+    reports: Arc<AtomicU64>,
+    task: JoinHandle<Result<(), ScaleError>>,
+}
+
+impl Acker {
+    fn start(cluster: Arc<SimCluster>, concurrency: usize) -> Acker {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<(NodeId, AllocId)>>();
+        let pending = Arc::new(AtomicU64::new(0));
+        let running = Arc::new(AtomicU64::new(0));
+        let reports = Arc::new(AtomicU64::new(0));
+        let (p, r, rep) = (pending.clone(), running.clone(), reports.clone());
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut by_node: BTreeMap<NodeId, Vec<AllocReport>> = BTreeMap::new();
+                let mut n = 0u64;
+                let mut add = |v: Vec<(NodeId, AllocId)>| {
+                    for (node, id) in v {
+                        n += 1;
+                        by_node.entry(node).or_default().push(AllocReport {
+                            id,
+                            observed: Observed::Running,
+                            container: None,
+                        });
+                    }
+                };
+                add(first);
+                while let Ok(more) = rx.try_recv() {
+                    add(more);
+                }
+                let batches = by_node.len() as u64;
+                let mut results = stream::iter(by_node)
+                    .map(|(node, batch)| {
+                        let c = cluster.clone();
+                        async move {
+                            c.write(
+                                Command::ReportAllocStatus { node, batch },
+                                Duration::from_secs(60),
+                            )
+                            .await
+                        }
+                    })
+                    .buffer_unordered(concurrency);
+                while let Some(res) = results.next().await {
+                    if let Err(e) = res? {
+                        return Err(ScaleError::Rejected {
+                            verb: "ReportAllocStatus",
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+                rep.fetch_add(batches, Ordering::Relaxed);
+                r.fetch_add(n, Ordering::Relaxed);
+                p.fetch_sub(n, Ordering::Release);
+            }
+            Ok(())
+        });
+        Acker {
+            tx,
+            pending,
+            running,
+            reports,
+            task,
+        }
+    }
+
+    fn send(&self, v: Vec<(NodeId, AllocId)>) -> Result<(), ScaleError> {
+        self.pending.fetch_add(v.len() as u64, Ordering::Acquire);
+        self.tx
+            .send(v)
+            .map_err(|_| ScaleError::Acker("channel closed".into()))
+    }
+
+    /// Wait until every allocation sent so far was reported running.
+    async fn wait_idle(&self) -> Result<(), ScaleError> {
+        while self.pending.load(Ordering::Acquire) > 0 {
+            if self.task.is_finished() {
+                return Err(ScaleError::Acker("stopped with acks pending".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    async fn stop(self) -> Result<(), ScaleError> {
+        drop(self.tx);
+        self.task
+            .await
+            .map_err(|e| ScaleError::Acker(e.to_string()))?
+    }
+}
+
+/// The CSV of placements over time: `phase,t_ms,placements,running`.
+struct Timeline {
+    start: Instant,
+    rows: Mutex<Vec<(&'static str, u128, u64, u64)>>,
+}
+
+/// Does the service have exactly its replicas, current and running?
+pub fn converged(state: &State, name: &str) -> bool {
+    let Some(svc) = state.service(name) else {
+        return true;
+    };
+    let mut n = 0;
+    for a in state.allocations_of(name) {
+        if a.desired != Desired::Run {
+            continue;
+        }
+        if a.version != svc.version || a.observed != Observed::Running {
+            return false;
+        }
+        n += 1;
+    }
+    n == svc.spec.replicas
+}
+
+struct Driver {
+    cfg: ScaleConfig,
+    cluster: Arc<SimCluster>,
+    acker: Acker,
+    timeline: Timeline,
+    scheduler: Scheduler,
+}
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Driver {
+    fn leader_handle(&self) -> Result<Arc<StateHandle>, ScaleError> {
+        let id = self
+            .cluster
+            .leader()
+            .ok_or(ClusterError::NoLeader(Duration::ZERO))?;
+        Ok(self
+            .cluster
+            .handle(id)
+            .ok_or(ClusterError::NotRunning { id })?)
+    }
+
+    /// Commit many independent commands, `concurrency` at a time.
+    async fn write_all(&self, cmds: Vec<Command>) -> Result<(), ScaleError> {
+        let mut results = stream::iter(cmds)
+            .map(|cmd| {
+                let c = self.cluster.clone();
+                async move {
+                    let verb = cmd.verb();
+                    (verb, c.write(cmd, WRITE_TIMEOUT).await)
+                }
+            })
+            .buffer_unordered(self.cfg.concurrency);
+        while let Some((verb, res)) = results.next().await {
+            if let Err(e) = res? {
+                return Err(ScaleError::Rejected {
+                    verb,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&self, phase: &str, rep: &PhaseReport) {
+        if self.cfg.progress {
+            eprintln!(
+                "[{:7.1}s] {phase}: {} evaluations, {} placed, {} stopped, {} running",
+                self.timeline.start.elapsed().as_secs_f64(),
+                rep.evaluations,
+                rep.placements,
+                rep.stops,
+                self.acker.running.load(Ordering::Relaxed)
+            );
+        }
+    }
+
+    /// Evaluate services one by one, commit their plans, until every one converged.
+    async fn converge(&self, phase: &'static str, rep: &mut PhaseReport) -> Result<(), ScaleError> {
+        let start = Instant::now();
+        let reports_before = self.acker.reports.load(Ordering::Relaxed);
+        let mut todo: Vec<String> = self
+            .leader_handle()?
+            .read()
+            .state
+            .services()
+            .map(|s| s.name.clone())
+            .collect();
+        let (mut eval_lat, mut commit_lat) = (Vec::new(), Vec::new());
+        let (mut sched_t, mut commit_t, mut ack_t, mut lock_t) = (
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        let mut last_progress = Instant::now();
+        let mut idle_passes = 0;
+        while !todo.is_empty() {
+            if start.elapsed() > self.cfg.phase_timeout {
+                return Err(ScaleError::Timeout {
+                    phase,
+                    timeout: self.cfg.phase_timeout,
+                });
+            }
+            let mut next = Vec::new();
+            let mut committed_any = false;
+            for chunk in todo.chunks(self.cfg.services_per_eval.max(1)) {
+                let handle = self.leader_handle()?;
+                let waited = Instant::now();
+                let (verified, pending, t) = {
+                    let applied = handle.read();
+                    // Time spent waiting for the state machine to release the state.
+                    lock_t += waited.elapsed();
+                    let t = Instant::now();
+                    let pending: Vec<&str> = chunk
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|n| !converged(&applied.state, n))
+                        .collect();
+                    if pending.is_empty() {
+                        continue;
+                    }
+                    let plan = self.scheduler.evaluate(&applied.state, &pending);
+                    let v = plan_apply::verify(&applied.state, &plan);
+                    let pending: Vec<String> = pending.into_iter().map(String::from).collect();
+                    (v, pending, t)
+                };
+                let took = t.elapsed();
+                eval_lat.push(took);
+                sched_t += took;
+                rep.evaluations += 1;
+                next.extend(pending);
+                let nodes: Vec<NodeId> = verified.placements.iter().map(|p| p.node).collect();
+                let stops = verified.stops.len() as u64;
+                let Some(cmd) = verified.into_command() else {
+                    continue;
+                };
+                let t = Instant::now();
+                let r = self.cluster.write(cmd, WRITE_TIMEOUT).await?;
+                let took = t.elapsed();
+                commit_lat.push(took);
+                commit_t += took;
+                let ids = match r {
+                    Ok(Reply::PlanApplied { allocations }) => allocations,
+                    Ok(other) => {
+                        return Err(ScaleError::Rejected {
+                            verb: "ApplyPlan",
+                            reason: format!("unexpected reply {other:?}"),
+                        })
+                    }
+                    Err(e) => {
+                        return Err(ScaleError::Rejected {
+                            verb: "ApplyPlan",
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+                committed_any = true;
+                rep.placed_seconds = start.elapsed().as_secs_f64();
+                rep.plans_committed += 1;
+                rep.placements += ids.len() as u64;
+                rep.stops += stops;
+                self.acker.send(nodes.into_iter().zip(ids).collect())?;
+                self.record(phase, rep);
+                if last_progress.elapsed() > Duration::from_secs(5) {
+                    self.progress(phase, rep);
+                    last_progress = Instant::now();
+                }
+            }
+            if !committed_any {
+                // Nothing to place: what is left waits for acks, or cannot be placed.
+                let t = Instant::now();
+                self.acker.wait_idle().await?;
+                ack_t += t.elapsed();
+                idle_passes += 1;
+                if idle_passes > 2 {
+                    rep.unconverged_services = next;
+                    break;
+                }
+            } else {
+                idle_passes = 0;
+            }
+            todo = next;
+        }
+        let t = Instant::now();
+        self.acker.wait_idle().await?;
+        ack_t += t.elapsed();
+        self.record(phase, rep);
+        rep.seconds = start.elapsed().as_secs_f64();
+        rep.placements_per_s = rep.placements as f64 / rep.seconds.max(1e-9);
+        rep.eval_p50_ms = percentile_ms(&mut eval_lat, 0.5);
+        rep.eval_p99_ms = percentile_ms(&mut eval_lat, 0.99);
+        rep.commit_p50_ms = percentile_ms(&mut commit_lat, 0.5);
+        rep.commit_p99_ms = percentile_ms(&mut commit_lat, 0.99);
+        rep.schedule_seconds = sched_t.as_secs_f64();
+        rep.state_lock_wait_seconds = lock_t.as_secs_f64();
+        rep.commit_seconds = commit_t.as_secs_f64();
+        rep.ack_wait_seconds = ack_t.as_secs_f64();
+        rep.reports_committed = self.acker.reports.load(Ordering::Relaxed) - reports_before;
+        self.progress(phase, rep);
+        Ok(())
+    }
+
+    fn record(&self, phase: &'static str, rep: &PhaseReport) {
+        if self.cfg.csv.is_none() {
+            return;
+        }
+        let mut rows = self.timeline.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.push((
+            phase,
+            self.timeline.start.elapsed().as_millis(),
+            rep.placements,
+            self.acker.running.load(Ordering::Relaxed),
+        ));
+    }
+
+    async fn set_status(&self, nodes: &[NodeId], status: NodeStatus) -> Result<(), ScaleError> {
+        self.write_all(
+            nodes
+                .iter()
+                .map(|&node| Command::SetNodeStatus { node, status })
+                .collect(),
+        )
+        .await
+    }
+
+    /// Take nodes down (all at once), then converge; returns the phase's report.
+    async fn fail_nodes(
+        &self,
+        phase: Phase,
+        pick: impl Fn(&gantry_controller::state::Node) -> bool,
+    ) -> Result<PhaseReport, ScaleError> {
+        let mut rep = PhaseReport {
+            phase: phase.name().into(),
+            ..Default::default()
+        };
+        let (down, lost): (Vec<NodeId>, u64) = {
+            let h = self.leader_handle()?;
+            let applied = h.read();
+            let ids: Vec<NodeId> = applied
+                .state
+                .nodes()
+                .filter(|n| n.status == NodeStatus::Ready && pick(n))
+                .map(|n| n.id)
+                .collect();
+            let lost = ids
+                .iter()
+                .map(|&id| {
+                    applied
+                        .state
+                        .allocations_on(id)
+                        .filter(|a| a.desired == Desired::Run)
+                        .count() as u64
+                })
+                .sum();
+            (ids, lost)
+        };
+        rep.nodes_failed = down.len() as u64;
+        rep.allocations_lost = lost;
+        let t = Instant::now();
+        self.set_status(&down, NodeStatus::Down).await?;
+        rep.fault_seconds = t.elapsed().as_secs_f64();
+        self.converge(phase_name(phase), &mut rep).await?;
+        // Bring them back (empty) for the next phase.
+        self.set_status(&down, NodeStatus::Ready).await?;
+        Ok(rep)
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    p.name()
+}
+
+/// Run the scale scenario and report.
+pub async fn run(cfg: ScaleConfig) -> Result<ScaleReport, ScaleError> {
+    let total = Instant::now();
+    let cluster = SimCluster::start(ClusterConfig {
+        members: 3,
+        // openraft times an AppendEntries out after one heartbeat interval, including the
+        // follower's fsync of the entries: large plans need more than the daemon's 50 ms.
+        timings: RaftTimings {
+            heartbeat_ms: 250,
+            election_min_ms: 2000,
+            election_max_ms: 4000,
+            snapshot_every: 1_000_000,
+        },
+        leader_loop: None,
+        seed: 0,
+    })
+    .await?;
+    cluster.wait_leader(Duration::from_secs(10)).await?;
+    let acker = Acker::start(cluster.clone(), cfg.concurrency);
+    let driver = Driver {
+        timeline: Timeline {
+            start: Instant::now(),
+            rows: Mutex::new(Vec::new()),
+        },
+        cfg: cfg.clone(),
+        cluster: cluster.clone(),
+        acker,
+        scheduler: Scheduler::default(),
+    };
+    let result = drive(&driver, total).await;
+    let Driver { acker, .. } = driver;
+    let ack_result = acker.stop().await;
+    cluster.shutdown().await;
+    let report = result?;
+    ack_result?;
+    Ok(report)
+}
+
+async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
+    let cfg = &d.cfg;
+    let t = Instant::now();
+    d.write_all((0..cfg.nodes).map(topology::register_node).collect())
+        .await?;
+    let register_nodes_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    d.write_all(
+        (0..cfg.services)
+            .map(|s| topology::upsert_service(s, cfg.replicas, 1))
+            .collect(),
+    )
+    .await?;
+    let upsert_services_seconds = t.elapsed().as_secs_f64();
+
+    let mut phases = Vec::new();
+    let mut place = PhaseReport {
+        phase: "place".into(),
+        ..Default::default()
+    };
+    d.converge("place", &mut place).await?;
+    phases.push(place);
+    for &phase in &cfg.phases {
+        let rep = match phase {
+            Phase::NodeFail => d.fail_nodes(phase, |n| n.id % 10 == 0).await?,
+            Phase::SiteFail => {
+                let site = topology::SITES[0];
+                d.fail_nodes(phase, |n| {
+                    n.labels.get("site").map(String::as_str) == Some(site)
+                })
+                .await?
+            }
+            Phase::RollingUpdate => {
+                let t = Instant::now();
+                d.write_all(
+                    (0..cfg.services)
+                        .map(|s| topology::upsert_service(s, cfg.replicas, 2))
+                        .collect(),
+                )
+                .await?;
+                let mut rep = PhaseReport {
+                    phase: phase.name().into(),
+                    fault_seconds: t.elapsed().as_secs_f64(),
+                    ..Default::default()
+                };
+                d.converge("rolling-update", &mut rep).await?;
+                rep
+            }
+        };
+        phases.push(rep);
+    }
+    if let Some(path) = &cfg.csv {
+        write_csv(path, &d.timeline)?;
+    }
+    let h = d.leader_handle()?;
+    let (quality, violations) = {
+        let applied = h.read();
+        let mut v = invariants::placement::check(&applied.state);
+        v.extend(invariants::replicas::check(&applied.state));
+        (stats::quality(&applied.state), v)
+    };
+    let (rss, peak) = stats::rss_mib();
+    Ok(ScaleReport {
+        nodes: cfg.nodes,
+        services: cfg.services,
+        replicas: cfg.replicas,
+        raft_members: d.cluster.config.members,
+        store: "sled on a temp dir per member (SledLogStore + SledStateMachine)",
+        network: "in-process router calling each member's openraft handle",
+        register_nodes_seconds,
+        upsert_services_seconds,
+        phases,
+        total_seconds: total.elapsed().as_secs_f64(),
+        quality,
+        rss_mib: rss,
+        peak_rss_mib: peak,
+        violations,
+    })
+}
+
+fn write_csv(path: &PathBuf, timeline: &Timeline) -> Result<(), ScaleError> {
+    let err = |source| ScaleError::Csv {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+    writeln!(f, "phase,t_ms,placements_in_phase,running_total").map_err(err)?;
+    let rows = timeline.rows.lock().unwrap_or_else(|p| p.into_inner());
+    for (phase, t, placed, running) in rows.iter() {
+        writeln!(f, "{phase},{t},{placed},{running}").map_err(err)?;
+    }
+    f.flush().map_err(err)
+}
