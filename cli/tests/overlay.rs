@@ -526,6 +526,22 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         "other network resolved srv: {out}"
     );
 
+    // Nor can it reach it by address (the isolation chain drops it), while cli can.
+    let by_ip = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {srv_ip} 8080");
+    let (_, out) = a.exec(&cli, &["sh", "-c", &by_ip]);
+    assert!(out.contains("overlay-ok"), "cli by address: {out}");
+    let (_, out) = a.exec(&other, &["sh", "-c", &by_ip]);
+    assert!(
+        !out.contains("overlay-ok"),
+        "another network reached srv: {out}"
+    );
+    // On the same node too (bridged traffic): cli and other share no network.
+    let other_ip = v.running("other")[0].address.unwrap().to_string();
+    let (ok, out) = a.exec(&cli, &["ping", "-c", "1", "-W", "1", &srv_ip]);
+    assert!(ok, "cli cannot ping srv: {out}");
+    let (ok, out) = a.exec(&cli, &["ping", "-c", "1", "-W", "1", &other_ip]);
+    assert!(!ok, "cli pinged other across networks: {out}");
+
     // Migrate srv to host c: the same name reaches it there.
     gantry(&underlay, &["migrate", "srv", "--to", "host==c"]);
     let v = wait_for(&underlay, "srv running on c only", |v| {

@@ -175,6 +175,12 @@ impl BridgeConfig {
         format!("{}-POST", self.chain_prefix)
     }
 
+    /// The chain dropping traffic between containers sharing no cluster network (filter
+    /// table, from the forward chain; rewritten whole by the overlay).
+    pub fn iso_chain(&self) -> String {
+        format!("{}-ISO", self.chain_prefix)
+    }
+
     /// The chain accepting forwarded bridge traffic (filter table, from FORWARD).
     pub fn fwd_chain(&self) -> String {
         format!("{}-FWD", self.chain_prefix)

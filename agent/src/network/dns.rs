@@ -87,6 +87,36 @@ impl ServiceTable {
         }
     }
 
+    /// Whether two container addresses may talk: both known and their services share a
+    /// network. Unknown addresses (hosts, VTEPs) are not isolated.
+    pub fn may_talk(&self, a: Ipv4Addr, b: Ipv4Addr) -> bool {
+        match (self.owners.get(&a), self.owners.get(&b)) {
+            (Some(sa), Some(sb)) => match (self.networks.get(sa), self.networks.get(sb)) {
+                (Some(na), Some(nb)) => !na.is_disjoint(nb),
+                _ => false,
+            },
+            _ => true,
+        }
+    }
+
+    /// The filter-table script that makes `chain` drop traffic between every pair of known
+    /// container addresses that may not talk (the chain is flushed and rewritten in one
+    /// `iptables-restore` transaction). Pure.
+    pub fn isolation_script(&self, chain: &str) -> String {
+        let mut ips: Vec<&Ipv4Addr> = self.owners.keys().collect();
+        ips.sort();
+        let mut s = format!("*filter\n:{chain} - [0:0]\n");
+        for a in &ips {
+            for b in &ips {
+                if a != b && !self.may_talk(**a, **b) {
+                    s.push_str(&format!("-A {chain} -s {a}/32 -d {b}/32 -j DROP\n"));
+                }
+            }
+        }
+        s.push_str("COMMIT\n");
+        s
+    }
+
     /// The service a query name asks for: `svc`, `svc.` or `svc.gantry.`; `None` for a name
     /// outside the cluster domain.
     pub fn service_of(name: &str) -> Option<String> {
@@ -364,6 +394,36 @@ mod tests {
             alloc(6, "api", [10, 210, 0, 9], Desired::Run, Observed::Running),
         ];
         ServiceTable::build(&services, &allocs)
+    }
+
+    #[test]
+    fn isolation_drops_only_pairs_sharing_no_network() {
+        let t = table();
+        let (web, api, db) = (
+            Ipv4Addr::new(10, 210, 0, 2),
+            Ipv4Addr::new(10, 210, 1, 2),
+            Ipv4Addr::new(10, 210, 2, 4),
+        );
+        assert!(t.may_talk(web, api) && t.may_talk(api, db));
+        assert!(!t.may_talk(web, db) && !t.may_talk(db, web));
+        assert!(
+            t.may_talk(web, Ipv4Addr::new(10, 210, 3, 0)),
+            "a VTEP is not isolated"
+        );
+        let s = t.isolation_script("GT-ISO");
+        assert!(
+            s.starts_with("*filter\n:GT-ISO - [0:0]\n") && s.ends_with("COMMIT\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("-A GT-ISO -s 10.210.0.2/32 -d 10.210.2.4/32 -j DROP\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("-A GT-ISO -s 10.210.2.4/32 -d 10.210.0.2/32 -j DROP\n"),
+            "{s}"
+        );
+        assert!(!s.contains("-s 10.210.0.2/32 -d 10.210.1.2/32"), "{s}");
     }
 
     #[test]

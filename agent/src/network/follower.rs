@@ -4,7 +4,8 @@
 //! network in step with it:
 //! - **peers**: the node list → [`overlay::desired_peers`] → [`Overlay::sync`];
 //! - **service table**: services and allocations → [`ServiceTable::build`] → the DNS
-//!   server's table (swapped whole);
+//!   server's table (swapped whole), and the isolation chain
+//!   ([`ServiceTable::isolation_script`], rewritten when it changes);
 //! - **address reports**: this node's allocations whose container address (from the local
 //!   engine) differs from the replicated one → one `SetAllocAddresses` command
 //!   ([`address_updates`], pure). Checked on every change and every [`REPORT_EVERY`].
@@ -24,8 +25,10 @@ use gantry_controller::state::{
 use gantry_proto::cluster::watch_event;
 
 use super::dns::ServiceTable;
+use super::firewall::Firewall;
 use super::links::Links;
 use super::overlay::{self, NodeView, Overlay};
+use super::rules::Table;
 
 /// How often local addresses are compared with the replicated ones without a change.
 pub const REPORT_EVERY: Duration = Duration::from_millis(200);
@@ -134,16 +137,19 @@ pub fn engine_addresses(engine: &crate::engine::Engine) -> HashMap<AllocId, Ipv4
 }
 
 /// Everything the follower drives.
-pub struct Follower<L: Links> {
+pub struct Follower<L: Links, F: Firewall> {
     pub join: Vec<String>,
     /// This node's name in the cluster.
     pub name: String,
     pub overlay: Arc<Overlay<L>>,
     pub table: Arc<RwLock<ServiceTable>>,
     pub local: LocalAddresses,
+    pub firewall: F,
+    /// The bridge network's isolation chain ([`super::BridgeConfig::iso_chain`]).
+    pub iso_chain: String,
 }
 
-impl<L: Links + 'static> Follower<L> {
+impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
     /// Follows the controller until the task is dropped.
     pub async fn run(self) {
         let mut c = ControllerClient::new(self.join.clone());
@@ -151,6 +157,7 @@ impl<L: Links + 'static> Follower<L> {
         let mut view = ClusterView::default();
         // What was last sent per allocation, so a lagging view does not resend it.
         let mut sent: HashMap<AllocId, Option<Ipv4Addr>> = HashMap::new();
+        let mut iso = String::new();
         loop {
             let mut stream = match c.watch(view.index).await {
                 Ok(s) => s,
@@ -180,7 +187,7 @@ impl<L: Links + 'static> Follower<L> {
                                 }
                                 None => {}
                             }
-                            self.refresh(&view).await;
+                            self.refresh(&view, &mut iso).await;
                             self.report(&view, &mut c, &mut sent).await;
                         }
                         Ok(None) | Err(_) => break,
@@ -198,12 +205,25 @@ impl<L: Links + 'static> Follower<L> {
         }
     }
 
-    async fn refresh(&self, view: &ClusterView) {
+    /// Peers, DNS table and isolation rules from the view; `iso` is the isolation script
+    /// last applied (rewritten only when it changes; cleared when applying failed).
+    async fn refresh(&self, view: &ClusterView, iso: &mut String) {
         let peers = overlay::desired_peers(&view.node_views(), &self.name);
         if let Err(e) = self.overlay.sync(&peers).await {
             tracing::warn!(error = %e, "overlay peers");
         }
         let table = view.table();
+        let script = table.isolation_script(&self.iso_chain);
+        // Isolation before the name becomes resolvable.
+        if script != *iso {
+            match self.firewall.restore(Table::Filter, &script).await {
+                Ok(()) => *iso = script,
+                Err(e) => {
+                    tracing::warn!(error = %e, "isolation rules");
+                    iso.clear();
+                }
+            }
+        }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 

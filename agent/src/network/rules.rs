@@ -110,7 +110,15 @@ pub fn base_filter(cfg: &BridgeConfig, save: &str) -> String {
     let fwd = cfg.fwd_chain();
     let br = &cfg.bridge;
     let mut s = String::new();
+    let iso = cfg.iso_chain();
+    if cfg.overlay_cidr.is_some() && !chain_exists(save, &iso) {
+        let _ = writeln!(s, ":{iso} - [0:0]");
+    }
     let _ = writeln!(s, ":{fwd} - [0:0]");
+    if let Some(cidr) = cfg.overlay_cidr {
+        // Isolation first: container to container traffic of networks that share nothing.
+        let _ = writeln!(s, "-A {fwd} -s {cidr} -d {cidr} -j {iso}");
+    }
     let _ = writeln!(
         s,
         "-A {fwd} -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
@@ -161,7 +169,7 @@ pub fn unpublish(cfg: &BridgeConfig, save: &str, remove: impl Fn(&str) -> bool) 
 pub fn teardown(cfg: &BridgeConfig, table: Table, save: &str) -> String {
     let ours: Vec<String> = match table {
         Table::Nat => vec![cfg.dnat_chain(), cfg.post_chain()],
-        Table::Filter => vec![cfg.fwd_chain()],
+        Table::Filter => vec![cfg.fwd_chain(), cfg.iso_chain()],
     };
     let mut s = String::new();
     for line in save.lines().filter(|l| l.starts_with("-A ")) {
@@ -240,6 +248,17 @@ mod tests {
             .expect(&s);
         assert!(ret < masq, "{s}");
         let f = base_filter(&c, "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n");
+        assert!(f.contains(":GT-ISO - [0:0]\n"), "{f}");
+        assert!(
+            f.contains("-A GT-FWD -s 10.9.0.0/16 -d 10.9.0.0/16 -j GT-ISO\n"),
+            "{f}"
+        );
+        // An existing isolation chain keeps its rules.
+        let f2 = base_filter(
+            &c,
+            "*filter\n:FORWARD ACCEPT [0:0]\n:GT-ISO - [0:0]\nCOMMIT\n",
+        );
+        assert!(!f2.contains(":GT-ISO"), "{f2}");
         assert!(
             f.contains("-A GT-FWD -s 10.9.0.0/16 -o gt0 -j ACCEPT\n"),
             "{f}"

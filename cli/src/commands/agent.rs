@@ -210,12 +210,18 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let _follower = match (overlay, &cluster_cfg) {
         (Some((overlay, table, dns)), Some(c)) => {
             let e = engine.clone();
+            let iso_chain = engine
+                .network()
+                .map(|n| n.config().iso_chain())
+                .unwrap_or_default();
             let follower = follower::Follower {
                 join: c.join.clone(),
                 name: c.name.clone(),
                 overlay,
                 table,
                 local: Arc::new(move || follower::engine_addresses(&e)),
+                firewall: gantry_agent::network::IptablesFirewall::default(),
+                iso_chain,
             };
             tracing::info!(dns = %dns.addr(), "cluster overlay up");
             Some((AbortOnDrop(tokio::spawn(follower.run())), dns))
