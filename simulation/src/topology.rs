@@ -128,7 +128,10 @@ mod tests {
         let combos: std::collections::BTreeSet<(String, u64)> = (0..9)
             .map(|s| {
                 let spec = service_spec(s, 1, 1);
-                (format!("{:?}", spec.constraints[0]), spec.resources.cpu_millis)
+                (
+                    format!("{:?}", spec.constraints[0]),
+                    spec.resources.cpu_millis,
+                )
             })
             .collect();
         assert_eq!(combos.len(), 9, "{combos:?}");
