@@ -15,8 +15,8 @@
 #
 # Addresses: the bridge `gty0` holds 10.77.0.1/24 in the root namespace (so the CLI and
 # curl on this machine reach the hosts); each host has one address of 10.77.0.0/24 inside
-# its own namespace. Containers on an agent host use that agent's bridge, with a subnet
-# per host. Processes are started by this script and ended by the PIDs it recorded, plus
+# its own namespace. Agents join the cluster network (--overlay): each gets a /24 of
+# 10.210.0.0/16 for its containers, reached from the other agents over VXLAN. Processes are started by this script and ended by the PIDs it recorded, plus
 # their descendants (the containers' shims and the containers).
 #
 # GANTRY_CLUSTER_DIR (default /var/lib/gantry-cluster) holds each host's state and logs;
@@ -193,13 +193,12 @@ start_host() {
     wait_port "$h" "$REG_PORT"
     ;;
   agent)
-    local octet args=()
-    octet=$(field "$h" 2)
+    local args=()
     IFS=, read -ra kv <<<"$labels"
     for l in "${kv[@]}"; do args+=(--label "$l"); done
     # shellcheck disable=SC2086
     spawn "$h" agent agent --root "$DIR/$h/agent" --run-root "$DIR/$h/run" \
-      --host "unix://$DIR/$h/agent.sock" --subnet "10.209.$octet.0/24" \
+      --host "unix://$DIR/$h/agent.sock" --overlay \
       --join "$(controller_addrs)" --name "$h" --advertise "$a" "${args[@]}" \
       --insecure-registry "$(addr registry):$REG_PORT" ${GANTRY_CLUSTER_AGENT_ARGS:-}
     local deadline=$((SECONDS + 30))

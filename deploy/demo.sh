@@ -1,41 +1,144 @@
 #!/usr/bin/env bash
-# The main job: installs what it needs, builds gantry, and runs a real workload.
-# Today: a busybox container run by gantry's own OCI runtime. The multi-host cluster demo
-# (deploy/cluster.sh) takes over this command as the cluster issues land.
+# The main job: installs what it needs, builds gantry, brings up a 9-host cluster on this
+# machine (deploy/cluster.sh: 3 controllers in sites onprem/cloud/dr, a registry, agents
+# for dev/qa/prod), builds the demo web app from deploy/demo/Dockerfile, pushes it,
+# deploys it to dev, migrates it dev → qa → prod, kills the onprem site and shows the
+# failover to the cloud site, and leaves the cluster running.
+#
+#   deploy/demo.sh            the whole demo (a cluster already up is taken down first)
+#   deploy/demo.sh --no-build use target/release/gantry as it is
+#   deploy/demo.sh --bin PATH use this gantry binary (e.g. a debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
-  echo "deploy/demo.sh creates containers (namespaces, cgroups, mounts): run as root" >&2
+  echo "deploy/demo.sh creates network namespaces, containers, cgroups and mounts: run as root" >&2
   scripts/setup.sh || true
   exit 1
 fi
-scripts/setup.sh
-step() { printf '\n==> %s\n' "$*"; }
-t0=$EPOCHREALTIME
-
-step "building gantry (release)"
-cargo build --release --locked -p gantry
+build=1
 GANTRY=$PWD/target/release/gantry
+case "${1:-}" in
+--no-build) build=0 ;;
+--bin) build=0 GANTRY=$(realpath "${2:?--bin PATH}") ;;
+"") ;;
+*) echo "deploy/demo.sh: unknown option '$1' (--no-build, --bin PATH)" >&2; exit 2 ;;
+esac
 
-work=$(mktemp -d /tmp/gantry-demo.XXXXXX)
-root=$work/state
-id=gantry-demo-$$
-cleanup() {
-  "$GANTRY" runtime --root "$root" delete --force "$id" >/dev/null 2>&1 || true
-  rm -rf "$work"
+t0=$EPOCHREALTIME
+lap=$t0
+step() {
+  local now=$EPOCHREALTIME
+  awk -v a="$lap" -v b="$now" 'BEGIN { if (b - a > 0.05) printf "    (%.1f s)\n", b - a }'
+  lap=$now
+  printf '\n\033[1m==> %s\033[0m\n' "$*"
 }
-trap cleanup EXIT
+say() { printf '    %s\n' "$*"; }
+elapsed() { awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
-step "making an OCI bundle from busybox-static"
-bundle=$work/bundle
-mkdir -p "$bundle/rootfs/bin"
-cp /bin/busybox "$bundle/rootfs/bin/busybox"
-for app in sh echo hostname id cat ls ps; do ln -s busybox "$bundle/rootfs/bin/$app"; done
-(cd "$bundle" && "$GANTRY" runtime spec)
-# the workload: show it is isolated (own hostname, PID 1, own mounts)
-jq '.process.args = ["sh","-c","echo hello from $(hostname); echo pid $$; id; ls /"] | .process.terminal = false' \
-  "$bundle/config.json" >"$bundle/config.json.new" && mv "$bundle/config.json.new" "$bundle/config.json"
+step "installing what gantry needs (apt-get, once)"
+scripts/setup.sh >/dev/null
 
-step "running it with gantry's own runtime (no runc underneath)"
-"$GANTRY" runtime --root "$root" run --bundle "$bundle" "$id"
-awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "\n==> done in %.2f s\n", b - a }'
+if [ $build = 1 ]; then
+  step "building gantry (release)"
+  cargo build --release --locked -p gantry 2>&1 | tail -1
+fi
+[ -x "$GANTRY" ] || { echo "no $GANTRY: run without --no-build" >&2; exit 1; }
+export PATH=$(dirname "$GANTRY"):$PATH
+
+export GANTRY_CLUSTER_DIR=${GANTRY_CLUSTER_DIR:-/var/lib/gantry-cluster}
+CLUSTER=deploy/cluster.sh
+step "bringing up the cluster: 9 hosts as network namespaces on bridge gty0"
+$CLUSTER down >/dev/null
+$CLUSTER up --bin "$GANTRY"
+eval "$($CLUSTER env)"
+REG=$($CLUSTER addr registry):5000
+
+wait_nodes() {
+  local deadline=$((SECONDS + 30))
+  until [ "$(gantry node ls 2>/dev/null | grep -c ' Ready ')" -ge "$1" ]; do
+    [ $SECONDS -lt $deadline ] || { gantry node ls; echo "nodes not ready in 30 s" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+wait_nodes 5
+gantry controller status
+gantry node ls
+
+step "building the demo image from deploy/demo/Dockerfile and pushing it to $REG"
+cp /bin/busybox deploy/demo/busybox
+store=$GANTRY_CLUSTER_DIR/build-store
+gantry build --store "$store" --progress plain -t "$REG/demo:1" deploy/demo 2>&1 | grep -E '^#[0-9]+ \[|built|naming' | sed 's/^/    /'
+gantry push --store "$store" --insecure-registry "$REG" "$REG/demo:1" 2>&1 | tail -2 | sed 's/^/    /'
+
+# The node of the running replica of `demo`, and its answer over HTTP.
+node_of_demo() {
+  gantry service ps demo 2>/dev/null | awk '$4 == "Run" && $5 == "Running" { print $2; exit }'
+}
+wait_on() { # ENV: until demo runs on a node whose name starts with ENV-
+  local deadline=$((SECONDS + 60)) n
+  while :; do
+    n=$(node_of_demo)
+    case "$n" in "$1"-*) echo "$n"; return 0 ;; esac
+    if [ $SECONDS -ge $deadline ]; then
+      gantry service ps demo >&2
+      echo "demo not running on an $1 node after 60 s" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+}
+ask() { # NODE
+  local a deadline=$((SECONDS + 20))
+  a=$($CLUSTER addr "$1")
+  until curl -fsS --max-time 2 "http://$a:8080/" 2>/dev/null | sed 's/^/    | /'; do
+    [ $SECONDS -lt $deadline ] || { echo "no answer from $a:8080 in 20 s" >&2; exit 1; }
+    sleep 0.2
+  done
+  say "(curl http://$a:8080/)"
+}
+
+step "deploying it to dev (service demo: constraint env==dev, endpoint :8080 on every node)"
+gantry service create demo --image "$REG/demo:1" --constraint env==dev \
+  --network demo --endpoint 8080:8080 --failover site=onprem,site=cloud
+n=$(wait_on dev)
+gantry service ps demo
+ask "$n"
+say "the endpoint answers on every node, e.g. on qa-cloud:"
+ask qa-cloud
+
+step "migrating dev → qa (make-before-break: the new replica runs before the old one stops)"
+gantry migrate demo --to env==qa
+n=$(wait_on qa)
+gantry service ps demo
+ask "$n"
+
+step "migrating qa → prod"
+gantry migrate demo --to env==prod
+n=$(wait_on prod)
+gantry service ps demo
+ask "$n"
+
+step "killing the whole onprem site (its controller, agents and their containers)"
+before=$n
+$CLUSTER kill-site onprem
+say "demo was on $before; waiting for the failover to site cloud"
+k0=$EPOCHREALTIME
+n=$(wait_on prod)
+while [ "$n" = "$before" ]; do sleep 0.2; n=$(wait_on prod); done
+say "$(awk -v a="$k0" -v b="$EPOCHREALTIME" 'BEGIN { printf "replacement running on '"$n"' %.1f s after the site was lost", b - a }')"
+gantry controller status || true
+gantry service ps demo
+ask "$n"
+
+step "done in $(elapsed) s — the cluster keeps running"
+cat <<EOF
+    now try:
+      eval "\$(deploy/cluster.sh env)"      # GANTRY_CONTROLLER for the CLI
+      export PATH=$(dirname "$GANTRY"):\$PATH
+      gantry node ls
+      gantry service ps demo
+      curl http://$($CLUSTER addr "$n"):8080/
+      deploy/cluster.sh restart ctl-onprem  # bring the lost site back, host by host
+      deploy/cluster.sh status
+      deploy/cluster.sh down                # remove everything
+EOF

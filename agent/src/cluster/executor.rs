@@ -10,7 +10,7 @@ use super::reconcile::{ContainerState, ObservedContainer, ALLOC_LABEL, SERVICE_L
 use gantry_controller::state::{Allocation, RestartPolicy, Service};
 use gantry_proto::engine as pb;
 use gantry_proto::engine::engine_server::Engine as _;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use tonic::Request;
 
 /// Image references of this form run from an exploded root filesystem directory on the
@@ -108,7 +108,15 @@ pub fn create_request(alloc: &Allocation, svc: &Service) -> pb::CreateRequest {
         entrypoint: spec.command.clone(),
         entrypoint_set: !spec.command.is_empty(),
         cmd: spec.args.clone(),
-        env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        // where it runs, as Nomad's NOMAD_* variables: the service's own env comes after
+        // (and wins on a clash)
+        env: [
+            format!("GANTRY_SERVICE={}", alloc.service),
+            format!("GANTRY_ALLOC_ID={}", alloc.id),
+        ]
+        .into_iter()
+        .chain(spec.env.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect(),
         publish: alloc
             .ports
             .iter()
@@ -151,14 +159,44 @@ fn state_of(c: &pb::ContainerSummary) -> ContainerState {
 /// The real engine, called in-process through its gRPC service.
 pub struct EngineContainers {
     svc: crate::engine::service::EngineService,
+    /// Prepended to every container's env (the node's name and labels).
+    node_env: Vec<String>,
 }
 
 impl EngineContainers {
     pub fn new(engine: std::sync::Arc<crate::engine::Engine>) -> Self {
         EngineContainers {
             svc: crate::engine::service::EngineService::new(engine),
+            node_env: Vec::new(),
         }
     }
+
+    /// Containers also learn the node they run on ([`node_env`]).
+    pub fn with_node(mut self, name: &str, labels: &BTreeMap<String, String>) -> Self {
+        self.node_env = node_env(name, labels);
+        self
+    }
+}
+
+/// `GANTRY_NODE=name` and one `GANTRY_NODE_<LABEL>=value` per node label (the key upper-
+/// cased, anything but letters and digits made `_`): a workload can tell which node,
+/// environment and site it runs on.
+pub fn node_env(name: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    std::iter::once(format!("GANTRY_NODE={name}"))
+        .chain(labels.iter().map(|(k, v)| {
+            let key: String = k
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("GANTRY_NODE_{key}={v}")
+        }))
+        .collect()
 }
 
 fn err(verb: &'static str, what: impl Into<String>) -> impl FnOnce(tonic::Status) -> ExecError {
@@ -193,7 +231,8 @@ impl Containers for EngineContainers {
     }
 
     async fn run(&self, alloc: &Allocation, svc: &Service) -> Result<String, ExecError> {
-        let req = create_request(alloc, svc);
+        let mut req = create_request(alloc, svc);
+        req.env.splice(0..0, self.node_env.iter().cloned());
         let name = req.name.clone();
         let id = self
             .svc
@@ -243,5 +282,26 @@ impl Containers for EngineContainers {
             .await
             .map_err(err("remove", container))?;
         Ok(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_env_names_the_node_and_its_labels() {
+        let labels = BTreeMap::from([
+            ("env".to_string(), "qa".to_string()),
+            ("topology.zone-a".to_string(), "z1".to_string()),
+        ]);
+        assert_eq!(
+            node_env("qa-01", &labels),
+            [
+                "GANTRY_NODE=qa-01",
+                "GANTRY_NODE_ENV=qa",
+                "GANTRY_NODE_TOPOLOGY_ZONE_A=z1"
+            ]
+        );
     }
 }

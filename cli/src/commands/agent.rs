@@ -237,7 +237,8 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let cluster = match cluster_cfg {
         Some(cfg) => {
             tracing::info!(join = ?cfg.join, name = %cfg.name, "cluster mode");
-            let containers = Arc::new(EngineContainers::new(engine.clone()));
+            let containers =
+                Arc::new(EngineContainers::new(engine.clone()).with_node(&cfg.name, &cfg.labels));
             Some(tokio::spawn(gantry_agent::cluster::run(
                 cfg,
                 containers,
