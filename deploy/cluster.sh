@@ -200,7 +200,8 @@ start_host() {
     # shellcheck disable=SC2086
     spawn "$h" agent agent --root "$DIR/$h/agent" --run-root "$DIR/$h/run" \
       --host "unix://$DIR/$h/agent.sock" --subnet "10.209.$octet.0/24" \
-      --join "$(controller_addrs)" --name "$h" --advertise "$a" "${args[@]}" ${GANTRY_CLUSTER_AGENT_ARGS:-}
+      --join "$(controller_addrs)" --name "$h" --advertise "$a" "${args[@]}" \
+      --insecure-registry "$(addr registry):$REG_PORT" ${GANTRY_CLUSTER_AGENT_ARGS:-}
     local deadline=$((SECONDS + 30))
     until [ -S "$DIR/$h/agent.sock" ]; do
       [ $SECONDS -lt $deadline ] || die "$h: the agent's socket did not appear in 30 s (log: $DIR/$h/agent.log)"

@@ -4,7 +4,9 @@
 //! Every test brings up its own cluster (own prefix, /24, state dir), drives it with the
 //! CLI and the controller API, breaks hosts with the script's verbs, and tears it down in
 //! a Drop guard, then checks that nothing of it is left (namespaces, links, mounts,
-//! processes, cgroups of its containers).
+//! processes, cgroups of its containers). Images come from a `rootfs:` directory or, as
+//! in production, from a Dockerfile built with `gantry build`, pushed to the cluster's
+//! registry and pulled by the agents.
 
 mod common;
 
@@ -445,5 +447,78 @@ async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes()
         );
     }
     let seen = v.containers();
+    cl.down_and_check(&seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_built_image_pulled_from_the_registry_fails_over_when_a_site_is_lost() {
+    let mut cl = Cluster::up(3);
+    // build an image from a Dockerfile and push it to the cluster's registry
+    let ctx = cl._tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sleep\", \"1000\"]\n",
+    )
+    .unwrap();
+    let reg = format!("{}.5:5000", cl.net);
+    let image = format!("{reg}/e2e/sleeper:1");
+    let store = cl._tmp.path().join("store").display().to_string();
+    cl.gantry(&[
+        "build",
+        "--store",
+        &store,
+        "-t",
+        &image,
+        "-q",
+        &ctx.display().to_string(),
+    ]);
+    cl.gantry(&[
+        "push",
+        "--store",
+        &store,
+        "--insecure-registry",
+        &reg,
+        &image,
+    ]);
+
+    let mut c = cl.client();
+    wait_for(&mut c, "five agents ready", |v| {
+        v.nodes.len() == 5 && v.nodes.iter().all(|n| n.status == NodeStatus::Ready)
+    })
+    .await;
+    // prod runs in site onprem first, cloud when onprem is lost
+    cl.gantry(&[
+        "service",
+        "create",
+        "shop",
+        "--image",
+        &image,
+        "--constraint",
+        "env==prod",
+        "--failover",
+        "site=onprem,site=cloud",
+    ]);
+    let v = wait_for(&mut c, "shop pulled and running in onprem", |v| {
+        v.running("shop") == ["prod-onprem"]
+    })
+    .await;
+    let mut seen = v.containers();
+
+    let lost = Instant::now();
+    cl.script(&["kill-site", "onprem"]);
+    let mut c = cl.client();
+    let v = wait_for(&mut c, "shop failed over to cloud", |v| {
+        v.running("shop") == ["prod-cloud"]
+    })
+    .await;
+    eprintln!(
+        "site onprem lost -> shop running in cloud after {:.1} s",
+        lost.elapsed().as_secs_f64()
+    );
+    seen.extend(v.containers());
+    seen.sort();
+    seen.dedup();
     cl.down_and_check(&seen);
 }

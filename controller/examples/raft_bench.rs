@@ -3,13 +3,14 @@
 //! - commits/s and latency with 1, 16, 256 concurrent clients writing small commands;
 //! - failover: leader SIGKILL → first write accepted again, over N trials;
 //! - with `--rss-nodes N --rss-services S --rss-replicas R`: the members' RSS after N nodes
-//!   and S×R allocations (S ApplyPlan commands of R placements) are committed.
+//!   and S×R allocations (S services of R replicas, placed by the leader's scheduler) are
+//!   committed.
 //!
 //! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256]
 //!        [--rss-nodes N --rss-services S --rss-replicas R]
 
 use gantry_controller::api::ControllerClient;
-use gantry_controller::state::{Command, NodeStatus, Placement, Reply, Resources, ServiceSpec};
+use gantry_controller::state::{Command, NodeStatus, Reply, Resources, ServiceSpec};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -133,12 +134,15 @@ async fn main() {
     let rss_services: u64 = opt("--rss-services", "0").parse().unwrap();
     let rss_replicas: u64 = opt("--rss-replicas", "0").parse().unwrap();
     let root = tempfile::tempdir().unwrap();
-    // The simulated nodes never heartbeat: keep the leader loop from marking them down.
+    // Loopback-class timings: heartbeat 25 ms, election timeout 75-150 ms. openraft 0.9
+    // elects after leader lease (= election max) + election timeout, so 225-300 ms after the
+    // last heartbeat. The simulated nodes never heartbeat: keep the leader loop from marking
+    // them down.
     let timing = [
         "--heartbeat-ms",
-        "50",
+        "25",
         "--election-timeout-ms",
-        "150",
+        "75",
         "--node-ttl-ms",
         "86400000",
         "--node-grace-ms",
@@ -309,12 +313,12 @@ async fn rss_phase(procs: &[Proc], leader_addr: &str, nodes: u64, services: u64,
     for t in tasks {
         ids.extend(t.await.unwrap());
     }
-    let ids = std::sync::Arc::new(ids);
-    // services, each placed in one plan of `replicas` allocations, 8 writers at a time
+    assert_eq!(ids.len() as u64, nodes, "every node registered");
+    // services of `replicas` replicas each, 8 writers at a time; the leader's scheduler
+    // places them (through plan_apply and Raft, as in production), exactly `replicas` each.
     let mut tasks = Vec::new();
     for w in 0..8u64 {
         let addr = leader_addr.to_string();
-        let ids = ids.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = ControllerClient::new(vec![addr]);
             for s in (w..services).step_by(8) {
@@ -336,35 +340,42 @@ async fn rss_phase(procs: &[Proc], leader_addr: &str, nodes: u64, services: u64,
                     spec,
                     expected_index: None,
                 };
-                let version = match c.write(&upsert).await.unwrap().1.unwrap() {
-                    Reply::ServiceUpserted { version } => version,
+                match c.write(&upsert).await.unwrap().1.unwrap() {
+                    Reply::ServiceUpserted { .. } => {}
                     r => panic!("upsert: {r:?}"),
-                };
-                let placements = (0..replicas)
-                    .map(|r| Placement {
-                        service: name.clone(),
-                        version,
-                        node: ids[((s * replicas + r) % ids.len() as u64) as usize],
-                        ports: vec![],
-                    })
-                    .collect();
-                let plan = Command::ApplyPlan {
-                    placements,
-                    stops: vec![],
-                };
-                c.write(&plan).await.unwrap().1.unwrap();
+                }
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
+    // Placed: the leader reports no unplaced replica and its log has been still for 3 s.
+    let mut c = ControllerClient::new(vec![leader_addr.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (mut last, mut still_since) = (0, Instant::now());
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "replicas not placed within 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let applied = c.status().await.unwrap().last_applied.unwrap_or(0);
+        if applied != last {
+            (last, still_since) = (applied, Instant::now());
+            continue;
+        }
+        if still_since.elapsed() >= Duration::from_secs(3) && c.unplaced().await.unwrap().is_empty()
+        {
+            break;
+        }
+    }
     let took = start.elapsed();
     // let snapshots and compaction settle
     tokio::time::sleep(Duration::from_secs(5)).await;
     println!();
     println!(
-        "# memory: {nodes} nodes, {} allocations ({services} services × {replicas}), committed in {:.1} s",
+        "# memory: {nodes} nodes, {} allocations ({services} services × {replicas} replicas, placed by the leader's scheduler), committed in {:.1} s (incl. 3 s of quiet)",
         services * replicas,
         took.as_secs_f64()
     );

@@ -40,6 +40,8 @@ struct Cluster {
     members: BTreeMap<u64, Member>,
     addrs: BTreeMap<u64, String>,
     snapshot_every: u64,
+    /// Raft timings other than [`timings`]'s, for one test.
+    timings: Option<RaftTimings>,
 }
 
 impl Cluster {
@@ -48,11 +50,16 @@ impl Cluster {
     }
 
     async fn new(n: u64, snapshot_every: u64) -> Cluster {
+        Self::new_with(n, snapshot_every, None).await
+    }
+
+    async fn new_with(n: u64, snapshot_every: u64, timings: Option<RaftTimings>) -> Cluster {
         let mut c = Cluster {
             dir: tempfile::tempdir().unwrap(),
             members: BTreeMap::new(),
             addrs: BTreeMap::new(),
             snapshot_every,
+            timings,
         };
         c.start(1, StartMode::Bootstrap).await.unwrap();
         c.wait_leader(Duration::from_secs(5)).await;
@@ -70,11 +77,13 @@ impl Cluster {
             .get(&id)
             .cloned()
             .unwrap_or_else(|| "127.0.0.1:0".into());
-        let m = Member::start(
-            config(id, self.data_dir(id), &listen, self.snapshot_every),
-            mode,
-        )
-        .await?;
+        let mut cfg = config(id, self.data_dir(id), &listen, self.snapshot_every);
+        if let Some(t) = &self.timings {
+            cfg.timings = t.clone();
+            // Big entries under a loaded debug build: writes wait their turn longer.
+            cfg.write_timeout = Duration::from_secs(20);
+        }
+        let m = Member::start(cfg, mode).await?;
         self.addrs.insert(id, m.addr.clone());
         self.members.insert(id, m);
         Ok(())
@@ -603,4 +612,153 @@ async fn transfer_leader_moves_leadership_to_the_chosen_voter() {
     let e = client.transfer_leader(42).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::NotFound), "{e}");
     assert!(e.to_string().contains("42"), "{e}");
+}
+
+/// openraft 0.9 gives every AppendEntries RPC one heartbeat interval to finish, and one
+/// entry cannot be split: the interval must exceed the time to ship and persist the biggest
+/// single entry. A 1,000-placement plan is ~55 KB of JSON; in this debug build, with three
+/// members sharing the test's two runtime threads on a loaded machine, one such RPC was seen
+/// taking 50-110 ms, so this test uses a 100 ms heartbeat (election 300-600 ms, the usual
+/// 3× margin). Release members on their own processes ship it in a few ms.
+fn large_entry_timings() -> Option<RaftTimings> {
+    Some(RaftTimings {
+        heartbeat_ms: 100,
+        election_min_ms: 300,
+        election_max_ms: 600,
+        snapshot_every: 100,
+    })
+}
+
+/// Big plans (1,000 placements each, ~150 KB of JSON) from 8 concurrent writers, with
+/// snapshots taken meanwhile, must not cost the leader its leadership: each AppendEntries
+/// has to finish within a heartbeat interval, and snapshot building must not starve Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_plans_from_several_writers_keep_the_leader() {
+    const WRITERS: u64 = 8;
+    const PLANS_PER_WRITER: u64 = 2;
+    const REPLICAS: u64 = 1000;
+    let c = Cluster::new_with(3, 100, large_entry_timings()).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
+    let term = c.members[&leader].raft.metrics().borrow().current_term;
+    let mut client = c.client_of(leader);
+    let big = Resources {
+        cpu_millis: 64_000,
+        memory_bytes: 256 << 30,
+        pids: 1 << 20,
+    };
+    let mut nodes = Vec::new();
+    for i in 0..100 {
+        let cmd = Command::RegisterNode {
+            name: format!("big-{i:03}"),
+            address: format!("10.0.0.{i}:7000"),
+            labels: BTreeMap::new(),
+            capacity: big,
+            allocatable: big,
+        };
+        match client.write(&cmd).await.unwrap().1.unwrap() {
+            Reply::NodeRegistered { id } => nodes.push(id),
+            r => panic!("register: {r:?}"),
+        }
+    }
+    let nodes = std::sync::Arc::new(nodes);
+
+    // Every member's view of (term, leader), sampled until the writers are done.
+    let watched: Vec<_> = c.members.values().map(|m| (m.id, m.raft.clone())).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (id, raft) in &watched {
+                    let m = raft.metrics().borrow().clone();
+                    if m.current_term != term || m.current_leader.is_some_and(|l| l != leader) {
+                        seen.push((*id, m.current_term, m.current_leader));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        })
+    };
+
+    let addr = c.addrs[&leader].clone();
+    let writers = (0..WRITERS).map(|w| {
+        let (addr, nodes) = (addr.clone(), nodes.clone());
+        tokio::spawn(async move {
+            let mut client = ControllerClient::new(vec![addr]);
+            let mut last = 0;
+            let mut acked = Vec::new();
+            for p in 0..PLANS_PER_WRITER {
+                let name = format!("svc-{w}-{p}");
+                let upsert = Command::UpsertService {
+                    name: name.clone(),
+                    spec: ServiceSpec {
+                        image: format!("registry.local/{name}:1"),
+                        resources: Resources {
+                            cpu_millis: 10,
+                            memory_bytes: 16 << 20,
+                            pids: 16,
+                        },
+                        replicas: REPLICAS as u32,
+                        ..Default::default()
+                    },
+                    expected_index: None,
+                };
+                let version = match client.write(&upsert).await.unwrap().1.unwrap() {
+                    Reply::ServiceUpserted { version } => version,
+                    r => panic!("upsert: {r:?}"),
+                };
+                let placements = (0..REPLICAS)
+                    .map(|r| Placement {
+                        service: name.clone(),
+                        version,
+                        node: nodes[((w * 7919 + p * 131 + r) % nodes.len() as u64) as usize],
+                        ports: vec![],
+                    })
+                    .collect();
+                let plan = Command::ApplyPlan {
+                    placements,
+                    stops: vec![],
+                };
+                let (index, r) = client.write(&plan).await.expect("plan written");
+                match r.expect("plan accepted") {
+                    Reply::PlanApplied { allocations } => acked.extend(allocations),
+                    r => panic!("plan: {r:?}"),
+                }
+                last = index;
+            }
+            (last, acked)
+        })
+    });
+    let all = futures::future::join_all(writers);
+    let results = tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("the plans were not committed within 120 s");
+    let mut last = 0;
+    let mut acked = Vec::new();
+    for r in results {
+        let (l, a) = r.unwrap();
+        last = last.max(l);
+        acked.extend(a);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let changed = sampler.await.unwrap();
+    assert!(
+        changed.is_empty(),
+        "leadership changed while committing large plans (member, term, leader): {:?}",
+        &changed[..changed.len().min(10)]
+    );
+    c.wait_applied(last, Duration::from_secs(30)).await;
+    assert_eq!(acked.len() as u64, WRITERS * PLANS_PER_WRITER * REPLICAS);
+    // (The leader loop may place replicas of these services too: count only the plans'.)
+    for id in c.members.keys() {
+        let have: std::collections::HashSet<AllocId> =
+            c.image(*id).allocations.iter().map(|a| a.id).collect();
+        let missing = acked.iter().filter(|a| !have.contains(a)).count();
+        assert_eq!(
+            missing, 0,
+            "member {id} lacks {missing} acknowledged allocations"
+        );
+    }
 }

@@ -103,8 +103,8 @@ fn print_scale(r: &scale::ScaleReport) {
     );
     for p in &r.phases {
         println!(
-            "{:<15} {:>9.2} {:>9} {:>9} {:>11.0} {:>8.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>8.2} {:>8.2} {:>8.2}",
-            p.phase, p.seconds, p.placements, p.stops, p.placements_per_s, p.eval_p50_ms,
+            "{:<15} {:>9.2} {:>9.2} {:>9} {:>9} {:>11.0} {:>8.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>8.2} {:>8.2} {:>8.2}",
+            p.phase, p.seconds, p.placed_seconds, p.placements, p.stops, p.placements_per_s, p.eval_p50_ms,
             p.eval_p99_ms, p.commit_p50_ms, p.commit_p99_ms, p.schedule_seconds,
             p.commit_seconds, p.ack_wait_seconds
         );

@@ -121,6 +121,8 @@ pub struct PhaseReport {
     pub phase: String,
     /// From the first evaluation until every service converged (acks included).
     pub seconds: f64,
+    /// From the first evaluation until the last plan was committed (acks may still run).
+    pub placed_seconds: f64,
     /// Committing the fault itself (node status changes), before `seconds` starts.
     pub fault_seconds: f64,
     pub nodes_failed: u64,
@@ -134,8 +136,11 @@ pub struct PhaseReport {
     pub eval_p99_ms: f64,
     pub commit_p50_ms: f64,
     pub commit_p99_ms: f64,
-    /// Time spent scheduling + verifying, committing plans, and waiting for acks.
+    /// Time spent scheduling + verifying (evaluation latency: the same, per evaluation),
+    /// waiting for the leader's state (the state machine holds it while applying),
+    /// committing plans, and waiting for acks.
     pub schedule_seconds: f64,
+    pub state_lock_wait_seconds: f64,
     pub commit_seconds: f64,
     pub ack_wait_seconds: f64,
     pub reports_committed: u64,
@@ -351,8 +356,12 @@ impl Driver {
             .map(|s| s.name.clone())
             .collect();
         let (mut eval_lat, mut commit_lat) = (Vec::new(), Vec::new());
-        let (mut sched_t, mut commit_t, mut ack_t) =
-            (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let (mut sched_t, mut commit_t, mut ack_t, mut lock_t) = (
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
         let mut last_progress = Instant::now();
         let mut idle_passes = 0;
         while !todo.is_empty() {
@@ -366,9 +375,12 @@ impl Driver {
             let mut committed_any = false;
             for chunk in todo.chunks(self.cfg.services_per_eval.max(1)) {
                 let handle = self.leader_handle()?;
-                let t = Instant::now();
-                let (verified, pending) = {
+                let waited = Instant::now();
+                let (verified, pending, t) = {
                     let applied = handle.read();
+                    // Time spent waiting for the state machine to release the state.
+                    lock_t += waited.elapsed();
+                    let t = Instant::now();
                     let pending: Vec<&str> = chunk
                         .iter()
                         .map(String::as_str)
@@ -380,7 +392,7 @@ impl Driver {
                     let plan = self.scheduler.evaluate(&applied.state, &pending);
                     let v = plan_apply::verify(&applied.state, &plan);
                     let pending: Vec<String> = pending.into_iter().map(String::from).collect();
-                    (v, pending)
+                    (v, pending, t)
                 };
                 let took = t.elapsed();
                 eval_lat.push(took);
@@ -413,6 +425,7 @@ impl Driver {
                     }
                 };
                 committed_any = true;
+                rep.placed_seconds = start.elapsed().as_secs_f64();
                 rep.plans_committed += 1;
                 rep.placements += ids.len() as u64;
                 rep.stops += stops;
@@ -449,6 +462,7 @@ impl Driver {
         rep.commit_p50_ms = percentile_ms(&mut commit_lat, 0.5);
         rep.commit_p99_ms = percentile_ms(&mut commit_lat, 0.99);
         rep.schedule_seconds = sched_t.as_secs_f64();
+        rep.state_lock_wait_seconds = lock_t.as_secs_f64();
         rep.commit_seconds = commit_t.as_secs_f64();
         rep.ack_wait_seconds = ack_t.as_secs_f64();
         rep.reports_committed = self.acker.reports.load(Ordering::Relaxed) - reports_before;
@@ -467,6 +481,16 @@ impl Driver {
             rep.placements,
             self.acker.running.load(Ordering::Relaxed),
         ));
+    }
+
+    async fn set_status(&self, nodes: &[NodeId], status: NodeStatus) -> Result<(), ScaleError> {
+        self.write_all(
+            nodes
+                .iter()
+                .map(|&node| Command::SetNodeStatus { node, status })
+                .collect(),
+        )
+        .await
     }
 
     /// Take nodes down (all at once), then converge; returns the phase's report.
@@ -503,27 +527,11 @@ impl Driver {
         rep.nodes_failed = down.len() as u64;
         rep.allocations_lost = lost;
         let t = Instant::now();
-        self.write_all(
-            down.iter()
-                .map(|&node| Command::SetNodeStatus {
-                    node,
-                    status: NodeStatus::Down,
-                })
-                .collect(),
-        )
-        .await?;
+        self.set_status(&down, NodeStatus::Down).await?;
         rep.fault_seconds = t.elapsed().as_secs_f64();
         self.converge(phase_name(phase), &mut rep).await?;
         // Bring them back (empty) for the next phase.
-        self.write_all(
-            down.iter()
-                .map(|&node| Command::SetNodeStatus {
-                    node,
-                    status: NodeStatus::Ready,
-                })
-                .collect(),
-        )
-        .await?;
+        self.set_status(&down, NodeStatus::Ready).await?;
         Ok(rep)
     }
 }

@@ -58,8 +58,10 @@ fn ratio(a: u64, b: u64) -> f64 {
 pub fn quality(state: &State) -> Quality {
     let mut per_node: HashMap<u64, (u64, u64)> = HashMap::new();
     let mut running = 0;
+    let mut per_service: HashMap<&str, u64> = HashMap::new();
     for a in state.allocations().filter(|a| a.desired == Desired::Run) {
         running += 1;
+        *per_service.entry(a.service.as_str()).or_default() += 1;
         let e = per_node.entry(a.node).or_default();
         e.0 += a.resources.cpu_millis;
         e.1 += a.resources.memory_bytes;
@@ -97,6 +99,7 @@ pub fn quality(state: &State) -> Quality {
         m += nm;
         bound += 1;
     }
+    let bound = bound.max(per_service.values().copied().max().unwrap_or(0));
     let used = per_node.len() as u64;
     Quality {
         allocations_running: running,
@@ -162,7 +165,8 @@ mod tests {
                 expected_index: None,
             },
         );
-        // Three replicas of 400 on three different nodes: 1200 requested fits in 2 nodes.
+        // Three replicas of 400 on three different nodes: 1200 requested fits in 2 nodes,
+        // but one replica per node needs 3.
         let placements = (1..=3)
             .map(|node| Placement {
                 service: "s".into(),
@@ -181,8 +185,8 @@ mod tests {
         let q = quality(&st);
         assert_eq!(q.allocations_running, 3);
         assert_eq!(q.nodes_used, 3);
-        assert_eq!(q.nodes_lower_bound, 2);
-        assert!((q.fragmentation - 1.5).abs() < 1e-9);
+        assert_eq!(q.nodes_lower_bound, 3);
+        assert!((q.fragmentation - 1.0).abs() < 1e-9);
         assert!((q.cpu_utilisation_used_nodes - 0.4).abs() < 1e-9);
         assert!((q.cpu_utilisation_all_nodes - 0.3).abs() < 1e-9);
     }

@@ -120,7 +120,7 @@ pub fn create_request(alloc: &Allocation, svc: &Service) -> pb::CreateRequest {
                 format!("{}:{}/{proto}", p.host, p.container)
             })
             .collect(),
-        network: if alloc.ports.is_empty() {
+        network: if alloc.ports.is_empty() && spec.networks.is_empty() {
             "host".into()
         } else {
             "bridge".into()

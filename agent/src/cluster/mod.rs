@@ -225,7 +225,11 @@ fn client(cfg: &ClusterConfig) -> ControllerClient {
     c
 }
 
-async fn register(cfg: &ClusterConfig, c: &mut ControllerClient) -> Result<NodeId, ClusterError> {
+/// Registers (or re-registers) this node; its id.
+pub async fn register(
+    cfg: &ClusterConfig,
+    c: &mut ControllerClient,
+) -> Result<NodeId, ClusterError> {
     let fail = |reason: String| ClusterError::Register {
         name: cfg.name.clone(),
         reason,

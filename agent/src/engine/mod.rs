@@ -604,10 +604,14 @@ impl Engine {
         let resolv = match netns {
             NetNs::Host => Some(PathBuf::from("/etc/resolv.conf")),
             NetNs::Path(_) => {
-                let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let conf = match self.network.as_ref().and_then(|n| n.config().dns) {
+                    Some(ns) => network::dns::container_resolv_conf(ns),
+                    None => config::bridge_resolv_conf(
+                        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                    ),
+                };
                 let path = dirs.0.join("resolv.conf");
-                std::fs::write(&path, config::bridge_resolv_conf(&host))
-                    .map_err(io_err("write", &path))?;
+                std::fs::write(&path, conf).map_err(io_err("write", &path))?;
                 Some(path)
             }
             NetNs::New => None,

@@ -53,6 +53,12 @@ pub struct BridgeConfig {
     pub chain_prefix: String,
     /// Directory for this network's lease file (created if missing).
     pub state_dir: PathBuf,
+    /// Cluster mode with the overlay: the cluster CIDR (traffic to it is routed over the
+    /// vxlan device, not masqueraded; traffic from it may enter the bridge).
+    pub overlay_cidr: Option<Ipv4Net>,
+    /// The nameserver containers get in their resolv.conf (the agent's service-discovery
+    /// DNS on the gateway); `None`: the host's nameservers.
+    pub dns: Option<Ipv4Addr>,
 }
 
 impl BridgeConfig {
@@ -66,6 +72,8 @@ impl BridgeConfig {
             subnet,
             chain_prefix: DEFAULT_CHAIN_PREFIX.to_string(),
             state_dir: state_dir.into(),
+            overlay_cidr: None,
+            dns: None,
         }
     }
 
@@ -87,6 +95,8 @@ impl BridgeConfig {
             subnet: subnet.trunc(),
             chain_prefix: chain_prefix.to_string(),
             state_dir: state_dir.into(),
+            overlay_cidr: None,
+            dns: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -123,6 +133,14 @@ impl BridgeConfig {
                 format!("{} is not a host address of {}", self.gateway, self.subnet),
             );
         }
+        if let Some(c) = self.overlay_cidr {
+            if !c.contains(&self.subnet) {
+                return bad(
+                    "overlay_cidr",
+                    format!("{c} does not contain the node subnet {}", self.subnet),
+                );
+            }
+        }
         // The longest chain name is PREFIX-DNAT; iptables allows 28 characters.
         if self.chain_prefix.is_empty()
             || self.chain_prefix.len() > 23
@@ -155,6 +173,12 @@ impl BridgeConfig {
     /// The chain for masquerading (nat table, from POSTROUTING).
     pub fn post_chain(&self) -> String {
         format!("{}-POST", self.chain_prefix)
+    }
+
+    /// The chain dropping traffic between containers sharing no cluster network (filter
+    /// table, from the forward chain; rewritten whole by the overlay).
+    pub fn iso_chain(&self) -> String {
+        format!("{}-ISO", self.chain_prefix)
     }
 
     /// The chain accepting forwarded bridge traffic (filter table, from FORWARD).

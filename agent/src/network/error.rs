@@ -59,6 +59,14 @@ pub enum NetworkError {
         source: io::Error,
     },
 
+    /// The service-discovery DNS server could not listen.
+    #[error("dns server on {addr}: {source}")]
+    Dns {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+
     /// The lease file exists but is not valid.
     #[error("lease file {path} is corrupt: {source}")]
     LeaseFile {

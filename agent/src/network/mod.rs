@@ -19,8 +19,10 @@
 //! (rtnetlink) and [`Firewall`] (iptables-restore), each with a fake.
 
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod firewall;
+pub mod follower;
 pub mod ipam;
 pub mod links;
 pub mod netns;

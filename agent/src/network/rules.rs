@@ -84,6 +84,10 @@ pub fn base_nat(cfg: &BridgeConfig, save: &str) -> String {
         let _ = writeln!(s, ":{dnat} - [0:0]");
     }
     let _ = writeln!(s, ":{post} - [0:0]");
+    if let Some(cidr) = cfg.overlay_cidr {
+        // Container to container across nodes keeps its source address (over the vxlan).
+        let _ = writeln!(s, "-A {post} -s {net} -d {cidr} -j RETURN");
+    }
     let _ = writeln!(s, "-A {post} -s {net} ! -o {br} -j MASQUERADE");
     let _ = writeln!(s, "-A {post} -s 127.0.0.0/8 -o {br} -j MASQUERADE");
     let _ = writeln!(
@@ -106,13 +110,24 @@ pub fn base_filter(cfg: &BridgeConfig, save: &str) -> String {
     let fwd = cfg.fwd_chain();
     let br = &cfg.bridge;
     let mut s = String::new();
+    let iso = cfg.iso_chain();
+    if cfg.overlay_cidr.is_some() && !chain_exists(save, &iso) {
+        let _ = writeln!(s, ":{iso} - [0:0]");
+    }
     let _ = writeln!(s, ":{fwd} - [0:0]");
+    if let Some(cidr) = cfg.overlay_cidr {
+        // Isolation first: container to container traffic of networks that share nothing.
+        let _ = writeln!(s, "-A {fwd} -s {cidr} -d {cidr} -j {iso}");
+    }
     let _ = writeln!(
         s,
         "-A {fwd} -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     );
     let _ = writeln!(s, "-A {fwd} -o {br} -m conntrack --ctstate DNAT -j ACCEPT");
     let _ = writeln!(s, "-A {fwd} -i {br} -j ACCEPT");
+    if let Some(cidr) = cfg.overlay_cidr {
+        let _ = writeln!(s, "-A {fwd} -s {cidr} -o {br} -j ACCEPT");
+    }
     if !has_jump(save, "FORWARD", &fwd) {
         // First in FORWARD, ahead of a DROP policy's rules of other tools.
         let _ = writeln!(s, "-I FORWARD 1 -j {fwd}");
@@ -154,7 +169,7 @@ pub fn unpublish(cfg: &BridgeConfig, save: &str, remove: impl Fn(&str) -> bool) 
 pub fn teardown(cfg: &BridgeConfig, table: Table, save: &str) -> String {
     let ours: Vec<String> = match table {
         Table::Nat => vec![cfg.dnat_chain(), cfg.post_chain()],
-        Table::Filter => vec![cfg.fwd_chain()],
+        Table::Filter => vec![cfg.fwd_chain(), cfg.iso_chain()],
     };
     let mut s = String::new();
     for line in save.lines().filter(|l| l.starts_with("-A ")) {
@@ -218,6 +233,37 @@ mod tests {
         );
         assert!(!s.contains("-A PREROUTING") && !s.contains("-A OUTPUT"));
         assert!(!s.contains("-A POSTROUTING"));
+    }
+
+    #[test]
+    fn overlay_traffic_is_routed_unmasqueraded_and_forwarded_in() {
+        let mut c = cfg();
+        c.overlay_cidr = Some("10.9.0.0/16".parse().unwrap());
+        let s = base_nat(&c, EMPTY_NAT);
+        let ret = s
+            .find("-A GT-POST -s 10.9.0.0/24 -d 10.9.0.0/16 -j RETURN\n")
+            .expect(&s);
+        let masq = s
+            .find("-A GT-POST -s 10.9.0.0/24 ! -o gt0 -j MASQUERADE")
+            .expect(&s);
+        assert!(ret < masq, "{s}");
+        let f = base_filter(&c, "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n");
+        assert!(f.contains(":GT-ISO - [0:0]\n"), "{f}");
+        assert!(
+            f.contains("-A GT-FWD -s 10.9.0.0/16 -d 10.9.0.0/16 -j GT-ISO\n"),
+            "{f}"
+        );
+        // An existing isolation chain keeps its rules.
+        let f2 = base_filter(
+            &c,
+            "*filter\n:FORWARD ACCEPT [0:0]\n:GT-ISO - [0:0]\nCOMMIT\n",
+        );
+        assert!(!f2.contains(":GT-ISO"), "{f2}");
+        assert!(
+            f.contains("-A GT-FWD -s 10.9.0.0/16 -o gt0 -j ACCEPT\n"),
+            "{f}"
+        );
+        assert!(!base_nat(&cfg(), EMPTY_NAT).contains("RETURN"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use gantry_agent::cluster::{
     ClusterConfig,
 };
 use gantry_agent::engine::{images::StoreImages, service::EngineService, Engine, EngineConfig};
-use gantry_agent::network::{BridgeConfig, BridgeNetwork};
+use gantry_agent::network::{dns, follower, overlay, BridgeConfig, BridgeNetwork, NetlinkLinks};
 use gantry_controller::state::Resources;
 use gantry_proto::engine::engine_server::EngineServer;
 
@@ -82,6 +82,11 @@ pub struct AgentArgs {
     /// Cluster mode: seconds a stopped allocation gets between its stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: i32,
+    /// Cluster mode: join the cluster network (VXLAN overlay, service-discovery DNS). The
+    /// bridge then serves the node subnet the controller allocates (--subnet is ignored)
+    /// and --advertise must be this node's IPv4 address on the underlay.
+    #[arg(long, requires = "join", conflicts_with = "no_bridge")]
+    pub overlay: bool,
     /// Cluster mode: a registry (host[:port]) pulled from over plain HTTP (repeatable;
     /// loopback registries always are).
     #[arg(long = "insecure-registry")]
@@ -159,19 +164,39 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             root: cfg.run_root.join("build-runtime"),
         }),
     );
+    let overlay_node = match (&cluster_cfg, args.overlay) {
+        (Some(c), true) => Some(overlay_node(c).await?),
+        _ => None,
+    };
     let network = if args.no_bridge {
         None
     } else {
-        let bridge = BridgeConfig::custom(
+        let subnet = match &overlay_node {
+            Some((net, _)) => net.to_string(),
+            None => args.subnet.clone(),
+        };
+        let mut bridge = BridgeConfig::custom(
             cfg.root.join("network"),
             &args.bridge,
-            &args.subnet,
+            &subnet,
             &args.chain_prefix,
         )?;
+        if overlay_node.is_some() {
+            bridge.overlay_cidr = Some(gantry_controller::state::subnet::default_cluster_cidr());
+            bridge.dns = Some(bridge.gateway);
+        }
         let net = BridgeNetwork::open(bridge)
             .await
             .context("setting up the bridge network (use --no-bridge to run without one)")?;
         Some(net)
+    };
+    let overlay = match (&overlay_node, &network) {
+        (Some((subnet, local)), Some(net)) => Some(
+            start_overlay(*subnet, *local, net.config().gateway)
+                .await
+                .context("setting up the cluster overlay")?,
+        ),
+        _ => None,
     };
     let pulls = RegistryImages {
         store: store.clone(),
@@ -182,6 +207,27 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     };
     let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }), network)?;
     engine.recover().await?;
+    let _follower = match (overlay, &cluster_cfg) {
+        (Some((overlay, table, dns)), Some(c)) => {
+            let e = engine.clone();
+            let iso_chain = engine
+                .network()
+                .map(|n| n.config().iso_chain())
+                .unwrap_or_default();
+            let follower = follower::Follower {
+                join: c.join.clone(),
+                name: c.name.clone(),
+                overlay,
+                table,
+                local: Arc::new(move || follower::engine_addresses(&e)),
+                firewall: gantry_agent::network::IptablesFirewall::default(),
+                iso_chain,
+            };
+            tracing::info!(dns = %dns.addr(), "cluster overlay up");
+            Some((AbortOnDrop(tokio::spawn(follower.run())), dns))
+        }
+        _ => None,
+    };
     let cluster = match cluster_cfg {
         Some(cfg) => {
             tracing::info!(join = ?cfg.join, name = %cfg.name, "cluster mode");
@@ -226,6 +272,52 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         c.abort();
     }
     Ok(())
+}
+
+/// Registers to learn this node's subnet; the subnet and the underlay address.
+async fn overlay_node(c: &ClusterConfig) -> anyhow::Result<(ipnet::Ipv4Net, std::net::Ipv4Addr)> {
+    let local = overlay::underlay_addr(&c.advertise).with_context(|| {
+        format!(
+            "--advertise {:?}: --overlay needs this node's IPv4 address on the underlay",
+            c.advertise
+        )
+    })?;
+    let subnet = follower::node_subnet(c, std::time::Duration::from_secs(60))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(%subnet, %local, "node subnet of the cluster network");
+    Ok((subnet, local))
+}
+
+type OverlayParts = (
+    Arc<overlay::Overlay<NetlinkLinks>>,
+    Arc<std::sync::RwLock<dns::ServiceTable>>,
+    dns::DnsServer,
+);
+
+/// The vxlan device (stale one replaced) and the DNS server on the bridge gateway.
+async fn start_overlay(
+    subnet: ipnet::Ipv4Net,
+    local: std::net::Ipv4Addr,
+    gateway: std::net::Ipv4Addr,
+) -> anyhow::Result<OverlayParts> {
+    let ov = overlay::Overlay::open(
+        overlay::OverlayConfig::new(local, subnet),
+        NetlinkLinks::new()?,
+    )
+    .await?;
+    let table = Arc::new(std::sync::RwLock::new(dns::ServiceTable::default()));
+    let upstreams =
+        dns::upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let server = dns::DnsServer::bind((gateway, 53).into(), table.clone(), upstreams).await?;
+    Ok((Arc::new(ov), table, server))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The cluster-mode configuration, when --join is given.

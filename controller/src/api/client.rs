@@ -96,7 +96,9 @@ impl ControllerClient {
         }
         let deadline = Instant::now() + self.retry_for;
         let mut last;
-        let mut pause = Duration::from_millis(10);
+        // Short pauses: after a leader loss the next attempt should land soon after the
+        // election (a new leader is usually elected within the election timeout).
+        let mut pause = Duration::from_millis(5);
         loop {
             let addr = self.addrs[self.current].clone();
             match call(self.client(&addr)?).await {
@@ -130,7 +132,7 @@ impl ControllerClient {
                 });
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
+            pause = (pause * 2).min(Duration::from_millis(25));
         }
     }
 

@@ -10,10 +10,12 @@
 
 pub mod client;
 pub mod error;
+pub mod proposer;
 pub mod service;
 
 pub use client::{ClientError, ControllerClient};
 pub use error::ApiError;
+pub use proposer::{ProposeError, Proposer};
 pub use service::ClusterService;
 
 /// Metadata key carrying the leader's address on `UNAVAILABLE` answers.

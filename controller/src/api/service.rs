@@ -1,6 +1,7 @@
 //! [`ClusterService`]: the tonic implementation of cluster.proto on one member.
 
 use super::error::ApiError;
+use super::proposer::{ProposeError, Proposer};
 use crate::leader::LeaderShared;
 use crate::raft::network::channel;
 use crate::raft::state_machine::capture;
@@ -14,7 +15,7 @@ use openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::transport::Channel;
@@ -36,6 +37,9 @@ pub struct ClusterService {
     leader_lease: Duration,
     committed: Arc<AtomicU64>,
     leader: Arc<LeaderShared>,
+    /// Batches concurrent writes into one Raft entry (started on the first write, inside
+    /// the runtime).
+    proposer: Arc<OnceLock<Proposer>>,
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -56,6 +60,7 @@ impl ClusterService {
             leader_lease: Duration::from_millis(300),
             committed: Arc::default(),
             leader: Default::default(),
+            proposer: Default::default(),
         }
     }
 
@@ -377,15 +382,19 @@ impl Cluster for ClusterService {
                 field: "command_json",
                 reason: e.to_string(),
             })?;
-        let hint = match self.timed("write", self.raft.client_write(cmd)).await? {
-            Ok(r) => {
-                let response_json = serde_json::to_vec(&r.data).expect("responses serialize");
+        let proposer = self
+            .proposer
+            .get_or_init(|| Proposer::start(self.raft.clone()));
+        let bytes = req.command_json.len();
+        let hint = match self.timed("write", proposer.write(cmd, bytes)).await? {
+            Ok((index, r)) => {
+                let response_json = serde_json::to_vec(&r).expect("responses serialize");
                 return Ok(Response::new(WriteReply {
-                    index: r.log_id.index,
+                    index,
                     response_json,
                 }));
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node,
+            Err(ProposeError::NotLeader { leader }) => leader,
             Err(e) => return Err(ApiError::Raft(e.to_string()).into()),
         };
         let (addr, mut client) = self.leader_client(req.forwarded, hint.as_ref())?;

@@ -39,6 +39,9 @@ pub enum DbError {
 
 pub(crate) const CLUSTER_ID: &[u8] = b"cluster_id";
 
+/// sled's page cache per controller database.
+const CACHE_BYTES: u64 = 64 << 20;
+
 /// The open database of one controller member.
 #[derive(Clone)]
 pub struct ControllerDb {
@@ -65,6 +68,8 @@ impl ControllerDb {
             match sled::Config::new()
                 .path(path)
                 .mode(sled::Mode::HighThroughput)
+                // sled caches 1 GiB by default; the state itself lives in memory already.
+                .cache_capacity(CACHE_BYTES)
                 .open()
             {
                 Ok(db) => break db,

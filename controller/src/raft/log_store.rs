@@ -198,16 +198,28 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry)
-                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-            batch.insert(&key(entry.log_id.index), bytes);
-        }
-        self.db
-            .log
-            .apply_batch(batch)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // Encoding and writing big entries (plans) takes milliseconds: off the runtime's
+        // threads, so that heartbeats and elections timers are not queued behind it.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let log = self.db.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = sled::Batch::default();
+            for entry in &entries {
+                let bytes = serde_json::to_vec(entry)
+                    .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+                batch.insert(&key(entry.log_id.index), bytes);
+            }
+            log.apply_batch(batch)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+        })
+        .await
+        .map_err(|e| {
+            io_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other(e.to_string()),
+            )
+        })??;
         // Durable before acknowledged: the callback fires after the group's flush.
         let queue = self
             .flusher

@@ -2,12 +2,23 @@
 //! target, sharing one lazily-connected HTTP/2 channel per peer address (reused across
 //! replication streams, reconnected by tonic, kept alive with HTTP/2 pings). An unreachable
 //! peer answers `Unreachable`, and openraft then waits out [`PeerNetwork::backoff`].
+//!
+//! AppendEntries is capped in bytes by an [`AppendBudget`] per peer: openraft 0.9 gives
+//! each AppendEntries RPC one heartbeat interval to finish (a timeout resends the same
+//! range) and sends heartbeats on the same stream, behind it. Hundreds of plan entries in
+//! one RPC never finished in time, the leader resent them forever, and followers, hearing
+//! nothing, elected a new leader. A request over the budget answers `PayloadTooLarge` with an
+//! entry-count hint, and openraft retries at once with fewer entries; the budget halves when
+//! an RPC times out and grows back when RPCs finish well within the interval (AIMD, as TCP
+//! does with its window), so it follows what the link and the follower manage right now.
+//! Encoding big requests runs off the runtime's threads.
 
 use super::{BasicNode, NodeId, TypeConfig};
 use gantry_proto::raft::raft_client::RaftClient;
 use gantry_proto::raft::RaftRequest;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,6 +31,82 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
+
+/// Most bytes of serialized entries in one AppendEntries RPC (a single bigger entry is
+/// still sent alone). At the ~100-200 MB/s JSON decoding runs at here, one RPC then costs
+/// the follower a few milliseconds, well within a heartbeat interval.
+pub const MAX_APPEND_BYTES: usize = 512 << 10;
+/// The budget never shrinks below this.
+pub const MIN_APPEND_BYTES: usize = 16 << 10;
+
+/// How many bytes of entries one AppendEntries RPC to a peer may carry now.
+#[derive(Debug, Clone)]
+pub struct AppendBudget {
+    bytes: usize,
+}
+
+impl Default for AppendBudget {
+    fn default() -> Self {
+        AppendBudget {
+            bytes: MAX_APPEND_BYTES,
+        }
+    }
+}
+
+impl AppendBudget {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    /// None when `entries` entries of `bytes` bytes may go, else how many should.
+    pub fn hint(&self, entries: usize, bytes: usize) -> Option<u64> {
+        entries_hint(entries, bytes, self.bytes)
+    }
+    /// An RPC of `bytes` did not finish within its time: send at most half of it next.
+    pub fn timed_out(&mut self, bytes: usize) {
+        self.bytes = (bytes.min(self.bytes) / 2).max(MIN_APPEND_BYTES);
+    }
+    /// An RPC finished after `took` of its `ttl`: grow when it used under a quarter.
+    pub fn finished(&mut self, took: Duration, ttl: Duration) {
+        if took < ttl / 4 {
+            self.bytes = (self.bytes * 2).min(MAX_APPEND_BYTES);
+        }
+    }
+}
+
+/// Tells the budget an AppendEntries RPC was dropped unfinished (openraft's timeout).
+struct InFlight {
+    budget: Arc<Mutex<AppendBudget>>,
+    bytes: usize,
+    started: std::time::Instant,
+    ttl: Duration,
+    done: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if self.done {
+            b.finished(self.started.elapsed(), self.ttl);
+        } else {
+            b.timed_out(self.bytes);
+            tracing::debug!(
+                bytes = self.bytes,
+                budget = b.bytes(),
+                "append entries timed out: smaller requests from now on"
+            );
+        }
+    }
+}
+
+/// How many of `entries` entries to send when they serialize to `bytes`: None when all
+/// fit, else a count (≥ 1) that should fit, assuming entries of similar size.
+pub fn entries_hint(entries: usize, bytes: usize, max_bytes: usize) -> Option<u64> {
+    if bytes <= max_bytes || entries <= 1 {
+        return None;
+    }
+    let fit = (entries as u128 * max_bytes as u128 / bytes as u128) as u64;
+    Some(fit.clamp(1, entries as u64 - 1))
+}
 
 /// A lazily connected channel to a peer or member address, with keep-alive set (without
 /// it a channel can stay dead after a partition heals).
@@ -71,6 +158,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: node.clone(),
             cluster_id: self.cluster_id.clone(),
             client: self.channel_for(&node.addr).map(RaftClient::new),
+            budget: Default::default(),
         }
     }
 }
@@ -81,6 +169,7 @@ pub struct PeerNetwork {
     cluster_id: String,
     /// None when the address does not parse: every RPC is then unreachable.
     client: Option<RaftClient<Channel>>,
+    budget: Arc<Mutex<AppendBudget>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +186,16 @@ enum Rpc {
 }
 
 impl PeerNetwork {
+    /// `entries`: how many log entries `req` carries (AppendEntries), for the byte budget.
     async fn call<Req, Resp, E>(
         &mut self,
         rpc: Rpc,
-        req: &Req,
+        req: Req,
+        entries: usize,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
+        Req: Serialize + Send + 'static,
         Resp: DeserializeOwned,
         E: DeserializeOwned + std::error::Error,
     {
@@ -118,7 +209,31 @@ impl PeerNetwork {
                 "bad address".into()
             ))));
         };
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data = if entries > 0 {
+            tokio::task::spawn_blocking(move || serde_json::to_vec(&req))
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+        } else {
+            serde_json::to_vec(&req)
+        }
+        .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let budget = self
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(hint) = budget.hint(entries, data.len()) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        let mut in_flight = (entries > 0).then(|| InFlight {
+            budget: self.budget.clone(),
+            bytes: data.len(),
+            started: std::time::Instant::now(),
+            ttl: option.hard_ttl(),
+            done: false,
+        });
         let mut request = tonic::Request::new(RaftRequest {
             data,
             cluster_id: self.cluster_id.clone(),
@@ -129,6 +244,9 @@ impl PeerNetwork {
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
+        if let Some(f) = in_flight.as_mut() {
+            f.done = true;
+        }
         let reply = reply.map_err(|s| {
             let e = err(format!("{:?}: {}", s.code(), s.message()));
             match s.code() {
@@ -155,7 +273,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let n = rpc.entries.len();
+        self.call(Rpc::Append, rpc, n, &option).await
     }
 
     async fn install_snapshot(
@@ -166,7 +285,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        self.call(Rpc::Snapshot, rpc, 0, &option).await
     }
 
     async fn vote(
@@ -174,7 +293,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, rpc, 0, &option).await
     }
 
     fn backoff(&self) -> Backoff {

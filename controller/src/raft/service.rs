@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+/// Requests above this many bytes are decoded on a blocking thread.
+const BIG_REQUEST: usize = 64 << 10;
+
 #[derive(Clone)]
 pub struct RaftService {
     raft: GantryRaft,
@@ -24,7 +27,10 @@ impl RaftService {
             .max_encoding_message_size(256 << 20)
     }
 
-    fn decode<T: DeserializeOwned>(&self, req: Request<RaftRequest>) -> Result<T, Status> {
+    async fn decode<T: DeserializeOwned + Send + 'static>(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<T, Status> {
         let req = req.into_inner();
         if req.cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(format!(
@@ -32,8 +38,20 @@ impl RaftService {
                 self.cluster_id, req.cluster_id
             )));
         }
-        serde_json::from_slice(&req.data)
-            .map_err(|e| Status::invalid_argument(format!("raft request: {e}")))
+        let big = req.data.len() > BIG_REQUEST;
+        let decode = move || {
+            serde_json::from_slice(&req.data)
+                .map_err(|e| Status::invalid_argument(format!("raft request: {e}")))
+        };
+        // Big requests (entries of plans) take milliseconds to decode: off the runtime's
+        // threads, so heartbeats and elections are not queued behind them.
+        if big {
+            tokio::task::spawn_blocking(decode)
+                .await
+                .map_err(|e| Status::internal(format!("decoding raft request: {e}")))?
+        } else {
+            decode()
+        }
     }
 }
 
@@ -49,18 +67,18 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let r = self.raft.append_entries(self.decode(req)?).await;
+        let r = self.raft.append_entries(self.decode(req).await?).await;
         encode(&r)
     }
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let r = self.raft.vote(self.decode(req)?).await;
+        let r = self.raft.vote(self.decode(req).await?).await;
         encode(&r)
     }
     async fn install_snapshot(
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let r = self.raft.install_snapshot(self.decode(req)?).await;
+        let r = self.raft.install_snapshot(self.decode(req).await?).await;
         encode(&r)
     }
 }

@@ -139,7 +139,6 @@ pub struct SledStateMachine {
 }
 
 pub struct SledSnapshotBuilder {
-    db: ControllerDb,
     handle: Arc<StateHandle>,
 }
 
@@ -314,56 +313,96 @@ impl SledStateMachine {
     pub fn handle(&self) -> Arc<StateHandle> {
         self.handle.clone()
     }
+}
 
-    fn persist(&self, changes: &[Change], applied: &Applied) -> Result<(), StorageError> {
-        let mut nodes = sled::Batch::default();
-        let mut services = sled::Batch::default();
-        let mut allocs = sled::Batch::default();
-        for c in changes {
-            match c {
-                Change::Node(n) => nodes.insert(&node_key(n.id), n.to_json()),
-                Change::Service(s) => services.insert(s.name.as_bytes(), s.to_json()),
-                Change::ServiceRemoved { name, .. } => services.remove(name.as_bytes()),
-                Change::Allocation(a) => allocs.insert(&node_key(a.id), a.to_json()),
-                Change::AllocationRemoved { id, .. } => allocs.remove(&node_key(*id)),
+/// Store the changed objects, last applied log id, membership and counters in one sled
+/// transaction.
+fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(), StorageError> {
+    let mut nodes = sled::Batch::default();
+    let mut services = sled::Batch::default();
+    let mut allocs = sled::Batch::default();
+    for c in changes {
+        match c {
+            Change::Node(n) => nodes.insert(&node_key(n.id), n.to_json()),
+            Change::Service(s) => services.insert(s.name.as_bytes(), s.to_json()),
+            Change::ServiceRemoved { name, .. } => services.remove(name.as_bytes()),
+            Change::Allocation(a) => allocs.insert(&node_key(a.id), a.to_json()),
+            Change::AllocationRemoved { id, .. } => allocs.remove(&node_key(*id)),
+        }
+    }
+    let (next_node_id, next_alloc_id) = applied.state.counters();
+    let mut meta = sled::Batch::default();
+    meta.insert(LAST_APPLIED, applied.last_applied.to_json());
+    meta.insert(MEMBERSHIP, applied.membership.to_json());
+    meta.insert(
+        COUNTERS,
+        Counters {
+            next_node_id,
+            next_alloc_id,
+        }
+        .to_json(),
+    );
+    (&db.nodes, &db.services, &db.allocations, &db.sm_meta)
+        .transaction(|(n, s, a, m)| {
+            n.apply_batch(&nodes)?;
+            s.apply_batch(&services)?;
+            a.apply_batch(&allocs)?;
+            m.apply_batch(&meta)?;
+            Ok::<_, ConflictableTransactionError<()>>(())
+        })
+        .map_err(|e: TransactionError<()>| match e {
+            TransactionError::Storage(e) => io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e),
+            TransactionError::Abort(()) => io_err(
+                ErrorSubject::StateMachine,
+                ErrorVerb::Write,
+                std::io::Error::other("transaction aborted"),
+            ),
+        })
+}
+
+/// Apply committed entries to the state, persist what changed, and tell watchers.
+fn apply_entries(
+    db: &ControllerDb,
+    handle: &StateHandle,
+    entries: Vec<Entry>,
+) -> Result<Vec<Response>, StorageError> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut changes = Vec::new();
+    let mut guard = handle.applied.write().unwrap_or_else(|p| p.into_inner());
+    let applied = &mut *guard;
+    for entry in entries {
+        applied.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => out.push(Ok(Reply::Done)),
+            EntryPayload::Normal(cmd) => {
+                let (r, ch) = applied.state.apply(entry.log_id.index, &cmd);
+                if let Err(e) = &r {
+                    tracing::debug!(
+                        index = entry.log_id.index,
+                        verb = cmd.verb(),
+                        "rejected: {e}"
+                    );
+                }
+                out.push(r);
+                changes.extend(ch);
+            }
+            EntryPayload::Membership(m) => {
+                applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                out.push(Ok(Reply::Done));
             }
         }
-        let (next_node_id, next_alloc_id) = applied.state.counters();
-        let mut meta = sled::Batch::default();
-        meta.insert(LAST_APPLIED, applied.last_applied.to_json());
-        meta.insert(MEMBERSHIP, applied.membership.to_json());
-        meta.insert(
-            COUNTERS,
-            Counters {
-                next_node_id,
-                next_alloc_id,
-            }
-            .to_json(),
-        );
-        (
-            &self.db.nodes,
-            &self.db.services,
-            &self.db.allocations,
-            &self.db.sm_meta,
-        )
-            .transaction(|(n, s, a, m)| {
-                n.apply_batch(&nodes)?;
-                s.apply_batch(&services)?;
-                a.apply_batch(&allocs)?;
-                m.apply_batch(&meta)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e: TransactionError<()>| match e {
-                TransactionError::Storage(e) => {
-                    io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e)
-                }
-                TransactionError::Abort(()) => io_err(
-                    ErrorSubject::StateMachine,
-                    ErrorVerb::Write,
-                    std::io::Error::other("transaction aborted"),
-                ),
-            })
     }
+    persist(db, &changes, applied)?;
+    let last = applied.last_applied.map_or(0, |l| l.index);
+    drop(guard);
+    {
+        let mut log = handle.changes.lock().unwrap_or_else(|p| p.into_inner());
+        for c in changes {
+            log.push(c);
+        }
+    }
+    handle.notify.send_replace(last);
+    Ok(out)
 }
 
 impl RaftStateMachine<TypeConfig> for SledStateMachine {
@@ -379,56 +418,23 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut out = Vec::new();
-        let mut changes = Vec::new();
-        let mut guard = self
-            .handle
-            .applied
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let applied = &mut *guard;
-        for entry in entries {
-            applied.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => out.push(Ok(Reply::Done)),
-                EntryPayload::Normal(cmd) => {
-                    let (r, ch) = applied.state.apply(entry.log_id.index, &cmd);
-                    if let Err(e) = &r {
-                        tracing::debug!(
-                            index = entry.log_id.index,
-                            verb = cmd.verb(),
-                            "rejected: {e}"
-                        );
-                    }
-                    out.push(r);
-                    changes.extend(ch);
-                }
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
-                    out.push(Ok(Reply::Done));
-                }
-            }
-        }
-        self.persist(&changes, applied)?;
-        let last = applied.last_applied.map_or(0, |l| l.index);
-        drop(guard);
-        {
-            let mut log = self
-                .handle
-                .changes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for c in changes {
-                log.push(c);
-            }
-        }
-        self.handle.notify.send_replace(last);
-        Ok(out)
+        // Applying and persisting a batch of big plans takes milliseconds of CPU: off the
+        // runtime's threads, so that RaftCore and heartbeats are never queued behind it.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let (db, handle) = (self.db.clone(), self.handle.clone());
+        tokio::task::spawn_blocking(move || apply_entries(&db, &handle, entries))
+            .await
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::StateMachine,
+                    ErrorVerb::Write,
+                    std::io::Error::other(e.to_string()),
+                )
+            })?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SledSnapshotBuilder {
-            db: self.db.clone(),
             handle: self.handle.clone(),
         }
     }
@@ -450,17 +456,26 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                 std::io::Error::other(e.to_string()),
             )
         };
-        let image: StateImage = serde_json::from_slice(&data).map_err(|e| snap_err(&e))?;
-        save_snapshot(&self.db, meta, &data).map_err(|e| snap_err(&e))?;
-        write_image(&self.db, &image, meta.last_log_id, &meta.last_membership)
-            .map_err(|e| snap_err(&e))?;
+        // Decoding and writing a big state takes seconds: off the runtime's threads, so
+        // RaftCore keeps answering heartbeats meanwhile.
+        let (db, m) = (self.db.clone(), meta.clone());
+        let state = tokio::task::spawn_blocking(move || {
+            let image: StateImage = serde_json::from_slice(&data).map_err(|e| e.to_string())?;
+            save_snapshot(&db, &m, &data).map_err(|e| e.to_string())?;
+            write_image(&db, &image, m.last_log_id, &m.last_membership)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(State::from_image(image))
+        })
+        .await
+        .map_err(|e| snap_err(&e))?
+        .map_err(|e| snap_err(&e))?;
         {
             let mut a = self
                 .handle
                 .applied
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            a.state = State::from_image(image);
+            a.state = state;
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
         }
@@ -475,9 +490,24 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let stored = stored_snapshot(&self.db)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(stored.map(|(meta, data)| Snapshot {
+        // The applied state is always a valid snapshot of itself (its objects are persisted
+        // in the trees with the last applied log id), so the current snapshot is taken from
+        // it on demand rather than stored as one big sled value.
+        let handle = self.handle.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            handle.read().last_applied?;
+            Some(capture(&handle))
+        })
+        .await
+        .map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(None),
+                ErrorVerb::Read,
+                std::io::Error::other(e.to_string()),
+            )
+        })?
+        .unzip();
+        Ok(meta.zip(data).map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
@@ -510,27 +540,34 @@ pub(crate) fn capture(handle: &StateHandle) -> (SnapshotMeta, Vec<u8>) {
     let membership = a.membership.clone();
     drop(a);
     let data = image.to_json();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    // Deterministic: the state at a log id is the same wherever and whenever it is taken.
     let meta = SnapshotMeta {
         last_log_id: last,
         last_membership: membership,
-        snapshot_id: format!("{}-{nanos}", last.map_or(0, |l| l.index)),
+        snapshot_id: last.map_or("0-0".into(), |l| {
+            format!("{}-{}", l.leader_id.term, l.index)
+        }),
     };
     (meta, data)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SledSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (meta, data) = capture(&self.handle);
-        save_snapshot(&self.db, &meta, &data).map_err(|e| {
-            io_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        // A snapshot is the applied state at its last log id, which the state machine has
+        // already written to its trees: building one only serializes it (for openraft to
+        // learn its meta, then purge the log). It is not stored again as one big value:
+        // at a million allocations that blob dominated every sled flush, the log's too.
+        // Serializing takes seconds at scale: off the runtime's threads.
+        let handle = self.handle.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || capture(&handle))
+            .await
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::Snapshot(None),
+                    ErrorVerb::Write,
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

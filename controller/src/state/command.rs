@@ -69,6 +69,10 @@ pub enum Command {
         node: NodeId,
         addresses: Vec<(AllocId, Option<std::net::Ipv4Addr>)>,
     },
+    /// Several independent client commands proposed together in one log entry (the API's
+    /// proposer batches concurrent writes). Each is applied in order at the entry's index and
+    /// answered on its own: one rejected command does not affect the others. Not nestable.
+    Batch { commands: Vec<Command> },
 }
 
 impl Command {
@@ -84,6 +88,7 @@ impl Command {
             Command::ReportAllocStatus { .. } => "ReportAllocStatus",
             Command::PurgeAllocations { .. } => "PurgeAllocations",
             Command::SetAllocAddresses { .. } => "SetAllocAddresses",
+            Command::Batch { .. } => "Batch",
         }
     }
 }
@@ -92,9 +97,19 @@ impl Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     Done,
-    NodeRegistered { id: NodeId },
-    ServiceUpserted { version: u64 },
-    PlanApplied { allocations: Vec<AllocId> },
+    NodeRegistered {
+        id: NodeId,
+    },
+    ServiceUpserted {
+        version: u64,
+    },
+    PlanApplied {
+        allocations: Vec<AllocId>,
+    },
+    /// The answers of a [`Command::Batch`], one per command, in order.
+    Batch {
+        responses: Vec<Response>,
+    },
 }
 
 /// Why a command was rejected. The state is unchanged; `field` names the offending input

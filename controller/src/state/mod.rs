@@ -366,9 +366,36 @@ impl State {
             Command::SetAllocAddresses { node, addresses } => {
                 self.set_addresses(index, *node, addresses, &mut changes)
             }
+            Command::Batch { commands } => Ok(self.apply_batch(index, commands, &mut changes)),
         };
         debug_assert!(r.is_ok() || changes.is_empty());
         (r, changes)
+    }
+
+    /// Apply each command of a batch in order; each answers on its own (a rejected one
+    /// changed nothing, as for a single command).
+    fn apply_batch(
+        &mut self,
+        index: u64,
+        commands: &[Command],
+        changes: &mut Vec<Change>,
+    ) -> Reply {
+        let responses = commands
+            .iter()
+            .enumerate()
+            .map(|(i, cmd)| {
+                if let Command::Batch { .. } = cmd {
+                    return Err(ApplyError::invalid(
+                        format!("commands[{i}]"),
+                        "a batch cannot contain a batch",
+                    ));
+                }
+                let (r, ch) = self.apply(index, cmd);
+                changes.extend(ch);
+                r
+            })
+            .collect();
+        Reply::Batch { responses }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -674,6 +674,49 @@ fn image_round_trip_rebuilds_indexes_and_apply_is_deterministic() {
 }
 
 #[test]
+fn batch_answers_each_command_and_a_rejected_one_changes_nothing() {
+    let mut s = build(&[register("n1", &[])]);
+    let good = [register("n2", &[]), upsert("web", spec("img:1", 1))];
+    let bad = register("Bad_Name", &[]);
+    let batch = Command::Batch {
+        commands: vec![
+            good[0].clone(),
+            bad.clone(),
+            good[1].clone(),
+            Command::Batch { commands: vec![] },
+        ],
+    };
+    let (r, changes) = s.apply(7, &batch);
+    let Ok(Reply::Batch { responses }) = r else {
+        panic!("a batch answers Batch, got {r:?}");
+    };
+    assert_eq!(responses.len(), 4);
+    assert_eq!(responses[0], Ok(Reply::NodeRegistered { id: 2 }));
+    assert!(
+        matches!(&responses[1], Err(ApplyError::Invalid { field, .. }) if field == "name"),
+        "{:?}",
+        responses[1]
+    );
+    assert_eq!(responses[2], Ok(Reply::ServiceUpserted { version: 1 }));
+    assert!(
+        matches!(&responses[3], Err(ApplyError::Invalid { field, .. }) if field == "commands[3]"),
+        "{:?}",
+        responses[3]
+    );
+    // The same as applying the accepted commands one by one at that index.
+    let mut one_by_one = build(&[register("n1", &[])]);
+    let mut expected_changes = Vec::new();
+    for c in &good {
+        let (r, ch) = one_by_one.apply(7, c);
+        r.unwrap();
+        expected_changes.extend(ch);
+    }
+    assert_eq!(s.to_image(), one_by_one.to_image());
+    assert_eq!(changes, expected_changes);
+    assert!(changes.iter().all(|c| c.index() == 7));
+}
+
+#[test]
 fn nodes_get_distinct_subnets_kept_across_reregistration() {
     let mut s = build(&[register("a", &[]), register("b", &[])]);
     let a = s.node_by_name("a").unwrap().clone();

@@ -1,0 +1,647 @@
+//! The cluster network end to end, as root: three hosts are network namespaces the test
+//! creates (`gto<tag>a|b|c`, each with a veth to a bridge in a fourth namespace, the
+//! underlay, 192.168.77.0/24 — addresses that exist only inside these namespaces); the
+//! controller runs in the underlay namespace, each agent (`gantry agent --overlay`) in its
+//! host's namespace with its own state dirs. Services run from a busybox root filesystem.
+//!
+//! A client on host a reaches a server on host b by service name over the VXLAN overlay;
+//! after the server migrates to host c the same name reaches it; a replica that exits
+//! leaves DNS; a service on another network does not see the server in DNS; after the
+//! services are removed nothing of theirs is left (containers, veths, leases, DNS names),
+//! and a restarted agent replaces its stale vxlan device. Every process is killed by PID
+//! and every namespace deleted in Drop guards.
+
+mod common;
+
+use gantry_controller::api::ControllerClient;
+use gantry_controller::state::{Allocation, Desired, Node, Observed};
+use gantry_proto::cluster::ReadKind;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gantry");
+const CONTROLLER: &str = "192.168.77.1:7700";
+/// An HTTP GET of srv:8080 by name (busybox nc; its static wget crashes on these hosts).
+const HTTP_GET_SRV: &str = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 srv 8080";
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+/// The test's namespaces, deleted on drop (their veths, bridges and vxlan devices go too).
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// `gantry ARGS` inside network namespace `ns` (entered with setns between fork and exec;
+/// not `ip netns exec`, whose fresh /sys hides the cgroup mounts).
+fn in_ns(ns: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+    let mut cmd = Command::new(BIN);
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// A gantry daemon in a namespace, killed by PID on drop.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn spawn(ns: &str, args: &[String], log: &Path) -> Daemon {
+        let log = std::fs::File::create(log).unwrap();
+        let child = in_ns(ns)
+            .args(args)
+            .env("RUST_LOG", "info,gantry_agent::network=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn gantry in its namespace");
+        Daemon(Some(child))
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// After a failed run: kills the shims started for the test's agents (their command lines
+/// name the test dir) and their containers, removes those containers' cgroups, and
+/// detaches the mounts left under the dir (rootfs overlays, pinned netns files).
+struct Leftovers(PathBuf);
+
+fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let dir = self.0.display().to_string();
+        let pids: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        let shims: Vec<i32> = pids
+            .iter()
+            .copied()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir))
+            })
+            .collect();
+        for p in &pids {
+            if ppid(*p).is_some_and(|pp| shims.contains(&pp)) {
+                unsafe { libc::kill(*p, libc::SIGKILL) };
+            }
+        }
+        for p in &shims {
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for host in ["a", "b", "c"] {
+            let Ok(rd) = std::fs::read_dir(self.0.join(format!("{host}-root/containers"))) else {
+                continue;
+            };
+            for id in rd.flatten().map(|e| e.file_name()) {
+                if let Ok(hier) = std::fs::read_dir("/sys/fs/cgroup") {
+                    for h in hier.flatten() {
+                        let _ = std::fs::remove_dir(h.path().join("gantry").join(&id));
+                    }
+                }
+                let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup/gantry").join(&id));
+            }
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.0))
+            .collect();
+        points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in points {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+struct Host {
+    name: String,
+    ns: String,
+    addr: String,
+    dir: PathBuf,
+    daemon: Daemon,
+}
+
+impl Host {
+    fn args(&self) -> Vec<String> {
+        let s = |p: &str| {
+            self.dir
+                .join(format!("{}-{p}", self.name))
+                .display()
+                .to_string()
+        };
+        [
+            "agent",
+            "--root",
+            &s("root"),
+            "--run-root",
+            &s("run"),
+            "--host",
+            &format!("unix://{}", s("sock")),
+            "--join",
+            CONTROLLER,
+            "--name",
+            &self.name,
+            "--label",
+            &format!("host={}", self.name),
+            "--advertise",
+            &self.addr,
+            "--overlay",
+            "--heartbeat-ms",
+            "300",
+            "--stop-timeout",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    }
+    fn start(&mut self, log: &str) {
+        self.daemon = Daemon::spawn(&self.ns, &self.args(), &self.dir.join(log));
+    }
+    fn sock(&self) -> String {
+        format!(
+            "unix://{}",
+            self.dir.join(format!("{}-sock", self.name)).display()
+        )
+    }
+    /// Ids of this agent's containers.
+    fn containers(&self) -> Vec<String> {
+        let out = Command::new(BIN)
+            .args(["ps", "-a", "-q", "--host", &self.sock()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+    /// Runs `cmd` in container `id`; (exit ok, stdout + stderr).
+    fn exec(&self, id: &str, cmd: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(["exec", "--host", &self.sock(), id])
+            .args(cmd)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+    /// `ip …` inside this host's namespace; its stdout (empty when it fails, e.g. a device
+    /// that does not exist yet).
+    fn ip_out(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns` with its own tokio runtime, so the
+/// controller client's sockets live there.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}
+
+struct View {
+    nodes: Vec<Node>,
+    allocs: Vec<Allocation>,
+}
+
+impl View {
+    fn running(&self, svc: &str) -> Vec<&Allocation> {
+        self.allocs
+            .iter()
+            .filter(|a| {
+                a.service == svc && a.desired == Desired::Run && a.observed == Observed::Running
+            })
+            .collect()
+    }
+    fn node_name(&self, id: u64) -> &str {
+        &self.nodes.iter().find(|n| n.id == id).unwrap().name
+    }
+}
+
+/// Polls the controller (from inside the underlay namespace) until `pred` holds (60 s).
+fn wait_for(underlay: &str, what: &str, pred: impl Fn(&View) -> bool + Send + Sync) -> View {
+    in_netns(underlay, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = ControllerClient::new(vec![CONTROLLER.into()]);
+            c.retry_for = Duration::from_secs(20);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, nodes) = c.read(ReadKind::Nodes, false).await.unwrap();
+                let (_, allocs) = c.read(ReadKind::Allocations, false).await.unwrap();
+                let v = View { nodes, allocs };
+                if pred(&v) {
+                    return v;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} within 60 s; allocations: {:#?}",
+                    v.allocs
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    })
+}
+
+/// `gantry …` against the controller, from the underlay namespace.
+fn gantry(underlay: &str, args: &[&str]) -> String {
+    run(in_ns(underlay)
+        .args(args)
+        .env("GANTRY_CONTROLLER", CONTROLLER))
+}
+
+/// Retries `f` every 100 ms until it returns Some (at most `limit`).
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The addresses busybox nslookup printed for a name (after the server's own lines).
+fn resolved(nslookup: &str) -> Vec<String> {
+    nslookup
+        .split("Name:")
+        .skip(1)
+        .flat_map(|b| b.lines())
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(|a| a.trim().split(' ').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
+    common::require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-overlay-test")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    // GANTRY_TEST_KEEP=1 keeps the logs for a post-mortem.
+    let _tmp = if std::env::var_os("GANTRY_TEST_KEEP").is_some() {
+        eprintln!("keeping {}", dir.display());
+        let _ = tmp.keep();
+        None
+    } else {
+        Some(tmp)
+    };
+    let _leftovers = Leftovers(dir.clone());
+    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    let underlay = format!("gto{tag}u");
+    let names = ["a", "b", "c"];
+    let mut nss = Namespaces(vec![underlay.clone()]);
+    ip(&["netns", "add", &underlay]);
+    ip(&["-n", &underlay, "link", "set", "lo", "up"]);
+    ip(&["-n", &underlay, "link", "add", "br0", "type", "bridge"]);
+    ip(&[
+        "-n",
+        &underlay,
+        "addr",
+        "add",
+        "192.168.77.1/24",
+        "dev",
+        "br0",
+    ]);
+    ip(&["-n", &underlay, "link", "set", "br0", "up"]);
+    let mut hosts = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let ns = format!("gto{tag}{n}");
+        nss.0.push(ns.clone());
+        ip(&["netns", "add", &ns]);
+        let port = format!("h{n}");
+        ip(&[
+            "-n", &underlay, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        ip(&["-n", &underlay, "link", "set", &port, "master", "br0", "up"]);
+        let addr = format!("192.168.77.{}", 10 + i);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        hosts.push(Host {
+            name: n.to_string(),
+            ns,
+            addr,
+            dir: dir.clone(),
+            daemon: Daemon(None),
+        });
+    }
+    let mut controller = Daemon::spawn(
+        &underlay,
+        &[
+            "controller",
+            "run",
+            "--id",
+            "1",
+            "--listen",
+            CONTROLLER,
+            "--data-dir",
+            &dir.join("ctl").display().to_string(),
+            "--bootstrap",
+            "--node-ttl-ms",
+            "1500",
+            "--node-grace-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>(),
+        &dir.join("controller.log"),
+    );
+    for h in &mut hosts {
+        h.start(&format!("{}.log", h.name));
+    }
+    let v = wait_for(&underlay, "three nodes with subnets", |v| {
+        v.nodes.len() == 3 && v.nodes.iter().all(|n| n.subnet.is_some())
+    });
+    let subnets: std::collections::BTreeSet<_> = v.nodes.iter().map(|n| n.subnet).collect();
+    assert_eq!(subnets.len(), 3, "distinct node subnets: {:?}", v.nodes);
+    // Each agent's bridge serves its node subnet; its vxlan device has the other two.
+    for h in &hosts {
+        let node = v.nodes.iter().find(|n| n.name == h.name).unwrap();
+        let gw = format!("{}/24", node.subnet.unwrap().hosts().next().unwrap());
+        eventually(Duration::from_secs(20), "bridge and peers", || {
+            let br = h.ip_out(&["-4", "addr", "show", "gantry0"]);
+            let routes = h.ip_out(&["route", "show", "dev", "gantry.vx"]);
+            (br.contains(&gw) && routes.lines().count() == 2).then_some(())
+        });
+    }
+
+    let rootfs = common::busybox_rootfs(&dir);
+    std::fs::create_dir_all(rootfs.join("www")).unwrap();
+    std::fs::write(rootfs.join("www/index.html"), "overlay-ok\n").unwrap();
+    let image = format!("rootfs:{}", rootfs.display());
+    let create = |name: &str, net: &str, constraint: &str, replicas: &str, cmd: &[&str]| {
+        let mut args = vec![
+            "service",
+            "create",
+            name,
+            "--image",
+            &image,
+            "--network",
+            net,
+            "--constraint",
+            constraint,
+            "--replicas",
+            replicas,
+            "--restart",
+            "never",
+            "--entrypoint",
+            cmd[0],
+            "--",
+        ];
+        args.extend(&cmd[1..]);
+        gantry(&underlay, &args);
+    };
+    let httpd = ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"];
+    create("srv", "app", "host==b", "1", &httpd);
+    create("cli", "app", "host==a", "1", &["/bin/sleep", "1000"]);
+    create(
+        "other",
+        "elsewhere",
+        "host==a",
+        "1",
+        &["/bin/sleep", "1000"],
+    );
+    let v = wait_for(
+        &underlay,
+        "srv, cli and other running with addresses",
+        |v| {
+            ["srv", "cli", "other"]
+                .iter()
+                .all(|s| v.running(s).len() == 1 && v.running(s)[0].address.is_some())
+        },
+    );
+    let srv_ip = v.running("srv")[0].address.unwrap().to_string();
+    assert_eq!(v.node_name(v.running("srv")[0].node), "b");
+    let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+    let on_a = a.containers();
+    assert_eq!(on_a.len(), 2, "{on_a:?}");
+    // Tell cli from other by their addresses.
+    let cli_ip = v.running("cli")[0].address.unwrap().to_string();
+    let ip_of = |id: &str| a.exec(id, &["ip", "-4", "-o", "addr", "show", "eth0"]).1;
+    let cli = on_a
+        .iter()
+        .find(|id| ip_of(id).contains(&format!("{cli_ip}/")))
+        .unwrap()
+        .clone();
+    let other = on_a.iter().find(|id| **id != cli).unwrap().clone();
+
+    // By name, across hosts, over the overlay (the source address is kept: no NAT).
+    let got = eventually(Duration::from_secs(10), "cli reaches srv by name", || {
+        let (ok, out) = a.exec(&cli, &["sh", "-c", HTTP_GET_SRV]);
+        (ok && out.contains("overlay-ok")).then_some(out)
+    });
+    assert!(got.contains("overlay-ok"));
+    let (ok, out) = a.exec(&cli, &["nslookup", "srv.gantry"]);
+    assert!(ok, "{out}");
+    assert_eq!(resolved(&out), vec![srv_ip.clone()], "{out}");
+    // Another network's container does not find it.
+    let (_, out) = a.exec(&other, &["nslookup", "srv"]);
+    assert!(
+        resolved(&out).is_empty(),
+        "other network resolved srv: {out}"
+    );
+
+    // Nor can it reach it by address (the isolation chain drops it), while cli can.
+    let by_ip = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {srv_ip} 8080");
+    let (_, out) = a.exec(&cli, &["sh", "-c", &by_ip]);
+    assert!(out.contains("overlay-ok"), "cli by address: {out}");
+    let (_, out) = a.exec(&other, &["sh", "-c", &by_ip]);
+    assert!(
+        !out.contains("overlay-ok"),
+        "another network reached srv: {out}"
+    );
+    // On the same node too (bridged traffic): cli and other share no network.
+    let other_ip = v.running("other")[0].address.unwrap().to_string();
+    let (ok, out) = a.exec(&cli, &["ping", "-c", "1", "-W", "1", &srv_ip]);
+    assert!(ok, "cli cannot ping srv: {out}");
+    let (ok, out) = a.exec(&cli, &["ping", "-c", "1", "-W", "1", &other_ip]);
+    assert!(!ok, "cli pinged other across networks: {out}");
+
+    // Migrate srv to host c: the same name reaches it there.
+    gantry(&underlay, &["migrate", "srv", "--to", "host==c"]);
+    let v = wait_for(&underlay, "srv running on c only", |v| {
+        let r = v.running("srv");
+        r.len() == 1 && v.node_name(r[0].node) == "c" && r[0].address.is_some()
+    });
+    let new_ip = v.running("srv")[0].address.unwrap().to_string();
+    let seen = Instant::now();
+    eventually(Duration::from_secs(10), "srv's new address in DNS", || {
+        let (_, out) = a.exec(&cli, &["nslookup", "srv"]);
+        (resolved(&out) == vec![new_ip.clone()]).then_some(())
+    });
+    eprintln!(
+        "moved allocation in DNS {:?} after the controller showed it running",
+        seen.elapsed()
+    );
+    eventually(Duration::from_secs(10), "cli reaches srv on c", || {
+        let (ok, out) = a.exec(&cli, &["sh", "-c", HTTP_GET_SRV]);
+        (ok && out.contains("overlay-ok")).then_some(())
+    });
+    eventually(
+        Duration::from_secs(10),
+        "srv's old container gone from b",
+        || b.containers().is_empty().then_some(()),
+    );
+
+    // A replica that exits leaves DNS.
+    gantry(&underlay, &["service", "scale", "srv", "2"]);
+    gantry(&underlay, &["migrate", "srv", "--to", "host!=a"]);
+    let v = wait_for(&underlay, "srv running twice", |v| {
+        v.running("srv").len() == 2 && v.running("srv").iter().all(|a| a.address.is_some())
+    });
+    eventually(Duration::from_secs(10), "both srv replicas in DNS", || {
+        (resolved(&a.exec(&cli, &["nslookup", "srv"]).1).len() == 2).then_some(())
+    });
+    let on_c = c.containers();
+    assert_eq!(on_c.len(), 1, "{on_c:?}");
+    let victim_ip = v
+        .running("srv")
+        .iter()
+        .find(|al| v.node_name(al.node) == "c")
+        .unwrap()
+        .address
+        .unwrap()
+        .to_string();
+    run(Command::new(BIN).args(["kill", "--host", &c.sock(), &on_c[0]]));
+    eventually(
+        Duration::from_secs(10),
+        "the exited replica out of DNS",
+        || {
+            let r = resolved(&a.exec(&cli, &["nslookup", "srv"]).1);
+            (!r.is_empty() && !r.contains(&victim_ip)).then_some(())
+        },
+    );
+
+    // Remove everything: containers, veths and leases go, DNS forgets the names.
+    for s in ["srv", "cli", "other"] {
+        gantry(&underlay, &["service", "rm", s]);
+    }
+    for h in &hosts {
+        eventually(Duration::from_secs(20), "containers removed", || {
+            h.containers().is_empty().then_some(())
+        });
+        let links = h.ip_out(&["-o", "link", "show"]);
+        assert!(!links.contains(": gt"), "veth left on {}: {links}", h.name);
+        let leases = std::fs::read_to_string(
+            dir.join(format!("{}-root/network/gantry0.leases.json", h.name)),
+        )
+        .unwrap_or_default();
+        assert!(
+            !leases.contains("\"ip\""),
+            "lease left on {}: {leases}",
+            h.name
+        );
+    }
+    // A restarted agent replaces its vxlan device (stale entries go with the old one).
+    hosts[1].daemon.kill();
+    let before = hosts[1].ip_out(&["-d", "-o", "link", "show", "gantry.vx"]);
+    hosts[1].start("b-again.log");
+    eventually(
+        Duration::from_secs(20),
+        "b's vxlan recreated with its peers",
+        || {
+            let now = hosts[1].ip_out(&["-o", "link", "show"]);
+            let routes = hosts[1].ip_out(&["route", "show", "dev", "gantry.vx"]);
+            let idx = |s: &str| s.split(':').next().map(str::to_string);
+            let again = now.lines().find(|l| l.contains("gantry.vx")).and_then(idx);
+            (again.is_some() && again != idx(&before) && routes.lines().count() == 2).then_some(())
+        },
+    );
+    for h in &mut hosts {
+        h.daemon.kill();
+    }
+    controller.kill();
+    let shims: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .filter(|c| c.contains(&dir.display().to_string()))
+        .collect();
+    assert!(shims.is_empty(), "processes left: {shims:?}");
+}
