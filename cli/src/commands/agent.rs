@@ -215,9 +215,9 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let _follower = match (overlay, &cluster_cfg) {
         (Some((overlay, table, dns)), Some(c)) => {
             let e = engine.clone();
-            let iso_chain = engine
+            let (iso_chain, mesh_chain) = engine
                 .network()
-                .map(|n| n.config().iso_chain())
+                .map(|n| (n.config().iso_chain(), n.config().mesh_chain()))
                 .unwrap_or_default();
             let follower = follower::Follower {
                 join: c.join.clone(),
@@ -227,6 +227,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 local: Arc::new(move || follower::engine_addresses(&e)),
                 firewall: gantry_agent::network::IptablesFirewall::default(),
                 iso_chain,
+                mesh_chain,
             };
             tracing::info!(dns = %dns.addr(), "cluster overlay up");
             Some((AbortOnDrop(tokio::spawn(follower.run())), dns))
