@@ -105,7 +105,7 @@ if [[ " $peers " == *" podman "* ]]; then
   echo "podman --runtime runc: wall_s=$(echo "$t1 - $t0" | bc) running=$(podman ps -q --filter "label=$label" | wc -l)"
   ids=$(podman ps -aq --filter "label=$label"); [ -z "$ids" ] || podman rm -f -t 0 $ids >/dev/null
 fi
-shim=$(pgrep -f "gantry shim --config $tmp/run" | head -1)
+shim=$(pgrep -f "shim --config $tmp/run" | head -1)
 echo "## 3. memory"
 echo "agent_rss_kib_with_100=$(awk '/^VmRSS/ {print $2}' "/proc/$agent_pid/status")"
 echo "shim_private_kib=$(awk '/^Private_(Clean|Dirty)/ {s+=$2} END {print s}' "/proc/$shim/smaps_rollup")"

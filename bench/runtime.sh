@@ -6,6 +6,7 @@
 # 1. latency: create-start-wait-delete (`RT run --bundle B ID`) of three busybox bundles
 #    ((a) true, (b) sh -c 'echo hi', (c) true + memory 64 MiB + pids 64), runtimes interleaved,
 #    via ../shared/anchors/runtime-latency.sh (it applies the crun hybrid-cgroup workaround);
+#    gantry twice: the small per-container binary `gantry-runtime` and `gantry runtime`;
 # 2. peak RSS of the runtime process (/usr/bin/time -v, max of 20 runs each);
 # 3. hang check: N (default 1000) `gantry runtime run` of bundle (a) under CPU load (one
 #    `yes >/dev/null` per core, killed by PID at the end), each bounded by `timeout -s KILL 10`.
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$build" = 1 ] && (cd "$repo" && cargo build --release --locked -p gantry >&2)
 G=$repo/target/release/gantry
+GS=$repo/target/release/gantry-runtime
 work=$(mktemp -d /tmp/gantry-bench.XXXXXX)
 loadpids=()
 cleanup() { for p in "${loadpids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -37,15 +39,18 @@ trap cleanup EXIT
 # runc 1.1's `runc spec` lists ambient capabilities that are not inheritable; runc and gantry
 # both leave them out; gantry warns on its --log.
 GR="$G runtime --root $work/state --log $work/gantry.log"
+# the small per-container binary (cli/src/runtime_main.rs): what the agent runs when
+# it is installed beside gantry
+GSR="$GS --root $work/state --log $work/gantry.log"
 
 echo "## latency (ms), $(date -u +%FT%TZ), runs=$runs"
 for b in true echo limits; do
   echo "### bundle: $b"
-  "$anchors/runtime-latency.sh" -n "$runs" -w 3 -t 10 -b "$work/$b" runc crun "$GR"
+  "$anchors/runtime-latency.sh" -n "$runs" -w 3 -t 10 -b "$work/$b" runc crun "$GSR" "$GR"
 done
 
 echo "## peak RSS (KiB, max of 20 runs, bundle true)"
-for rt in runc crun "$GR"; do
+for rt in runc crun "$GSR" "$GR"; do
   max=0
   for i in $(seq 20); do
     # crun needs the cgroup2-unmounted namespace on hybrid hosts; time all alike inside one
@@ -57,12 +62,12 @@ for rt in runc crun "$GR"; do
   printf '%-40s %s\n' "${rt%% *}" "$max"
 done
 
-echo "## hang check: $hang runs of '$GR run' under CPU load"
+echo "## hang check: $hang runs of '$GSR run' under CPU load"
 for _ in $(seq "$(nproc)"); do yes >/dev/null & loadpids+=($!); done
 hung=0; failed=0
 for i in $(seq "$hang"); do
-  rc=0; timeout -s KILL 10 $GR run --bundle "$work/true" "hang-$$-$i" </dev/null >/dev/null 2>>"$work/hang.err" || rc=$?
-  if [ "$rc" = 137 ]; then hung=$((hung+1)); $GR delete -f "hang-$$-$i" >/dev/null 2>&1 || true
+  rc=0; timeout -s KILL 10 $GSR run --bundle "$work/true" "hang-$$-$i" </dev/null >/dev/null 2>>"$work/hang.err" || rc=$?
+  if [ "$rc" = 137 ]; then hung=$((hung+1)); $GSR delete -f "hang-$$-$i" >/dev/null 2>&1 || true
   elif [ "$rc" != 0 ]; then failed=$((failed+1)); fi
 done
 for p in "${loadpids[@]}"; do kill "$p" 2>/dev/null || true; done; loadpids=()

@@ -6,6 +6,12 @@
 //!
 //! `main` is synchronous on purpose: the runtime path must start no async runtime and no
 //! thread pool (that is where its speed comes from). Commands that need tokio build one.
+//!
+//! The two per-container entry points, `gantry runtime …` and `gantry shim …`, are
+//! dispatched before the full command tree is built: they parse only their own arguments
+//! (a clap tree of ~60 subcommands costs heap and pages in code that neither needs; both
+//! run once per container, so their start-up time and peak RSS are what the benchmarks of
+//! issues 2 and 4 count).
 
 mod commands;
 mod output;
@@ -61,7 +67,40 @@ enum Command {
     Container(commands::container::ContainerCommand),
 }
 
+/// `gantry runtime …` parsed on its own (see the module doc).
+#[derive(Parser)]
+#[command(name = "gantry runtime", version)]
+struct RuntimeOnly {
+    #[command(flatten)]
+    args: commands::runtime::RuntimeArgs,
+}
+
+/// `gantry shim …` parsed on its own (see the module doc).
+#[derive(Parser)]
+#[command(name = "gantry shim", version)]
+struct ShimOnly {
+    #[command(flatten)]
+    args: commands::shim::ShimArgs,
+}
+
 fn main() {
+    // argv[1] names the role: the top level has no options of its own besides
+    // --help/--version, which take the full path below.
+    match std::env::args_os()
+        .nth(1)
+        .as_deref()
+        .and_then(|a| a.to_str())
+    {
+        Some("runtime") => {
+            let only = RuntimeOnly::parse_from(std::env::args_os().skip(1));
+            std::process::exit(commands::runtime::main(only.args));
+        }
+        Some("shim") => {
+            let only = ShimOnly::parse_from(std::env::args_os().skip(1));
+            std::process::exit(commands::shim::main(only.args));
+        }
+        _ => {}
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Runtime(args) => commands::runtime::main(args),

@@ -286,6 +286,61 @@ fn a_rebuild_is_cached_and_a_changed_file_reruns_exactly_the_steps_after_it() {
     assert_eq!(env.image("c:3").digest, env.image("c:2").digest);
 }
 
+/// `--progress tty` on a terminal (a pty from `script`): live step lines that end as
+/// `DONE` (with the RUN's output above them) or `CACHED`; without a terminal it is refused
+/// before anything is built.
+#[test]
+fn progress_tty_draws_steps_on_a_terminal_and_needs_one() {
+    let env = Env::new();
+    let df =
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"echo\", \"tty-out\"]\n";
+    let ctx = env.context("ctx", df, &[]);
+
+    let refused = env.build(&["--progress", "tty", "-t", "p:1", ctx.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("--progress tty: standard error is not a terminal"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!env.store().exists(), "nothing built, no store made");
+
+    // util-linux `script` runs the build on a pty and copies what it drew to stdout.
+    let in_pty = |tag: &str| -> String {
+        let cmd = format!(
+            "{} build --store {} --progress tty -t {tag} {}",
+            common::gantry_bin(),
+            env.store().display(),
+            ctx.display()
+        );
+        let out = Command::new("timeout")
+            .args(["120", "script", "-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running util-linux script (package bsdutils)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "build on a pty failed: {text}");
+        text
+    };
+    let first = in_pty("p:1");
+    assert!(first.contains("RUN [\"/bin/busybox\""), "{first}");
+    assert!(
+        first.contains("#3 tty-out"),
+        "the RUN's output is shown: {first}"
+    );
+    assert!(first.contains("DONE"), "{first}");
+    assert!(!first.contains("CACHED"), "{first}");
+    let second = in_pty("p:2");
+    assert!(second.contains("CACHED"), "{second}");
+    assert!(
+        !second.contains("#3 tty-out"),
+        "a cached RUN does not run: {second}"
+    );
+    assert_eq!(env.image("p:1").digest, env.image("p:2").digest);
+}
+
 #[test]
 fn equal_inputs_give_equal_digests_in_separate_stores() {
     let a = Env::new();

@@ -41,27 +41,14 @@ async fn leader_loss_drain_and_site_failover() {
     let mut c = common::cluster::client(&addrs);
     wait_for(&mut c, "four nodes", 30, |_| {}, |v| v.nodes.len() == 4).await;
     let image = format!("rootfs:{}", rootfs.display());
-    let create = |ctl: &str, name: &str, replicas: &str, extra: &[&str]| {
-        let mut args = vec![
-            "service",
-            "create",
-            name,
-            "--image",
-            &image,
-            "--replicas",
-            replicas,
-            "--entrypoint",
-            "/bin/sleep",
-        ];
-        args.extend_from_slice(extra);
-        args.extend(["--", "1000"]);
-        gantry(ctl, &args);
+    let create = |ctl: &str, name: &str, replicas: u32, extra: &[&str]| {
+        common::cluster::create_sleeper(ctl, name, &image, replicas, extra)
     };
 
     // Deploy, then SIGKILL the leader at once: the new leader places and the agents
     // (following whichever member answers) run all three replicas.
     let leader = c.status().await.unwrap().leader.expect("a leader");
-    create(&join, "mid", "3", &[]);
+    create(&join, "mid", 3, &[]);
     let li = ctls.iter().position(|x| x.id == leader).unwrap();
     ctls[li].daemon.signal(libc::SIGKILL);
     let live: Vec<String> = ctls
@@ -83,7 +70,7 @@ async fn leader_loss_drain_and_site_failover() {
     let join = live.join(",");
 
     // Ordered failover: both replicas in the first site.
-    create(&join, "fo", "2", &["--failover", "site=onprem,site=cloud"]);
+    create(&join, "fo", 2, &["--failover", "site=onprem,site=cloud"]);
     let v = wait_for(
         &mut c,
         "fo running twice",

@@ -43,27 +43,18 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     assert!(out.contains("dev-a") && out.contains("env=qa"), "{out}");
 
     let image = format!("rootfs:{}", rootfs.display());
-    let create = |name: &str, replicas: &str, constraint: Option<&str>| {
-        let mut args = vec![
-            "service",
-            "create",
+    let create = |name: &str, replicas: u32, constraint: &str| {
+        common::cluster::create_sleeper(
+            &ctl_addr,
             name,
-            "--image",
             &image,
-            "--replicas",
             replicas,
-            "--entrypoint",
-            "/bin/sleep",
-        ];
-        if let Some(c) = constraint {
-            args.extend(["--constraint", c]);
-        }
-        args.extend(["--", "1000"]);
-        gantry(&ctl_addr, &args);
+            &["--constraint", constraint],
+        )
     };
 
     // A constrained service lands only on matching nodes, and really runs there.
-    create("web", "2", Some("env==dev"));
+    create("web", 2, "env==dev");
     let v = wait_for(
         &mut c,
         "web running twice",
@@ -82,7 +73,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     assert_eq!(ps.matches("Running").count(), 2, "{ps}");
 
     // An impossible constraint: pending, with the reason.
-    create("nowhere", "1", Some("env==prod"));
+    create("nowhere", 1, "env==prod");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ps = gantry(&ctl_addr, &["service", "ps", "nowhere"]);

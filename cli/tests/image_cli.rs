@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 use gantry_agent::image::Digest;
 
+mod common;
+
 fn gantry(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(args)
@@ -23,15 +25,8 @@ fn ok(store: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// Writes a one-layer OCI layout naming its image by tag `1` only (as skopeo does).
+/// Writes a one-layer OCI layout (one file, hello.txt) naming its image by tag `1` only.
 fn layout(dir: &Path) -> (Digest, Digest) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let d = Digest::of(data);
-        std::fs::write(blobs.join(d.hex()), data).unwrap();
-        (d, data.len())
-    };
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o644);
@@ -39,32 +34,7 @@ fn layout(dir: &Path) -> (Digest, Digest) {
     h.set_mtime(1);
     b.append_data(&mut h, "hello.txt", &b"hello"[..]).unwrap();
     let layer = b.into_inner().unwrap();
-    let (ld, ls) = put(&layer);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux", "created": "2026-11-28T00:00:00Z",
-        "rootfs": {"type": "layers", "diff_ids": [ld.to_string()]},
-    }))
-    .unwrap();
-    let (cd, cs) = put(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}],
-    }))
-    .unwrap();
-    let (md, ms) = put(&manifest);
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
-                "annotations": {"org.opencontainers.image.ref.name": "1"}}],
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    (md, ld)
+    common::oci_layout(dir, &layer, serde_json::json!({}))
 }
 
 fn names(store: &Path) -> Vec<String> {

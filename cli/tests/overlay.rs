@@ -5,8 +5,10 @@
 //! host's namespace with its own state dirs. Services run from a busybox root filesystem.
 //!
 //! A client on host a reaches a server on host b by service name over the VXLAN overlay;
-//! after the server migrates to host c the same name reaches it; a replica that exits
-//! leaves DNS; a service on another network does not see the server in DNS; after the
+//! after the server migrates to host c the same name reaches it; its published endpoint on
+//! host a's address reaches it from outside the cluster network wherever it runs; a
+//! replica that exits leaves DNS and the balancer; a service on another network neither
+//! finds the server in DNS nor reaches it by address (cross-node and same-node); after the
 //! services are removed nothing of theirs is left (containers, veths, leases, DNS names),
 //! and a restarted agent replaces its stale vxlan device. Every process is killed by PID
 //! and every namespace deleted in Drop guards.
@@ -54,9 +56,14 @@ impl Drop for Namespaces {
 /// `gantry ARGS` inside network namespace `ns` (entered with setns between fork and exec;
 /// not `ip netns exec`, whose fresh /sys hides the cgroup mounts).
 fn in_ns(ns: &str) -> Command {
+    program_in_ns(BIN, ns)
+}
+
+/// `program` inside network namespace `ns` (setns between fork and exec).
+fn program_in_ns(program: &str, ns: &str) -> Command {
     use std::os::unix::process::CommandExt;
     let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(program);
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
@@ -454,7 +461,7 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
     std::fs::create_dir_all(rootfs.join("www")).unwrap();
     std::fs::write(rootfs.join("www/index.html"), "overlay-ok\n").unwrap();
     let image = format!("rootfs:{}", rootfs.display());
-    let create = |name: &str, net: &str, constraint: &str, replicas: &str, cmd: &[&str]| {
+    let create = |name: &str, net: &str, constraint: &str, extra: &[&str], cmd: &[&str]| {
         let mut args = vec![
             "service",
             "create",
@@ -465,25 +472,30 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
             net,
             "--constraint",
             constraint,
-            "--replicas",
-            replicas,
             "--restart",
             "never",
             "--entrypoint",
             cmd[0],
-            "--",
         ];
+        args.extend(extra);
+        args.push("--");
         args.extend(&cmd[1..]);
         gantry(&underlay, &args);
     };
     let httpd = ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"];
-    create("srv", "app", "host==b", "1", &httpd);
-    create("cli", "app", "host==a", "1", &["/bin/sleep", "1000"]);
+    create(
+        "srv",
+        "app",
+        "host==b",
+        &["--endpoint", "30080:8080"],
+        &httpd,
+    );
+    create("cli", "app", "host==a", &[], &["/bin/sleep", "1000"]);
     create(
         "other",
         "elsewhere",
         "host==a",
-        "1",
+        &[],
         &["/bin/sleep", "1000"],
     );
     let v = wait_for(
@@ -542,6 +554,26 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
     let (ok, out) = a.exec(&cli, &["ping", "-c", "1", "-W", "1", &other_ip]);
     assert!(!ok, "cli pinged other across networks: {out}");
 
+    // The published endpoint: any node's address, from outside the cluster network (host
+    // c's namespace, not a container), reaches srv wherever it runs.
+    let from_c = || {
+        let out = program_in_ns("/bin/busybox", &hosts[2].ns)
+            .args([
+                "sh",
+                "-c",
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 \"$0\" 30080",
+            ])
+            .arg(&hosts[0].addr)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("overlay-ok")
+    };
+    eventually(
+        Duration::from_secs(10),
+        "srv through host a's endpoint",
+        || from_c().then_some(()),
+    );
+
     // Migrate srv to host c: the same name reaches it there.
     gantry(&underlay, &["migrate", "srv", "--to", "host==c"]);
     let v = wait_for(&underlay, "srv running on c only", |v| {
@@ -566,6 +598,12 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         Duration::from_secs(10),
         "srv's old container gone from b",
         || b.containers().is_empty().then_some(()),
+    );
+
+    eventually(
+        Duration::from_secs(10),
+        "srv on c through host a's endpoint",
+        || from_c().then_some(()),
     );
 
     // A replica that exits leaves DNS.
@@ -596,6 +634,15 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
             (!r.is_empty() && !r.contains(&victim_ip)).then_some(())
         },
     );
+
+    // ... and the balancer (rewritten before the DNS table): every try through the
+    // endpoint lands on the live replica, none on the dead one.
+    for i in 0..8 {
+        assert!(
+            from_c(),
+            "try {i} through the endpoint failed after a replica exited"
+        );
+    }
 
     // Remove everything: containers, veths and leases go, DNS forgets the names.
     for s in ["srv", "cli", "other"] {

@@ -24,6 +24,57 @@ fn run_propagates_exit_code_pid1_and_hostname() {
     t.assert_no_container("c");
 }
 
+/// `gantry-runtime` (the small per-container binary) is the same runtime: `run` with the
+/// exit code and lifecycle left clean, `create`/`state`/`delete` on the same root as
+/// `gantry runtime`, and its `shim` verb refuses a missing config clearly.
+#[test]
+fn small_binary_is_the_same_runtime() {
+    let t = Rt::new("small");
+    let small = env!("CARGO_BIN_EXE_gantry-runtime");
+    let root = t.root.to_str().unwrap();
+    let b = t.bundle("b", &["sh", "-c", "test $$ = 1 || exit 91; exit 5"], |_| {});
+    let run = std::process::Command::new(small)
+        .args(["--root", root, "run", "-b", b.to_str().unwrap(), &t.id("c")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running gantry-runtime");
+    assert_eq!(run.status.code(), Some(5), "{run:?}");
+    t.assert_no_container("c");
+
+    // Created by the small binary, seen and deleted by `gantry runtime`. The held
+    // container inherits create's stdio (as with runc), so that goes to files, not pipes.
+    let id = t.id("d");
+    let err_path = t.root.with_file_name("small-create.err");
+    let created = std::process::Command::new(small)
+        .args(["--root", root, "create", "-b", b.to_str().unwrap(), &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .expect("running gantry-runtime create");
+    assert!(
+        created.success(),
+        "{created:?}: {}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    assert_eq!(t.state(&id)["status"], "created");
+    let del = t.gantry(&["delete", "--force", &id]);
+    assert_eq!(del.code, 0, "{del:?}");
+    t.assert_no_container("d");
+
+    let missing = t.root.join("no-such-shim.json");
+    let shim = std::process::Command::new(small)
+        .args(["shim", "--config", missing.to_str().unwrap()])
+        .output()
+        .expect("running gantry-runtime shim");
+    let out = String::from_utf8_lossy(&shim.stdout);
+    assert_eq!(shim.status.code(), Some(1), "{shim:?}");
+    assert!(
+        out.contains("shim config") && out.contains("no-such-shim.json"),
+        "{out}"
+    );
+}
+
 #[test]
 fn run_reports_128_plus_signal_when_killed() {
     let t = Rt::new("sig");

@@ -483,6 +483,17 @@ impl Driver {
         ));
     }
 
+    /// Create (version 1) or update every service to an image version.
+    async fn upsert_services(&self, image_version: u32) -> Result<(), ScaleError> {
+        let (n, replicas) = (self.cfg.services, self.cfg.replicas);
+        self.write_all(
+            (0..n)
+                .map(|s| topology::upsert_service(s, replicas, image_version))
+                .collect(),
+        )
+        .await
+    }
+
     async fn set_status(&self, nodes: &[NodeId], status: NodeStatus) -> Result<(), ScaleError> {
         self.write_all(
             nodes
@@ -585,12 +596,7 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
         .await?;
     let register_nodes_seconds = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    d.write_all(
-        (0..cfg.services)
-            .map(|s| topology::upsert_service(s, cfg.replicas, 1))
-            .collect(),
-    )
-    .await?;
+    d.upsert_services(1).await?;
     let upsert_services_seconds = t.elapsed().as_secs_f64();
 
     let mut phases = Vec::new();
@@ -612,12 +618,7 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
             }
             Phase::RollingUpdate => {
                 let t = Instant::now();
-                d.write_all(
-                    (0..cfg.services)
-                        .map(|s| topology::upsert_service(s, cfg.replicas, 2))
-                        .collect(),
-                )
-                .await?;
+                d.upsert_services(2).await?;
                 let mut rep = PhaseReport {
                     phase: phase.name().into(),
                     fault_seconds: t.elapsed().as_secs_f64(),

@@ -68,10 +68,11 @@ fn constraint(s: &str) -> Constraint {
         .unwrap_or_else(|e| panic!("built-in constraint {s:?}: {e}"))
 }
 
-/// The spec of service `s`: in one environment; every fourth avoids one site, every fifth
+/// The spec of service `s`: in one environment (`s % 3`); every fourth avoids one site, every fifth
 /// spreads over sites; a rolling update replaces a tenth of the replicas at a time.
 pub fn service_spec(s: u64, replicas: u32, image_version: u32) -> ServiceSpec {
-    let (cpu, mib) = REQUESTS[(s % REQUESTS.len() as u64) as usize];
+    // Sizes cycle independently of the environment (s / 3), so every env gets every size.
+    let (cpu, mib) = REQUESTS[(s / 3 % REQUESTS.len() as u64) as usize];
     let mut constraints = vec![constraint(&format!("env=={}", ENVS[(s % 3) as usize]))];
     if s % 4 == 1 {
         constraints.push(constraint(&format!(
@@ -120,6 +121,20 @@ mod tests {
             combos.insert((l["env"].clone(), l["site"].clone()));
         }
         assert_eq!(combos.len(), 12, "every env × site within twelve nodes");
+    }
+
+    #[test]
+    fn every_env_gets_every_request_size() {
+        let combos: std::collections::BTreeSet<(String, u64)> = (0..9)
+            .map(|s| {
+                let spec = service_spec(s, 1, 1);
+                (
+                    format!("{:?}", spec.constraints[0]),
+                    spec.resources.cpu_millis,
+                )
+            })
+            .collect();
+        assert_eq!(combos.len(), 9, "{combos:?}");
     }
 
     #[test]

@@ -107,11 +107,13 @@ pub struct OciRuntimeRunner {
 }
 
 impl OciRuntimeRunner {
-    /// This binary's `gantry runtime` (the agent and the CLI are the gantry binary).
+    /// gantry's own runtime: `gantry-runtime` beside this binary, else this binary's
+    /// `gantry runtime` (see [`crate::supervisor::programs`]).
     pub fn current_exe(root: PathBuf) -> io::Result<OciRuntimeRunner> {
+        let p = crate::supervisor::programs::for_current_exe()?;
         Ok(OciRuntimeRunner {
-            program: std::env::current_exe()?,
-            args: vec!["runtime".into()],
+            program: p.program,
+            args: p.runtime_args,
             root,
         })
     }

@@ -181,6 +181,11 @@ impl BridgeConfig {
         format!("{}-ISO", self.chain_prefix)
     }
 
+    /// The routing mesh's DNAT chain (nat table; rewritten whole by the overlay).
+    pub fn mesh_chain(&self) -> String {
+        format!("{}-MESH", self.chain_prefix)
+    }
+
     /// The chain accepting forwarded bridge traffic (filter table, from FORWARD).
     pub fn fwd_chain(&self) -> String {
         format!("{}-FWD", self.chain_prefix)

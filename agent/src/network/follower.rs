@@ -147,6 +147,8 @@ pub struct Follower<L: Links, F: Firewall> {
     pub firewall: F,
     /// The bridge network's isolation chain ([`super::BridgeConfig::iso_chain`]).
     pub iso_chain: String,
+    /// The bridge network's routing-mesh chain ([`super::BridgeConfig::mesh_chain`]).
+    pub mesh_chain: String,
 }
 
 impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
@@ -158,6 +160,7 @@ impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
         // What was last sent per allocation, so a lagging view does not resend it.
         let mut sent: HashMap<AllocId, Option<Ipv4Addr>> = HashMap::new();
         let mut iso = String::new();
+        let mut mesh = String::new();
         loop {
             let mut stream = match c.watch(view.index).await {
                 Ok(s) => s,
@@ -187,7 +190,7 @@ impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
                                 }
                                 None => {}
                             }
-                            self.refresh(&view, &mut iso).await;
+                            self.refresh(&view, &mut iso, &mut mesh).await;
                             self.report(&view, &mut c, &mut sent).await;
                         }
                         Ok(None) | Err(_) => break,
@@ -205,9 +208,9 @@ impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
         }
     }
 
-    /// Peers, DNS table and isolation rules from the view; `iso` is the isolation script
-    /// last applied (rewritten only when it changes; cleared when applying failed).
-    async fn refresh(&self, view: &ClusterView, iso: &mut String) {
+    /// Peers, DNS table, isolation and mesh rules from the view; `iso` and `mesh` are the
+    /// scripts last applied (rewritten only when they change; cleared when applying failed).
+    async fn refresh(&self, view: &ClusterView, iso: &mut String, mesh: &mut String) {
         let peers = overlay::desired_peers(&view.node_views(), &self.name);
         if let Err(e) = self.overlay.sync(&peers).await {
             tracing::warn!(error = %e, "overlay peers");
@@ -221,6 +224,16 @@ impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
                 Err(e) => {
                     tracing::warn!(error = %e, "isolation rules");
                     iso.clear();
+                }
+            }
+        }
+        let script = super::mesh::mesh_script(&self.mesh_chain, view.services.values(), &table);
+        if script != *mesh {
+            match self.firewall.restore(Table::Nat, &script).await {
+                Ok(()) => *mesh = script,
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing mesh rules");
+                    mesh.clear();
                 }
             }
         }

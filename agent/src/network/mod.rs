@@ -25,6 +25,7 @@ pub mod firewall;
 pub mod follower;
 pub mod ipam;
 pub mod links;
+pub mod mesh;
 pub mod netns;
 pub mod overlay;
 pub mod ports;

@@ -99,6 +99,22 @@ pub fn base_nat(cfg: &BridgeConfig, save: &str) -> String {
             let _ = writeln!(s, "-A {builtin} -m addrtype --dst-type LOCAL -j {dnat}");
         }
     }
+    if let Some(cidr) = cfg.overlay_cidr {
+        let mesh = cfg.mesh_chain();
+        if !chain_exists(save, &mesh) {
+            let _ = writeln!(s, ":{mesh} - [0:0]");
+        }
+        for builtin in ["PREROUTING", "OUTPUT"] {
+            if !has_jump(save, builtin, &mesh) {
+                let _ = writeln!(s, "-A {builtin} -m addrtype --dst-type LOCAL -j {mesh}");
+            }
+        }
+        // The routing mesh: DNATed onto another node, the reply must come back this way.
+        let _ = writeln!(
+            s,
+            "-A {post} -d {cidr} ! -o {br} -m conntrack --ctstate DNAT -j MASQUERADE"
+        );
+    }
     if !has_jump(save, "POSTROUTING", &post) {
         let _ = writeln!(s, "-A POSTROUTING -j {post}");
     }
@@ -127,6 +143,14 @@ pub fn base_filter(cfg: &BridgeConfig, save: &str) -> String {
     let _ = writeln!(s, "-A {fwd} -i {br} -j ACCEPT");
     if let Some(cidr) = cfg.overlay_cidr {
         let _ = writeln!(s, "-A {fwd} -s {cidr} -o {br} -j ACCEPT");
+        let _ = writeln!(
+            s,
+            "-A {fwd} -d {cidr} -m conntrack --ctstate DNAT -j ACCEPT"
+        );
+        let _ = writeln!(
+            s,
+            "-A {fwd} -s {cidr} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        );
     }
     if !has_jump(save, "FORWARD", &fwd) {
         // First in FORWARD, ahead of a DROP policy's rules of other tools.
@@ -168,7 +192,7 @@ pub fn unpublish(cfg: &BridgeConfig, save: &str, remove: impl Fn(&str) -> bool) 
 /// The script removing gantry's chains of this network and every jump to them from `table`.
 pub fn teardown(cfg: &BridgeConfig, table: Table, save: &str) -> String {
     let ours: Vec<String> = match table {
-        Table::Nat => vec![cfg.dnat_chain(), cfg.post_chain()],
+        Table::Nat => vec![cfg.dnat_chain(), cfg.post_chain(), cfg.mesh_chain()],
         Table::Filter => vec![cfg.fwd_chain(), cfg.iso_chain()],
     };
     let mut s = String::new();

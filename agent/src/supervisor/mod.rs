@@ -5,8 +5,9 @@
 //! Vocabulary:
 //! - **shim**: the supervising process. The agent spawns it; it forks once and `setsid`s so
 //!   it belongs to no agent, becomes a child subreaper, has the OCI runtime create and start
-//!   the container, then runs a plain `poll` loop (no async runtime: its private memory
-//!   stays well under 2 MiB) that copies stdout/stderr into the log and reaps the container;
+//!   the container, then runs a plain `poll` loop (no async runtime; run from the small
+//!   `gantry-runtime` binary, [`programs`], its private memory was 0.5 MiB in
+//!   docs/benchmarks.md) that copies stdout/stderr into the log and reaps the container;
 //! - **run dir**: the container's directory under the agent's run root (tmpfs), the shim's
 //!   whole interface: `shim.json` (its [`ShimConfig`]), `shim.pid` and `init.pid`
 //!   ([`ProcessId`]: pid + start time, so a recycled pid is never mistaken for ours),
@@ -17,6 +18,7 @@
 
 pub mod logfile;
 pub mod oci;
+pub mod programs;
 pub mod shim;
 pub mod timefmt;
 

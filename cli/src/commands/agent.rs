@@ -107,6 +107,8 @@ pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub fn main(args: AgentArgs) -> i32 {
+    // Before any thread exists: see gantry_agent::engine::memory.
+    gantry_agent::engine::memory::limit_arenas(2);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_json {
@@ -139,17 +141,20 @@ pub fn main(args: AgentArgs) -> i32 {
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let sock = socket_path(&args.host)?;
     let cluster_cfg = cluster_config(&args)?;
-    let exe = std::env::current_exe().context("locating the gantry binary for shims")?;
+    // Shims and gantry's runtime run from the small `gantry-runtime` when it is installed
+    // beside this binary, else from this binary.
+    let own = gantry_agent::supervisor::programs::for_current_exe()
+        .context("locating the gantry binary for shims")?;
     let cfg = EngineConfig {
         root: args.root,
         run_root: args.run_root,
-        runtime_program: args.runtime.clone().unwrap_or_else(|| exe.clone()),
+        runtime_program: args.runtime.clone().unwrap_or_else(|| own.program.clone()),
         runtime_args: match args.runtime {
             Some(_) => Vec::new(),
-            None => vec!["runtime".into()],
+            None => own.runtime_args,
         },
-        shim_program: exe,
-        shim_args: vec!["shim".into()],
+        shim_program: own.program,
+        shim_args: own.shim_args,
         log_max_bytes: args.log_max_size,
         log_max_files: args.log_max_files,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -210,9 +215,9 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let _follower = match (overlay, &cluster_cfg) {
         (Some((overlay, table, dns)), Some(c)) => {
             let e = engine.clone();
-            let iso_chain = engine
+            let (iso_chain, mesh_chain) = engine
                 .network()
-                .map(|n| n.config().iso_chain())
+                .map(|n| (n.config().iso_chain(), n.config().mesh_chain()))
                 .unwrap_or_default();
             let follower = follower::Follower {
                 join: c.join.clone(),
@@ -222,6 +227,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 local: Arc::new(move || follower::engine_addresses(&e)),
                 firewall: gantry_agent::network::IptablesFirewall::default(),
                 iso_chain,
+                mesh_chain,
             };
             tracing::info!(dns = %dns.addr(), "cluster overlay up");
             Some((AbortOnDrop(tokio::spawn(follower.run())), dns))
@@ -249,6 +255,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", sock.display()))?;
     tracing::info!(socket = %sock.display(), "engine API listening");
+    let trimmer = tokio::spawn(gantry_agent::engine::memory::trim_periodically());
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -268,6 +275,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .context("serving the engine API")?;
     let _ = std::fs::remove_file(&sock);
+    trimmer.abort();
     if let Some(c) = cluster {
         c.abort();
     }

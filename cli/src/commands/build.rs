@@ -51,7 +51,8 @@ pub struct BuildArgs {
     /// Run every step, ignoring the cache.
     #[arg(long)]
     pub no_cache: bool,
-    /// Progress output (tty prints the plain format too).
+    /// Progress output: plain (BuildKit's lines), tty (live lines per step; needs a
+    /// terminal), auto (tty on a terminal, else plain).
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
     /// Network of RUN steps: none (default) or host.
@@ -150,14 +151,15 @@ fn prepare(a: &BuildArgs) -> anyhow::Result<Prepared> {
 }
 
 fn build(a: &BuildArgs) -> anyhow::Result<()> {
+    let display = Display::new(a.progress, a.quiet)?;
     let p = prepare(a)?;
     match &a.store {
-        Some(store) => build_local(a, p, store),
-        None => build_remote(a, p),
+        Some(store) => build_local(a, p, store, display),
+        None => build_remote(a, p, display),
     }
 }
 
-/// Prints progress in BuildKit's plain format, on stderr.
+/// Prints progress in BuildKit's plain format.
 fn print_event(out: &mut impl Write, e: Event) {
     let _ = match e {
         Event::Warning(w) => writeln!(out, "{w}"),
@@ -168,6 +170,111 @@ fn print_event(out: &mut impl Write, e: Event) {
             .try_for_each(|l| writeln!(out, "#{n} {l}")),
         Event::Done { n, elapsed } => writeln!(out, "#{n} DONE {:.3}s", elapsed.as_secs_f64()),
     };
+}
+
+/// Where progress goes, on stderr: nothing (`-q`), BuildKit's plain lines, or on a
+/// terminal one live line per step (spinner, step, running time) that ends as `CACHED` or
+/// `DONE 1.2s`, with the steps' output and warnings printed above the live lines.
+enum Display {
+    Quiet,
+    Plain,
+    Tty(TtyDisplay),
+}
+
+struct TtyDisplay {
+    multi: indicatif::MultiProgress,
+    steps: std::collections::HashMap<usize, (indicatif::ProgressBar, String)>,
+}
+
+impl Drop for TtyDisplay {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+impl Display {
+    /// `--progress tty` needs a terminal (as BuildKit's does); `auto` picks tty on one.
+    fn new(mode: ProgressMode, quiet: bool) -> anyhow::Result<Display> {
+        use std::io::IsTerminal;
+        let terminal = std::io::stderr().is_terminal();
+        Ok(match (quiet, mode, terminal) {
+            (true, _, _) => Display::Quiet,
+            (false, ProgressMode::Plain, _) | (false, ProgressMode::Auto, false) => Display::Plain,
+            (false, ProgressMode::Tty, false) => bail!(
+                "--progress tty: standard error is not a terminal (use --progress plain or auto)"
+            ),
+            (false, _, true) => Display::Tty(TtyDisplay {
+                multi: indicatif::MultiProgress::with_draw_target(
+                    indicatif::ProgressDrawTarget::stderr(),
+                ),
+                steps: Default::default(),
+            }),
+        })
+    }
+
+    fn event(&mut self, e: Event) {
+        match self {
+            Display::Quiet => {}
+            Display::Plain => print_event(&mut std::io::stderr().lock(), e),
+            Display::Tty(t) => t.event(e),
+        }
+    }
+}
+
+impl TtyDisplay {
+    /// Stops the spinners of steps that are still open, leaving their label.
+    fn settle(&self) {
+        for (n, (bar, label)) in &self.steps {
+            if !bar.is_finished() {
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{msg}").expect("valid template"),
+                );
+                bar.finish_with_message(format!("#{n} {label}"));
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        use indicatif::{ProgressBar, ProgressStyle};
+        let done_style = || ProgressStyle::with_template("{msg}").expect("valid template");
+        match e {
+            Event::Warning(w) => {
+                let _ = self.multi.println(w);
+            }
+            Event::Step { n, label } => {
+                // A step with no end event of its own (FROM) ends when the next begins.
+                self.settle();
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .expect("valid template"),
+                );
+                bar.set_message(format!("#{n} {label}"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                self.steps.insert(n, (bar, label));
+            }
+            Event::Cached { n } => {
+                if let Some((bar, label)) = self.steps.get(&n) {
+                    bar.set_style(done_style());
+                    bar.finish_with_message(format!("#{n} {label} CACHED"));
+                }
+            }
+            Event::Output { n, data } => {
+                for l in String::from_utf8_lossy(&data).lines() {
+                    let _ = self.multi.println(format!("#{n} {l}"));
+                }
+            }
+            Event::Done { n, elapsed } => {
+                if let Some((bar, label)) = self.steps.get(&n) {
+                    bar.set_style(done_style());
+                    bar.finish_with_message(format!(
+                        "#{n} {label} DONE {:.1}s",
+                        elapsed.as_secs_f64()
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn print_result(
@@ -190,7 +297,12 @@ fn print_result(
     println!("{digest}");
 }
 
-fn build_local(a: &BuildArgs, p: Prepared, store: &std::path::Path) -> anyhow::Result<()> {
+fn build_local(
+    a: &BuildArgs,
+    p: Prepared,
+    store: &std::path::Path,
+    mut display: Display,
+) -> anyhow::Result<()> {
     let store = ImageStore::open(store)
         .with_context(|| format!("opening image store {}", store.display()))?;
     let runner = OciRuntimeRunner::current_exe(store.root().join("build/runtime"))
@@ -225,17 +337,11 @@ fn build_local(a: &BuildArgs, p: Prepared, store: &std::path::Path) -> anyhow::R
         no_cache: a.no_cache,
         network: p.network,
     };
-    let quiet = a.quiet;
     let started = Instant::now();
-    let mut stderr = std::io::stderr().lock();
-    let mut printer = |e: Event| {
-        if !quiet {
-            print_event(&mut stderr, e);
-        }
-    };
+    let mut printer = |e: Event| display.event(e);
     let out = builder.build(&req, &mut printer)?;
     print_result(
-        quiet,
+        a.quiet,
         started,
         &out.manifest_digest.to_string(),
         out.steps_run,
@@ -246,7 +352,7 @@ fn build_local(a: &BuildArgs, p: Prepared, store: &std::path::Path) -> anyhow::R
 }
 
 /// Through the agent: spec, then the context stream; progress comes back.
-fn build_remote(a: &BuildArgs, p: Prepared) -> anyhow::Result<()> {
+fn build_remote(a: &BuildArgs, p: Prepared, mut display: Display) -> anyhow::Result<()> {
     use gantry_agent::build::context::ChannelWriter;
     use gantry_proto::engine::builder_client::BuilderClient;
     use gantry_proto::engine::{build_event, build_input, BuildInput, BuildSpec};
@@ -284,7 +390,6 @@ fn build_remote(a: &BuildArgs, p: Prepared) -> anyhow::Result<()> {
             .await
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();
-        let mut stderr = std::io::stderr();
         let mut result = None;
         while let Some(ev) = events
             .message()
@@ -312,9 +417,7 @@ fn build_remote(a: &BuildArgs, p: Prepared) -> anyhow::Result<()> {
                 }
                 None => continue,
             };
-            if !a.quiet {
-                print_event(&mut stderr, e);
-            }
+            display.event(e);
         }
         // The walker's own errors (an unreadable file) explain a cut-off stream best.
         sender

@@ -90,6 +90,10 @@ struct CreateArgs {
     /// those sharing none.
     #[arg(long = "network")]
     networks: Vec<String>,
+    /// A published endpoint NODEPORT:CONTAINERPORT[/tcp|udp] (repeatable): opened on every
+    /// overlay node and balanced over the running replicas (needs --network).
+    #[arg(long = "endpoint")]
+    endpoints: Vec<String>,
     /// The entrypoint (overrides the image's); the rest after `--` is its arguments.
     #[arg(long = "entrypoint")]
     entrypoint: Vec<String>,
@@ -359,7 +363,31 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
             None => Vec::new(),
         },
         networks: a.networks.clone(),
+        endpoints: a
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| parse_endpoint(e).with_context(|| format!("--endpoint[{i}] {e:?}")))
+            .collect::<Result<_>>()?,
         ..Default::default()
+    })
+}
+
+/// `NODEPORT:CONTAINERPORT[/tcp|udp]`.
+fn parse_endpoint(s: &str) -> Result<gantry_controller::state::PortMapping> {
+    let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let protocol = match proto {
+        "tcp" => gantry_controller::state::Protocol::Tcp,
+        "udp" => gantry_controller::state::Protocol::Udp,
+        _ => bail!("protocol must be tcp or udp"),
+    };
+    let (host, container) = ports
+        .split_once(':')
+        .ok_or_else(|| anyhow!("expected NODEPORT:CONTAINERPORT"))?;
+    Ok(gantry_controller::state::PortMapping {
+        host: host.parse().context("node port")?,
+        container: container.parse().context("container port")?,
+        protocol,
     })
 }
 
@@ -626,6 +654,7 @@ mod tests {
             restart: "always".into(),
             max_parallel: 1,
             networks: vec![],
+            endpoints: vec![],
             entrypoint: vec![],
             failover: None,
             args: vec![],

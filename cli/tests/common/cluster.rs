@@ -244,6 +244,26 @@ pub fn gantry(controller: &str, args: &[&str]) -> String {
     out.1
 }
 
+/// `gantry service create NAME` of `replicas` running `/bin/sleep 1000` from `image`,
+/// with `extra` flags (constraints, failover).
+pub fn create_sleeper(controller: &str, name: &str, image: &str, replicas: u32, extra: &[&str]) {
+    let replicas = replicas.to_string();
+    let mut args = vec![
+        "service",
+        "create",
+        name,
+        "--image",
+        image,
+        "--replicas",
+        &replicas,
+        "--entrypoint",
+        "/bin/sleep",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["--", "1000"]);
+    gantry(controller, &args);
+}
+
 /// Run the CLI: (success, stdout, stderr).
 pub fn gantry_any(controller: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(gantry_bin())

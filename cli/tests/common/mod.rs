@@ -314,9 +314,14 @@ impl Drop for Rt {
 
 pub mod cluster;
 
-/// Writes an OCI layout of a root filesystem directory as one layer (Cmd `sh`, Env PATH
-/// and FROM_IMAGE=yes, WorkingDir /root), naming its image by tag `1` only; its path.
-pub fn rootfs_layout(rootfs: &Path, dir: &Path) -> PathBuf {
+/// Writes a one-layer OCI layout in `dir` naming its image by tag `1` only (as skopeo
+/// does): the layer tar and the image config's `config` object (run settings) given; the
+/// manifest's and the layer's digests.
+pub fn oci_layout(
+    dir: &Path,
+    layer: &[u8],
+    run_config: Value,
+) -> (gantry_agent::image::Digest, gantry_agent::image::Digest) {
     use gantry_agent::image::Digest;
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -325,14 +330,10 @@ pub fn rootfs_layout(rootfs: &Path, dir: &Path) -> PathBuf {
         std::fs::write(blobs.join(d.hex()), data).unwrap();
         (d, data.len())
     };
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.append_dir_all(".", rootfs).unwrap();
-    let layer = b.into_inner().unwrap();
-    let (ld, ls) = put(&layer);
+    let (ld, ls) = put(layer);
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux", "created": "2026-11-28T00:00:00Z",
-        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/root"},
+        "config": run_config,
         "rootfs": {"type": "layers", "diff_ids": [ld.to_string()]},
     }))
     .unwrap();
@@ -355,5 +356,20 @@ pub fn rootfs_layout(rootfs: &Path, dir: &Path) -> PathBuf {
         .unwrap(),
     )
     .unwrap();
+    (md, ld)
+}
+
+/// Writes an OCI layout of a root filesystem directory as one layer (Cmd `sh`, Env PATH
+/// and FROM_IMAGE=yes, WorkingDir /root), naming its image by tag `1` only; its path.
+pub fn rootfs_layout(rootfs: &Path, dir: &Path) -> PathBuf {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", rootfs).unwrap();
+    let layer = b.into_inner().unwrap();
+    oci_layout(
+        dir,
+        &layer,
+        json!({"Cmd": ["sh"], "Env": ["PATH=/bin", "FROM_IMAGE=yes"], "WorkingDir": "/root"}),
+    );
     dir.to_path_buf()
 }

@@ -122,6 +122,21 @@ mod tests {
         (s, idx, ids)
     }
 
+    /// Node 1 reports the allocations exited.
+    fn report_exited(s: &mut State, idx: u64, ids: &[AllocId]) {
+        let batch = ids
+            .iter()
+            .map(|id| AllocReport {
+                id: *id,
+                observed: Observed::Exited(0),
+                container: None,
+            })
+            .collect();
+        s.apply(idx, &Command::ReportAllocStatus { node: 1, batch })
+            .0
+            .unwrap();
+    }
+
     #[test]
     fn only_finished_allocations_beyond_the_kept_ones_are_purged() {
         let (mut s, mut idx, ids) = state_with(16);
@@ -138,18 +153,8 @@ mod tests {
         )
         .0
         .unwrap();
-        let batch = stop[1..]
-            .iter()
-            .map(|id| AllocReport {
-                id: *id,
-                observed: Observed::Exited(0),
-                container: None,
-            })
-            .collect();
         idx += 1;
-        s.apply(idx, &Command::ReportAllocStatus { node: 1, batch })
-            .0
-            .unwrap();
+        report_exited(&mut s, idx, &stop[1..]);
         let cfg = GcConfig {
             keep_per_service: 2,
             max_batch: 100,
@@ -184,18 +189,8 @@ mod tests {
             .filter(|a| a.service == "db")
             .map(|a| a.id)
             .collect();
-        let batch = db_left
-            .iter()
-            .map(|id| AllocReport {
-                id: *id,
-                observed: Observed::Exited(0),
-                container: None,
-            })
-            .collect();
         idx += 1;
-        s.apply(idx, &Command::ReportAllocStatus { node: 1, batch })
-            .0
-            .unwrap();
+        report_exited(&mut s, idx, &db_left);
         let purge = purgeable(&s, cfg);
         assert_eq!(purge.len(), db_left.len());
         assert!(purge.iter().all(|id| db_left.contains(id)));

@@ -26,6 +26,9 @@ pub struct AllocReport {
 }
 
 /// One entry of the Raft log.
+// UpsertService carries a whole ServiceSpec; commands are short-lived (decoded, applied,
+// dropped), so boxing it would only cost every constructor an allocation and a `Box::new`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Add a node, or update it when one of that name exists (an agent restarting).

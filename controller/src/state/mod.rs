@@ -120,6 +120,27 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), ApplyError> {
             ));
         }
     }
+    let mut endpoints = HashSet::new();
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        if e.host == 0 || e.container == 0 {
+            return Err(ApplyError::invalid(
+                format!("spec.endpoints[{i}]"),
+                "port 0 is not a port",
+            ));
+        }
+        if !endpoints.insert((e.protocol, e.host)) {
+            return Err(ApplyError::invalid(
+                format!("spec.endpoints[{i}].host"),
+                format!("{:?}/{} published twice", e.protocol, e.host),
+            ));
+        }
+        if spec.networks.is_empty() {
+            return Err(ApplyError::invalid(
+                format!("spec.endpoints[{i}]"),
+                "an endpoint needs the service on a cluster network (spec.networks)",
+            ));
+        }
+    }
     for (i, n) in spec.networks.iter().enumerate() {
         if !valid_name(n) || n.contains('.') {
             return Err(ApplyError::invalid(
@@ -544,6 +565,23 @@ impl State {
             ));
         }
         validate_spec(spec)?;
+        for (i, e) in spec.endpoints.iter().enumerate() {
+            if let Some(other) = self.services.values().find(|o| {
+                o.name != name
+                    && o.spec
+                        .endpoints
+                        .iter()
+                        .any(|x| x.protocol == e.protocol && x.host == e.host)
+            }) {
+                return Err(ApplyError::conflict(
+                    format!("spec.endpoints[{i}].host"),
+                    format!(
+                        "{:?}/{} is published by service {}",
+                        e.protocol, e.host, other.name
+                    ),
+                ));
+            }
+        }
         let current = self.services.get(name);
         if let Some(expected) = expected_index {
             let actual = current.map_or(0, |s| s.modify_index);

@@ -143,6 +143,10 @@ pub struct ServiceSpec {
     /// the node-local networking of before (host, or the bridge for published ports).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// Published endpoints (the routing mesh): `host` is opened on every overlay node and
+    /// balanced over the running allocations' `container` port. Needs `networks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<PortMapping>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -804,3 +804,21 @@ fn bad_network_names_are_named() {
     sp.networks = vec!["front".into(), "Bad_Net".into()];
     assert_rejected(&mut s, &upsert("web", sp), "spec.networks[1]");
 }
+
+#[test]
+fn endpoints_need_a_network_and_a_port_of_their_own() {
+    let mut s = build(&[]);
+    let ep = |host| PortMapping {
+        container: 80,
+        host,
+        protocol: Protocol::Tcp,
+    };
+    let mut sp = spec("img", 1);
+    sp.endpoints = vec![ep(8080)];
+    assert_rejected(&mut s, &upsert("web", sp.clone()), "spec.endpoints[0]");
+    sp.networks = vec!["front".into()];
+    s.apply(1, &upsert("web", sp.clone())).0.unwrap();
+    assert_rejected(&mut s, &upsert("api", sp.clone()), "spec.endpoints[0].host");
+    sp.endpoints = vec![ep(9090), ep(9090)];
+    assert_rejected(&mut s, &upsert("api", sp), "spec.endpoints[1].host");
+}
