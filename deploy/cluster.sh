@@ -131,7 +131,7 @@ host_pids() {
   for f in "$DIR/$1"/*.pid; do
     [ -e "$f" ] || continue
     pid=$(cat "$f")
-    [ -d "/proc/$pid" ] && echo "$pid"
+    if [ -d "/proc/$pid" ]; then echo "$pid"; fi
   done
 }
 
@@ -139,7 +139,7 @@ kill_host() {
   local h=$1 pids all
   pids=$(host_pids "$h" | xargs)
   # shims daemonize (their parent becomes init), so find them by network namespace too
-  pids="$pids $(ip netns pids "$(ns "$h")" 2>/dev/null | xargs)"
+  pids="$pids $( { ip netns pids "$(ns "$h")" 2>/dev/null || true; } | xargs)"
   [ -n "${pids// /}" ] || return 0
   all="$pids $(descendants $pids)"
   # shellcheck disable=SC2086
@@ -235,8 +235,16 @@ up() {
 }
 
 down() {
-  local h
+  local h f
   if [ -d "$DIR" ]; then
+    # a daemon that died on its own is worth knowing about before its logs go
+    for f in "$DIR"/*/*.pid; do
+      [ -e "$f" ] || continue
+      if [ ! -d "/proc/$(cat "$f")" ]; then
+        echo "cluster.sh: $(basename "$(dirname "$f")") $(basename "$f" .pid) had exited before down; its log ends:" >&2
+        tail -5 "${f%.pid}.log" >&2 || true
+      fi
+    done
     for h in $(hosts | awk '{print $1}'); do kill_host "$h"; done
     # containers left by killed agents: delete them through the runtime state they keep
     local b

@@ -10,9 +10,9 @@
 
 mod common;
 
+use common::cluster::View;
 use gantry_controller::api::ControllerClient;
-use gantry_controller::state::{Allocation, Desired, Node, NodeStatus, Observed, Service};
-use gantry_proto::cluster::ReadKind;
+use gantry_controller::state::{NodeStatus, Observed};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,6 +72,12 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if !out.stderr.is_empty() {
+            eprintln!(
+                "cluster.sh {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -100,6 +106,12 @@ impl Cluster {
             "gantry {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if !out.stderr.is_empty() {
+            eprintln!(
+                "cluster.sh {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -193,69 +205,27 @@ fn leftover_processes(dir: &str) -> Vec<String> {
     out
 }
 
-struct View {
-    nodes: Vec<Node>,
-    allocs: Vec<Allocation>,
-    services: Vec<Service>,
+/// Node names of the running allocations of `svc`, sorted.
+fn on(v: &View, svc: &str) -> Vec<String> {
+    let mut n: Vec<String> = v.running(svc).into_iter().map(|(_, n)| n).collect();
+    n.sort();
+    n
 }
 
-impl View {
-    fn node_name(&self, id: u64) -> String {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.name.clone())
-            .unwrap_or_default()
-    }
-    /// Node names of the running allocations of `svc`.
-    fn running(&self, svc: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .allocs
-            .iter()
-            .filter(|a| {
-                a.service == svc && a.desired == Desired::Run && a.observed == Observed::Running
-            })
-            .map(|a| self.node_name(a.node))
-            .collect();
-        v.sort();
-        v
-    }
-    fn node_status(&self, name: &str) -> Option<NodeStatus> {
-        self.nodes.iter().find(|n| n.name == name).map(|n| n.status)
-    }
-    fn containers(&self) -> Vec<String> {
-        self.allocs
-            .iter()
-            .filter_map(|a| a.container.clone())
-            .collect()
-    }
+fn node_status(v: &View, name: &str) -> Option<NodeStatus> {
+    v.nodes.iter().find(|n| n.name == name).map(|n| n.status)
 }
 
-async fn view(c: &mut ControllerClient) -> View {
-    let (_, nodes) = c.read(ReadKind::Nodes, false).await.unwrap();
-    let (_, allocs) = c.read(ReadKind::Allocations, false).await.unwrap();
-    let (_, services) = c.read(ReadKind::Services, false).await.unwrap();
-    View {
-        nodes,
-        allocs,
-        services,
-    }
+fn containers(v: &View) -> Vec<String> {
+    v.allocs
+        .iter()
+        .filter_map(|a| a.container.clone())
+        .collect()
 }
 
+/// Poll the state until `pred` holds (45 s at most: a whole cluster on 2 cores).
 async fn wait_for(c: &mut ControllerClient, what: &str, pred: impl Fn(&View) -> bool) -> View {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    loop {
-        let v = view(c).await;
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within 45 s; allocations: {:#?}",
-            v.allocs
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    common::cluster::wait_for(c, what, 45, |_| {}, pred).await
 }
 
 fn create(cl: &Cluster, image: &str, name: &str, replicas: &str, constraint: &str) {
@@ -292,27 +262,25 @@ async fn e2e_deploy_across_environments_host_loss_and_full_restart() {
     create(&cl, &image, "web-prod", "2", "env==prod");
     create(&cl, &image, "api-qa", "1", "env==qa");
     let v = wait_for(&mut c, "every service running", |v| {
-        v.running("web-dev").len() == 1
-            && v.running("web-prod").len() == 2
-            && v.running("api-qa").len() == 1
+        on(v, "web-dev").len() == 1 && on(v, "web-prod").len() == 2 && on(v, "api-qa").len() == 1
     })
     .await;
-    assert_eq!(v.running("web-dev"), ["dev-onprem"]);
-    assert_eq!(v.running("web-prod"), ["prod-cloud", "prod-onprem"]);
-    let qa_host = v.running("api-qa")[0].clone();
+    assert_eq!(on(&v, "web-dev"), ["dev-onprem"]);
+    assert_eq!(on(&v, "web-prod"), ["prod-cloud", "prod-onprem"]);
+    let qa_host = on(&v, "api-qa")[0].clone();
     assert!(qa_host.starts_with("qa-"), "{qa_host}");
-    let mut seen = v.containers();
+    let mut seen = containers(&v);
 
     // the api's host is lost: the node goes down, the api runs on the other qa host
     cl.script(&["kill", &qa_host]);
     let v = wait_for(&mut c, "api-qa replaced on the other qa host", |v| {
-        v.node_status(&qa_host) == Some(NodeStatus::Down)
-            && v.running("api-qa").len() == 1
-            && v.running("api-qa")[0] != qa_host
+        node_status(v, &qa_host) == Some(NodeStatus::Down)
+            && on(v, "api-qa").len() == 1
+            && on(v, "api-qa")[0] != qa_host
     })
     .await;
-    assert!(v.running("api-qa")[0].starts_with("qa-"));
-    seen.extend(v.containers());
+    assert!(on(&v, "api-qa")[0].starts_with("qa-"));
+    seen.extend(containers(&v));
     cl.script(&["restart", &qa_host]);
 
     // full cluster restart: every host lost at once, then started again
@@ -336,12 +304,12 @@ async fn e2e_deploy_across_environments_host_loss_and_full_restart() {
     let mut c = cl.client();
     let v = wait_for(&mut c, "every service back after a full restart", |v| {
         v.nodes.iter().all(|n| n.status == NodeStatus::Ready)
-            && v.running("web-dev").len() == 1
-            && v.running("web-prod").len() == 2
-            && v.running("api-qa").len() == 1
+            && on(v, "web-dev").len() == 1
+            && on(v, "web-prod").len() == 2
+            && on(v, "api-qa").len() == 1
     })
     .await;
-    seen.extend(v.containers());
+    seen.extend(containers(&v));
     for s in ["web-dev", "web-prod", "api-qa"] {
         cl.gantry(&["service", "rm", s]);
     }
@@ -370,7 +338,7 @@ async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes()
     cl.script(&["kill", &leader]);
     create(&cl, &image, "after-loss", "2", "env==prod");
     wait_for(&mut c, "a deploy after the leader host's loss", |v| {
-        v.running("after-loss").len() == 2
+        on(v, "after-loss").len() == 2
     })
     .await;
     cl.script(&["restart", &leader]);
@@ -419,7 +387,7 @@ async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes()
     let v = wait_for(
         &mut c,
         "every acknowledged service running after the heal",
-        |v| acked.iter().all(|s| v.running(s).len() == 1),
+        |v| acked.iter().all(|s| on(v, s).len() == 1),
     )
     .await;
     // no acknowledged write lost, and no service above its replicas plus the surge
@@ -446,7 +414,7 @@ async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes()
             s.spec.update.max_parallel
         );
     }
-    let seen = v.containers();
+    let seen = containers(&v);
     cl.down_and_check(&seen);
 }
 
@@ -501,23 +469,140 @@ async fn e2e_built_image_pulled_from_the_registry_fails_over_when_a_site_is_lost
         "site=onprem,site=cloud",
     ]);
     let v = wait_for(&mut c, "shop pulled and running in onprem", |v| {
-        v.running("shop") == ["prod-onprem"]
+        on(v, "shop") == ["prod-onprem"]
     })
     .await;
-    let mut seen = v.containers();
+    let mut seen = containers(&v);
 
     let lost = Instant::now();
     cl.script(&["kill-site", "onprem"]);
     let mut c = cl.client();
     let v = wait_for(&mut c, "shop failed over to cloud", |v| {
-        v.running("shop") == ["prod-cloud"]
+        on(v, "shop") == ["prod-cloud"]
     })
     .await;
     eprintln!(
         "site onprem lost -> shop running in cloud after {:.1} s",
         lost.elapsed().as_secs_f64()
     );
-    seen.extend(v.containers());
+    seen.extend(containers(&v));
+    seen.sort();
+    seen.dedup();
+    cl.down_and_check(&seen);
+}
+
+/// One HTTP GET of `addr` (a node's published endpoint); whether it answered 200.
+fn http_ok(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+    else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_migration_dev_to_qa_keeps_the_endpoint_answering() {
+    let mut cl = Cluster::up(4);
+    let rootfs = common::busybox_rootfs(cl._tmp.path());
+    std::fs::create_dir_all(rootfs.join("www")).unwrap();
+    std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
+    let image = format!("rootfs:{}", rootfs.display());
+    let mut c = cl.client();
+    wait_for(&mut c, "five agents ready", |v| {
+        v.nodes.len() == 5 && v.nodes.iter().all(|n| n.status == NodeStatus::Ready)
+    })
+    .await;
+    cl.gantry(&[
+        "service",
+        "create",
+        "web",
+        "--image",
+        &image,
+        "--replicas",
+        "1",
+        "--constraint",
+        "env==dev",
+        "--network",
+        "web",
+        "--endpoint",
+        "8080:8080",
+        "--entrypoint",
+        "/bin/httpd",
+        "--",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    let v = wait_for(&mut c, "web running on dev", |v| {
+        !v.running("web").is_empty()
+    })
+    .await;
+    let mut seen = containers(&v);
+    // the endpoint answers on every node, also those running no replica
+    let via = format!("{}.31:8080", cl.net); // qa-cloud
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_ok(&via) {
+        assert!(Instant::now() < deadline, "endpoint {via} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // a client polls through the whole move and counts failures
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let via = via.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if http_ok(&via) {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+    cl.gantry(&["migrate", "web", "--to", "env==qa"]);
+    let v = wait_for(
+        &mut c,
+        "web moved to qa and the dev replicas stopped",
+        |v| {
+            !v.running("web").is_empty()
+                && v.allocs
+                    .iter()
+                    .filter(|a| a.service == "web" && a.observed == Observed::Running)
+                    .all(|a| v.node_name(a.node).starts_with("qa-"))
+        },
+    )
+    .await;
+    // keep polling a little after the old replicas are gone
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = poller.join().unwrap();
+    eprintln!("migration dev -> qa: {ok} requests answered, {failed} failed");
+    assert!(ok > 10, "too few requests during the move: {ok}");
+    assert_eq!(
+        failed, 0,
+        "requests failed during the migration ({ok} answered)"
+    );
+    seen.extend(containers(&v));
+    cl.gantry(&["service", "rm", "web"]);
+    wait_for(&mut c, "web removed", |v| {
+        v.allocs.iter().all(|a| a.observed != Observed::Running)
+    })
+    .await;
     seen.sort();
     seen.dedup();
     cl.down_and_check(&seen);

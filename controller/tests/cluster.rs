@@ -762,3 +762,31 @@ async fn large_plans_from_several_writers_keep_the_leader() {
         );
     }
 }
+
+/// Members started together (as systemd starts a fresh cluster's units) all join: a
+/// join that meets another membership change in progress waits and retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_at_once_all_become_voters() {
+    let mut c = Cluster::new(1, 10_000).await;
+    let seed = c.addrs[&1].clone();
+    let cfgs: Vec<MemberConfig> = (2..=4)
+        .map(|id| config(id, c.data_dir(id), "127.0.0.1:0", 10_000))
+        .collect();
+    let mut starts = Vec::new();
+    for cfg in cfgs {
+        let seed = seed.clone();
+        starts.push(tokio::spawn(async move {
+            Member::start(cfg, StartMode::Join(seed)).await
+        }));
+    }
+    for s in starts {
+        let m = s
+            .await
+            .unwrap()
+            .expect("a member joining while others join");
+        c.addrs.insert(m.id, m.addr.clone());
+        c.members.insert(m.id, m);
+    }
+    let st = c.client().status().await.unwrap();
+    assert_eq!(st.members.iter().filter(|m| m.voter).count(), 4, "{st:?}");
+}

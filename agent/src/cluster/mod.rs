@@ -56,6 +56,11 @@ pub struct ClusterConfig {
     pub pull_backoff: Duration,
     /// The longest wait between pulls of an image that keeps failing.
     pub pull_backoff_max: Duration,
+    /// How long a stopped allocation of a service with published endpoints keeps running
+    /// after it left the rotation (desired Stop), before its stop signal: every node's
+    /// mesh drops it first, so a migration or update fails no request (a deregistration
+    /// delay, as load balancers have).
+    pub drain_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +181,7 @@ pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>, images: Ar
     let mut failures: HashMap<AllocId, String> = HashMap::new();
     let mut exits: HashMap<AllocId, i32> = HashMap::new();
     let mut backoff = PullBackoff::new(cfg.pull_backoff, cfg.pull_backoff_max);
+    let mut draining: HashMap<AllocId, std::time::Instant> = HashMap::new();
     loop {
         tokio::select! {
             r = dirty_rx.changed() => if r.is_err() { return },
@@ -189,6 +195,7 @@ pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>, images: Ar
             failures: &mut failures,
             exits: &mut exits,
             backoff: &mut backoff,
+            draining: &mut draining,
         };
         if let Err(e) = pass(
             &cfg,
@@ -357,6 +364,8 @@ struct PassState<'a> {
     /// The last exit code of containers removed for stopped allocations.
     exits: &'a mut HashMap<AllocId, i32>,
     backoff: &'a mut PullBackoff,
+    /// When this agent first saw a stop of an allocation that is draining.
+    draining: &'a mut HashMap<AllocId, std::time::Instant>,
 }
 
 async fn report(client: &mut ControllerClient, node: NodeId, batch: Vec<AllocReport>) {
@@ -448,7 +457,25 @@ async fn pass(
     let (actions, work) = {
         let m = lock(mirror);
         let desired = reconcile::desired_here(&m.allocs, &m.services);
-        let actions = reconcile::reconcile(&desired, &observed);
+        let mut actions = reconcile::reconcile(&desired, &observed);
+        // allocations of services with endpoints drain before they stop
+        let now = std::time::Instant::now();
+        st.draining.retain(|id, _| m.allocs.contains_key(id));
+        actions.retain(|a| match a {
+            reconcile::Action::Remove { alloc, .. } => {
+                let published = m
+                    .allocs
+                    .get(alloc)
+                    .and_then(|a| m.services.get(&a.service))
+                    .is_some_and(|s| !s.spec.endpoints.is_empty());
+                if !published || cfg.drain_delay.is_zero() {
+                    return true;
+                }
+                let since = *st.draining.entry(*alloc).or_insert(now);
+                now.duration_since(since) >= cfg.drain_delay
+            }
+            _ => true,
+        });
         let work: HashMap<AllocId, (Allocation, Service)> = actions
             .iter()
             .filter_map(|a| match a {

@@ -251,13 +251,26 @@ impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
         };
         let local = (self.local)();
         let all = address_updates(view, me, &local);
-        let todo: Vec<_> = all
+        let mut todo: Vec<_> = all
             .iter()
             .filter(|(id, want)| sent.get(id) != Some(want))
             .copied()
             .collect();
         // Forget what the view has caught up with (or what is gone).
         sent.retain(|id, _| all.iter().any(|(i, _)| i == id));
+        // Readiness: an allocation with TCP endpoints gets its address (and so its place
+        // in DNS and the mesh) only once its container accepts connections on them.
+        let mut ready = Vec::with_capacity(todo.len());
+        for (id, want) in todo.drain(..) {
+            if let Some(ip) = want {
+                let ports = tcp_endpoint_ports(view, id);
+                if !ports.is_empty() && !accepts(ip, &ports).await {
+                    continue;
+                }
+            }
+            ready.push((id, want));
+        }
+        let todo = ready;
         if todo.is_empty() {
             return;
         }
@@ -274,6 +287,34 @@ impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
             Err(e) => tracing::debug!(error = %e, "address report not delivered"),
         }
     }
+}
+
+/// The container ports of the TCP endpoints of the service of allocation `id`.
+fn tcp_endpoint_ports(view: &ClusterView, id: AllocId) -> Vec<u16> {
+    view.allocs
+        .get(&id)
+        .and_then(|a| view.services.get(&a.service))
+        .map(|s| {
+            s.spec
+                .endpoints
+                .iter()
+                .filter(|e| e.protocol == gantry_controller::state::Protocol::Tcp)
+                .map(|e| e.container)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `ip` accepts a TCP connection on every one of `ports` (100 ms each).
+async fn accepts(ip: Ipv4Addr, ports: &[u16]) -> bool {
+    for p in ports {
+        let c = tokio::net::TcpStream::connect((ip, *p));
+        match tokio::time::timeout(Duration::from_millis(100), c).await {
+            Ok(Ok(_)) => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Registers this node (so that it has a subnet) and returns its subnet; retries for up to

@@ -91,6 +91,10 @@ pub struct AgentArgs {
     /// loopback registries always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Cluster mode: how long an allocation with published endpoints keeps running after
+    /// it left the rotation, before it is stopped (so no request reaches a stopped one).
+    #[arg(long, default_value_t = 1000)]
+    pub drain_delay_ms: u64,
     /// Cluster mode: wait after a failed pull before pulling that image again (doubled
     /// per further failure, up to 60 s).
     #[arg(long, default_value_t = 1000)]
@@ -355,6 +359,7 @@ fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
         },
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms),
         resync: std::time::Duration::from_secs(1),
+        drain_delay: std::time::Duration::from_millis(args.drain_delay_ms),
         stop_timeout_s: args.stop_timeout,
         pull_backoff: std::time::Duration::from_millis(args.pull_backoff_ms),
         pull_backoff_max: std::time::Duration::from_secs(60),

@@ -20,6 +20,10 @@ pub enum ApiError {
     BadRequest { field: &'static str, reason: String },
     #[error("membership: {0}")]
     Membership(String),
+    /// Another membership change is still in progress (e.g. two members joining at once):
+    /// UNAVAILABLE, so clients retry.
+    #[error("membership: {0} (retry when it is done)")]
+    MembershipBusy(String),
     #[error("member {0} is already a voter")]
     AlreadyMember(u64),
     #[error("member {0} not found")]
@@ -50,6 +54,7 @@ impl From<ApiError> for Status {
             ApiError::Timeout { .. } => Status::deadline_exceeded(msg),
             ApiError::BadRequest { .. } => Status::invalid_argument(msg),
             ApiError::Membership(_) => Status::failed_precondition(msg),
+            ApiError::MembershipBusy(_) => Status::unavailable(msg),
             ApiError::AlreadyMember(_) => Status::already_exists(msg),
             ApiError::UnknownMember(_) => Status::not_found(msg),
             ApiError::Raft(_) => Status::new(Code::Unavailable, msg),

@@ -10,7 +10,7 @@ use crate::state::{Change, Command, NodeStatus};
 use gantry_proto::cluster::cluster_client::ClusterClient;
 use gantry_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use gantry_proto::cluster::*;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
@@ -320,8 +320,18 @@ impl ClusterService {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(f.leader_node.ok_or(ApiError::NotLeader { leader: None }))
             }
-            Ok(Err(e)) => Err(Err(ApiError::Membership(e.to_string()))),
+            Ok(Err(e)) => Err(Err(membership_error(e))),
         }
+    }
+}
+
+/// A membership change refused: busy (another change in progress, retryable) or not.
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(p),
+        )) => ApiError::MembershipBusy(p.to_string()),
+        e => ApiError::Membership(e.to_string()),
     }
 }
 
@@ -530,7 +540,7 @@ impl Cluster for ClusterService {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 f.leader_node.ok_or(ApiError::NotLeader { leader: None })?
             }
-            Ok(Err(e)) => return Err(ApiError::Membership(e.to_string()).into()),
+            Ok(Err(e)) => return Err(membership_error(e).into()),
         };
         let (addr, mut client) = self.leader_client(req.forwarded, Some(&hint))?;
         let fwd = AddMemberRequest {
