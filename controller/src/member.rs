@@ -226,14 +226,7 @@ impl Member {
                     let r = ControllerClient::new(vec![target.clone()])
                         .add_member(cfg.id, &member.addr)
                         .await;
-                    // already a voter (a restart whose membership was not loaded yet, or a
-                    // retried join that got through): nothing to do
-                    let already =
-                        matches!(&r, Err(e) if e.code() == Some(tonic::Code::AlreadyExists));
-                    if let Err(e) = r
-                        .map(|_| ())
-                        .or_else(|e| if already { Ok(()) } else { Err(e) })
-                    {
+                    if let Err(e) = r {
                         member.stop().await;
                         return Err(MemberError::Join {
                             addr: target,
