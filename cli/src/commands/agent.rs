@@ -93,7 +93,7 @@ pub struct AgentArgs {
     pub insecure_registries: Vec<String>,
     /// Cluster mode: how long an allocation with published endpoints keeps running after
     /// it left the rotation, before it is stopped (so no request reaches a stopped one).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 2000)]
     pub drain_delay_ms: u64,
     /// Cluster mode: wait after a failed pull before pulling that image again (doubled
     /// per further failure, up to 60 s).
