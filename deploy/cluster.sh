@@ -51,7 +51,7 @@ prod-cloud    32     agent       env=prod,site=cloud
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, bridges, containers)"
-for t in ip nsenter iptables; do
+for t in ip nsenter iptables flock; do
   command -v "$t" >/dev/null || die "missing '$t' (apt-get install iproute2 util-linux iptables)"
 done
 
@@ -68,6 +68,11 @@ bin() { cat "$DIR/bin" 2>/dev/null || die "no cluster is up (run: $0 up)"; }
 # --- namespaces and links -----------------------------------------------------------------
 
 net_up() {
+  # `ip netns add` races with itself when /run/netns is not a mount yet (two clusters
+  # brought up at once on a fresh machine): one machine-wide lock around namespace setup
+  mkdir -p /run/lock
+  exec 9>/run/lock/gantry-cluster-netns.lock
+  flock 9
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
     ip addr add "$NET.1/24" dev "$BRIDGE"
@@ -81,16 +86,17 @@ net_up() {
   for h in $(hosts | awk '{print $1}'); do
     local n v
     n=$(ns "$h") v=$(veth "$h")
-    ip netns list | awk '{print $1}' | grep -qx "$n" || ip netns add "$n"
+    ip netns list | awk '{print $1}' | grep -qx "$n" || ip netns add "$n" || die "$h: ip netns add $n failed"
     if ! ip link show "$v" >/dev/null 2>&1; then
-      ip link add "$v" type veth peer name eth0 netns "$n"
-      ip link set "$v" master "$BRIDGE" up
-      ip -n "$n" addr add "$(addr "$h")/24" dev eth0
-      ip -n "$n" link set eth0 up
-      ip -n "$n" link set lo up
-      ip -n "$n" route add default via "$NET.1"
+      { ip link add "$v" type veth peer name eth0 netns "$n" &&
+        ip link set "$v" master "$BRIDGE" up &&
+        ip -n "$n" addr add "$(addr "$h")/24" dev eth0 &&
+        ip -n "$n" link set eth0 up &&
+        ip -n "$n" link set lo up &&
+        ip -n "$n" route add default via "$NET.1"; } || die "$h: setting up its link $v failed"
     fi
   done
+  flock -u 9
 }
 
 net_down() {
