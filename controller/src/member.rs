@@ -223,9 +223,11 @@ impl Member {
                     .get_node(&cfg.id)
                     .is_some_and(|n| n.addr == member.addr);
                 if !known {
-                    let r = ControllerClient::new(vec![target.clone()])
-                        .add_member(cfg.id, &member.addr)
-                        .await;
+                    // other members may be joining at once: their changes go first (each
+                    // a learner catch-up and a promotion), so wait for a while
+                    let mut c = ControllerClient::new(vec![target.clone()]);
+                    c.retry_for = std::time::Duration::from_secs(60);
+                    let r = c.add_member(cfg.id, &member.addr).await;
                     if let Err(e) = r {
                         member.stop().await;
                         return Err(MemberError::Join {
