@@ -228,22 +228,14 @@ async fn wait_for(c: &mut ControllerClient, what: &str, pred: impl Fn(&View) -> 
     common::cluster::wait_for(c, what, 45, |_| {}, pred).await
 }
 
-fn create(cl: &Cluster, image: &str, name: &str, replicas: &str, constraint: &str) {
-    cl.gantry(&[
-        "service",
-        "create",
+fn create(cl: &Cluster, image: &str, name: &str, replicas: u32, constraint: &str) {
+    common::cluster::create_sleeper(
+        &cl.controllers(),
         name,
-        "--image",
         image,
-        "--replicas",
         replicas,
-        "--constraint",
-        constraint,
-        "--entrypoint",
-        "/bin/sleep",
-        "--",
-        "1000",
-    ]);
+        &["--constraint", constraint],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,9 +250,9 @@ async fn e2e_deploy_across_environments_host_loss_and_full_restart() {
     .await;
 
     // deploy across environments: each service only on its environment's nodes
-    create(&cl, &image, "web-dev", "1", "env==dev");
-    create(&cl, &image, "web-prod", "2", "env==prod");
-    create(&cl, &image, "api-qa", "1", "env==qa");
+    create(&cl, &image, "web-dev", 1, "env==dev");
+    create(&cl, &image, "web-prod", 2, "env==prod");
+    create(&cl, &image, "api-qa", 1, "env==qa");
     let v = wait_for(&mut c, "every service running", |v| {
         on(v, "web-dev").len() == 1 && on(v, "web-prod").len() == 2 && on(v, "api-qa").len() == 1
     })
@@ -336,7 +328,7 @@ async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes()
     // the leader's host is lost: deploys still work through the two left
     let leader = cl.leader_host(&mut c).await;
     cl.script(&["kill", &leader]);
-    create(&cl, &image, "after-loss", "2", "env==prod");
+    create(&cl, &image, "after-loss", 2, "env==prod");
     wait_for(&mut c, "a deploy after the leader host's loss", |v| {
         on(v, "after-loss").len() == 2
     })
