@@ -228,16 +228,15 @@ impl Member {
                     let mut c = ControllerClient::new(vec![target.clone()]);
                     c.retry_for = std::time::Duration::from_secs(60);
                     let mut r = c.add_member(cfg.id, &member.addr).await.map(|_| ());
-                    if r.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::AlreadyExists)
-                    {
+                    if r.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::AlreadyExists) {
                         // a retried join whose first attempt went through (its answer was
                         // lost to a timeout): fine when the cluster lists us, here
                         // (the member asked may lag the leader by a moment)
                         for _ in 0..10 {
                             let listed = c.status().await.is_ok_and(|st| {
-                                st.members.iter().any(|m| {
-                                    m.id == cfg.id && m.voter && m.address == member.addr
-                                })
+                                st.members
+                                    .iter()
+                                    .any(|m| m.id == cfg.id && m.voter && m.address == member.addr)
                             });
                             if listed {
                                 r = Ok(());

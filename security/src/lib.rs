@@ -1,0 +1,16 @@
+//! gantry's cluster PKI (issue #10).
+//!
+//! - [`identity`]: who a certificate speaks for — a [`Role`] and a name, carried in the
+//!   certificate as a URI subject-alternative name `spiffe://gantry/<role>/<name>` (the
+//!   SPIFFE ID shape; the CN repeats the name for humans and logs).
+//! - [`pki`]: the cluster CA (rcgen), keys, CSRs and certificates issued from them; files
+//!   written with 0600 permissions, temp + rename.
+//!
+//! TLS configurations (rustls) and the wiring into tonic and axum live next to this, in
+//! the crates that serve and dial.
+
+pub mod identity;
+pub mod pki;
+
+pub use identity::{Identity, IdentityError, Role};
+pub use pki::{Ca, Credential, PkiError};
