@@ -36,15 +36,18 @@ pub enum Role {
     Agent,
     /// A controller member (Raft peers, forwarding between members).
     Controller,
+    /// A registry's server certificate (serves images; calls nothing).
+    Registry,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Admin,
         Role::Operator,
         Role::Viewer,
         Role::Agent,
         Role::Controller,
+        Role::Registry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Agent => "agent",
             Role::Controller => "controller",
+            Role::Registry => "registry",
         }
     }
 }
@@ -76,7 +80,7 @@ impl FromStr for Role {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
-    #[error("unknown role {0:?} (admin, operator, viewer, agent, controller)")]
+    #[error("unknown role {0:?} (admin, operator, viewer, agent, controller, registry)")]
     Role(String),
     #[error("bad identity name {name:?}: {reason}")]
     Name { name: String, reason: &'static str },
@@ -210,7 +214,7 @@ mod tests {
         assert_eq!("operator".parse::<Role>().unwrap(), Role::Operator);
         assert_eq!(
             "root".parse::<Role>().unwrap_err().to_string(),
-            "unknown role \"root\" (admin, operator, viewer, agent, controller)"
+            "unknown role \"root\" (admin, operator, viewer, agent, controller, registry)"
         );
     }
 }

@@ -4,7 +4,7 @@
 //! (0600). Every write is temp file + fsync + rename, so a crash leaves the old file or
 //! the new one, never half of one.
 
-use crate::identity::{Identity, IdentityError, CONTROLLER_SERVER_NAME};
+use crate::identity::{Identity, IdentityError, CONTROLLER_SERVER_NAME, REGISTRY_SERVER_NAME};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -176,7 +176,8 @@ impl std::fmt::Debug for Ca {
 /// What a leaf certificate is for, besides its identity.
 #[derive(Debug, Default, Clone)]
 pub struct LeafOptions {
-    /// Extra DNS names (controllers always get [`CONTROLLER_SERVER_NAME`]).
+    /// Extra DNS names (controllers always get [`CONTROLLER_SERVER_NAME`], registries
+    /// [`REGISTRY_SERVER_NAME`]).
     pub dns_names: Vec<String>,
     pub ips: Vec<IpAddr>,
 }
@@ -251,8 +252,10 @@ impl Ca {
         p.distinguished_name = dn(&identity.name);
         let mut sans = vec![SanType::URI(identity.uri().try_into()?)];
         let mut dns = opts.dns_names.clone();
-        if identity.role == crate::Role::Controller {
-            dns.push(CONTROLLER_SERVER_NAME.to_string());
+        match identity.role {
+            crate::Role::Controller => dns.push(CONTROLLER_SERVER_NAME.to_string()),
+            crate::Role::Registry => dns.push(REGISTRY_SERVER_NAME.to_string()),
+            _ => {}
         }
         dns.sort();
         dns.dedup();
