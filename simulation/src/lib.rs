@@ -16,6 +16,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod invariants;
 pub mod net;
+pub mod plot;
 pub mod scale;
 pub mod stats;
 pub mod topology;

@@ -41,6 +41,9 @@ enum Cmd {
         /// Write placements over time to this CSV file.
         #[arg(long)]
         csv: Option<PathBuf>,
+        /// Write CSV files and SVG plots (placements over time, utilisation per node) here.
+        #[arg(long)]
+        plots: Option<PathBuf>,
         /// Concurrent Raft writes (setup commands, agent acks).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
@@ -162,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             phases,
             place_only,
             csv,
+            plots,
             concurrency,
             services_per_eval,
             phase_timeout,
@@ -173,6 +177,7 @@ fn main() -> anyhow::Result<()> {
                 replicas,
                 phases: if place_only { vec![] } else { phases },
                 csv,
+                plots,
                 concurrency,
                 services_per_eval,
                 phase_timeout: Duration::from_secs(phase_timeout),

@@ -68,6 +68,8 @@ pub struct ScaleConfig {
     pub phases: Vec<Phase>,
     /// Where to write placements over time (CSV).
     pub csv: Option<PathBuf>,
+    /// A directory for CSV + SVG plots of the run ([`crate::plot`]).
+    pub plots: Option<PathBuf>,
     /// Concurrent Raft writes of the setup and of the acks.
     pub concurrency: usize,
     /// Services per evaluation (one plan, one Raft entry).
@@ -86,6 +88,7 @@ impl Default for ScaleConfig {
             replicas: 1_000,
             phases: vec![Phase::NodeFail, Phase::SiteFail, Phase::RollingUpdate],
             csv: None,
+            plots: None,
             concurrency: 64,
             services_per_eval: 10,
             phase_timeout: Duration::from_secs(600),
@@ -113,6 +116,8 @@ pub enum ScaleError {
     },
     #[error("the ack task ended: {0}")]
     Acker(String),
+    #[error("plots: {0}")]
+    Plot(#[from] crate::plot::PlotError),
 }
 
 /// What one phase did and how long it took.
@@ -606,6 +611,10 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
     };
     d.converge("place", &mut place).await?;
     phases.push(place);
+    let utilisation = match &cfg.plots {
+        Some(_) => Some(stats::node_utilisation(&d.leader_handle()?.read().state)),
+        None => None,
+    };
     for &phase in &cfg.phases {
         let rep = match phase {
             Phase::NodeFail => d.fail_nodes(phase, |n| n.id % 10 == 0).await?,
@@ -632,6 +641,20 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
     }
     if let Some(path) = &cfg.csv {
         write_csv(path, &d.timeline)?;
+    }
+    if let (Some(dir), Some(u)) = (&cfg.plots, &utilisation) {
+        std::fs::create_dir_all(dir).map_err(|e| crate::plot::PlotError {
+            path: dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let rows = d
+            .timeline
+            .rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        crate::plot::placements(dir, &rows)?;
+        crate::plot::utilisation(dir, u)?;
     }
     let h = d.leader_handle()?;
     let (quality, violations) = {

@@ -114,6 +114,30 @@ pub fn quality(state: &State) -> Quality {
     }
 }
 
+/// Requested / allocatable of every ready node, (cpu, memory), sorted by cpu then memory,
+/// highest first: the curve of the utilisation plot.
+pub fn node_utilisation(state: &State) -> Vec<(f64, f64)> {
+    let mut per_node: HashMap<u64, (u64, u64)> = HashMap::new();
+    for a in state.allocations().filter(|a| a.desired == Desired::Run) {
+        let e = per_node.entry(a.node).or_default();
+        e.0 += a.resources.cpu_millis;
+        e.1 += a.resources.memory_bytes;
+    }
+    let mut v: Vec<(f64, f64)> = state
+        .nodes()
+        .filter(|n| n.status == NodeStatus::Ready)
+        .map(|n| {
+            let (c, m) = per_node.get(&n.id).copied().unwrap_or_default();
+            (
+                ratio(c, n.allocatable.cpu_millis),
+                ratio(m, n.allocatable.memory_bytes),
+            )
+        })
+        .collect();
+    v.sort_unstable_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +213,12 @@ mod tests {
         assert!((q.fragmentation - 1.0).abs() < 1e-9);
         assert!((q.cpu_utilisation_used_nodes - 0.4).abs() < 1e-9);
         assert!((q.cpu_utilisation_all_nodes - 0.3).abs() < 1e-9);
+        let u = node_utilisation(&st);
+        assert_eq!(u.len(), 4);
+        assert!(
+            (u[0].0 - 0.4).abs() < 1e-9 && (u[2].0 - 0.4).abs() < 1e-9,
+            "{u:?}"
+        );
+        assert_eq!(u[3], (0.0, 0.0));
     }
 }

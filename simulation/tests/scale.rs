@@ -13,6 +13,7 @@ async fn small_fleet_places_everything_and_recovers() {
         replicas: 40,
         phases: vec![Phase::NodeFail, Phase::RollingUpdate],
         csv: Some(std::env::temp_dir().join(format!("gantry-sim-test-{}.csv", std::process::id()))),
+        plots: None,
         concurrency: 32,
         services_per_eval: 5,
         phase_timeout: Duration::from_secs(60),
@@ -51,14 +52,16 @@ async fn small_fleet_places_everything_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn csv_records_placements_over_time() {
+async fn csv_and_plots_record_placements_over_time() {
     let path = std::env::temp_dir().join(format!("gantry-sim-csv-{}.csv", std::process::id()));
+    let plots = tempfile::tempdir().unwrap();
     let cfg = ScaleConfig {
         nodes: 60,
         services: 6,
         replicas: 10,
         phases: vec![],
         csv: Some(path.clone()),
+        plots: Some(plots.path().join("out")),
         concurrency: 16,
         services_per_eval: 1,
         phase_timeout: Duration::from_secs(60),
@@ -85,4 +88,26 @@ async fn csv_records_placements_over_time() {
         .windows(2)
         .all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1]));
     assert_eq!(rows.last().unwrap()[1..], [60, 60]);
+
+    // the plots directory: the same timeline, and one utilisation row per node
+    let out = plots.path().join("out");
+    assert_eq!(
+        std::fs::read_to_string(out.join("placements.csv")).unwrap(),
+        text
+    );
+    let svg = std::fs::read_to_string(out.join("placements.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("place"),
+        "{svg:.200}"
+    );
+    let util = std::fs::read_to_string(out.join("utilisation.csv")).unwrap();
+    let cpu: Vec<f64> = util
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(cpu.len(), 60, "one row per ready node");
+    assert!(cpu.windows(2).all(|w| w[0] >= w[1]), "sorted: {cpu:?}");
+    assert!(cpu[0] > 0.0 && cpu.iter().all(|c| *c <= 1.0), "{cpu:?}");
+    assert!(out.join("utilisation.svg").exists());
 }
