@@ -53,6 +53,12 @@ enum Cmd {
         /// Give up on a phase after this many seconds.
         #[arg(long, default_value_t = 900)]
         phase_timeout: u64,
+        /// Rounds of the `trace` phase (services arriving and ending).
+        #[arg(long, default_value_t = 5)]
+        trace_rounds: u32,
+        /// Seed of the `trace` phase's arrivals, sizes and lifetimes.
+        #[arg(long, default_value_t = 1)]
+        trace_seed: u64,
         /// Print the report as JSON (default: a summary).
         #[arg(long)]
         json: bool,
@@ -169,6 +175,8 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             services_per_eval,
             phase_timeout,
+            trace_rounds,
+            trace_seed,
             json,
         } => {
             let cfg = ScaleConfig {
@@ -181,6 +189,8 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 services_per_eval,
                 phase_timeout: Duration::from_secs(phase_timeout),
+                trace_rounds,
+                trace_seed,
                 progress: !json,
             };
             let report = rt.block_on(scale::run(cfg)).context("scale run")?;

@@ -48,6 +48,9 @@ pub enum Phase {
     NodeFail,
     SiteFail,
     RollingUpdate,
+    /// Churn like a production trace: rounds in which services of heavy-tailed sizes
+    /// arrive and others end (see [`trace_round`]).
+    Trace,
 }
 
 impl Phase {
@@ -56,6 +59,7 @@ impl Phase {
             Phase::NodeFail => "node-fail",
             Phase::SiteFail => "site-fail",
             Phase::RollingUpdate => "rolling-update",
+            Phase::Trace => "trace",
         }
     }
 }
@@ -76,6 +80,9 @@ pub struct ScaleConfig {
     pub services_per_eval: usize,
     /// Give up on a phase after this long.
     pub phase_timeout: Duration,
+    /// Rounds of the trace phase, and the seed of its arrivals, sizes and lifetimes.
+    pub trace_rounds: u32,
+    pub trace_seed: u64,
     /// Print progress lines on stderr.
     pub progress: bool,
 }
@@ -92,6 +99,8 @@ impl Default for ScaleConfig {
             concurrency: 64,
             services_per_eval: 10,
             phase_timeout: Duration::from_secs(600),
+            trace_rounds: 5,
+            trace_seed: 1,
             progress: false,
         }
     }
@@ -476,7 +485,7 @@ impl Driver {
     }
 
     fn record(&self, phase: &'static str, rep: &PhaseReport) {
-        if self.cfg.csv.is_none() {
+        if self.cfg.csv.is_none() && self.cfg.plots.is_none() {
             return;
         }
         let mut rows = self.timeline.rows.lock().unwrap_or_else(|p| p.into_inner());
@@ -552,6 +561,61 @@ impl Driver {
     }
 }
 
+/// The trace phase's services: which are alive, and the next id to hand out.
+struct Trace {
+    rng: rand::rngs::StdRng,
+    /// (service id, rounds left to live)
+    live: Vec<(u64, u32)>,
+    next_id: u64,
+}
+
+/// A heavy-tailed service size: P(replicas > r) = r^-1.1 (a Pareto tail, as in cluster
+/// traces: most services are small, a few are very large), at most `max`.
+pub fn trace_replicas(u: f64, max: u32) -> u32 {
+    let u = u.clamp(1e-12, 1.0);
+    (u.powf(-1.0 / 1.1).floor() as u32).clamp(1, max.max(1))
+}
+
+impl Driver {
+    /// One round of the trace phase: services whose lifetime ended are removed, new ones
+    /// (a tenth of `--services` per round, sizes from [`trace_replicas`] up to twice
+    /// `--replicas`, lifetimes of 1–4 rounds) arrive, then everything converges.
+    async fn trace_round(&self, round: u32, t: &mut Trace) -> Result<PhaseReport, ScaleError> {
+        use rand::Rng;
+        let mut rep = PhaseReport {
+            phase: format!("trace-{round}"),
+            ..Default::default()
+        };
+        let mut cmds = Vec::new();
+        t.live.retain_mut(|(id, left)| {
+            *left -= 1;
+            if *left == 0 {
+                cmds.push(Command::RemoveService {
+                    name: topology::service_name(*id),
+                });
+            }
+            *left > 0
+        });
+        let removed = cmds.len();
+        let arrivals = (self.cfg.services / 10).max(1);
+        for _ in 0..arrivals {
+            let id = t.next_id;
+            t.next_id += 1;
+            let replicas = trace_replicas(t.rng.random::<f64>(), self.cfg.replicas * 2);
+            t.live.push((id, t.rng.random_range(1..=4)));
+            cmds.push(topology::upsert_service(id, replicas, 1));
+        }
+        let start = Instant::now();
+        self.write_all(cmds).await?;
+        rep.fault_seconds = start.elapsed().as_secs_f64();
+        if self.cfg.progress {
+            eprintln!("trace round {round}: {removed} services ended, {arrivals} arrived");
+        }
+        self.converge("trace", &mut rep).await?;
+        Ok(rep)
+    }
+}
+
 fn phase_name(p: Phase) -> &'static str {
     p.name()
 }
@@ -615,7 +679,18 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
         Some(_) => Some(stats::node_utilisation(&d.leader_handle()?.read().state)),
         None => None,
     };
+    let mut trace = Trace {
+        rng: rand::SeedableRng::seed_from_u64(cfg.trace_seed),
+        live: Vec::new(),
+        next_id: cfg.services,
+    };
     for &phase in &cfg.phases {
+        if phase == Phase::Trace {
+            for round in 1..=cfg.trace_rounds {
+                phases.push(d.trace_round(round, &mut trace).await?);
+            }
+            continue;
+        }
         let rep = match phase {
             Phase::NodeFail => d.fail_nodes(phase, |n| n.id % 10 == 0).await?,
             Phase::SiteFail => {
@@ -636,6 +711,7 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
                 d.converge("rolling-update", &mut rep).await?;
                 rep
             }
+            Phase::Trace => unreachable!("handled above"),
         };
         phases.push(rep);
     }
@@ -694,4 +770,24 @@ fn write_csv(path: &PathBuf, timeline: &Timeline) -> Result<(), ScaleError> {
         writeln!(f, "{phase},{t},{placed},{running}").map_err(err)?;
     }
     f.flush().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_sizes_are_heavy_tailed_and_capped() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut v: Vec<u32> = (0..10_000)
+            .map(|_| trace_replicas(rng.random::<f64>(), 2000))
+            .collect();
+        v.sort_unstable();
+        assert_eq!(v[0], 1);
+        assert!(v[5_000] <= 2, "median {}", v[5_000]);
+        assert!(v[9_999] > 100 && v[9_999] <= 2000, "max {}", v[9_999]);
+        assert_eq!(trace_replicas(0.0, 50), 50, "capped");
+        assert_eq!(trace_replicas(1.0, 50), 1);
+    }
 }

@@ -17,6 +17,8 @@ async fn small_fleet_places_everything_and_recovers() {
         concurrency: 32,
         services_per_eval: 5,
         phase_timeout: Duration::from_secs(60),
+        trace_rounds: 0,
+        trace_seed: 1,
         progress: false,
     };
     let csv = cfg.csv.clone().unwrap();
@@ -65,6 +67,8 @@ async fn csv_and_plots_record_placements_over_time() {
         concurrency: 16,
         services_per_eval: 1,
         phase_timeout: Duration::from_secs(60),
+        trace_rounds: 0,
+        trace_seed: 1,
         progress: false,
     };
     let r = scale::run(cfg).await.expect("scale run");
@@ -110,4 +114,32 @@ async fn csv_and_plots_record_placements_over_time() {
     assert!(cpu.windows(2).all(|w| w[0] >= w[1]), "sorted: {cpu:?}");
     assert!(cpu[0] > 0.0 && cpu.iter().all(|c| *c <= 1.0), "{cpu:?}");
     assert!(out.join("utilisation.svg").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_rounds_churn_services_and_converge() {
+    let cfg = ScaleConfig {
+        nodes: 120,
+        services: 20,
+        replicas: 10,
+        phases: vec![Phase::Trace],
+        csv: None,
+        plots: None,
+        concurrency: 16,
+        services_per_eval: 4,
+        phase_timeout: Duration::from_secs(60),
+        trace_rounds: 4,
+        trace_seed: 7,
+        progress: false,
+    };
+    let r = scale::run(cfg).await.expect("scale run");
+    assert!(r.violations.is_empty(), "violations: {:?}", r.violations);
+    let names: Vec<&str> = r.phases.iter().map(|p| p.phase.as_str()).collect();
+    assert_eq!(names, ["place", "trace-1", "trace-2", "trace-3", "trace-4"]);
+    for p in &r.phases[1..] {
+        assert!(p.placements > 0, "two services arrive every round: {p:?}");
+        assert!(p.unconverged_services.is_empty(), "{p:?}");
+    }
+    // the base services are all there, plus whatever trace services are alive
+    assert!(r.quality.allocations_running >= 200, "{:?}", r.quality);
 }
