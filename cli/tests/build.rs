@@ -53,7 +53,18 @@ impl Env {
         ctx
     }
 
+    /// `gantry build --store STORE ARGS`; RUN steps get `--network none` unless `args`
+    /// choose (the tests of other things stay off the host's bridge).
     fn build(&self, args: &[&str]) -> Built {
+        if args.iter().any(|a| a.starts_with("--network")) {
+            self.build_as_is(args)
+        } else {
+            self.build_as_is(&[&["--network", "none"], args].concat())
+        }
+    }
+
+    /// `gantry build --store STORE ARGS`.
+    fn build_as_is(&self, args: &[&str]) -> Built {
         let out = self.dir.path().join("out");
         let err = self.dir.path().join("err");
         let mut child = Command::new(common::gantry_bin())
@@ -310,7 +321,7 @@ fn progress_tty_draws_steps_on_a_terminal_and_needs_one() {
     // util-linux `script` runs the build on a pty and copies what it drew to stdout.
     let in_pty = |tag: &str| -> String {
         let cmd = format!(
-            "{} build --store {} --progress tty -t {tag} {}",
+            "{} build --store {} --network none --progress tty -t {tag} {}",
             common::gantry_bin(),
             env.store().display(),
             ctx.display()
@@ -610,7 +621,23 @@ fn through_the_agent_the_image_runs_with_gantry_run() {
             ("big", "x"),
         ],
     );
+    // The agent has no bridge: the default network (bridge, as in Docker) is refused with
+    // the reason, before anything runs.
     let out = agent.gantry(&["build", "-t", "viaagent:1", ctx.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--network bridge") && stderr.contains("--no-bridge"),
+        "{stderr}"
+    );
+    let out = agent.gantry(&[
+        "build",
+        "--network",
+        "none",
+        "-t",
+        "viaagent:1",
+        ctx.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -640,7 +667,14 @@ fn through_the_agent_the_image_runs_with_gantry_run() {
     assert_eq!(String::from_utf8_lossy(&run.stdout), "streamed\nbuilt-42\n");
     // A failing build through the agent: the error names the line, nothing is tagged.
     fs::write(ctx.join("Dockerfile"), "FROM viaagent:1\nRUN exit 5\n").unwrap();
-    let bad = agent.gantry(&["build", "-t", "viaagent:2", ctx.to_str().unwrap()]);
+    let bad = agent.gantry(&[
+        "build",
+        "--network",
+        "none",
+        "-t",
+        "viaagent:2",
+        ctx.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success());
     assert!(
@@ -648,4 +682,495 @@ fn through_the_agent_the_image_runs_with_gantry_run() {
         "{stderr}"
     );
     assert!(store.resolve_str("viaagent:2").is_err());
+}
+
+/// Kills a child process (by its PID, through `Child::kill`) on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `gantry registry` on a free loopback port.
+struct Registry {
+    addr: String,
+    _child: KillOnDrop,
+}
+
+impl Registry {
+    fn start(dir: &std::path::Path) -> Registry {
+        let addr = common::free_addr("127.0.0.1");
+        let child = Command::new(common::gantry_bin())
+            .args(["registry", "--listen", &addr, "--root"])
+            .arg(dir.join("registry"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start gantry registry");
+        let r = Registry {
+            addr: addr.clone(),
+            _child: KillOnDrop(child),
+        };
+        common::wait_until(
+            || std::net::TcpStream::connect(&addr).is_ok(),
+            "gantry registry listening",
+        );
+        r
+    }
+}
+
+/// A `FROM` of an image that is not in the store pulls it from its registry (loopback:
+/// plain HTTP), in process (`--store`) and through the agent, shows the pull as the FROM
+/// step's output, and names the pulled base; a base the registry lacks fails at its line
+/// and leaves nothing.
+#[test]
+fn from_pulls_a_missing_base_image_from_its_registry() {
+    let env = Env::new();
+    let reg = Registry::start(env.dir.path());
+    let base = format!("{}/build/base:1", reg.addr);
+    let df = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY msg.txt /msg.txt\n";
+    let ctx = env.context("ctx", df, &[("msg.txt", "from-the-registry\n")]);
+    env.build_ok(&["-t", &base, ctx.to_str().unwrap()]);
+    let push = Command::new(common::gantry_bin())
+        .args(["push", "--store", env.store().to_str().unwrap(), &base])
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    // A fresh store: the base is pulled.
+    let fresh = Env::new();
+    let child_df = format!("FROM {base}\nRUN cat /msg.txt > /seen\n");
+    let ctx = fresh.context("ctx", &child_df, &[]);
+    let b = fresh.build_ok(&["-t", "child:1", ctx.to_str().unwrap()]);
+    assert!(
+        b.stderr.contains(&format!("#1 pulling {base}")),
+        "the pull is the FROM step's output: {}",
+        b.stderr
+    );
+    assert_eq!(fresh.image("child:1").text("seen"), "from-the-registry\n");
+    assert_eq!(fresh.image(&base).digest, env.image(&base).digest);
+    // Now it is in the store: no second pull, and the step is cached.
+    let again = fresh.build_ok(&["-t", "child:1", ctx.to_str().unwrap()]);
+    assert!(!again.stderr.contains("pulling"), "{}", again.stderr);
+    assert_eq!(step_states(&again.stderr)[0].1, "cached");
+
+    // Through the agent (its async runtime lends itself to the build's blocking thread).
+    let agent = AgentProc::start(fresh.dir.path());
+    let out = agent.gantry(&[
+        "build",
+        "--network",
+        "none",
+        "-t",
+        "viaagent:pulled",
+        ctx.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("pulling {base}")), "{stderr}");
+    let agent_store = ImageStore::open(fresh.dir.path().join("agent-root")).unwrap();
+    assert!(agent_store.resolve_str(&base).is_ok(), "the base is named");
+    assert!(agent_store.resolve_str("viaagent:pulled").is_ok());
+
+    // A base the registry does not have: the line, the image, the registry's answer.
+    let missing = Env::new();
+    let df = format!("FROM {}/build/nope:1\n", reg.addr);
+    let ctx = missing.context("ctx", &df, &[]);
+    let b = missing.build(&["-t", "nope:1", ctx.to_str().unwrap()]);
+    assert_eq!(b.code, 1);
+    assert!(
+        b.stderr.contains("Dockerfile:1")
+            && b.stderr.contains("build/nope:1")
+            && b.stderr.contains("pulling it failed")
+            && b.stderr.contains("404"),
+        "{}",
+        b.stderr
+    );
+    assert_clean(&missing);
+}
+
+/// A small HTTP/1.1 file server on loopback (one request per connection), counting the
+/// requests it answers.
+struct HttpServer {
+    addr: String,
+    files: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<u8>>>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    fn start(bind: &str, files: &[(&str, &str)]) -> HttpServer {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(bind).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let files = std::sync::Arc::new(std::sync::Mutex::new(
+            files
+                .iter()
+                .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+                .collect::<BTreeMap<_, _>>(),
+        ));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (f, h, s) = (files.clone(), hits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut c) = conn else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                let target = text.split_whitespace().nth(1).unwrap_or("/");
+                let path = target.split('?').next().unwrap_or("/");
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = f.lock().unwrap().get(path).cloned();
+                let _ = match body {
+                    Some(b) => c
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                b.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|_| c.write_all(&b)),
+                    None => c.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    ),
+                };
+            }
+        });
+        HttpServer {
+            addr,
+            files,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn set(&self, path: &str, content: &str) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), content.as_bytes().to_vec());
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sha256(data: &str) -> String {
+    gantry_agent::image::Digest::of(data.as_bytes()).to_string()
+}
+
+/// `ADD <url>` downloads the file (mode 0600, or `--chmod`; a directory destination takes
+/// the URL's last path segment), checks `--checksum`, and is cached by the download's
+/// content: fetched again on a rebuild, reused while it is unchanged, re-run when it
+/// changes. Failures name the line and leave nothing.
+#[test]
+fn add_url_downloads_checks_and_caches_by_content() {
+    let env = Env::new();
+    let srv = HttpServer::start("127.0.0.1:0", &[("/files/hello.txt", "hello v1\n")]);
+    let url = format!("http://{}/files/hello.txt", srv.addr);
+    let df = format!(
+        "FROM scratch\nADD {url} /dl/\nADD --checksum={} --chmod=644 {url}?v=1 /named.txt\n",
+        sha256("hello v1\n")
+    );
+    let ctx = env.context("ctx", &df, &[]);
+    let first = env.build_ok(&["-t", "dl:1", ctx.to_str().unwrap()]);
+    assert!(step_states(&first.stderr).iter().all(|(_, s)| *s == "ran"));
+    let img = env.image("dl:1");
+    assert_eq!(img.text("dl/hello.txt"), "hello v1\n");
+    assert_eq!(img.files["dl/hello.txt"].2 & 0o7777, 0o600);
+    assert_eq!(img.text("named.txt"), "hello v1\n");
+    assert_eq!(img.files["named.txt"].2 & 0o7777, 0o644);
+    assert_eq!(srv.hits(), 2);
+
+    // Unchanged content: downloaded again (to know), both steps cached.
+    let again = env.build_ok(&["-t", "dl:1", ctx.to_str().unwrap()]);
+    let states: Vec<&str> = step_states(&again.stderr).iter().map(|(_, s)| *s).collect();
+    assert_eq!(states, ["cached", "cached"]);
+    assert_eq!(srv.hits(), 4);
+    assert_eq!(env.image("dl:1").digest, img.digest);
+
+    // Changed content: the plain ADD runs again; the pinned one refuses the new file.
+    srv.set("/files/hello.txt", "hello v2\n");
+    let changed = env.build(&["-t", "dl:2", ctx.to_str().unwrap()]);
+    assert_eq!(changed.code, 1, "{}", changed.stderr);
+    assert_eq!(
+        step_states(&changed.stderr),
+        [(format!("ADD {url} /dl/"), "ran")]
+    );
+    assert!(
+        changed.stderr.contains("Dockerfile:3")
+            && changed.stderr.contains("checksum mismatch")
+            && changed.stderr.contains(&sha256("hello v2\n")),
+        "{}",
+        changed.stderr
+    );
+
+    // Failures name the line and the URL, and leave nothing.
+    let bad = Env::new();
+    let closed = common::free_addr("127.0.0.1");
+    let cases = [
+        (
+            format!("FROM scratch\nADD http://{closed}/f.txt /f\n"),
+            vec!["Dockerfile:2", "downloading it failed", "onnection refused"],
+        ),
+        (
+            format!(
+                "FROM scratch\nCOPY busybox /b\nADD http://{}/nope.txt /n\n",
+                srv.addr
+            ),
+            vec!["Dockerfile:3", "nope.txt", "HTTP 404"],
+        ),
+        (
+            format!("FROM scratch\nADD --checksum=md5:abc {url} /f\n"),
+            vec!["Dockerfile:2", "--checksum=md5:abc"],
+        ),
+        (
+            format!("FROM scratch\nADD http://{}/ /dir/\n", srv.addr),
+            vec!["Dockerfile:2", "file name"],
+        ),
+    ];
+    for (i, (df, wants)) in cases.iter().enumerate() {
+        let ctx = bad.context(&format!("ctx{i}"), df, &[]);
+        let b = bad.build(&["-t", "bad:1", ctx.to_str().unwrap()]);
+        assert_eq!(b.code, 1, "{df:?} should fail");
+        for w in wants {
+            assert!(
+                b.stderr.contains(w),
+                "{df:?}: expected {w:?} in {}",
+                b.stderr
+            );
+        }
+        assert_clean(&bad);
+    }
+}
+
+/// A bridge for one test (its own name, subnet and chains), removed on drop.
+struct TestBridge {
+    name: String,
+    subnet: String,
+    prefix: String,
+    state_dir: PathBuf,
+}
+
+impl TestBridge {
+    fn new(env: &Env) -> TestBridge {
+        let pid = std::process::id();
+        TestBridge {
+            name: format!("gtb{}", pid % 100_000),
+            subnet: format!("10.216.{}.0/24", pid % 200 + 20),
+            prefix: format!("GTB{pid}"),
+            // Where `gantry build --store` keeps the bridge's leases.
+            state_dir: env.store().join("network"),
+        }
+    }
+
+    fn args(&self) -> Vec<&str> {
+        vec![
+            "--bridge",
+            &self.name,
+            "--subnet",
+            &self.subnet,
+            "--chain-prefix",
+            &self.prefix,
+        ]
+    }
+
+    fn config(&self) -> gantry_agent::network::BridgeConfig {
+        gantry_agent::network::BridgeConfig::custom(
+            &self.state_dir,
+            &self.name,
+            &self.subnet,
+            &self.prefix,
+        )
+        .unwrap()
+    }
+
+    fn gateway(&self) -> std::net::Ipv4Addr {
+        self.config().gateway
+    }
+}
+
+impl Drop for TestBridge {
+    fn drop(&mut self) {
+        let cfg = self.config();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            if let Ok(net) = gantry_agent::network::BridgeNetwork::open(cfg).await {
+                let _ = net.teardown_all().await;
+            }
+        });
+    }
+}
+
+/// `--network none|host|bridge` (bridge the default; not part of the cache key, as in
+/// Docker, so each probe differs in its text): what a RUN step sees of the network
+/// — its links and addresses, its routes, whether the host's loopback and the bridge's
+/// gateway answer — and that a bridge step leaves no lease, no veth and no
+/// `/etc/resolv.conf` mount target in its layer. An unknown mode names the flag.
+#[test]
+fn run_steps_get_the_network_they_ask_for() {
+    let env = Env::new();
+    let ctx = env.context("ctx", "FROM scratch\n", &[]);
+    let b = env.build(&["--network", "hots", "-t", "n:1", ctx.to_str().unwrap()]);
+    assert_eq!(b.code, 1);
+    assert!(
+        b.stderr.contains("--network hots: unknown network mode"),
+        "{}",
+        b.stderr
+    );
+    assert!(!env.store().exists(), "nothing done");
+
+    let bridge = TestBridge::new(&env);
+    let host_srv = HttpServer::start("127.0.0.1:0", &[("/ping", "pong-host\n")]);
+    let probe = |extra: &str| {
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+             RUN ip -o -4 addr > /addr; tail -n +2 /proc/net/route > /route; \
+             (wget -q -O /got http://{}/ping || echo unreachable > /got); {extra}\n",
+            host_srv.addr
+        )
+    };
+    let build = |mode: Option<&str>, tag: &str, df: &str| {
+        fs::write(ctx.join("Dockerfile"), df).unwrap();
+        let mut args = bridge.args();
+        if let Some(m) = mode {
+            args.extend(["--network", m]);
+        }
+        args.extend(["-t", tag, ctx.to_str().unwrap()]);
+        let b = env.build_as_is(&args);
+        assert_eq!(b.code, 0, "gantry build {args:?} failed:\n{}", b.stderr);
+        env.image(tag)
+    };
+
+    let none = build(Some("none"), "n:none", &probe("echo none"));
+    let addr = none.text("addr");
+    assert!(
+        addr.contains("lo") && addr.contains("127.0.0.1") && addr.lines().count() == 1,
+        "none: loopback only, up: {addr}"
+    );
+    assert_eq!(none.text("route"), "", "none: no routes");
+    assert_eq!(none.text("got"), "unreachable\n");
+
+    let host = build(Some("host"), "n:host", &probe("echo host"));
+    assert_eq!(host.text("got"), "pong-host\n", "host: the host's loopback");
+    assert!(host.text("addr").lines().count() >= 1);
+    // The host's default routes (other tests add and remove bridges meanwhile, so not
+    // the whole table).
+    let host_routes = fs::read_to_string("/proc/net/route").unwrap();
+    let defaults: Vec<&str> = host_routes
+        .lines()
+        .filter(|l| l.split('\t').nth(1) == Some("00000000"))
+        .collect();
+    let step_routes = host.text("route");
+    assert!(
+        !step_routes.is_empty()
+            && defaults
+                .iter()
+                .all(|d| step_routes.lines().any(|l| l == *d)),
+        "host: the host's routes {defaults:?} in {step_routes}"
+    );
+
+    // The default is the bridge: eth0 in the bridge's subnet, a default route through the
+    // gateway, the host's resolv.conf without loopback nameservers.
+    let br = build(None, "n:bridge", &probe("cat /etc/resolv.conf > /resolv"));
+    let gw = bridge.gateway();
+    let prefix = bridge.subnet.trim_end_matches("0/24");
+    assert!(
+        br.text("addr").contains("eth0") && br.text("addr").contains(&format!("inet {prefix}")),
+        "bridge: {}",
+        br.text("addr")
+    );
+    let gw_hex = format!("{:08X}", u32::from_le_bytes(gw.octets()));
+    assert!(
+        br.text("route")
+            .lines()
+            .any(|l| l.starts_with("eth0\t00000000\t") && l.contains(&gw_hex)),
+        "bridge: default route via {gw}: {}",
+        br.text("route")
+    );
+    assert_eq!(br.text("got"), "unreachable\n", "not the host's loopback");
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert_eq!(
+        br.text("resolv"),
+        gantry_agent::engine::config::bridge_resolv_conf(&host_resolv)
+    );
+    assert!(
+        !br.files.keys().any(|p| p.starts_with("etc")),
+        "the resolv.conf mount target is not in the layer: {:?}",
+        br.files.keys()
+    );
+
+    // The gateway (the host's side of the bridge) answers a bridge step.
+    let gw_srv = HttpServer::start(&format!("{gw}:0"), &[("/ping", "pong-gateway\n")]);
+    let df = format!(
+        "FROM n:bridge\nRUN wget -q -O /gw http://{}/ping\n",
+        gw_srv.addr
+    );
+    assert_eq!(build(None, "n:gw", &df).text("gw"), "pong-gateway\n");
+
+    // Nothing of the steps stays on the bridge.
+    let leases: Value = serde_json::from_str(
+        &fs::read_to_string(
+            bridge
+                .state_dir
+                .join(format!("{}.leases.json", bridge.name)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(leases["leases"], serde_json::json!({}), "{leases}");
+    let ports = Command::new("ip")
+        .args(["-o", "link", "show", "master", &bridge.name])
+        .output()
+        .unwrap();
+    assert!(ports.status.success());
+    assert_eq!(String::from_utf8_lossy(&ports.stdout), "", "no veth left");
+    assert_clean_but_images(&env);
+}
+
+/// [`assert_clean`] without the "no image" part.
+fn assert_clean_but_images(env: &Env) {
+    let store = env.store();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(store.to_str().unwrap()), "{mountinfo}");
+    for d in ["build/tmp", "build/runtime"] {
+        let left: Vec<_> = fs::read_dir(store.join(d))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{d} not empty: {left:?}");
+    }
 }

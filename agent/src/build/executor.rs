@@ -37,6 +37,7 @@ use super::config::{self, apply_config_step, ConfigError, Effect, ImageConfig};
 use super::context::{self, ContextError, DirView, SourceAt};
 use super::instruction::{Copy, Instruction};
 use super::layer::{self, CopySpec, EntryData, Layer, LayerEntry, LayerError, MtimePolicy, Owner};
+use super::net::{self, BuildNet, DownloadError, StepNetns};
 use super::record::{BuildCache, LayerRef, RecordError, StageState};
 use super::rootfs::{self, MountGuard, RootfsError, RootfsView};
 use super::run::{run_spec, NetworkMode, RunError, RunProcess, StepRunner};
@@ -107,8 +108,33 @@ pub enum BuildError {
         #[source]
         source: LayerError,
     },
-    #[error("Dockerfile:{line}: ADD {url}: downloading URLs is not supported by this builder (the build has no network access to fetch it); download it into the context and ADD the file")]
-    Url { line: usize, url: String },
+    #[error("Dockerfile:{line}: {what} {image}: not in the image store, and pulling it failed: {source}")]
+    Pull {
+        line: usize,
+        what: &'static str,
+        image: String,
+        #[source]
+        source: Box<crate::distribution::DistributionError>,
+    },
+    #[error("Dockerfile:{line}: ADD {url}: {why}")]
+    Url {
+        line: usize,
+        url: String,
+        why: String,
+    },
+    #[error("Dockerfile:{line}: ADD {url}: downloading it failed: {source}")]
+    Download {
+        line: usize,
+        url: String,
+        #[source]
+        source: DownloadError,
+    },
+    #[error("Dockerfile:{line}: RUN: --network {mode}: {why}")]
+    Network {
+        line: usize,
+        mode: &'static str,
+        why: String,
+    },
     #[error("build context: {source}")]
     ReceiveContext {
         #[source]
@@ -198,6 +224,9 @@ pub struct Builder<'a> {
     runner: &'a dyn StepRunner,
     cache: BuildCache,
     tmp: PathBuf,
+    /// Registries, URLs and `RUN` networks; without it (tests) no pull, no download,
+    /// and `RUN` steps of mode `none` get an unconfigured netns from the runtime.
+    net: Option<BuildNet>,
 }
 
 /// Writes a layer into the content store.
@@ -261,6 +290,16 @@ fn is_mount_point(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4).is_some_and(|mp| mp == want))
 }
 
+/// Whether a scratch name (`build-run-PID-…`, `build-view-PID-…`, `build-url-PID-…`,
+/// `context-PID-…`) belongs to a builder process that no longer exists.
+pub(crate) fn of_dead_builder(name: &str) -> bool {
+    let rest = ["build-run-", "build-view-", "build-url-", "context-"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p));
+    let pid = rest.and_then(|r| r.split('-').next()?.parse::<u32>().ok());
+    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{:012x}",
@@ -290,6 +329,7 @@ impl<'a> Builder<'a> {
             runner,
             cache: BuildCache::open(base.join("cache"))?,
             tmp,
+            net: None,
         };
         builder.remove_stale();
         Ok(builder)
@@ -298,19 +338,14 @@ impl<'a> Builder<'a> {
     /// Removes what builds of dead processes left (killed mid-step): scratch dirs (after
     /// detaching a mount still on them) and their snapshots. Names carry the builder's pid.
     fn remove_stale(&self) {
-        let dead = |name: &str| -> bool {
-            let rest = ["build-run-", "build-view-", "context-"]
-                .iter()
-                .find_map(|p| name.strip_prefix(p));
-            let pid = rest.and_then(|r| r.split('-').next()?.parse::<u32>().ok());
-            pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        };
+        let dead = of_dead_builder;
         for e in fs::read_dir(&self.tmp).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !dead(&name) {
                 continue;
             }
             let path = e.path();
+            let _ = crate::network::netns::remove(&path.join("netns"));
             for m in [path.join("rootfs"), path.clone()] {
                 if is_mount_point(&m) {
                     let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
@@ -326,6 +361,12 @@ impl<'a> Builder<'a> {
                 let _ = snapshots.remove(&info.key);
             }
         }
+    }
+
+    /// Gives the builder its network: pulls, downloads, `RUN` networks.
+    pub fn with_net(mut self, net: BuildNet) -> Self {
+        self.net = Some(net);
+        self
     }
 
     /// Where a build's scratch dirs go (a received context may go here too).
@@ -349,6 +390,25 @@ impl<'a> Builder<'a> {
             })
             .collect::<Result<_, _>>()?;
         let plan = Plan::from_source(&req.dockerfile, &req.options)?;
+        // A bridge that cannot be had fails the build before any step, at the first RUN.
+        let first_run = plan.order.iter().find_map(|&i| {
+            plan.stages[i]
+                .instructions
+                .iter()
+                .find(|l| matches!(l.instruction, Instruction::Run(_)))
+                .map(|l| l.line())
+        });
+        if let (Some(line), NetworkMode::Bridge) = (first_run, req.network) {
+            let available = match &self.net {
+                None => Err("this builder has no network access".to_string()),
+                Some(net) => net.bridge.bridge().map(|_| ()),
+            };
+            available.map_err(|why| BuildError::Network {
+                line,
+                mode: "bridge",
+                why,
+            })?;
+        }
         for w in &plan.warnings {
             progress(Event::Warning(w.to_string()));
         }
@@ -360,6 +420,7 @@ impl<'a> Builder<'a> {
             n: 0,
             steps_run: 0,
             steps_cached: 0,
+            fetched: None,
             progress,
         };
         for &index in &plan.order {
@@ -536,6 +597,44 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// What was at `/etc/resolv.conf` before a `RUN` that bind-mounts one.
+struct MountTarget {
+    had_file: bool,
+    etc_before: Option<layer::DirMeta>,
+}
+
+impl MountTarget {
+    /// Removes the empty mount target (and an `etc` made or copied up only for it) from
+    /// the step's upper dir. While mounted, the target was hidden from the step.
+    fn remove_from(&self, upper: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        if self.had_file {
+            return;
+        }
+        let file = upper.join("etc/resolv.conf");
+        if fs::symlink_metadata(&file).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            let _ = fs::remove_file(&file);
+        }
+        let etc = upper.join("etc");
+        let Ok(m) = fs::symlink_metadata(&etc) else {
+            return;
+        };
+        let empty = fs::read_dir(&etc).is_ok_and(|mut d| d.next().is_none());
+        let opaque = xattr_set(&etc, "trusted.overlay.opaque");
+        let unchanged = match &self.etc_before {
+            None => true,
+            Some(b) => b.mode == (m.mode() & 0o7777) && b.uid == m.uid() && b.gid == m.gid(),
+        };
+        if m.is_dir() && empty && !opaque && unchanged {
+            let _ = fs::remove_dir(&etc);
+        }
+    }
+}
+
+fn xattr_set(path: &Path, name: &str) -> bool {
+    xattr::get(path, name).is_ok_and(|v| v.is_some())
+}
+
 fn oci_media_type(mt: &str) -> &str {
     match mt {
         manifest::DOCKER_LAYER_GZIP => manifest::OCI_LAYER_GZIP,
@@ -553,7 +652,32 @@ struct Run<'r, 'a> {
     n: usize,
     steps_run: usize,
     steps_cached: usize,
+    /// The current `ADD`'s downloads (fetched for its cache key, copied if it runs).
+    fetched: Option<Fetched>,
     progress: &'r mut dyn FnMut(Event),
+}
+
+/// A scratch dir of downloaded `ADD` sources: `u<i>/<file name>` per URL, in order.
+struct Fetched {
+    dir: PathBuf,
+    /// Paths relative to `dir`, one per URL source.
+    files: Vec<String>,
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The name a URL's file gets in a directory destination: the last segment of its path
+/// (Docker's rule); `None` when there is none.
+fn url_file_name(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+    let name = path.rsplit('/').next().unwrap_or("");
+    (!name.is_empty() && name != "." && name != "..").then(|| name.to_string())
 }
 
 impl Run<'_, '_> {
@@ -567,6 +691,7 @@ impl Run<'_, '_> {
     fn stage(&mut self, index: usize) -> Result<StageResult, BuildError> {
         let def = &self.plan.stages[index];
         let line = def.from.line();
+        let mut pulled = None;
         let (mut state, mut key) = match &def.base {
             Base::Scratch => (
                 StageState {
@@ -580,6 +705,7 @@ impl Run<'_, '_> {
                 (r.state.clone(), base_key(&BaseIdentity::Stage(&r.key)))
             }
             Base::Image(name) => {
+                pulled = self.ensure_image(name, line, "FROM")?;
                 let (state, config_digest) = self.b.image_state(name, line, "FROM")?;
                 let key = base_key(&BaseIdentity::Image(&config_digest.to_string()));
                 (state, key)
@@ -597,6 +723,9 @@ impl Run<'_, '_> {
             n: self.n,
             label: format!("[{name} 1/{total}] {}", def.from.text()),
         });
+        if let Some(data) = pulled {
+            (self.progress)(Event::Output { n: self.n, data });
+        }
         let mut cmd_set = false;
         for (i, step) in expanded.steps.iter().enumerate() {
             self.n += 1;
@@ -606,6 +735,7 @@ impl Run<'_, '_> {
                 label: format!("[{name} {}/{total}] {}", i + 2, step.text),
             });
             let started = Instant::now();
+            self.fetched = None;
             let content = self.content_of(step)?;
             key = step_key(&key, step, content.as_deref());
             if !self.req.no_cache {
@@ -620,6 +750,7 @@ impl Run<'_, '_> {
                 }
             }
             state = self.execute(n, step, state, &mut cmd_set)?;
+            self.fetched = None;
             self.b.cache.put(&key, &state)?;
             self.steps_run += 1;
             (self.progress)(Event::Done {
@@ -630,8 +761,131 @@ impl Run<'_, '_> {
         Ok(StageResult { state, key })
     }
 
+    /// Pulls `name` when it is not in the store and names a registry (as `docker build`
+    /// does), the pull's progress as the current step's output. Without a registry in the
+    /// name, or without network, the store's "no such image" stands.
+    /// Returns the output to show, if it pulled.
+    fn ensure_image(
+        &self,
+        name: &str,
+        line: usize,
+        what: &'static str,
+    ) -> Result<Option<Vec<u8>>, BuildError> {
+        let missing = matches!(
+            self.b.store.resolve_str(name),
+            Err(StoreError::NoSuchImage { .. })
+        );
+        let pullable = Reference::parse(name).is_ok_and(|r| r.registry().is_some());
+        let Some(net) = self.b.net.as_ref().filter(|_| missing && pullable) else {
+            return Ok(None);
+        };
+        let mut lines = format!("pulling {name}\n").into_bytes();
+        lines.extend(
+            net.pull(self.b.store, name)
+                .map_err(|source| BuildError::Pull {
+                    line,
+                    what,
+                    image: name.to_string(),
+                    source: Box::new(source),
+                })?,
+        );
+        Ok(Some(lines))
+    }
+
+    /// Downloads the URL sources of an `ADD` (Docker's rules: a directory destination
+    /// takes the URL path's last segment as file name; files get mode 0600; archives are
+    /// not extracted) and checks `--checksum`; returns their content hash.
+    fn fetch_urls(&mut self, line: usize, c: &Copy) -> Result<Option<String>, BuildError> {
+        let urls: Vec<&String> = c.sources.iter().filter(|s| context::is_url(s)).collect();
+        let Some(first) = urls.first() else {
+            if c.checksum.is_some() {
+                return Err(BuildError::Url {
+                    line,
+                    url: c.sources.join(" "),
+                    why: "--checksum applies only to URL sources".into(),
+                });
+            }
+            return Ok(None);
+        };
+        let url_err = |url: &str, why: &str| BuildError::Url {
+            line,
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        if c.sources.len() > 1 && !c.dest.ends_with('/') {
+            return Err(url_err(
+                first,
+                "with more than one source the destination must be a directory ending in /",
+            ));
+        }
+        if c.checksum.is_some() && urls.len() > 1 {
+            return Err(url_err(first, "--checksum needs exactly one URL source"));
+        }
+        let expected = match &c.checksum {
+            None => None,
+            Some(sum) => Some(
+                crate::image::Digest::parse(sum)
+                    .map_err(|e| url_err(first, &format!("--checksum={sum}: {e}")))?,
+            ),
+        };
+        let Some(net) = self.b.net.as_ref() else {
+            return Err(url_err(first, "this builder has no network access"));
+        };
+        let fetched = Fetched {
+            dir: self.b.tmp.join(unique("build-url")),
+            files: Vec::new(),
+        };
+        let fetched = self.fetched.insert(fetched);
+        for (i, url) in urls.iter().enumerate() {
+            let name =
+                match url_file_name(url) {
+                    Some(n) => n,
+                    None if c.dest.ends_with('/') => return Err(url_err(
+                        url,
+                        "cannot tell the file name from the URL: give the destination a file name",
+                    )),
+                    None => "download".into(),
+                };
+            let sub = fetched.dir.join(format!("u{i}"));
+            fs::create_dir_all(&sub).map_err(io_err(&sub))?;
+            let got =
+                net.download(url, &sub.join(&name))
+                    .map_err(|source| BuildError::Download {
+                        line,
+                        url: url.to_string(),
+                        source,
+                    })?;
+            if let Some(want) = &expected {
+                if want.to_string() != got.digest {
+                    return Err(url_err(
+                        url,
+                        &format!(
+                            "checksum mismatch: --checksum={want}, the download is {}",
+                            got.digest
+                        ),
+                    ));
+                }
+            }
+            fetched.files.push(format!("u{i}/{name}"));
+        }
+        let view = DirView {
+            root: fetched.dir.clone(),
+        };
+        let at = SourceAt {
+            line,
+            instruction: "ADD",
+        };
+        let wrap = |source| BuildError::Context {
+            line,
+            instruction: "ADD",
+            source,
+        };
+        let sels = context::resolve_sources_in(&view, &fetched.files, at).map_err(wrap)?;
+        Ok(Some(context::content_hash_in(&view, &sels).map_err(wrap)?))
+    }
+
     /// The content part of a `COPY`/`ADD`'s cache key.
-    fn content_of(&self, step: &Step) -> Result<Option<String>, BuildError> {
+    fn content_of(&mut self, step: &Step) -> Result<Option<String>, BuildError> {
         let (c, keyword) = match &step.instruction {
             Instruction::Copy(c) => (c, "COPY"),
             Instruction::Add(c) => (c, "ADD"),
@@ -641,15 +895,22 @@ impl Run<'_, '_> {
         match &step.copy_from {
             Some(Source::Stage(i)) => Ok(Some(self.results[i].key.clone())),
             Some(Source::Image(name)) => {
+                if let Some(data) = self.ensure_image(name, line, "COPY --from")? {
+                    (self.progress)(Event::Output { n: self.n, data });
+                }
                 let (_, config) = self.b.image_state(name, line, "COPY --from")?;
                 Ok(Some(config.to_string()))
             }
             None => {
-                if let Some(url) = c.sources.iter().find(|s| context::is_url(s)) {
-                    return Err(BuildError::Url {
-                        line,
-                        url: url.clone(),
-                    });
+                let urls = self.fetch_urls(line, c)?;
+                let local: Vec<String> = c
+                    .sources
+                    .iter()
+                    .filter(|s| !context::is_url(s))
+                    .cloned()
+                    .collect();
+                if local.is_empty() {
+                    return Ok(urls);
                 }
                 let view = DirView {
                     root: self.req.context.clone(),
@@ -663,8 +924,12 @@ impl Run<'_, '_> {
                     instruction: keyword,
                     source,
                 };
-                let sels = context::resolve_sources_in(&view, &c.sources, at).map_err(wrap)?;
-                Ok(Some(context::content_hash_in(&view, &sels).map_err(wrap)?))
+                let sels = context::resolve_sources_in(&view, &local, at).map_err(wrap)?;
+                let hash = context::content_hash_in(&view, &sels).map_err(wrap)?;
+                Ok(Some(match urls {
+                    Some(u) => format!("{hash}+{u}"),
+                    None => hash,
+                }))
             }
         }
     }
@@ -788,7 +1053,22 @@ impl Run<'_, '_> {
             }
         };
         let view = DirView { root: source_root };
-        let sels = context::resolve_sources_in(&view, &c.sources, at).map_err(wrap)?;
+        let local: Vec<String> = c
+            .sources
+            .iter()
+            .filter(|s| !context::is_url(s))
+            .cloned()
+            .collect();
+        let sels = context::resolve_sources_in(&view, &local, at).map_err(wrap)?;
+        let url_sels = match &self.fetched {
+            Some(f) if add => {
+                let v = DirView {
+                    root: f.dir.clone(),
+                };
+                context::resolve_sources_in(&v, &f.files, at).map_err(wrap)?
+            }
+            _ => Vec::new(),
+        };
         let workdir = state.config.working_dir();
         let workdir = if workdir.is_empty() {
             "/".into()
@@ -813,11 +1093,17 @@ impl Run<'_, '_> {
             existing_dir: &existing,
             at,
         };
-        let layer = if add {
-            layer::add_layer(&sels, &spec)?
-        } else {
-            layer::copy_layer(&sels, &spec)?
+        let mut layer = match (add, sels.is_empty()) {
+            (_, true) => Layer::new(),
+            (true, false) => layer::add_layer(&sels, &spec)?,
+            (false, false) => layer::copy_layer(&sels, &spec)?,
         };
+        // Downloads are copied as they are (Docker extracts no remote archive).
+        if !url_sels.is_empty() {
+            for (path, entry) in layer::copy_layer(&url_sels, &spec)?.entries {
+                layer.insert(&path, entry);
+            }
+        }
         let stored = self.b.write_layer(&layer)?;
         drop(from_view);
         Ok(stored)
@@ -869,6 +1155,35 @@ impl Run<'_, '_> {
             let p = rootfs_dir.join(rel);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
+        // The step's network, pinned inside its scratch dir (dropped before it, below).
+        let netns_path = dir.join("netns");
+        let net_err =
+            |mode: &'static str| move |why: String| BuildError::Network { line, mode, why };
+        let (netns, resolv_conf) = match (self.req.network, &b.net) {
+            (NetworkMode::Host, _) => (None, None),
+            (NetworkMode::None, None) => (None, None),
+            (NetworkMode::None, Some(net)) => (
+                Some(StepNetns::loopback(&netns_path, &net.rt).map_err(net_err("none"))?),
+                None,
+            ),
+            (NetworkMode::Bridge, None) => {
+                return Err(net_err("bridge")(
+                    "this builder has no network access".into(),
+                ))
+            }
+            (NetworkMode::Bridge, Some(net)) => {
+                let ns = StepNetns::bridge(&netns_path, &key, net).map_err(net_err("bridge"))?;
+                let path = dir.join("resolv.conf");
+                fs::write(&path, net::resolv_conf(net)).map_err(io_err(&path))?;
+                (Some(ns), Some(path))
+            }
+        };
+        // The runtime creates a missing mount target in the step's upper dir; it is ours,
+        // not the step's, and is taken out of the diff below.
+        let resolv_target = resolv_conf.as_ref().map(|_| MountTarget {
+            had_file: rootfs::exists(&rootfs_dir, "etc/resolv.conf"),
+            etc_before: rootfs::dir_meta(&rootfs_dir, "etc"),
+        });
         let process = RunProcess {
             argv: argv.clone(),
             env: config::run_env(&state.config, &step.args),
@@ -876,6 +1191,8 @@ impl Run<'_, '_> {
             uid: owner.uid,
             gid: owner.gid,
             network: self.req.network,
+            netns: netns.as_ref().map(|n| n.path.clone()),
+            resolv_conf,
         };
         let spec = run_spec(&process, &format!("gantry/{key}"));
         let config_path = dir.join("config.json");
@@ -901,6 +1218,7 @@ impl Run<'_, '_> {
             })
             .map_err(|source| BuildError::Run { line, source })?;
         scratch.mount.take().expect("mounted above").unmount()?;
+        drop(netns);
         if code != 0 {
             let command = match &step.instruction {
                 Instruction::Run(super::instruction::Command::Shell(s)) => s.clone(),
@@ -915,6 +1233,9 @@ impl Run<'_, '_> {
         }
         let info = b.store.snapshotter().stat(&key)?;
         let upper = b.store.snapshotter().fs_dir(&info);
+        if let Some(t) = resolv_target {
+            t.remove_from(&upper);
+        }
         let stored = b.write_layer(&layer::diff_upper(&upper)?)?;
         drop(scratch);
         Ok(stored)

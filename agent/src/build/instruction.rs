@@ -44,6 +44,9 @@ pub struct Copy {
     pub from: Option<String>,
     pub chown: Option<String>,
     pub chmod: Option<String>,
+    /// Only `ADD` of a URL: the download's expected `sha256:` digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -504,7 +507,7 @@ fn from(node: &Node) -> Result<From, ParseError> {
 
 fn copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
     let allowed: &[&str] = if is_add {
-        &["chown", "chmod"]
+        &["chown", "chmod", "checksum"]
     } else {
         &["from", "chown", "chmod"]
     };
@@ -526,6 +529,7 @@ fn copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
         from: flag(&flags, "from").map(str::to_string),
         chown: flag(&flags, "chown").map(str::to_string),
         chmod: flag(&flags, "chmod").map(str::to_string),
+        checksum: flag(&flags, "checksum").map(str::to_string),
     })
 }
 
@@ -858,7 +862,8 @@ mod tests {
                 dest: "/dst/".into(),
                 from: Some("build".into()),
                 chown: Some("1:2".into()),
-                chmod: Some("0755".into())
+                chmod: Some("0755".into()),
+                checksum: None,
             })
         );
         assert_eq!(
@@ -868,7 +873,8 @@ mod tests {
                 dest: "/c d/".into(),
                 from: None,
                 chown: None,
-                chmod: None
+                chmod: None,
+                checksum: None,
             })
         );
         assert_eq!(
@@ -878,7 +884,8 @@ mod tests {
                 dest: "/".into(),
                 from: None,
                 chown: Some("app".into()),
-                chmod: None
+                chmod: None,
+                checksum: None,
             })
         );
         let e = err("FROM a\nADD --from=x a /");
@@ -1065,7 +1072,8 @@ mod tests {
                     dest: "/src".into(),
                     from: None,
                     chown: None,
-                    chmod: None
+                    chmod: None,
+                    checksum: None,
                 })),
                 text: "COPY . /src".into()
             }

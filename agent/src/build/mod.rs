@@ -21,6 +21,7 @@ pub mod executor;
 pub mod instruction;
 pub mod layer;
 pub mod lex;
+pub mod net;
 pub mod parser;
 pub mod record;
 pub mod rootfs;

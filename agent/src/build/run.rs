@@ -32,24 +32,28 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
-    #[error("--network {0}: not available to builds (use none or host)")]
+    #[error("--network {0}: unknown network mode (expected bridge, host or none)")]
     Network(String),
 }
 
-/// The network of `RUN` containers.
+/// The network of `RUN` containers (`--network`; Docker's default is the bridge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NetworkMode {
-    /// A new network namespace with only loopback (the default: builds are hermetic).
+    /// A network namespace on the node's bridge, with NAT, as a container gets.
     #[default]
+    Bridge,
+    /// A new network namespace with only loopback.
     None,
     /// The host's network.
     Host,
 }
 
 impl NetworkMode {
+    /// `bridge`, `host`, `none`; `default` and empty mean `bridge`, as in Docker.
     pub fn parse(s: &str) -> Result<NetworkMode, RunError> {
         match s {
-            "" | "none" | "default" => Ok(NetworkMode::None),
+            "" | "bridge" | "default" => Ok(NetworkMode::Bridge),
+            "none" => Ok(NetworkMode::None),
             "host" => Ok(NetworkMode::Host),
             other => Err(RunError::Network(other.to_string())),
         }
@@ -65,6 +69,11 @@ pub struct RunProcess {
     pub uid: u32,
     pub gid: u32,
     pub network: NetworkMode,
+    /// The pinned network namespace to join (`none` and `bridge`); `None` with a mode
+    /// other than `host`: the runtime makes a new, unconfigured one.
+    pub netns: Option<PathBuf>,
+    /// A file bind-mounted read-only at `/etc/resolv.conf`.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// The bundle config for a `RUN` (root at `rootfs`, relative to the bundle).
@@ -80,9 +89,23 @@ pub fn run_spec(p: &RunProcess, cgroups_path: &str) -> Value {
     process["terminal"] = json!(false);
     let linux = &mut spec["linux"];
     linux["cgroupsPath"] = json!(cgroups_path);
-    if p.network == NetworkMode::Host {
-        if let Some(ns) = linux["namespaces"].as_array_mut() {
+    if let Some(ns) = linux["namespaces"].as_array_mut() {
+        if p.network == NetworkMode::Host {
             ns.retain(|n| n["type"] != "network");
+        } else if let Some(path) = &p.netns {
+            for n in ns.iter_mut().filter(|n| n["type"] == "network") {
+                n["path"] = json!(path);
+            }
+        }
+    }
+    if let Some(r) = &p.resolv_conf {
+        if let Some(m) = spec["mounts"].as_array_mut() {
+            m.push(json!({
+                "destination": "/etc/resolv.conf",
+                "type": "bind",
+                "source": r,
+                "options": ["rbind", "ro"],
+            }));
         }
     }
     spec
@@ -183,6 +206,8 @@ mod tests {
             uid: 1000,
             gid: 100,
             network,
+            netns: None,
+            resolv_conf: None,
         }
     }
 
@@ -219,7 +244,13 @@ mod tests {
     fn network_modes() {
         assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
         assert_eq!(NetworkMode::parse("host").unwrap(), NetworkMode::Host);
-        let e = NetworkMode::parse("bridge").unwrap_err().to_string();
-        assert!(e.contains("--network bridge"), "{e}");
+        assert_eq!(NetworkMode::parse("bridge").unwrap(), NetworkMode::Bridge);
+        assert_eq!(NetworkMode::parse("").unwrap(), NetworkMode::Bridge);
+        assert_eq!(NetworkMode::default(), NetworkMode::Bridge);
+        let e = NetworkMode::parse("hots").unwrap_err().to_string();
+        assert!(
+            e.contains("--network hots") && e.contains("bridge, host or none"),
+            "{e}"
+        );
     }
 }

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::image::ImageStore;
 
 use super::executor::{receive_context, BuildError, BuildRequest, Builder, Event};
+use super::net::BuildNet;
 use super::run::{NetworkMode, StepRunner};
 use super::stages::BuildOptions;
 
@@ -70,11 +71,22 @@ impl Read for ChannelReader {
 pub struct BuildService {
     store: ImageStore,
     runner: Arc<dyn StepRunner>,
+    net: Option<BuildNet>,
 }
 
 impl BuildService {
     pub fn new(store: ImageStore, runner: Arc<dyn StepRunner>) -> Self {
-        BuildService { store, runner }
+        BuildService {
+            store,
+            runner,
+            net: None,
+        }
+    }
+
+    /// Registries, URLs and `RUN` networks for the builds (see [`BuildNet`]).
+    pub fn with_net(mut self, net: BuildNet) -> Self {
+        self.net = Some(net);
+        self
     }
 }
 
@@ -107,7 +119,10 @@ pub fn status_of(e: &BuildError) -> Status {
         | BuildError::Layer(_)
         | BuildError::Image { .. }
         | BuildError::ReceiveContext { .. } => Status::invalid_argument(e.to_string()),
-        BuildError::RunFailed { .. } => Status::failed_precondition(e.to_string()),
+        BuildError::RunFailed { .. }
+        | BuildError::Pull { .. }
+        | BuildError::Download { .. }
+        | BuildError::Network { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
@@ -164,9 +179,13 @@ impl BuilderApi for BuildService {
         let (tx, rx) = mpsc::channel::<Result<BuildEvent, Status>>(64);
         let store = self.store.clone();
         let runner = self.runner.clone();
+        let net = self.net.clone();
         tokio::task::spawn_blocking(move || {
             let result = (|| {
-                let builder = Builder::new(&store, runner.as_ref())?;
+                let mut builder = Builder::new(&store, runner.as_ref())?;
+                if let Some(net) = net {
+                    builder = builder.with_net(net);
+                }
                 let received = Received(builder.scratch_dir().join(format!(
                     "context-{}-{:016x}",
                     std::process::id(),

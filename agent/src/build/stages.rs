@@ -529,6 +529,11 @@ impl Plan {
                         .as_deref()
                         .map(|s| word(s, &env, &args))
                         .transpose()?,
+                    checksum: c
+                        .checksum
+                        .as_deref()
+                        .map(|s| word(s, &env, &args))
+                        .transpose()?,
                 })
             };
             let instruction = match &located.instruction {
@@ -896,7 +901,8 @@ ENTRYPOINT ["echo", "$D"]
                 dest: "/data/".into(),
                 from: None,
                 chown: Some("app:app".into()),
-                chmod: Some("0644".into())
+                chmod: Some("0644".into()),
+                checksum: None,
             })
         );
         assert_eq!(
@@ -906,7 +912,8 @@ ENTRYPOINT ["echo", "$D"]
                 dest: "/data".into(),
                 from: None,
                 chown: None,
-                chmod: None
+                chmod: None,
+                checksum: None,
             })
         );
         assert_eq!(st[3], Instruction::Workdir("/data".into()));

@@ -165,14 +165,11 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     };
     let store = gantry_agent::image::ImageStore::open(&cfg.root)
         .with_context(|| format!("opening the image store in {}", cfg.root.display()))?;
-    let builds = gantry_agent::build::service::BuildService::new(
-        store.clone(),
-        Arc::new(gantry_agent::build::run::OciRuntimeRunner {
-            program: cfg.runtime_program.clone(),
-            args: cfg.runtime_args.clone(),
-            root: cfg.run_root.join("build-runtime"),
-        }),
-    );
+    let build_runner = Arc::new(gantry_agent::build::run::OciRuntimeRunner {
+        program: cfg.runtime_program.clone(),
+        args: cfg.runtime_args.clone(),
+        root: cfg.run_root.join("build-runtime"),
+    });
     let overlay_node = match (&cluster_cfg, args.overlay) {
         (Some(c), true) => Some(overlay_node(c).await?),
         _ => None,
@@ -214,7 +211,19 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
+    let build_store = store.clone();
     let engine: Arc<Engine> = Engine::open(cfg, Arc::new(StoreImages { store }), network)?;
+    // Builds pull with the agent's registry settings and run `RUN --network bridge` steps
+    // on the engine's bridge.
+    let builds = gantry_agent::build::service::BuildService::new(build_store, build_runner)
+        .with_net(gantry_agent::build::net::BuildNet {
+            rt: tokio::runtime::Handle::current(),
+            registry: gantry_agent::distribution::ClientConfig {
+                insecure_registries: args.insecure_registries.clone(),
+                ..Default::default()
+            },
+            bridge: engine.clone(),
+        });
     engine.recover().await?;
     let _follower = match (overlay, &cluster_cfg) {
         (Some((overlay, table, dns)), Some(c)) => {

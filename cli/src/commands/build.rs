@@ -16,9 +16,13 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use gantry_agent::build::context::ContextWalker;
 use gantry_agent::build::executor::{receive_context, BuildRequest, Builder, Event};
+use gantry_agent::build::net::{BuildNet, LazyBridge};
 use gantry_agent::build::run::{NetworkMode, OciRuntimeRunner};
 use gantry_agent::build::stages::BuildOptions;
+use gantry_agent::distribution::ClientConfig;
 use gantry_agent::image::ImageStore;
+use gantry_agent::network::BridgeConfig;
+use std::sync::Arc;
 
 use super::container::Conn;
 
@@ -55,9 +59,23 @@ pub struct BuildArgs {
     /// terminal), auto (tty on a terminal, else plain).
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
-    /// Network of RUN steps: none (default) or host.
-    #[arg(long, default_value = "none")]
-    pub network: String,
+    /// Network of RUN steps: bridge (the default, as in Docker: the node's bridge with NAT,
+    /// like a container), host, or none (loopback only).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// With --store: reach this registry (host[:port]) over plain HTTP when pulling a base
+    /// image (loopback registries always are). Through an agent, the agent's list applies.
+    #[arg(long = "insecure-registry", value_name = "HOST", requires = "store")]
+    pub insecure_registries: Vec<String>,
+    /// With --store: the bridge of `--network bridge` RUN steps (as `gantry agent --bridge`).
+    #[arg(long, requires = "store", default_value = gantry_agent::network::config::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// With --store: the bridge's subnet (as `gantry agent --subnet`).
+    #[arg(long, requires = "store", default_value = gantry_agent::network::config::DEFAULT_SUBNET)]
+    pub subnet: String,
+    /// With --store: prefix of the bridge's iptables chains (as `gantry agent --chain-prefix`).
+    #[arg(long, requires = "store", default_value = gantry_agent::network::config::DEFAULT_CHAIN_PREFIX)]
+    pub chain_prefix: String,
     /// Print only the image digest.
     #[arg(short, long)]
     pub quiet: bool,
@@ -135,7 +153,7 @@ fn prepare(a: &BuildArgs) -> anyhow::Result<Prepared> {
         .strip_prefix(&context)
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
-    let network = NetworkMode::parse(&a.network)?;
+    let network = NetworkMode::parse(a.network.as_deref().unwrap_or(""))?;
     let options = BuildOptions {
         build_args: build_args(&a.build_args)?,
         target: a.target.clone(),
@@ -307,7 +325,28 @@ fn build_local(
         .with_context(|| format!("opening image store {}", store.display()))?;
     let runner = OciRuntimeRunner::current_exe(store.root().join("build/runtime"))
         .context("locating the gantry binary for RUN steps")?;
-    let builder = Builder::new(&store, &runner)?;
+    // Network I/O (pulls, downloads, the bridge) runs on this runtime's worker; the
+    // builder blocks on it from this thread.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let bridge = BridgeConfig::custom(
+        store.root().join("network"),
+        &a.bridge,
+        &a.subnet,
+        &a.chain_prefix,
+    )?;
+    let net = BuildNet {
+        rt: rt.handle().clone(),
+        registry: ClientConfig {
+            insecure_registries: a.insecure_registries.clone(),
+            ..Default::default()
+        },
+        bridge: Arc::new(LazyBridge::new(bridge, rt.handle().clone())),
+    };
+    let builder = Builder::new(&store, &runner)?.with_net(net);
 
     // Stream the filtered context and receive it, as an agent would.
     let nanos = std::time::SystemTime::now()
@@ -372,7 +411,7 @@ fn build_remote(a: &BuildArgs, p: Prepared, mut display: Display) -> anyhow::Res
                 build_args: p.options.build_args.into_iter().collect(),
                 target: p.options.target.unwrap_or_default(),
                 no_cache: a.no_cache,
-                network: a.network.clone(),
+                network: a.network.clone().unwrap_or_default(),
             })),
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
