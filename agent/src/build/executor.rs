@@ -1254,6 +1254,68 @@ mod tests {
     }
 
     #[test]
+    fn url_file_names_follow_docker() {
+        assert_eq!(
+            url_file_name("http://h:1/a/b/file.tar.gz?x=1#f").as_deref(),
+            Some("file.tar.gz")
+        );
+        assert_eq!(url_file_name("https://h/f").as_deref(), Some("f"));
+        for none in [
+            "http://h",
+            "http://h/",
+            "http://h/dir/",
+            "http://h/..",
+            "http://h/?q",
+        ] {
+            assert_eq!(url_file_name(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_resolv_conf_mount_target_is_taken_out_of_the_upper_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        // Made by the runtime in an image without /etc: both go.
+        let up = t.path().join("a");
+        fs::create_dir_all(up.join("etc")).unwrap();
+        fs::write(up.join("etc/resolv.conf"), "").unwrap();
+        let none = MountTarget {
+            had_file: false,
+            etc_before: None,
+        };
+        none.remove_from(&up);
+        assert!(!up.join("etc").exists());
+        // The step wrote another file in /etc: /etc stays, the target goes.
+        fs::create_dir_all(up.join("etc")).unwrap();
+        fs::write(up.join("etc/resolv.conf"), "").unwrap();
+        fs::write(up.join("etc/motd"), "hi").unwrap();
+        none.remove_from(&up);
+        assert!(up.join("etc/motd").exists() && !up.join("etc/resolv.conf").exists());
+        // /etc existed with other metadata than now: the step changed it, it stays.
+        let up = t.path().join("b");
+        fs::create_dir_all(up.join("etc")).unwrap();
+        fs::set_permissions(up.join("etc"), fs::Permissions::from_mode(0o700)).unwrap();
+        let changed = MountTarget {
+            had_file: false,
+            etc_before: Some(layer::DirMeta {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            }),
+        };
+        changed.remove_from(&up);
+        assert!(up.join("etc").exists());
+        // The image had the file: nothing was made, nothing is touched.
+        fs::write(up.join("etc/resolv.conf"), "").unwrap();
+        MountTarget {
+            had_file: true,
+            etc_before: None,
+        }
+        .remove_from(&up);
+        assert!(up.join("etc/resolv.conf").exists());
+    }
+
+    #[test]
     fn leftovers_of_dead_builders_are_removed_and_live_ones_kept() {
         let t = tempfile::tempdir().unwrap();
         let store = ImageStore::open(t.path()).unwrap();

@@ -888,6 +888,20 @@ mod tests {
                 checksum: None,
             })
         );
+        assert_eq!(
+            one("ADD --checksum=sha256:ab http://h/f /f"),
+            Instruction::Add(Copy {
+                sources: s(&["http://h/f"]),
+                dest: "/f".into(),
+                from: None,
+                chown: None,
+                chmod: None,
+                checksum: Some("sha256:ab".into()),
+            })
+        );
+        assert!(err("FROM a\nCOPY --checksum=sha256:ab a /")
+            .message
+            .contains("checksum"));
         let e = err("FROM a\nADD --from=x a /");
         assert_eq!(e.position, Position { line: 2, column: 5 });
         assert!(err("FROM a\nCOPY onlyone").message.contains("at least two"));

@@ -241,6 +241,38 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_netns_is_joined_and_resolv_conf_mounted_read_only() {
+        let mut p = process(NetworkMode::Bridge);
+        p.netns = Some("/b/netns".into());
+        p.resolv_conf = Some("/b/resolv.conf".into());
+        let s = run_spec(&p, "x");
+        let ns = s["linux"]["namespaces"].as_array().unwrap();
+        let net: Vec<_> = ns.iter().filter(|n| n["type"] == "network").collect();
+        assert_eq!(net.len(), 1);
+        assert_eq!(net[0]["path"], "/b/netns");
+        let m = s["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/etc/resolv.conf")
+            .expect("resolv.conf mounted");
+        assert_eq!(m["source"], "/b/resolv.conf");
+        assert!(m["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        // Without a pinned netns the runtime makes a fresh one; no resolv.conf mount.
+        let s = run_spec(&process(NetworkMode::None), "x");
+        assert!(s["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network" && n.get("path").is_none()));
+        assert!(!s["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/etc/resolv.conf"));
+    }
+
+    #[test]
     fn network_modes() {
         assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
         assert_eq!(NetworkMode::parse("host").unwrap(), NetworkMode::Host);
