@@ -47,7 +47,7 @@ EOF
 bah="buildah --root $work/bah --runroot $work/bahrun --storage-driver overlay"
 bah_build="$bah bud --layers --runtime $(command -v runc) --isolation oci -q -t bench:1 $ctx"
 bah_reset="$bah rmi -a -f >/dev/null 2>&1; umount -R $work/bah/overlay 2>/dev/null; rm -rf $work/bah $work/bahrun; true"
-g_build="$gantry build --store $work/gstore -q -t bench:1 $ctx"
+g_build="$gantry build --store $work/gstore --network none -q -t bench:1 $ctx"
 g_reset="rm -rf $work/gstore"
 
 echo "== cold (empty store before each run), $runs runs" >&2

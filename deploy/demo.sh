@@ -67,7 +67,7 @@ gantry node ls
 step "building the demo image from deploy/demo/Dockerfile and pushing it to $REG"
 cp /bin/busybox deploy/demo/busybox
 store=$GANTRY_CLUSTER_DIR/build-store
-gantry build --store "$store" --progress plain -t "$REG/demo:1" deploy/demo 2>&1 | grep -E '^#[0-9]+ \[|built|naming' | sed 's/^/    /'
+gantry build --store "$store" --network none --progress plain -t "$REG/demo:1" deploy/demo 2>&1 | grep -E '^#[0-9]+ \[|built|naming' | sed 's/^/    /'
 gantry push --store "$store" --insecure-registry "$REG" "$REG/demo:1" 2>&1 | tail -2 | sed 's/^/    /'
 
 # The node of the running replica of `demo`, and its answer over HTTP.
