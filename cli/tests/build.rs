@@ -702,7 +702,11 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &std::path::Path) -> Registry {
-        let addr = common::free_addr("127.0.0.1");
+        Registry::start_on(dir, "127.0.0.1")
+    }
+
+    fn start_on(dir: &std::path::Path, ip: &str) -> Registry {
+        let addr = common::free_addr(ip);
         let child = Command::new(common::gantry_bin())
             .args(["registry", "--listen", &addr, "--root"])
             .arg(dir.join("registry"))
@@ -975,7 +979,8 @@ fn add_url_downloads_checks_and_caches_by_content() {
     }
 }
 
-/// A bridge for one test (its own name, subnet and chains), removed on drop.
+/// A bridge for one test (its own name, subnet and chains: `n` tells the tests of one
+/// process apart), removed on drop.
 struct TestBridge {
     name: String,
     subnet: String,
@@ -984,12 +989,12 @@ struct TestBridge {
 }
 
 impl TestBridge {
-    fn new(env: &Env) -> TestBridge {
+    fn new(env: &Env, n: u32) -> TestBridge {
         let pid = std::process::id();
         TestBridge {
-            name: format!("gtb{}", pid % 100_000),
-            subnet: format!("10.216.{}.0/24", pid % 200 + 20),
-            prefix: format!("GTB{pid}"),
+            name: format!("gtb{}x{n}", pid % 100_000),
+            subnet: format!("10.216.{}.0/24", (pid % 100) * 2 + n + 20),
+            prefix: format!("GTB{pid}X{n}"),
             // Where `gantry build --store` keeps the bridge's leases.
             state_dir: env.store().join("network"),
         }
@@ -1018,6 +1023,17 @@ impl TestBridge {
 
     fn gateway(&self) -> std::net::Ipv4Addr {
         self.config().gateway
+    }
+
+    /// Makes the bridge now (its gateway is then a host address to listen on).
+    fn open(&self) {
+        let cfg = self.config();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(gantry_agent::network::BridgeNetwork::open(cfg))
+            .expect("opening the test bridge");
     }
 }
 
@@ -1054,7 +1070,7 @@ fn run_steps_get_the_network_they_ask_for() {
     );
     assert!(!env.store().exists(), "nothing done");
 
-    let bridge = TestBridge::new(&env);
+    let bridge = TestBridge::new(&env, 0);
     let host_srv = HttpServer::start("127.0.0.1:0", &[("/ping", "pong-host\n")]);
     let probe = |extra: &str| {
         format!(
@@ -1173,4 +1189,55 @@ fn assert_clean_but_images(env: &Env) {
             .unwrap_or_default();
         assert!(left.is_empty(), "{d} not empty: {left:?}");
     }
+}
+
+/// A registry on an address that is not loopback is spoken to over HTTPS unless it is
+/// listed with `--insecure-registry` (docker's rule, the registry client's): the plain
+/// HTTP registry on the bridge's gateway address fails the `FROM` with the line and the
+/// https URL, and is pulled from once listed.
+#[test]
+fn from_pulls_over_https_unless_the_registry_is_insecure() {
+    let env = Env::new();
+    let bridge = TestBridge::new(&env, 1);
+    bridge.open();
+    let reg = Registry::start_on(env.dir.path(), &bridge.gateway().to_string());
+    let base = format!("{}/build/base:1", reg.addr);
+    let ctx = env.context(
+        "ctx",
+        "FROM scratch\nCOPY msg.txt /msg.txt\n",
+        &[("msg.txt", "insecure\n")],
+    );
+    env.build_ok(&["-t", &base, ctx.to_str().unwrap()]);
+    let push = Command::new(common::gantry_bin())
+        .args(["push", "--store", env.store().to_str().unwrap()])
+        .args(["--insecure-registry", &reg.addr, &base])
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    let fresh = Env::new();
+    let ctx = fresh.context("ctx", &format!("FROM {base}\nCOPY Dockerfile /df\n"), &[]);
+    let b = fresh.build(&["-t", "child:1", ctx.to_str().unwrap()]);
+    assert_eq!(b.code, 1, "{}", b.stderr);
+    assert!(
+        b.stderr.contains("Dockerfile:1")
+            && b.stderr.contains("pulling it failed")
+            && b.stderr.contains(&format!("https://{}/v2/", reg.addr)),
+        "{}",
+        b.stderr
+    );
+    assert_clean(&fresh);
+    let ok = fresh.build_ok(&[
+        "--insecure-registry",
+        &reg.addr,
+        "-t",
+        "child:1",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(ok.stderr.contains("pulling"), "{}", ok.stderr);
+    assert_eq!(fresh.image("child:1").text("msg.txt"), "insecure\n");
 }

@@ -293,11 +293,19 @@ fn is_mount_point(path: &Path) -> bool {
 /// Whether a scratch name (`build-run-PID-…`, `build-view-PID-…`, `build-url-PID-…`,
 /// `context-PID-…`) belongs to a builder process that no longer exists.
 pub(crate) fn of_dead_builder(name: &str) -> bool {
+    builder_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Whether a scratch name belongs to a builder process that is still running.
+pub fn of_live_builder(name: &str) -> bool {
+    builder_pid(name).is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+fn builder_pid(name: &str) -> Option<u32> {
     let rest = ["build-run-", "build-view-", "build-url-", "context-"]
         .iter()
         .find_map(|p| name.strip_prefix(p));
-    let pid = rest.and_then(|r| r.split('-').next()?.parse::<u32>().ok());
-    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    rest.and_then(|r| r.split('-').next()?.parse::<u32>().ok())
 }
 
 fn unique(prefix: &str) -> String {
@@ -1334,6 +1342,9 @@ mod tests {
             .prepare(&format!("build-run-{dead_pid}-abc"), None)
             .unwrap();
         snaps.prepare(&format!("build-run-{me}-def"), None).unwrap();
+        assert!(of_live_builder(&format!("build-run-{me}-def")));
+        assert!(!of_live_builder(&format!("build-run-{dead_pid}-abc")));
+        assert!(!of_live_builder("a-container-id"));
         let _b = Builder::new(&store, &NoRun).unwrap();
         assert!(!tmp.join(format!("build-run-{dead_pid}-abc")).exists());
         assert!(!dead_ctx.exists());

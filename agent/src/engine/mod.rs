@@ -845,7 +845,11 @@ impl Engine {
             .collect();
         if let Some(net) = &self.network {
             let removed = net
-                .cleanup_stale(|id| bridged.contains(id))
+                // A running build's `RUN` step (this agent's, or `gantry build --store`
+                // on the same bridge) is not stale; a dead builder's is.
+                .cleanup_stale(|id| {
+                    bridged.contains(id) || crate::build::executor::of_live_builder(id)
+                })
                 .await
                 .map_err(|source| EngineError::Network {
                     id: "(stale)".into(),
