@@ -5,12 +5,15 @@
 //!   SPIFFE ID shape; the CN repeats the name for humans and logs).
 //! - [`pki`]: the cluster CA (rcgen), keys, CSRs and certificates issued from them; files
 //!   written with 0600 permissions, temp + rename.
+//! - [`reload`]: a credential in files, reloaded when the files change (a rustls
+//!   certificate resolver for servers and clients: rotation without restart).
 //!
 //! TLS configurations (rustls) and the wiring into tonic and axum live next to this, in
 //! the crates that serve and dial.
 
 pub mod identity;
 pub mod pki;
+pub mod reload;
 
 pub use identity::{Identity, IdentityError, Role};
 pub use pki::{Ca, Credential, PkiError};
