@@ -1,6 +1,8 @@
-//! Basic authentication with separate read and write users.
+//! Who may pull and who may push.
 //!
-//! Two htpasswd files (the Apache format `user:hash`, one per line, `#` comments; bcrypt
+//! Over mutual TLS, the role in the client certificate decides ([`role_access`]). Over
+//! plain HTTP (`--insecure`), basic authentication with separate read and write users:
+//! two htpasswd files (the Apache format `user:hash`, one per line, `#` comments; bcrypt
 //! hashes only, as `htpasswd -B` writes them and as the reference registry requires): users
 //! of the **read** file may pull, users of the **write** file may pull and push. With no
 //! file configured the registry is open (like the reference registry's default).
@@ -9,6 +11,7 @@
 //! every request, so a successful check is remembered by a sha256 of `user:password`
 //! (never the password itself) for the life of the process.
 
+use gantry_security::Role;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,17 @@ use std::sync::Mutex;
 pub enum Access {
     Read,
     Write,
+}
+
+/// What a certificate's role may do in the registry (mutual TLS): everyone who runs or
+/// inspects images pulls (agent, viewer, controller, and the writers); operators and
+/// admins push and delete; a registry's own certificate does nothing.
+pub fn role_access(role: Role) -> Option<Access> {
+    match role {
+        Role::Admin | Role::Operator => Some(Access::Write),
+        Role::Agent | Role::Viewer | Role::Controller => Some(Access::Read),
+        Role::Registry => None,
+    }
 }
 
 /// Problems with an htpasswd file.

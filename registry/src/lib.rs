@@ -8,7 +8,8 @@
 //! Modules: [`reference`] (pure: names, digests, routes, ranges, pagination), [`manifest`]
 //! (pure: manifest validation and references), [`storage`] (filesystem layout, uploads,
 //! atomic writes), [`server`] (axum handler), [`error`] (spec error codes → HTTP),
-//! [`auth`] (basic auth, read and write users), [`gc`] (mark and sweep).
+//! [`auth`] (roles over mTLS; basic auth, read and write users), [`tls`] (mutual TLS
+//! listener, client certificates required), [`gc`] (mark and sweep).
 
 pub mod auth;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod manifest;
 pub mod reference;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
-pub use server::{router, serve, Registry};
+pub use server::{router, serve, serve_tls, Registry};
 pub use storage::{FsStorage, StorageConfig};

@@ -3,16 +3,19 @@
 //! validates the name, and dispatches to the storage. Every answer carries
 //! `Docker-Distribution-API-Version: registry/2.0`.
 
-use crate::auth::{Access, Decision, Users};
+use crate::auth::{role_access, Access, Decision, Users};
 use crate::error::{ApiError, Code};
 use crate::reference::{self, Digest, RangeRequest, Reference, Route};
 use crate::storage::{FsStorage, StorageError};
+use crate::tls::{Peer, TlsListener};
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::Extensions;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
+use gantry_security::Identity;
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::sync::Arc;
@@ -23,19 +26,39 @@ const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 /// Read size when serving blobs: large reads keep syscalls few.
 const READ_CHUNK: usize = 1 << 20;
 
+/// Who may do what.
+#[derive(Clone)]
+enum Auth {
+    /// htpasswd users (or nobody configured: open), over plain HTTP.
+    Users(Arc<Users>),
+    /// The role in the client certificate ([`role_access`]), over mutual TLS.
+    Roles,
+}
+
 /// The registry's shared state.
 #[derive(Clone)]
 pub struct Registry {
     storage: FsStorage,
-    users: Arc<Users>,
+    auth: Auth,
     delete_enabled: bool,
 }
 
 impl Registry {
+    /// A registry for plain HTTP with htpasswd users (none: open).
     pub fn new(storage: FsStorage, users: Users, delete_enabled: bool) -> Registry {
         Registry {
             storage,
-            users: Arc::new(users),
+            auth: Auth::Users(Arc::new(users)),
+            delete_enabled,
+        }
+    }
+
+    /// A registry for mutual TLS ([`serve_tls`]): each request is allowed by the role in
+    /// its connection's client certificate.
+    pub fn with_roles(storage: FsStorage, delete_enabled: bool) -> Registry {
+        Registry {
+            storage,
+            auth: Auth::Roles,
             delete_enabled,
         }
     }
@@ -61,6 +84,15 @@ pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) -> std
     axum::serve(listener, router(registry)).await
 }
 
+/// Serves mutual TLS (see [`crate::tls`]) until the listener fails.
+pub async fn serve_tls(listener: TlsListener, registry: Registry) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(registry).into_make_service_with_connect_info::<Peer>(),
+    )
+    .await
+}
+
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 async fn handle(
@@ -68,9 +100,13 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Body,
 ) -> Response {
-    let mut resp = match dispatch(&reg, &method, &uri, &headers, body).await {
+    let peer = extensions
+        .get::<ConnectInfo<Peer>>()
+        .and_then(|c| c.0.identity.as_ref());
+    let mut resp = match dispatch(&reg, &method, &uri, &headers, peer, body).await {
         Ok(r) => r,
         Err(e) => {
             if e.code == Code::Unknown {
@@ -92,11 +128,17 @@ fn need(method: &Method) -> Access {
     }
 }
 
-async fn authorize(reg: &Registry, method: &Method, headers: &HeaderMap) -> Result<()> {
-    if !reg.users.enabled() {
-        return Ok(());
-    }
-    let users = reg.users.clone();
+async fn authorize(
+    reg: &Registry,
+    method: &Method,
+    headers: &HeaderMap,
+    peer: Option<&Identity>,
+) -> Result<()> {
+    let users = match &reg.auth {
+        Auth::Roles => return authorize_role(peer, need(method)),
+        Auth::Users(u) if !u.enabled() => return Ok(()),
+        Auth::Users(u) => u.clone(),
+    };
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -110,6 +152,28 @@ async fn authorize(reg: &Registry, method: &Method, headers: &HeaderMap) -> Resu
         Decision::Challenge(m) => Err(ApiError::new(Code::Unauthorized, m)
             .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"gantry-registry\"")),
         Decision::Deny(m) => Err(ApiError::new(Code::Denied, m)),
+    }
+}
+
+/// mTLS: the role in the verified client certificate decides.
+fn authorize_role(peer: Option<&Identity>, need: Access) -> Result<()> {
+    let Some(id) = peer else {
+        // only reachable when a Roles registry is served without TLS
+        return Err(ApiError::new(
+            Code::Unauthorized,
+            "no client certificate on this connection",
+        ));
+    };
+    match role_access(id.role) {
+        Some(granted) if granted >= need => Ok(()),
+        Some(_) => Err(ApiError::new(
+            Code::Denied,
+            format!("role {} ({id}) may only pull", id.role),
+        )),
+        None => Err(ApiError::new(
+            Code::Denied,
+            format!("role {} ({id}) may not use the registry", id.role),
+        )),
     }
 }
 
@@ -142,6 +206,7 @@ async fn dispatch(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    peer: Option<&Identity>,
     body: Body,
 ) -> Result<Response> {
     let Some(route) = reference::parse_route(uri.path()) else {
@@ -151,7 +216,7 @@ async fn dispatch(
         )
         .with_status(StatusCode::NOT_FOUND));
     };
-    authorize(reg, method, headers).await?;
+    authorize(reg, method, headers, peer).await?;
     match route {
         Route::Base => match *method {
             Method::GET | Method::HEAD => Ok((

@@ -20,17 +20,31 @@ pub enum RegistryCommand {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on (plain HTTP; put a TLS proxy in front for remote clients).
+    /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub listen: String,
     /// Storage directory.
     #[arg(long, default_value = "/var/lib/gantry/registry")]
     pub root: PathBuf,
-    /// htpasswd file (bcrypt) of users who may pull and push.
+    /// This registry's certificate (PEM, from the cluster CA; role registry). Serves mutual
+    /// TLS: clients need a certificate from --tls-ca; the file is read again when it changes.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"], conflicts_with = "insecure")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA certificate that client certificates must chain to (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve plain HTTP, for local experiments and third-party clients (with the htpasswd
+    /// users, if any; without them, anyone may push).
     #[arg(long)]
+    pub insecure: bool,
+    /// htpasswd file (bcrypt) of users who may pull and push (--insecure only).
+    #[arg(long, requires = "insecure")]
     pub htpasswd_write: Option<PathBuf>,
-    /// htpasswd file (bcrypt) of users who may only pull.
-    #[arg(long)]
+    /// htpasswd file (bcrypt) of users who may only pull (--insecure only).
+    #[arg(long, requires = "insecure")]
     pub htpasswd_read: Option<PathBuf>,
     /// Largest blob accepted, in bytes.
     #[arg(long, default_value_t = 16 << 30)]
@@ -77,28 +91,65 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let users = gantry_registry::auth::Users::load(
-        a.htpasswd_read.as_deref(),
-        a.htpasswd_write.as_deref(),
-    )?;
-    let storage = gantry_registry::FsStorage::open(
-        &a.root,
-        gantry_registry::StorageConfig {
-            max_blob_size: a.max_blob_size,
-            max_uploads: a.max_uploads,
-            fsync: a.fsync,
-        },
-    )?;
-    let registry = gantry_registry::Registry::new(storage, users, !a.no_delete);
+    // check everything before touching the storage
+    let tls = match (&a.tls_cert, &a.tls_key, &a.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let certs = gantry_security::reload::CredentialFiles::load(cert, key)?;
+            let id = certs.identity();
+            if id.role != gantry_security::Role::Registry {
+                anyhow::bail!(
+                    "{}: the certificate is for {id}; a registry needs one with role registry",
+                    cert.display()
+                );
+            }
+            Some(gantry_registry::tls::server_config(ca, certs)?)
+        }
+        _ if a.insecure => None,
+        _ => anyhow::bail!(
+            "the registry serves mutual TLS: give --tls-cert, --tls-key and --tls-ca \
+             (or --insecure for plain HTTP)"
+        ),
+    };
+    let storage_config = gantry_registry::StorageConfig {
+        max_blob_size: a.max_blob_size,
+        max_uploads: a.max_uploads,
+        fsync: a.fsync,
+    };
+    let registry = match tls {
+        Some(_) => gantry_registry::Registry::with_roles(
+            gantry_registry::FsStorage::open(&a.root, storage_config)?,
+            !a.no_delete,
+        ),
+        None => {
+            let users = gantry_registry::auth::Users::load(
+                a.htpasswd_read.as_deref(),
+                a.htpasswd_write.as_deref(),
+            )?;
+            gantry_registry::Registry::new(
+                gantry_registry::FsStorage::open(&a.root, storage_config)?,
+                users,
+                !a.no_delete,
+            )
+        }
+    };
     let rt = tokio::runtime::Runtime::new().context("starting tokio")?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, root = %a.root.display(), "registry serving");
-        gantry_registry::serve(listener, registry)
-            .await
-            .context("serving")
+        let addr = listener.local_addr()?;
+        match tls {
+            Some(cfg) => {
+                tracing::info!(%addr, root = %a.root.display(), "registry serving mutual TLS");
+                let listener = gantry_registry::tls::TlsListener::new(listener, cfg)?;
+                gantry_registry::serve_tls(listener, registry).await
+            }
+            None => {
+                tracing::warn!(%addr, root = %a.root.display(), "registry serving plain HTTP (--insecure)");
+                gantry_registry::serve(listener, registry).await
+            }
+        }
+        .context("serving")
     })
 }
 
