@@ -134,6 +134,158 @@ fn image_verbs_end_to_end() {
     );
 }
 
+/// Starts `gantry registry` on a free loopback port with `extra` flags; waits until it
+/// listens.
+fn start_registry(root: &Path, extra: &[&str]) -> (String, KillOnDrop) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["registry", "--listen", &addr, "--root"])
+            .arg(root)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gantry registry"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gantry registry did not listen on {addr} within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (addr, child)
+}
+
+/// `gantry push` / `gantry pull` over mutual TLS: the credential's role decides (viewer
+/// pulls, operator pushes), no credential gets nowhere; the registry refuses to start
+/// without TLS flags or --insecure, and with a certificate that is not a registry's.
+#[test]
+fn push_and_pull_over_mutual_tls() {
+    use gantry_security::pki::{Ca, LeafOptions};
+    use gantry_security::{Identity, Role};
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "push_and_pull_over_mutual_tls needs root (unpack sets owners); run as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = Ca::create("test").unwrap();
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::write(pki.join("ca.crt"), ca.cert_pem()).unwrap();
+    for (role, name) in [
+        (Role::Registry, "reg"),
+        (Role::Operator, "ops"),
+        (Role::Viewer, "alice"),
+    ] {
+        ca.issue(
+            &Identity::new(role, name).unwrap(),
+            std::time::Duration::from_secs(3600),
+            &LeafOptions::default(),
+        )
+        .unwrap()
+        .save(&pki, name)
+        .unwrap();
+    }
+    let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    // the flags for credential `name`, after `args`
+    let with = |args: &[&str], name: &str| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--tls-cert".into(),
+            p(&format!("{name}.crt")),
+            "--tls-key".into(),
+            p(&format!("{name}.key")),
+            "--tls-ca".into(),
+            p("ca.crt"),
+        ]);
+        v
+    };
+    let run = |store: &Path, args: Vec<String>| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        gantry(store, &a)
+    };
+    let reg_root = dir.path().join("registry");
+    let serve = [
+        "registry",
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        reg_root.to_str().unwrap(),
+    ];
+
+    // refusals at start: neither TLS nor --insecure; a certificate that is not a registry's
+    let o = gantry(dir.path(), &serve);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--insecure"), "{err}");
+    let o = run(dir.path(), with(&serve, "ops"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("operator/ops") && err.contains("role registry"),
+        "{err}"
+    );
+    assert!(!reg_root.exists(), "a refused start created the storage");
+
+    let reg_args = with(&[], "reg");
+    let reg_args: Vec<&str> = reg_args.iter().map(String::as_str).collect();
+    let (addr, _registry) = start_registry(&reg_root, &reg_args);
+
+    let store = dir.path().join("store");
+    let (manifest, layer) = layout(&dir.path().join("layout"));
+    let name = format!("{addr}/test/app");
+    let image = format!("{name}:1");
+    let layout_dir = dir.path().join("layout");
+    ok(
+        &store,
+        &[
+            "image",
+            "load",
+            "-i",
+            layout_dir.to_str().unwrap(),
+            "--name",
+            &name,
+        ],
+    );
+    // no credential: plain HTTP to a TLS port gets nowhere
+    let o = gantry(&store, &["push", &image]);
+    assert!(!o.status.success(), "push without a credential succeeded");
+    // a viewer may not push
+    let o = run(&store, with(&["push", &image], "alice"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("DENIED") && err.contains("role viewer"),
+        "{err}"
+    );
+    // an operator pushes
+    let o = run(&store, with(&["push", &image], "ops"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("Digest: {manifest}")
+    );
+
+    // a viewer pulls it into another store, unpacked
+    let store2 = dir.path().join("store2");
+    let o = run(&store2, with(&["pull", &image], "alice"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "pull failed: {err}");
+    assert!(
+        err.contains(&format!("{}: pull complete (unpacked)", &layer.hex()[..12])),
+        "{err}"
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&store2, &["image", "inspect", &image])).unwrap();
+    assert_eq!(inspect[0]["unpacked"], true);
+}
+
 /// Kills the child (by its PID, through `Child::kill`) on drop.
 struct KillOnDrop(std::process::Child);
 
@@ -155,30 +307,8 @@ fn push_and_pull_through_gantry_registry() {
         "push_and_pull_through_gantry_registry needs root (unpack sets owners); run as root"
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
     let reg_root = dir.path().join("registry");
-    let _registry = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args(["registry", "--listen", &addr, "--root"])
-            .arg(&reg_root)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start gantry registry"),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gantry registry did not listen on {addr} within 20 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (addr, _registry) = start_registry(&reg_root, &["--insecure"]);
 
     let store = dir.path().join("store");
     let (manifest, layer) = layout(&dir.path().join("layout"));

@@ -1,12 +1,13 @@
-//! The HTTP side of talking to one registry: scheme choice (HTTPS, or plain HTTP for
-//! loopback and `--insecure-registry` hosts, like docker), the `/v2/` ping, and requests
+//! The HTTP side of talking to one registry: scheme choice (HTTPS; mutual TLS with the
+//! cluster CA when a credential is configured; plain HTTP for `--insecure-registry` hosts,
+//! and for loopback ones without a credential, like docker), the `/v2/` ping, and requests
 //! that answer a 401 by following the challenge (basic, or the bearer token flow) once.
 
 use super::auth::{self, Challenge, Credentials};
 use super::DistributionError;
 use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Settings shared by every registry the client talks to.
@@ -20,6 +21,9 @@ pub struct ClientConfig {
     pub max_parallel: usize,
     /// Push blobs larger than this in PATCH chunks of this size; None: one PUT per blob.
     pub chunk_size: Option<u64>,
+    /// Mutual TLS with the cluster CA ([`super::tls::client_config`]): used for every
+    /// registry not in `insecure_registries`, loopback ones included.
+    pub mtls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Whether `host` (`name[:port]`) is on loopback, where plain HTTP is the default.
@@ -53,17 +57,21 @@ pub struct RegistryClient {
 impl RegistryClient {
     pub fn new(host: &str, config: &ClientConfig) -> Result<RegistryClient, DistributionError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let plain = is_loopback(host) || config.insecure_registries.iter().any(|h| h == host);
+        let insecure = config.insecure_registries.iter().any(|h| h == host);
+        let mtls = config.mtls.as_ref().filter(|_| !insecure);
+        let plain = mtls.is_none() && (insecure || is_loopback(host));
         let scheme = if plain { "http" } else { "https" };
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(16)
-            .build()
-            .map_err(|source| DistributionError::Http {
-                url: host.to_string(),
-                source,
-            })?;
+            .pool_max_idle_per_host(16);
+        if let Some(tls) = mtls {
+            builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(tls));
+        }
+        let http = builder.build().map_err(|source| DistributionError::Http {
+            url: host.to_string(),
+            source,
+        })?;
         Ok(RegistryClient {
             http,
             host: host.to_string(),

@@ -10,13 +10,14 @@
 //! event.
 //!
 //! Modules: [`auth`] (pure: challenges, tokens), [`client`] (HTTP, scheme, auth retry),
-//! [`pull`], [`push`], [`progress`].
+//! [`tls`] (mutual TLS to cluster registries), [`pull`], [`push`], [`progress`].
 
 pub mod auth;
 pub mod client;
 pub mod progress;
 pub mod pull;
 pub mod push;
+pub mod tls;
 
 pub use auth::Credentials;
 pub use client::{ClientConfig, RegistryClient};

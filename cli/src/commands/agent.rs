@@ -91,6 +91,10 @@ pub struct AgentArgs {
     /// loopback registries always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Cluster mode: this node's credential (--tls-cert/--tls-key, role agent) and the
+    /// cluster CA (--tls-ca), for mutual TLS with the cluster's registries.
+    #[command(flatten)]
+    pub registry_tls: super::distribution::RegistryTlsArgs,
     /// Cluster mode: how long an allocation with published endpoints keeps running after
     /// it left the rotation, before it is stopped (so no request reaches a stopped one).
     #[arg(long, default_value_t = 2000)]
@@ -145,6 +149,8 @@ pub fn main(args: AgentArgs) -> i32 {
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let sock = socket_path(&args.host)?;
     let cluster_cfg = cluster_config(&args)?;
+    // read before anything is set up: a bad credential file changes nothing
+    let registry_mtls = args.registry_tls.client_config()?;
     // Shims and gantry's runtime run from the small `gantry-runtime` when it is installed
     // beside this binary, else from this binary.
     let own = gantry_agent::supervisor::programs::for_current_exe()
@@ -208,6 +214,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         store: store.clone(),
         config: gantry_agent::distribution::ClientConfig {
             insecure_registries: args.insecure_registries.clone(),
+            mtls: registry_mtls,
             ..Default::default()
         },
     };

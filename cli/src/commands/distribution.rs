@@ -26,6 +26,39 @@ pub struct RegistryClientArgs {
     /// Blobs transferred at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    #[command(flatten)]
+    pub tls: RegistryTlsArgs,
+}
+
+/// A cluster credential for mutual TLS with the cluster's registries.
+#[derive(Args, Clone)]
+pub struct RegistryTlsArgs {
+    /// Client certificate (PEM, from the cluster CA) for mutual TLS with the registry
+    /// (every registry not given as --insecure-registry, loopback ones included).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA certificate the registry's certificate must chain to (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl RegistryTlsArgs {
+    /// The rustls configuration, when a credential is given.
+    pub fn client_config(&self) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(distribution::tls::client_config(
+                &distribution::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: ca.clone(),
+                },
+            )?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -72,6 +105,7 @@ fn config(
         credentials,
         max_parallel: a.parallel,
         chunk_size,
+        mtls: a.tls.client_config()?,
     })
 }
 
