@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 ref_pid=$("$anchors/start-reference-registry.sh" -a "127.0.0.1:$ref_port" -d "$work/ref" | tail -1)
-"$gantry" registry --listen "127.0.0.1:$gan_port" --root "$work/gantry" >"$work/gantry.log" 2>&1 &
+"$gantry" registry --listen "127.0.0.1:$gan_port" --root "$work/gantry" --insecure >"$work/gantry.log" 2>&1 &
 gan_pid=$!
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$gan_port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
 

@@ -359,12 +359,12 @@ pub async fn wait_for(
     }
 }
 
-/// Start a `gantry registry` on a free port of `ip`; waits until it listens.
+/// Start a `gantry registry` (plain HTTP) on a free port of `ip`; waits until it listens.
 pub fn registry(dir: &Path, ip: &str) -> (Daemon, String) {
     let addr = super::free_addr(ip);
     let root = dir.join("registry").display().to_string();
     let d = Daemon::spawn(
-        &strings(&["registry", "--listen", &addr, "--root", &root]),
+        &strings(&["registry", "--listen", &addr, "--root", &root, "--insecure"]),
         &dir.join("registry.log"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
