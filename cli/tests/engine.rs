@@ -1206,3 +1206,66 @@ fn restart_policy_applies_to_exits_seen_by_a_new_agent() {
     a.ok(&["rm", "-f", "always", "never"]);
     a.assert_no_leaks(&[]);
 }
+
+/// Inodes of the sockets process `pid` holds (from /proc/PID/fd).
+fn socket_inodes(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect()
+}
+
+/// The engine socket is root-only (0600, owned by root), the shims' sockets sit in a
+/// root-only directory, and the agent holds no TCP or UDP socket at all: no network port
+/// (cluster mode without --overlay; with it, only the DNS server on the bridge gateway).
+#[test]
+fn engine_socket_is_root_only_and_the_agent_has_no_network_port() {
+    use std::os::unix::fs::MetadataExt;
+    let a = Agent::start();
+    let id = a
+        .ok(&a.run_args(&["-d", "--name", "sockets"], &["sleep", "1000"]))
+        .trim()
+        .to_string();
+    a.remember(&id);
+
+    let sock = std::fs::metadata(a.dir.path().join("agent.sock")).unwrap();
+    assert_eq!(sock.mode() & 0o7777, 0o600, "engine socket mode");
+    assert_eq!(sock.uid(), 0, "engine socket owner");
+    let shims = a.dir.path().join("run/containers");
+    let m = std::fs::metadata(&shims).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o700, "{}", shims.display());
+    assert!(
+        shims.join(&id).join("shim.sock").exists(),
+        "the container's shim socket is under {}",
+        shims.display()
+    );
+    // no staging directory left beside the socket
+    let stray: Vec<_> = std::fs::read_dir(a.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".agent.sock"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+
+    let pid = a.child.as_ref().unwrap().id();
+    let inodes = socket_inodes(pid);
+    assert!(
+        !inodes.is_empty(),
+        "the agent holds its engine socket at least"
+    );
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert!(
+                !inodes.iter().any(|i| f.get(9) == Some(&i.as_str())),
+                "the agent holds a {table} socket: {line}"
+            );
+        }
+    }
+    a.ok(&["rm", "-f", &id]);
+}

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod record;
 pub mod rootfs;
 pub mod service;
+pub mod socket;
 pub mod spec;
 pub mod stats;
 pub mod store;
@@ -233,6 +234,10 @@ impl Engine {
         ] {
             std::fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
+        // the shims' sockets live below: root only, whatever the umask
+        let shims = cfg.run_root.join("containers");
+        std::fs::set_permissions(&shims, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_err("chmod 0700", &shims))?;
         let store = Store::open(&cfg.root.join("meta"))?;
         let runtime = OciRuntime {
             program: cfg.runtime_program.clone(),

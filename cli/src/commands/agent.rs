@@ -1,8 +1,7 @@
-//! `gantry agent`: the engine daemon. Serves the engine API on a unix socket (mode 0600)
+//! `gantry agent`: the engine daemon. Serves the engine API on a unix socket (root, 0600)
 //! from a single-threaded tokio runtime (blocking work goes to a small pool), after
 //! reattaching to the shims of containers that kept running while it was down. With
 //! `--join`, it is also a cluster node (agent/src/cluster).
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -267,14 +266,13 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    if let Some(dir) = sock.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&sock);
-    let listener = tokio::net::UnixListener::bind(&sock)
-        .with_context(|| format!("binding {}", sock.display()))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", sock.display()))?;
+    // 0600 from its first instant (bound in a private directory, then renamed into place)
+    let listener = gantry_agent::engine::socket::bind_private(&sock)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        })
+        .context("the engine API socket")?;
     tracing::info!(socket = %sock.display(), "engine API listening");
     let trimmer = tokio::spawn(gantry_agent::engine::memory::trim_periodically());
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
