@@ -50,7 +50,7 @@ async fn start(ca: &Ca) -> TlsRegistry {
     let certs =
         CredentialFiles::load(&dir.path().join("reg.crt"), &dir.path().join("reg.key")).unwrap();
     let cfg = server_config(&dir.path().join("ca.crt"), certs).unwrap();
-    let storage = FsStorage::open(&dir.path().join("data"), StorageConfig::default()).unwrap();
+    let storage = FsStorage::open(dir.path().join("data"), StorageConfig::default()).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let listener = TlsListener::new(tcp, cfg).unwrap();
