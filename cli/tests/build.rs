@@ -710,6 +710,7 @@ impl Registry {
         let child = Command::new(common::gantry_bin())
             .args(["registry", "--listen", &addr, "--root"])
             .arg(dir.join("registry"))
+            .arg("--insecure")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
