@@ -8,12 +8,14 @@
 //! - [`reload`]: a credential in files, reloaded when the files change (a rustls
 //!   certificate resolver for servers and clients: rotation without restart).
 //!
-//! TLS configurations (rustls) and the wiring into tonic and axum live next to this, in
-//! the crates that serve and dial.
+//! - [`tls`]: rustls configurations over the cluster CA, hot-swappable certificates, and
+//!   the tonic glue (a TLS listener whose connections carry the peer's identity, a TLS
+//!   connector for channels).
 
 pub mod identity;
 pub mod pki;
 pub mod reload;
+pub mod tls;
 
 pub use identity::{Identity, IdentityError, Role};
 pub use pki::{Ca, Credential, PkiError};
