@@ -12,6 +12,8 @@
 # Usage: bench/failover.sh [-n TRIALS] [-b GANTRY_BIN]
 # Needs: root, runc, busybox-static, a gantry build with cluster mode.
 set -euo pipefail
+# plain TCP: this benchmark measures the cluster without TLS (bench/raft.sh compares)
+export GANTRY_INSECURE=1
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/.." && pwd)
 trials=5; bin=${GANTRY:-$repo/target/release/gantry}
 while [ $# -gt 0 ]; do

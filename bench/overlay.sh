@@ -20,6 +20,8 @@
 # Usage: bench/overlay.sh [-t IPERF_SECS] [-n DNS_QUERIES] [-b GANTRY_BIN]
 # Needs: root, iperf3, python3, nsenter, busybox-static, a gantry build.
 set -euo pipefail
+# plain TCP: this benchmark measures the cluster without TLS (bench/raft.sh compares)
+export GANTRY_INSECURE=1
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/.." && pwd)
 secs=5; queries=2000; bin=${GANTRY:-$repo/target/release/gantry}
 while [ $# -gt 0 ]; do

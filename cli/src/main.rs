@@ -60,6 +60,10 @@ enum Command {
     Migrate(commands::cluster::MigrateArgs),
     /// Create or update the services of a Docker Compose file.
     Deploy(commands::deploy::DeployArgs),
+    /// Join tokens: create (role, ttl), ls, revoke.
+    Token(commands::security::TokenArgs),
+    /// Credentials: request a certificate with a join token.
+    Credential(commands::security::CredentialArgs),
     /// Per-container supervisor (internal: started by the agent).
     #[command(hide = true)]
     Shim(commands::shim::ShimArgs),
@@ -118,6 +122,8 @@ fn main() {
         Command::Service(args) => commands::cluster::service(args),
         Command::Migrate(args) => commands::cluster::migrate(args),
         Command::Deploy(args) => commands::deploy::main(args),
+        Command::Token(args) => commands::security::token(args),
+        Command::Credential(args) => commands::security::credential(args),
         Command::Container(cmd) => commands::container::main(cmd),
     };
     std::process::exit(code);

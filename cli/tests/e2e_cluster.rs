@@ -97,6 +97,7 @@ impl Cluster {
 
     fn gantry(&self, args: &[&str]) -> String {
         let out = Command::new(common::gantry_bin())
+            .env("GANTRY_INSECURE", "1")
             .args(args)
             .env("GANTRY_CONTROLLER", self.controllers())
             .output()
@@ -350,6 +351,7 @@ async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes()
         let name = format!("during-{i}");
         i += 1;
         let out = Command::new(common::gantry_bin())
+            .env("GANTRY_INSECURE", "1")
             .args([
                 "service",
                 "create",

@@ -64,6 +64,7 @@ fn program_in_ns(program: &str, ns: &str) -> Command {
     use std::os::unix::process::CommandExt;
     let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
     let mut cmd = Command::new(program);
+    cmd.env("GANTRY_INSECURE", "1");
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
@@ -224,6 +225,7 @@ impl Host {
     /// Ids of this agent's containers.
     fn containers(&self) -> Vec<String> {
         let out = Command::new(BIN)
+            .env("GANTRY_INSECURE", "1")
             .args(["ps", "-a", "-q", "--host", &self.sock()])
             .output()
             .unwrap();
@@ -235,6 +237,7 @@ impl Host {
     /// Runs `cmd` in container `id`; (exit ok, stdout + stderr).
     fn exec(&self, id: &str, cmd: &[&str]) -> (bool, String) {
         let out = Command::new(BIN)
+            .env("GANTRY_INSECURE", "1")
             .args(["exec", "--host", &self.sock(), id])
             .args(cmd)
             .output()
@@ -625,7 +628,12 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         .address
         .unwrap()
         .to_string();
-    run(Command::new(BIN).args(["kill", "--host", &c.sock(), &on_c[0]]));
+    run(Command::new(BIN).env("GANTRY_INSECURE", "1").args([
+        "kill",
+        "--host",
+        &c.sock(),
+        &on_c[0],
+    ]));
     eventually(
         Duration::from_secs(10),
         "the exited replica out of DNS",

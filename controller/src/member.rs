@@ -2,13 +2,15 @@
 //! peer Raft RPCs and the cluster API. Start modes: bootstrap a new cluster, join an
 //! existing one (learner, caught up, then voter), or resume from the data dir.
 
-use crate::api::{ClusterService, ControllerClient};
+use crate::api::{ApiSecurity, ClusterService, ControllerClient};
 use crate::leader::{LeaderConfig, LeaderShared};
 use crate::raft::db::{new_cluster_id, ControllerDb, DbError};
+use crate::raft::network::Transport;
 use crate::raft::{
     BasicNode, GantryRaft, NetworkFactory, NodeId, RaftService, RaftTimings, SledLogStore,
     SledStateMachine, StateHandle,
 };
+use gantry_security::tls::CertStore;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +31,37 @@ pub struct MemberConfig {
     pub write_timeout: Duration,
     /// Node liveness, evaluation batching (the leader loop).
     pub leader: LeaderConfig,
+    /// Mutual TLS on the API and the Raft peer network; None = plain TCP (`--insecure`).
+    pub tls: Option<MemberTls>,
+}
+
+/// A member's TLS material: the cluster CA, its own certificate (swappable), and the CA
+/// key when it holds one (every member does: it is handed to controllers when they join,
+/// so that whichever member leads can issue certificates).
+#[derive(Clone)]
+pub struct MemberTls {
+    pub ca_pem: String,
+    pub certs: Arc<CertStore>,
+    pub ca_key_pem: Option<String>,
+    /// Lifetime of the certificates this member issues.
+    pub cert_ttl: Duration,
+}
+
+impl std::fmt::Debug for MemberTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberTls")
+            .field("identity", &self.certs.identity())
+            .field("holds_ca_key", &self.ca_key_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemberTls {
+    /// How this member dials other members.
+    pub fn transport(&self) -> Result<Transport, MemberError> {
+        Transport::tls(&self.ca_pem, Some(self.certs.clone()))
+            .map_err(|e| MemberError::Tls(e.to_string()))
+    }
 }
 
 impl MemberConfig {
@@ -41,6 +74,7 @@ impl MemberConfig {
             timings: RaftTimings::default(),
             write_timeout: Duration::from_secs(5),
             leader: LeaderConfig::default(),
+            tls: None,
         }
     }
 }
@@ -71,6 +105,8 @@ pub enum MemberError {
     Raft(String),
     #[error("joining through {addr}: {reason}")]
     Join { addr: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 pub struct Member {
@@ -101,17 +137,43 @@ impl Member {
                 source,
             })?;
         let addr = cfg.advertise.clone().unwrap_or_else(|| local.to_string());
+        let transport = match &cfg.tls {
+            Some(t) => t.transport()?,
+            None => Transport::Plain,
+        };
+        let server_tls = match &cfg.tls {
+            Some(t) => Some(
+                gantry_security::tls::server_config(&t.ca_pem, t.certs.clone())
+                    .map_err(|e| MemberError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let security = match &cfg.tls {
+            Some(t) => Some(Arc::new(ApiSecurity {
+                ca_pem: t.ca_pem.clone(),
+                ca: match &t.ca_key_pem {
+                    Some(k) => Some(
+                        gantry_security::Ca::from_pem(&t.ca_pem, k)
+                            .map_err(|e| MemberError::Tls(format!("the CA key: {e}")))?,
+                    ),
+                    None => None,
+                },
+                cert_ttl: t.cert_ttl,
+            })),
+            None => None,
+        };
         let db = ControllerDb::open(&cfg.data_dir)?;
         let cluster_id = match (&mode, db.cluster_id()?) {
             (StartMode::Join(target), ours) => {
-                let theirs = ControllerClient::new(vec![target.clone()])
-                    .status()
-                    .await
-                    .map_err(|e| MemberError::Join {
-                        addr: target.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .cluster_id;
+                let theirs =
+                    ControllerClient::with_transport(vec![target.clone()], transport.clone())
+                        .status()
+                        .await
+                        .map_err(|e| MemberError::Join {
+                            addr: target.clone(),
+                            reason: e.to_string(),
+                        })?
+                        .cluster_id;
                 if ours.is_none() && db.has_raft_state() {
                     return Err(MemberError::Join {
                         addr: target.clone(),
@@ -146,7 +208,7 @@ impl Member {
         let raft = GantryRaft::new(
             cfg.id,
             Arc::new(config),
-            NetworkFactory::new(cluster_id.clone()),
+            NetworkFactory::new(cluster_id.clone(), transport.clone()),
             log,
             sm,
         )
@@ -155,8 +217,10 @@ impl Member {
 
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let leader_shared = Arc::new(LeaderShared::default());
-        let raft_svc = RaftService::new(raft.clone(), cluster_id.clone()).into_server();
-        let api = ClusterService::new(
+        let raft_svc = RaftService::new(raft.clone(), cluster_id.clone())
+            .secure(security.is_some())
+            .into_server();
+        let mut api = ClusterService::new(
             raft.clone(),
             handle.clone(),
             cluster_id.clone(),
@@ -164,28 +228,37 @@ impl Member {
         )
         .with_leader_lease(Duration::from_millis(cfg.timings.election_max_ms))
         .with_committed_index(committed)
-        .with_leader(leader_shared.clone())
-        .into_server();
+        .with_leader(leader_shared.clone());
+        if let Some(sec) = security {
+            api = api.with_security(sec, transport.clone());
+        }
+        let api = api.into_server();
         let leader_loop = tokio::spawn(crate::leader::run(
             raft.clone(),
             handle.clone(),
             leader_shared,
             cfg.leader.clone(),
         ));
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(1)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(2)))
-                .tcp_nodelay(true)
-                .add_service(raft_svc)
-                .add_service(api)
-                .serve_with_incoming_shutdown(
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(1)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+            .tcp_nodelay(true)
+            .add_service(raft_svc)
+            .add_service(api);
+        let stop = async {
+            let _ = rx.await;
+        };
+        let server =
+            match server_tls {
+                Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                    gantry_security::tls::incoming(listener, tls),
+                    stop,
+                )),
+                None => tokio::spawn(router.serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = rx.await;
-                    },
-                ),
-        );
+                    stop,
+                )),
+            };
         let member = Member {
             id: cfg.id,
             addr: addr.clone(),
@@ -225,7 +298,7 @@ impl Member {
                 if !known {
                     // other members may be joining at once: their changes go first (each
                     // a learner catch-up and a promotion), so wait for a while
-                    let mut c = ControllerClient::new(vec![target.clone()]);
+                    let mut c = ControllerClient::with_transport(vec![target.clone()], transport);
                     c.retry_for = std::time::Duration::from_secs(60);
                     let mut r = c.add_member(cfg.id, &member.addr).await.map(|_| ());
                     if r.as_ref().err().and_then(|e| e.code()) == Some(tonic::Code::AlreadyExists) {

@@ -8,14 +8,18 @@
 //! - [`reload`]: a credential in files, reloaded when the files change (a rustls
 //!   certificate resolver for servers and clients: rotation without restart).
 //!
+//! - [`token`]: join tokens (`GTKN-<ca sha256>-<id>-<secret>`); [`context`]: the CLI's
+//!   context file.
 //! - [`tls`]: rustls configurations over the cluster CA, hot-swappable certificates, and
 //!   the tonic glue (a TLS listener whose connections carry the peer's identity, a TLS
 //!   connector for channels).
 
+pub mod context;
 pub mod identity;
 pub mod pki;
 pub mod reload;
 pub mod tls;
+pub mod token;
 
 pub use identity::{Identity, IdentityError, Role};
 pub use pki::{Ca, Credential, PkiError};

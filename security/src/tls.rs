@@ -83,10 +83,11 @@ pub fn ca_roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
 
 fn certified_key(cred: &Credential) -> Result<CertifiedKey, TlsError> {
     let certs = certs_from_pem("certificate", &cred.cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(cred.key_pem.as_bytes()).map_err(|e| TlsError::Pem {
-        what: "private key",
-        reason: e.to_string(),
-    })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(cred.key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what: "private key",
+            reason: e.to_string(),
+        })?;
     CertifiedKey::from_der(certs, key, &provider()).map_err(|e| TlsError::Pem {
         what: "certificate and key",
         reason: e.to_string(),
@@ -196,6 +197,66 @@ pub fn client_config(
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
+}
+
+/// A client that accepts any server certificate: only for fetching the CA certificate
+/// before a join, which the caller then checks against the digest in its join token.
+/// Nothing secret may be sent over it.
+pub fn client_config_unverified() -> Result<Arc<ClientConfig>, TlsError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct AnyServer(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Who is at the other end of a server-side connection: set once per connection after the
@@ -408,7 +469,10 @@ mod tests {
     /// the server saw, in order.
     async fn echo_server(
         cfg: Arc<ServerConfig>,
-    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Option<Identity>>) {
+    ) -> (
+        SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Option<Identity>>,
+    ) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

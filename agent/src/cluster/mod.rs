@@ -17,6 +17,7 @@
 //!   controller answers, the agent changes nothing: its containers keep running.
 
 pub mod backoff;
+pub mod credentials;
 pub mod executor;
 pub mod reconcile;
 
@@ -38,6 +39,8 @@ use std::time::{Duration, Instant};
 pub struct ClusterConfig {
     /// Controller member addresses (any of them; the client follows the leader).
     pub join: Vec<String>,
+    /// Mutual TLS with the node certificate, or plain TCP (`--insecure`).
+    pub transport: gantry_controller::raft::network::Transport,
     /// The node's name (unique in the cluster).
     pub name: String,
     /// The address the node is reachable at (its published ports).
@@ -157,7 +160,7 @@ impl Mirror {
                 Change::ServiceRemoved { name, .. } => {
                     self.services.remove(&name);
                 }
-                Change::Node(_) => {}
+                Change::Node(_) | Change::Token(_) => {}
             }
         }
         self.index = index;
@@ -227,7 +230,7 @@ fn lock(m: &Mutex<Mirror>) -> std::sync::MutexGuard<'_, Mirror> {
 }
 
 fn client(cfg: &ClusterConfig) -> ControllerClient {
-    let mut c = ControllerClient::new(cfg.join.clone());
+    let mut c = ControllerClient::with_transport(cfg.join.clone(), cfg.transport.clone());
     c.retry_for = Duration::from_secs(2);
     c
 }

@@ -72,6 +72,7 @@ impl ClusterView {
                 Change::AllocationRemoved { id, .. } => {
                     self.allocs.remove(&id);
                 }
+                Change::Token(_) => {}
             }
         }
         self.index = index;
@@ -139,6 +140,7 @@ pub fn engine_addresses(engine: &crate::engine::Engine) -> HashMap<AllocId, Ipv4
 /// Everything the follower drives.
 pub struct Follower<L: Links, F: Firewall> {
     pub join: Vec<String>,
+    pub transport: gantry_controller::raft::network::Transport,
     /// This node's name in the cluster.
     pub name: String,
     pub overlay: Arc<Overlay<L>>,
@@ -154,7 +156,7 @@ pub struct Follower<L: Links, F: Firewall> {
 impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
     /// Follows the controller until the task is dropped.
     pub async fn run(self) {
-        let mut c = ControllerClient::new(self.join.clone());
+        let mut c = ControllerClient::with_transport(self.join.clone(), self.transport.clone());
         c.retry_for = Duration::from_secs(2);
         let mut view = ClusterView::default();
         // What was last sent per allocation, so a lagging view does not resend it.
@@ -324,7 +326,7 @@ pub async fn node_subnet(
     patience: Duration,
 ) -> Result<ipnet::Ipv4Net, String> {
     let deadline = tokio::time::Instant::now() + patience;
-    let mut c = ControllerClient::new(cfg.join.clone());
+    let mut c = ControllerClient::with_transport(cfg.join.clone(), cfg.transport.clone());
     c.retry_for = Duration::from_secs(2);
     loop {
         let last = match crate::cluster::register(cfg, &mut c).await {

@@ -60,6 +60,15 @@ pub struct AgentArgs {
     /// Cluster mode: join the controllers at ADDR[,ADDR…] and run what they place here.
     #[arg(long, value_delimiter = ',')]
     pub join: Vec<String>,
+    /// Cluster mode: a join token of role agent, needed on first start only (the node
+    /// certificate is then kept in ROOT/pki).
+    #[arg(long, env = "GANTRY_TOKEN", requires = "join")]
+    pub token: Option<String>,
+    /// Cluster mode: plain TCP to controllers run with --insecure (no credentials).
+    #[arg(long, env = "GANTRY_INSECURE",
+          value_parser = clap::builder::BoolishValueParser::new(),
+          action = clap::ArgAction::SetTrue)]
+    pub insecure: bool,
     /// Cluster mode: a label of this node (repeatable), e.g. --label env=qa.
     #[arg(long = "label")]
     pub labels: Vec<String>,
@@ -147,9 +156,26 @@ pub fn main(args: AgentArgs) -> i32 {
 
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let sock = socket_path(&args.host)?;
-    let cluster_cfg = cluster_config(&args)?;
     // read before anything is set up: a bad credential file changes nothing
     let registry_mtls = args.registry_tls.client_config()?;
+    let (cluster_cfg, _renew) = match cluster_config(&args)? {
+        Some(mut c) if !args.insecure => {
+            let tls = gantry_agent::cluster::credentials::load_or_join(
+                &args.root.join("pki"),
+                &c.name,
+                &c.join,
+                args.token.as_deref(),
+            )
+            .await?;
+            c.transport = tls.transport.clone();
+            let renew = tokio::spawn(gantry_agent::cluster::credentials::renew_forever(
+                tls,
+                c.join.clone(),
+            ));
+            (Some(c), Some(AbortOnDrop(renew)))
+        }
+        other => (other, None),
+    };
     // Shims and gantry's runtime run from the small `gantry-runtime` when it is installed
     // beside this binary, else from this binary.
     let own = gantry_agent::supervisor::programs::for_current_exe()
@@ -240,6 +266,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 .unwrap_or_default();
             let follower = follower::Follower {
                 join: c.join.clone(),
+                transport: c.transport.clone(),
                 name: c.name.clone(),
                 overlay,
                 table,
@@ -362,6 +389,7 @@ fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
     let capacity = cluster::detect_capacity()?;
     Ok(Some(ClusterConfig {
         join: args.join.clone(),
+        transport: Default::default(),
         advertise: args.advertise.clone().unwrap_or_else(|| name.clone()),
         name,
         labels: cluster::parse_labels(&args.labels)?,

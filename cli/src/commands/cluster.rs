@@ -14,15 +14,56 @@ use std::collections::BTreeMap;
 
 #[derive(Args, Clone)]
 pub struct Target {
-    /// Controller member address(es), comma-separated.
-    #[arg(
-        long,
-        env = "GANTRY_CONTROLLER",
-        default_value = "127.0.0.1:7700",
-        value_delimiter = ',',
-        global = true
-    )]
+    /// Controller member address(es), comma-separated (default: the context's, else
+    /// 127.0.0.1:7700).
+    #[arg(long, env = "GANTRY_CONTROLLER", value_delimiter = ',', global = true)]
     pub(crate) controller: Vec<String>,
+    /// Credentials and controller addresses (a file written 0600 by `controller run
+    /// --bootstrap` or `credential request --context`).
+    #[arg(long, env = "GANTRY_CONTEXT", global = true)]
+    pub(crate) context: Option<std::path::PathBuf>,
+    /// Plain TCP without credentials, for a cluster run with --insecure.
+    #[arg(long, env = "GANTRY_INSECURE", global = true,
+          value_parser = clap::builder::BoolishValueParser::new(),
+          action = clap::ArgAction::SetTrue)]
+    pub(crate) insecure: bool,
+}
+
+impl Target {
+    /// A client of the controllers: mutual TLS with the context's credential, or plain
+    /// TCP with --insecure.
+    pub(crate) fn client(&self) -> Result<ControllerClient> {
+        use gantry_controller::raft::network::Transport;
+        use gantry_security::context::{default_path, Context};
+        let fallback = || vec!["127.0.0.1:7700".to_string()];
+        if self.insecure {
+            let addrs = if self.controller.is_empty() {
+                fallback()
+            } else {
+                self.controller.clone()
+            };
+            return Ok(ControllerClient::new(addrs));
+        }
+        let path = self.context.clone().unwrap_or_else(default_path);
+        if !path.exists() {
+            bail!(
+                "no context file at {} (give --context FILE or GANTRY_CONTEXT; \
+                 --insecure for a cluster run with --insecure)",
+                path.display()
+            );
+        }
+        let ctx = Context::load(&path)?;
+        let certs = gantry_security::tls::CertStore::new(&ctx.credential())
+            .with_context(|| format!("context {}", path.display()))?;
+        let transport = Transport::tls(&ctx.ca_pem, Some(certs))
+            .with_context(|| format!("context {}", path.display()))?;
+        let addrs = match (self.controller.is_empty(), ctx.controllers.is_empty()) {
+            (false, _) => self.controller.clone(),
+            (true, false) => ctx.controllers.clone(),
+            (true, true) => fallback(),
+        };
+        Ok(ControllerClient::with_transport(addrs, transport))
+    }
 }
 
 #[derive(Args)]
@@ -178,6 +219,11 @@ pub(crate) fn exit(what: &str, r: Result<()>) -> i32 {
     }
 }
 
+/// Run `f` on a fresh runtime; its exit code (errors printed as `gantry WHAT: …`).
+pub(crate) fn block_on(what: &str, f: impl std::future::Future<Output = Result<()>>) -> i32 {
+    exit(what, runtime().and_then(|rt| rt.block_on(f)))
+}
+
 pub fn node(args: NodeArgs) -> i32 {
     exit(
         "node",
@@ -261,7 +307,7 @@ pub fn edit_labels(labels: &mut BTreeMap<String, String>, changes: &[String]) ->
 }
 
 async fn node_main(args: NodeArgs) -> Result<()> {
-    let mut c = ControllerClient::new(args.target.controller.clone());
+    let mut c = args.target.client()?;
     match args.command {
         NodeCommand::Ls => {
             let ns = nodes(&mut c).await?;
@@ -492,7 +538,7 @@ async fn upsert(
 }
 
 async fn service_main(args: ServiceArgs) -> Result<()> {
-    let mut c = ControllerClient::new(args.target.controller.clone());
+    let mut c = args.target.client()?;
     match args.command {
         ServiceCommand::Create(a) => {
             let spec = spec_of(&a)?;
@@ -612,7 +658,7 @@ pub(crate) fn migrate_constraint(s: &str) -> String {
 }
 
 async fn migrate_main(args: MigrateArgs) -> Result<()> {
-    let mut c = ControllerClient::new(args.target.controller.clone());
+    let mut c = args.target.client()?;
     let s = find_service(&mut c, &args.service).await?;
     let to: Vec<String> = args.to.iter().map(|t| migrate_constraint(t)).collect();
     let mut spec = s.spec.clone();

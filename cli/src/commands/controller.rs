@@ -25,14 +25,8 @@ pub enum Format {
 
 #[derive(Args, Clone)]
 struct Target {
-    /// Controller member address(es), comma-separated.
-    #[arg(
-        long,
-        env = "GANTRY_CONTROLLER",
-        default_value = "127.0.0.1:7700",
-        value_delimiter = ','
-    )]
-    controller: Vec<String>,
+    #[command(flatten)]
+    conn: super::cluster::Target,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }
@@ -125,6 +119,19 @@ struct RunArgs {
     /// Join the cluster of the member at ADDR.
     #[arg(long)]
     join: Option<String>,
+    /// A controller join token (`gantry token create --role controller`), needed the
+    /// first time a member joins; afterwards its certificate is in DATA_DIR/pki.
+    #[arg(long, env = "GANTRY_TOKEN", requires = "join")]
+    token: Option<String>,
+    /// Plain TCP without TLS or credentials: for local experiments only.
+    #[arg(long, env = "GANTRY_INSECURE",
+          value_parser = clap::builder::BoolishValueParser::new(),
+          action = clap::ArgAction::SetTrue)]
+    insecure: bool,
+    /// Lifetime of the certificates this member issues (and of its own); holders renew
+    /// at about 2/3 of it.
+    #[arg(long, default_value = "24h", value_parser = super::security::parse_duration)]
+    cert_ttl: Duration,
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
     /// Minimum election timeout; the maximum is twice it.
@@ -176,7 +183,7 @@ async fn run(args: ControllerArgs) -> Result<()> {
             address,
             target,
         } => {
-            let r = client(&target).add_member(id, &address).await?;
+            let r = client(&target)?.add_member(id, &address).await?;
             println!(
                 "member {id} added: voters {:?}, learners {:?}",
                 r.voters, r.learners
@@ -184,7 +191,7 @@ async fn run(args: ControllerArgs) -> Result<()> {
             Ok(())
         }
         ControllerCommand::Remove { id, target } => {
-            let r = client(&target).remove_member(id).await?;
+            let r = client(&target)?.remove_member(id).await?;
             println!(
                 "member {id} removed: voters {:?}, learners {:?}",
                 r.voters, r.learners
@@ -192,13 +199,13 @@ async fn run(args: ControllerArgs) -> Result<()> {
             Ok(())
         }
         ControllerCommand::TransferLeader { id, target } => {
-            let r = client(&target).transfer_leader(id).await?;
+            let r = client(&target)?.transfer_leader(id).await?;
             println!("member {} is the leader (term {})", r.leader, r.term);
             Ok(())
         }
         ControllerCommand::Status(t) => status(t).await,
         ControllerCommand::Snapshot(SnapshotCommand::Save { file, target }) => {
-            let bytes = client(&target).snapshot_save().await?;
+            let bytes = client(&target)?.snapshot_save().await?;
             let tmp = file.with_extension("tmp");
             std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
             // Check what we got before it replaces anything.
@@ -257,8 +264,8 @@ async fn run(args: ControllerArgs) -> Result<()> {
     }
 }
 
-fn client(t: &Target) -> ControllerClient {
-    ControllerClient::new(t.controller.clone())
+fn client(t: &Target) -> Result<ControllerClient> {
+    t.conn.client()
 }
 
 async fn daemon(a: RunArgs) -> Result<()> {
@@ -283,11 +290,34 @@ async fn daemon(a: RunArgs) -> Result<()> {
     cfg.write_timeout = Duration::from_millis(a.write_timeout_ms);
     cfg.leader.liveness.ttl = Duration::from_millis(a.node_ttl_ms);
     cfg.leader.liveness.grace = Duration::from_millis(a.node_grace_ms);
+    let advertise = a.advertise.clone().unwrap_or_else(|| a.listen.to_string());
+    let pki = super::security::MemberPki::new(&a.data_dir);
+    if a.insecure {
+        tracing::warn!(
+            "--insecure: plain TCP, no credentials; anyone who reaches the port owns the cluster"
+        );
+    } else {
+        let tls = pki
+            .prepare(
+                a.id,
+                a.bootstrap,
+                a.join.as_deref(),
+                a.token.as_deref(),
+                &advertise,
+                a.cert_ttl,
+            )
+            .await?;
+        cfg.tls = Some(tls);
+    }
     let mode = match (a.bootstrap, a.join) {
         (true, _) => StartMode::Bootstrap,
         (false, Some(addr)) => StartMode::Join(addr),
         (false, None) => StartMode::Resume,
     };
+    let renew = cfg
+        .tls
+        .clone()
+        .map(|t| tokio::spawn(super::security::renew_member_forever(t, pki.dir.clone())));
     let member = Member::start(cfg, mode).await?;
     tracing::info!(id = member.id, addr = %member.addr, cluster = %member.cluster_id, "controller member running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -296,12 +326,15 @@ async fn daemon(a: RunArgs) -> Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("stopping");
+    if let Some(r) = renew {
+        r.abort();
+    }
     member.stop().await;
     Ok(())
 }
 
 async fn members(t: Target) -> Result<()> {
-    let st = client(&t).status().await?;
+    let st = client(&t)?.status().await?;
     if t.format == Format::Json {
         let v: Vec<_> = st
             .members
@@ -331,7 +364,7 @@ async fn members(t: Target) -> Result<()> {
 }
 
 async fn status(t: Target) -> Result<()> {
-    let mut c = client(&t);
+    let mut c = client(&t)?;
     let first = c.status().await?;
     // Lag is known by the leader: ask it when we can.
     let st = match &first.leader_address {

@@ -12,7 +12,6 @@
 use super::cluster::{exit, migrate_constraint, runtime, services, Target};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use gantry_controller::api::ControllerClient;
 use gantry_controller::state::{
     parse_constraints, Command, PortSpec, Protocol, Reply, Resources, RestartPolicy, ServiceSpec,
     UpdatePolicy,
@@ -381,7 +380,7 @@ async fn deploy_main(args: DeployArgs) -> Result<()> {
             args.file.display()
         );
     }
-    let mut c = ControllerClient::new(args.target.controller.clone());
+    let mut c = args.target.client()?;
     let existing: BTreeMap<String, u64> = services(&mut c)
         .await?
         .into_iter()

@@ -9,4 +9,5 @@ pub mod distribution;
 pub mod image;
 pub mod registry;
 pub mod runtime;
+pub mod security;
 pub mod shim;

@@ -17,9 +17,21 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon of a cluster run with --insecure (GANTRY_INSECURE=1).
     pub fn spawn(args: &[String], log: &Path) -> Daemon {
+        Self::spawn_with(args, log, true)
+    }
+
+    /// `insecure` false: the daemon runs mutual TLS (GANTRY_INSECURE unset).
+    pub fn spawn_with(args: &[String], log: &Path, insecure: bool) -> Daemon {
         let log = std::fs::File::create(log).unwrap();
-        let child = Command::new(gantry_bin())
+        let mut cmd = Command::new(gantry_bin());
+        if insecure {
+            cmd.env("GANTRY_INSECURE", "1");
+        } else {
+            cmd.env_remove("GANTRY_INSECURE");
+        }
+        let child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -42,7 +54,7 @@ impl Drop for Daemon {
     }
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
+pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
@@ -120,7 +132,7 @@ pub struct Agent {
     pub daemon: Daemon,
 }
 
-fn agent_args(dir: &Path, name: &str, labels: &[String], join: &str) -> Vec<String> {
+pub fn agent_args(dir: &Path, name: &str, labels: &[String], join: &str) -> Vec<String> {
     let s = |p: &str| dir.join(format!("{name}-{p}")).display().to_string();
     let mut args = strings(&[
         "agent",
@@ -180,6 +192,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = Command::new(gantry_bin())
+                .env("GANTRY_INSECURE", "1")
                 .args(["ps", "-a", "-q", "--host"])
                 .arg(format!("unix://{}", sock.display()))
                 .output()
@@ -203,6 +216,7 @@ impl Agent {
     pub fn logs(&self, container: &str) -> String {
         let sock = self.root.join(format!("{}-sock", self.name));
         let out = Command::new(gantry_bin())
+            .env("GANTRY_INSECURE", "1")
             .args(["logs", "--host"])
             .arg(format!("unix://{}", sock.display()))
             .arg(container)
@@ -267,6 +281,7 @@ pub fn create_sleeper(controller: &str, name: &str, image: &str, replicas: u32, 
 /// Run the CLI: (success, stdout, stderr).
 pub fn gantry_any(controller: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(gantry_bin())
+        .env("GANTRY_INSECURE", "1")
         .args(args)
         .env("GANTRY_CONTROLLER", controller)
         .output()
@@ -385,6 +400,7 @@ pub fn push_rootfs_image(dir: &Path, rootfs: &Path, name: &str) {
     let store = dir.join("push-store");
     let run = |args: &[&str]| {
         let o = Command::new(gantry_bin())
+            .env("GANTRY_INSECURE", "1")
             .args(args)
             .env("GANTRY_STORE", &store)
             .output()

@@ -7,7 +7,7 @@
 //! commands are written to be safe to repeat where it matters (re-registration, upserts).
 
 use super::LEADER_METADATA;
-use crate::raft::network::channel;
+use crate::raft::network::{channel, Transport};
 use crate::state::{Command, Response};
 use gantry_proto::cluster::cluster_client::ClusterClient;
 use gantry_proto::cluster::*;
@@ -47,15 +47,22 @@ pub struct ControllerClient {
     channels: std::collections::HashMap<String, tonic::transport::Channel>,
     /// How long one call keeps trying other members / following leaders.
     pub retry_for: Duration,
+    transport: Transport,
 }
 
 impl ControllerClient {
+    /// A client over plain TCP (a cluster run with `--insecure`).
     pub fn new(addrs: Vec<String>) -> Self {
+        Self::with_transport(addrs, Transport::Plain)
+    }
+
+    pub fn with_transport(addrs: Vec<String>, transport: Transport) -> Self {
         ControllerClient {
             addrs,
             current: 0,
             channels: Default::default(),
             retry_for: Duration::from_secs(10),
+            transport,
         }
     }
 
@@ -71,8 +78,8 @@ impl ControllerClient {
         let ch = match self.channels.get(addr) {
             Some(ch) => ch.clone(),
             None => {
-                let ch =
-                    channel(addr).map_err(|_| ClientError::BadAddress { addr: addr.into() })?;
+                let ch = channel(addr, &self.transport)
+                    .map_err(|_| ClientError::BadAddress { addr: addr.into() })?;
                 self.channels.insert(addr.to_string(), ch.clone());
                 ch
             }
@@ -278,6 +285,48 @@ impl ControllerClient {
             })
             .await
             .map(|r| r.into_inner().status)
+        })
+        .await
+    }
+
+    /// The cluster CA certificate (PEM).
+    pub async fn ca_certificate(&mut self) -> Result<String, ClientError> {
+        self.with_retry(|mut c| async move {
+            c.ca_certificate(CaCertificateRequest {})
+                .await
+                .map(|r| r.into_inner().ca_pem)
+        })
+        .await
+    }
+
+    /// A certificate for `name` in exchange for a join token and a CSR.
+    pub async fn join(
+        &mut self,
+        token: &str,
+        csr_pem: &str,
+        name: &str,
+    ) -> Result<JoinReply, ClientError> {
+        let req = JoinRequest {
+            token: token.to_string(),
+            csr_pem: csr_pem.to_string(),
+            name: name.to_string(),
+            forwarded: false,
+        };
+        self.with_retry(|mut c| {
+            let req = req.clone();
+            async move { c.join(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// A renewed certificate (PEM) for the caller's identity, on the CSR's key.
+    pub async fn renew(&mut self, csr_pem: &str) -> Result<String, ClientError> {
+        let csr_pem = csr_pem.to_string();
+        self.with_retry(|mut c| {
+            let req = RenewRequest {
+                csr_pem: csr_pem.clone(),
+            };
+            async move { c.renew(req).await.map(|r| r.into_inner().cert_pem) }
         })
         .await
     }

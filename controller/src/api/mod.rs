@@ -8,15 +8,17 @@
 //! after an index, starting over from a full state when the member no longer holds them.
 //! [`ApiError`] is the one place errors become `tonic::Status`.
 
+pub mod authz;
 pub mod client;
 pub mod error;
+pub mod join;
 pub mod proposer;
 pub mod service;
 
 pub use client::{ClientError, ControllerClient};
 pub use error::ApiError;
 pub use proposer::{ProposeError, Proposer};
-pub use service::ClusterService;
+pub use service::{ApiSecurity, ClusterService};
 
 /// Metadata key carrying the leader's address on `UNAVAILABLE` answers.
 pub const LEADER_METADATA: &str = "gantry-leader";

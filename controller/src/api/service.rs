@@ -1,15 +1,18 @@
 //! [`ClusterService`]: the tonic implementation of cluster.proto on one member.
 
+use super::authz::{check_command, check_heartbeat, check_rpc, Caller, Rpc as Call};
 use super::error::ApiError;
 use super::proposer::{ProposeError, Proposer};
 use crate::leader::LeaderShared;
-use crate::raft::network::channel;
+use crate::raft::network::{channel, Transport};
 use crate::raft::state_machine::capture;
 use crate::raft::{BasicNode, GantryRaft, NodeId, StateHandle};
-use crate::state::{Change, Command, NodeStatus};
+use crate::state::{Change, Command, NodeStatus, StateImage};
 use gantry_proto::cluster::cluster_client::ClusterClient;
 use gantry_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use gantry_proto::cluster::*;
+use gantry_security::pki::{Ca, LeafOptions};
+use gantry_security::{Identity, Role};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,6 +26,15 @@ use tonic::{Request, Response, Status};
 
 /// Bytes per SnapshotSave chunk.
 const CHUNK: usize = 1 << 20;
+
+/// A member running mutual TLS: the CA it trusts, and the CA key when it holds it (to
+/// issue certificates on Join and Renew).
+pub struct ApiSecurity {
+    pub ca_pem: String,
+    pub ca: Option<Ca>,
+    /// Lifetime of the certificates this member issues.
+    pub cert_ttl: Duration,
+}
 
 #[derive(Clone)]
 pub struct ClusterService {
@@ -40,6 +52,10 @@ pub struct ClusterService {
     /// Batches concurrent writes into one Raft entry (started on the first write, inside
     /// the runtime).
     proposer: Arc<OnceLock<Proposer>>,
+    /// How this member dials other members (forwarding, leadership transfer).
+    transport: Transport,
+    /// None: `--insecure`, nobody is checked.
+    security: Option<Arc<ApiSecurity>>,
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -61,7 +77,32 @@ impl ClusterService {
             committed: Arc::default(),
             leader: Default::default(),
             proposer: Default::default(),
+            transport: Transport::Plain,
+            security: None,
         }
+    }
+
+    /// Mutual TLS: check every caller's identity, dial members with `transport`.
+    pub fn with_security(mut self, security: Arc<ApiSecurity>, transport: Transport) -> Self {
+        self.security = Some(security);
+        self.transport = transport;
+        self
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Caller {
+        Caller::of(req, self.security.is_some())
+    }
+
+    /// The CA that issues certificates here, or why there is none.
+    fn issuer(&self) -> Result<(&ApiSecurity, &Ca), Status> {
+        let sec = self.security.as_deref().ok_or_else(|| {
+            Status::failed_precondition("this cluster runs without TLS (--insecure)")
+        })?;
+        let ca = sec
+            .ca
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this member does not hold the CA key"))?;
+        Ok((sec, ca))
     }
 
     /// Share the leader loop's heartbeat table and placement reasons with this API.
@@ -120,7 +161,7 @@ impl ClusterService {
         let ch = match map.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = channel(addr)?;
+                let c = channel(addr, &self.transport)?;
                 map.insert(addr.to_string(), c.clone());
                 c
             }
@@ -282,12 +323,14 @@ impl ClusterService {
         }
     }
 
-    fn read_data(&self, kind: ReadKind) -> (u64, Vec<u8>) {
+    /// `tokens`: may the caller see join tokens?
+    fn read_data(&self, kind: ReadKind, tokens: bool) -> (u64, Vec<u8>) {
         let a = self.handle.read();
         let idx = a.last_applied.map_or(0, |l| l.index);
         let s = &a.state;
         let data = match kind {
-            ReadKind::State => serde_json::to_vec(&s.to_image()),
+            ReadKind::State => serde_json::to_vec(&strip_tokens(s.to_image(), tokens)),
+            ReadKind::Tokens => serde_json::to_vec(&s.tokens().collect::<Vec<_>>()),
             ReadKind::Nodes => serde_json::to_vec(&s.nodes().collect::<Vec<_>>()),
             ReadKind::Services => serde_json::to_vec(&s.services().collect::<Vec<_>>()),
             ReadKind::Allocations => serde_json::to_vec(&s.allocations().collect::<Vec<_>>()),
@@ -341,7 +384,8 @@ fn forward_err(addr: String) -> impl FnOnce(Status) -> Status {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(&self, _req: Request<StatusRequest>) -> Rpc<StatusReply> {
+    async fn status(&self, req: Request<StatusRequest>) -> Rpc<StatusReply> {
+        check_rpc(&self.caller(&req), Call::Status)?;
         let m = self.raft.metrics().borrow().clone();
         let last = m.last_log_index.unwrap_or(0);
         let membership = m.membership_config.membership();
@@ -386,12 +430,15 @@ impl Cluster for ClusterService {
     }
 
     async fn write(&self, req: Request<WriteRequest>) -> Rpc<WriteReply> {
+        let caller = self.caller(&req);
+        check_rpc(&caller, Call::Write)?;
         let req = req.into_inner();
         let cmd: Command =
             serde_json::from_slice(&req.command_json).map_err(|e| ApiError::BadRequest {
                 field: "command_json",
                 reason: e.to_string(),
             })?;
+        check_command(&caller, &cmd, &self.handle.read().state)?;
         let proposer = self
             .proposer
             .get_or_init(|| Proposer::start(self.raft.clone()));
@@ -416,11 +463,20 @@ impl Cluster for ClusterService {
     }
 
     async fn read(&self, req: Request<ReadRequest>) -> Rpc<ReadReply> {
+        let caller = self.caller(&req);
         let req = req.into_inner();
         let kind = ReadKind::try_from(req.kind).map_err(|_| ApiError::BadRequest {
             field: "kind",
             reason: format!("unknown read kind {}", req.kind),
         })?;
+        check_rpc(
+            &caller,
+            if kind == ReadKind::Tokens {
+                Call::ReadTokens
+            } else {
+                Call::Read
+            },
+        )?;
         if !req.stale {
             if let Err(hint) = self.read_barrier().await {
                 let hint = hint?;
@@ -432,13 +488,16 @@ impl Cluster for ClusterService {
                 return client.read(fwd).await.map_err(forward_err(addr));
             }
         }
-        let (index, data_json) = self.read_data(kind);
+        let (index, data_json) = self.read_data(kind, caller.sees_everything());
         Ok(Response::new(ReadReply { index, data_json }))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Rpc<Self::WatchStream> {
+        let caller = self.caller(&req);
+        check_rpc(&caller, Call::Watch)?;
+        let tokens = caller.sees_everything();
         let mut from = req.into_inner().from_index;
         let handle = self.handle.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchEvent, Status>>(16);
@@ -454,7 +513,7 @@ impl Cluster for ClusterService {
                     None => {
                         let a = handle.read();
                         let idx = a.last_applied.map_or(0, |l| l.index);
-                        let image = a.state.to_image();
+                        let image = strip_tokens(a.state.to_image(), tokens);
                         drop(a);
                         from = idx.max(1);
                         Some(WatchEvent {
@@ -465,9 +524,12 @@ impl Cluster for ClusterService {
                         })
                     }
                     Some(changes) if changes.is_empty() => None,
-                    Some(changes) => {
+                    Some(mut changes) => {
                         let idx = changes.last().map_or(from, Change::index);
                         from = idx;
+                        if !tokens {
+                            changes.retain(|c| !matches!(c, Change::Token(_)));
+                        }
                         Some(WatchEvent {
                             index: idx,
                             event: Some(watch_event::Event::ChangesJson(
@@ -494,6 +556,7 @@ impl Cluster for ClusterService {
     }
 
     async fn add_member(&self, req: Request<AddMemberRequest>) -> Rpc<MembershipReply> {
+        check_rpc(&self.caller(&req), Call::AddMember)?;
         let req = req.into_inner();
         if req.address.is_empty() {
             return Err(ApiError::BadRequest {
@@ -551,6 +614,7 @@ impl Cluster for ClusterService {
     }
 
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Rpc<MembershipReply> {
+        check_rpc(&self.caller(&req), Call::RemoveMember)?;
         let req = req.into_inner();
         let m = self.raft.metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
@@ -587,8 +651,9 @@ impl Cluster for ClusterService {
 
     async fn snapshot_save(
         &self,
-        _req: Request<SnapshotSaveRequest>,
+        req: Request<SnapshotSaveRequest>,
     ) -> Rpc<Self::SnapshotSaveStream> {
+        check_rpc(&self.caller(&req), Call::SnapshotSave)?;
         // Consistent: taken on the leader after a read-index round, so it holds every
         // write acknowledged before the call.
         if let Err(hint) = self.read_barrier().await {
@@ -610,6 +675,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<TransferLeaderRequest>,
     ) -> Rpc<TransferLeaderReply> {
+        check_rpc(&self.caller(&req), Call::TransferLeader)?;
         let req = req.into_inner();
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader == Some(m.id) {
@@ -627,12 +693,15 @@ impl Cluster for ClusterService {
         &self,
         req: Request<ElectionControlRequest>,
     ) -> Rpc<ElectionControlReply> {
+        check_rpc(&self.caller(&req), Call::ElectionControl)?;
         self.local_election_control(req.into_inner()).await?;
         Ok(Response::new(ElectionControlReply {}))
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Rpc<HeartbeatReply> {
+        let caller = self.caller(&req);
         let req = req.into_inner();
+        check_heartbeat(&caller, req.node, &self.handle.read().state)?;
         if self.leader.heartbeat(req.node) {
             let status = self.handle.read().state.node(req.node).map(|n| n.status);
             return match status {
@@ -654,6 +723,7 @@ impl Cluster for ClusterService {
     }
 
     async fn unplaced(&self, req: Request<UnplacedRequest>) -> Rpc<UnplacedReply> {
+        check_rpc(&self.caller(&req), Call::Unplaced)?;
         let req = req.into_inner();
         if let Some(reasons) = self.leader.unplaced() {
             return Ok(Response::new(UnplacedReply {
@@ -666,6 +736,114 @@ impl Cluster for ClusterService {
             .await
             .map_err(forward_err(addr))
     }
+
+    async fn ca_certificate(&self, _req: Request<CaCertificateRequest>) -> Rpc<CaCertificateReply> {
+        let sec = self.security.as_deref().ok_or_else(|| {
+            Status::failed_precondition("this cluster runs without TLS (--insecure)")
+        })?;
+        Ok(Response::new(CaCertificateReply {
+            ca_pem: sec.ca_pem.clone(),
+        }))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Rpc<JoinReply> {
+        let req = req.into_inner();
+        let (sec, ca) = self.issuer()?;
+        // The token is checked on the leader after a read-index round: a token revoked
+        // (or created) before this call is seen as such.
+        if let Err(hint) = self.read_barrier().await {
+            let hint = hint?;
+            let (addr, mut client) = self.leader_client(req.forwarded, Some(&hint))?;
+            let fwd = JoinRequest {
+                forwarded: true,
+                ..req
+            };
+            return client.join(fwd).await.map_err(forward_err(addr));
+        }
+        let token = gantry_security::token::JoinToken::parse(&req.token)
+            .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
+        let role = {
+            let a = self.handle.read();
+            let t = a.state.token(&token.id).ok_or_else(|| {
+                Status::unauthenticated(format!("join token {}: unknown", token.id))
+            })?;
+            if t.secret_sha256 != token.secret_sha256() {
+                return Err(Status::unauthenticated(format!(
+                    "join token {}: wrong secret",
+                    token.id
+                )));
+            }
+            if t.revoked {
+                return Err(Status::permission_denied(format!(
+                    "join token {} was revoked",
+                    token.id
+                )));
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            if now >= t.expires_at_ms {
+                return Err(Status::permission_denied(format!(
+                    "join token {} expired {} s ago",
+                    token.id,
+                    (now - t.expires_at_ms) / 1000
+                )));
+            }
+            t.role
+        };
+        let identity = Identity::new(role, req.name.as_str())
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        let cert_pem = ca
+            .issue_for_csr(
+                &req.csr_pem,
+                &identity,
+                sec.cert_ttl,
+                &LeafOptions::default(),
+            )
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        tracing::info!(%identity, token = %token.id, "certificate issued for a join token");
+        Ok(Response::new(JoinReply {
+            cert_pem,
+            ca_pem: sec.ca_pem.clone(),
+            ca_key_pem: if role == Role::Controller {
+                ca.key_pem()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Rpc<RenewReply> {
+        let caller = self.caller(&req);
+        check_rpc(&caller, Call::Renew)?;
+        let (sec, ca) = self.issuer()?;
+        let Caller::Verified(identity) = caller else {
+            return Err(Status::unauthenticated(
+                "renewal needs a client certificate",
+            ));
+        };
+        let cert_pem = ca
+            .issue_for_csr(
+                &req.into_inner().csr_pem,
+                &identity,
+                sec.cert_ttl,
+                &LeafOptions::default(),
+            )
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        Ok(Response::new(RenewReply {
+            cert_pem,
+            ca_pem: sec.ca_pem.clone(),
+        }))
+    }
+}
+
+/// Join tokens are for admins' eyes (and members'): others get the image without them.
+fn strip_tokens(mut image: StateImage, keep: bool) -> StateImage {
+    if !keep {
+        image.tokens.clear();
+    }
+    image
 }
 
 /// The wire name of a node status (HeartbeatReply.status).

@@ -53,6 +53,8 @@ pub struct ControllerDb {
     pub(crate) nodes: sled::Tree,
     pub(crate) services: sled::Tree,
     pub(crate) allocations: sled::Tree,
+    /// Join tokens by id (hashes only).
+    pub(crate) tokens: sled::Tree,
 }
 
 impl ControllerDb {
@@ -91,6 +93,7 @@ impl ControllerDb {
             nodes: tree("nodes")?,
             services: tree("services")?,
             allocations: tree("allocations")?,
+            tokens: tree("tokens")?,
             db,
         })
     }

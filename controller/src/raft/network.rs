@@ -108,33 +108,60 @@ pub fn entries_hint(entries: usize, bytes: usize, max_bytes: usize) -> Option<u6
     Some(fit.clamp(1, entries as u64 - 1))
 }
 
+/// How channels to members are dialled: plain TCP (`--insecure`) or mutual TLS
+/// (verifying the member as `controller.gantry` against the cluster CA).
+#[derive(Debug, Clone, Default)]
+pub enum Transport {
+    #[default]
+    Plain,
+    Tls(gantry_security::tls::TlsConnector),
+}
+
+impl Transport {
+    /// A TLS transport presenting `certs` (when given) and trusting only `ca_pem`.
+    pub fn tls(
+        ca_pem: &str,
+        certs: Option<Arc<gantry_security::tls::CertStore>>,
+    ) -> Result<Transport, gantry_security::tls::TlsError> {
+        let cfg = gantry_security::tls::client_config(ca_pem, certs)?;
+        Ok(Transport::Tls(gantry_security::tls::TlsConnector::new(
+            cfg,
+            gantry_security::identity::CONTROLLER_SERVER_NAME,
+        )?))
+    }
+}
+
 /// A lazily connected channel to a peer or member address, with keep-alive set (without
 /// it a channel can stay dead after a partition heals).
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
+pub fn channel(addr: &str, transport: &Transport) -> Result<Channel, tonic::transport::Error> {
+    let bare = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
+    let endpoint = Endpoint::from_shared(format!("http://{bare}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true);
+    Ok(match transport {
+        Transport::Plain => endpoint.connect_lazy(),
+        Transport::Tls(c) => endpoint.connect_with_connector_lazy(c.clone()),
+    })
 }
 
 #[derive(Clone)]
 pub struct NetworkFactory {
     cluster_id: String,
+    transport: Transport,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl NetworkFactory {
-    pub fn new(cluster_id: String) -> Self {
+    pub fn new(cluster_id: String, transport: Transport) -> Self {
         NetworkFactory {
             cluster_id,
+            transport,
             channels: Default::default(),
         }
     }
@@ -143,7 +170,7 @@ impl NetworkFactory {
         if let Some(c) = map.get(addr) {
             return Some(c.clone());
         }
-        let c = channel(addr).ok()?;
+        let c = channel(addr, &self.transport).ok()?;
         map.insert(addr.to_string(), c.clone());
         Some(c)
     }

@@ -15,11 +15,21 @@ const BIG_REQUEST: usize = 64 << 10;
 pub struct RaftService {
     raft: GantryRaft,
     cluster_id: String,
+    /// Mutual TLS: only controller identities may call.
+    secure: bool,
 }
 
 impl RaftService {
     pub fn new(raft: GantryRaft, cluster_id: String) -> Self {
-        RaftService { raft, cluster_id }
+        RaftService {
+            raft,
+            cluster_id,
+            secure: false,
+        }
+    }
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
     }
     pub fn into_server(self) -> RaftServer<Self> {
         RaftServer::new(self)
@@ -31,6 +41,8 @@ impl RaftService {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<T, Status> {
+        let caller = crate::api::authz::Caller::of(&req, self.secure);
+        crate::api::authz::check_rpc(&caller, crate::api::authz::Rpc::Raft)?;
         let req = req.into_inner();
         if req.cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(format!(

@@ -217,7 +217,7 @@ pub(crate) fn write_image(
         .insert(INSTALLING, &[1u8])
         .map_err(werr("installing"))?;
     db.db.flush().map_err(werr("installing"))?;
-    for t in [&db.nodes, &db.services, &db.allocations] {
+    for t in [&db.nodes, &db.services, &db.allocations, &db.tokens] {
         t.clear().map_err(werr("object trees"))?;
     }
     let json = |v: &dyn erased::Json| v.to_json();
@@ -236,6 +236,11 @@ pub(crate) fn write_image(
         b.insert(&node_key(a.id), json(a));
     }
     db.allocations.apply_batch(b).map_err(werr("allocations"))?;
+    let mut b = sled::Batch::default();
+    for t in &image.tokens {
+        b.insert(t.id.as_bytes(), json(t));
+    }
+    db.tokens.apply_batch(b).map_err(werr("tokens"))?;
     let mut m = sled::Batch::default();
     m.insert(LAST_APPLIED, json(&last_applied));
     m.insert(MEMBERSHIP, json(membership));
@@ -298,6 +303,7 @@ impl SledStateMachine {
             allocations: read_tree(&db, &db.allocations, "allocations")?,
             next_node_id: counters.next_node_id,
             next_alloc_id: counters.next_alloc_id,
+            tokens: read_tree(&db, &db.tokens, "tokens")?,
         };
         let applied = Applied {
             state: State::from_image(image),
@@ -321,6 +327,7 @@ fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(
     let mut nodes = sled::Batch::default();
     let mut services = sled::Batch::default();
     let mut allocs = sled::Batch::default();
+    let mut tokens = sled::Batch::default();
     for c in changes {
         match c {
             Change::Node(n) => nodes.insert(&node_key(n.id), n.to_json()),
@@ -328,6 +335,7 @@ fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(
             Change::ServiceRemoved { name, .. } => services.remove(name.as_bytes()),
             Change::Allocation(a) => allocs.insert(&node_key(a.id), a.to_json()),
             Change::AllocationRemoved { id, .. } => allocs.remove(&node_key(*id)),
+            Change::Token(t) => tokens.insert(t.id.as_bytes(), t.to_json()),
         }
     }
     let (next_node_id, next_alloc_id) = applied.state.counters();
@@ -342,11 +350,18 @@ fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(
         }
         .to_json(),
     );
-    (&db.nodes, &db.services, &db.allocations, &db.sm_meta)
-        .transaction(|(n, s, a, m)| {
+    (
+        &db.nodes,
+        &db.services,
+        &db.allocations,
+        &db.tokens,
+        &db.sm_meta,
+    )
+        .transaction(|(n, s, a, t, m)| {
             n.apply_batch(&nodes)?;
             s.apply_batch(&services)?;
             a.apply_batch(&allocs)?;
+            t.apply_batch(&tokens)?;
             m.apply_batch(&meta)?;
             Ok::<_, ConflictableTransactionError<()>>(())
         })

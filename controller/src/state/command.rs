@@ -72,6 +72,15 @@ pub enum Command {
         node: NodeId,
         addresses: Vec<(AllocId, Option<std::net::Ipv4Addr>)>,
     },
+    /// Add a join token (the secret's hash only). Refused when the id exists.
+    CreateToken {
+        id: String,
+        role: gantry_security::Role,
+        secret_sha256: String,
+        expires_at_ms: u64,
+    },
+    /// Refuse a join token from now on (it stays listed, revoked).
+    RevokeToken { id: String },
     /// Several independent client commands proposed together in one log entry (the API's
     /// proposer batches concurrent writes). Each is applied in order at the entry's index and
     /// answered on its own: one rejected command does not affect the others. Not nestable.
@@ -91,6 +100,8 @@ impl Command {
             Command::ReportAllocStatus { .. } => "ReportAllocStatus",
             Command::PurgeAllocations { .. } => "PurgeAllocations",
             Command::SetAllocAddresses { .. } => "SetAllocAddresses",
+            Command::CreateToken { .. } => "CreateToken",
+            Command::RevokeToken { .. } => "RevokeToken",
             Command::Batch { .. } => "Batch",
         }
     }
@@ -159,6 +170,7 @@ pub enum Change {
     ServiceRemoved { name: String, index: u64 },
     Allocation(Allocation),
     AllocationRemoved { id: AllocId, index: u64 },
+    Token(JoinToken),
 }
 
 impl Change {
@@ -168,6 +180,7 @@ impl Change {
             Change::Node(n) => n.modify_index,
             Change::Service(s) => s.modify_index,
             Change::Allocation(a) => a.modify_index,
+            Change::Token(t) => t.modify_index,
             Change::ServiceRemoved { index, .. } | Change::AllocationRemoved { index, .. } => {
                 *index
             }

@@ -38,6 +38,7 @@ pub struct State {
     host_ports: HashMap<NodeId, HashSet<(Protocol, u16)>>,
     next_node_id: NodeId,
     next_alloc_id: AllocId,
+    tokens: BTreeMap<String, JoinToken>,
 }
 
 /// The serializable form of a [`State`] (snapshots); indexes are rebuilt on load.
@@ -48,6 +49,9 @@ pub struct StateImage {
     pub allocations: Vec<Allocation>,
     pub next_node_id: NodeId,
     pub next_alloc_id: AllocId,
+    /// Join tokens (hashes only). Absent in images of older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<JoinToken>,
 }
 
 /// Does moving from spec `a` to `b` change what an allocation runs (so that running
@@ -266,6 +270,7 @@ impl State {
             allocations: self.allocs.values().cloned().collect(),
             next_node_id: self.next_node_id,
             next_alloc_id: self.next_alloc_id,
+            tokens: self.tokens.values().cloned().collect(),
         }
     }
 
@@ -285,6 +290,9 @@ impl State {
         for a in image.allocations {
             s.index_alloc(&a);
             s.allocs.insert(a.id, a);
+        }
+        for t in image.tokens {
+            s.tokens.insert(t.id.clone(), t);
         }
         s
     }
@@ -387,6 +395,20 @@ impl State {
             Command::SetAllocAddresses { node, addresses } => {
                 self.set_addresses(index, *node, addresses, &mut changes)
             }
+            Command::CreateToken {
+                id,
+                role,
+                secret_sha256,
+                expires_at_ms,
+            } => self.create_token(
+                index,
+                id,
+                *role,
+                secret_sha256,
+                *expires_at_ms,
+                &mut changes,
+            ),
+            Command::RevokeToken { id } => self.revoke_token(index, id, &mut changes),
             Command::Batch { commands } => Ok(self.apply_batch(index, commands, &mut changes)),
         };
         debug_assert!(r.is_ok() || changes.is_empty());
@@ -417,6 +439,57 @@ impl State {
             })
             .collect();
         Reply::Batch { responses }
+    }
+
+    fn create_token(
+        &mut self,
+        index: u64,
+        id: &str,
+        role: gantry_security::Role,
+        secret_sha256: &str,
+        expires_at_ms: u64,
+        changes: &mut Vec<Change>,
+    ) -> Response {
+        if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ApplyError::invalid("id", "1-32 letters and digits"));
+        }
+        if secret_sha256.len() != 64 || !secret_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApplyError::invalid("secret_sha256", "64 hex digits"));
+        }
+        if self.tokens.contains_key(id) {
+            return Err(ApplyError::conflict("id", format!("token {id} exists")));
+        }
+        let t = JoinToken {
+            id: id.to_string(),
+            role,
+            secret_sha256: secret_sha256.to_ascii_lowercase(),
+            expires_at_ms,
+            revoked: false,
+            modify_index: index,
+        };
+        changes.push(Change::Token(t.clone()));
+        self.tokens.insert(t.id.clone(), t);
+        Ok(Reply::Done)
+    }
+
+    fn revoke_token(&mut self, index: u64, id: &str, changes: &mut Vec<Change>) -> Response {
+        let Some(t) = self.tokens.get_mut(id) else {
+            return Err(ApplyError::not_found("id", format!("token {id}")));
+        };
+        if !t.revoked {
+            t.revoked = true;
+            t.modify_index = index;
+            changes.push(Change::Token(t.clone()));
+        }
+        Ok(Reply::Done)
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &JoinToken> {
+        self.tokens.values()
+    }
+
+    pub fn token(&self, id: &str) -> Option<&JoinToken> {
+        self.tokens.get(id)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -211,3 +211,17 @@ pub struct Allocation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
 }
+
+/// A join token (issue 10): whoever presents its secret may obtain a certificate for
+/// `role`. Only a SHA-256 of the secret is kept; the secret is shown once, when created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub id: String,
+    pub role: gantry_security::Role,
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Milliseconds since the Unix epoch after which the token is refused.
+    pub expires_at_ms: u64,
+    pub revoked: bool,
+    pub modify_index: u64,
+}
