@@ -128,3 +128,14 @@ fn main() {
     };
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (duplicate names, groups, conflicts) over every
+    /// subcommand: they otherwise fire only when that subcommand is first used.
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -24,7 +24,7 @@ pub enum Format {
 }
 
 #[derive(Args, Clone)]
-struct Target {
+struct MemberTarget {
     #[command(flatten)]
     conn: super::cluster::Target,
     #[arg(long, value_enum, default_value = "table")]
@@ -36,7 +36,7 @@ enum ControllerCommand {
     /// Run a controller member (daemon).
     Run(RunArgs),
     /// List the members of the cluster.
-    Members(Target),
+    Members(MemberTarget),
     /// Add a member (it must be running, started with --join or without a cluster).
     Add {
         #[arg(long)]
@@ -44,14 +44,14 @@ enum ControllerCommand {
         #[arg(long)]
         address: String,
         #[command(flatten)]
-        target: Target,
+        target: MemberTarget,
     },
     /// Remove a member from the cluster.
     Remove {
         #[arg(long)]
         id: u64,
         #[command(flatten)]
-        target: Target,
+        target: MemberTarget,
     },
     /// Make another voter the leader (e.g. before maintenance of the leader's host).
     TransferLeader {
@@ -59,10 +59,10 @@ enum ControllerCommand {
         #[arg(long)]
         id: u64,
         #[command(flatten)]
-        target: Target,
+        target: MemberTarget,
     },
     /// Raft status: term, leader, log/applied index and lag of every member.
-    Status(Target),
+    Status(MemberTarget),
     /// Snapshots of the cluster state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -85,7 +85,7 @@ enum SnapshotCommand {
     Save {
         file: PathBuf,
         #[command(flatten)]
-        target: Target,
+        target: MemberTarget,
     },
     /// Seed an empty data dir with a snapshot: a new one-member cluster.
     Restore {
@@ -264,7 +264,7 @@ async fn run(args: ControllerArgs) -> Result<()> {
     }
 }
 
-fn client(t: &Target) -> Result<ControllerClient> {
+fn client(t: &MemberTarget) -> Result<ControllerClient> {
     t.conn.client()
 }
 
@@ -333,7 +333,7 @@ async fn daemon(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-async fn members(t: Target) -> Result<()> {
+async fn members(t: MemberTarget) -> Result<()> {
     let st = client(&t)?.status().await?;
     if t.format == Format::Json {
         let v: Vec<_> = st
@@ -363,7 +363,7 @@ async fn members(t: Target) -> Result<()> {
     Ok(())
 }
 
-async fn status(t: Target) -> Result<()> {
+async fn status(t: MemberTarget) -> Result<()> {
     let mut c = client(&t)?;
     let first = c.status().await?;
     // Lag is known by the leader: ask it when we can.

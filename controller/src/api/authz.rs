@@ -210,8 +210,8 @@ mod tests {
     #[test]
     fn roles_and_own_node() {
         let mut state = State::default();
-        state.apply(1, &register("n1"));
-        state.apply(2, &register("n2"));
+        state.apply(1, &register("n1")).0.unwrap();
+        state.apply(2, &register("n2")).0.unwrap();
         let n1 = state.node_by_name("n1").unwrap().id;
         let n2 = state.node_by_name("n2").unwrap().id;
         let agent = v(Role::Agent, "n1");
