@@ -9,6 +9,7 @@
 pub mod api;
 pub mod dr;
 pub mod leader;
+pub mod limits;
 pub mod member;
 pub mod nodes;
 pub mod plan_apply;

@@ -243,6 +243,9 @@ impl Member {
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
             .http2_keepalive_timeout(Some(Duration::from_secs(2)))
             .tcp_nodelay(true)
+            .layer(tower::util::MapResponseLayer::new(
+                gantry_proto::limits::resource_exhausted,
+            ))
             .add_service(raft_svc)
             .add_service(api);
         let stop = async {

@@ -14,3 +14,5 @@ pub mod cluster {
 pub mod raft {
     tonic::include_proto!("gantry.raft.v1");
 }
+
+pub mod limits;

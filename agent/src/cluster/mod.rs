@@ -371,15 +371,19 @@ struct PassState<'a> {
     draining: &'a mut HashMap<AllocId, std::time::Instant>,
 }
 
+/// Reports in batches of at most the controller's `MAX_REPORTS`.
 async fn report(client: &mut ControllerClient, node: NodeId, batch: Vec<AllocReport>) {
-    let n = batch.len();
-    match client
-        .write(&Command::ReportAllocStatus { node, batch })
-        .await
-    {
-        Ok((_, Ok(_))) => tracing::debug!(reports = n, "status reported"),
-        Ok((_, Err(e))) => tracing::warn!(error = %e, "status report refused"),
-        Err(e) => tracing::debug!(error = %e, "status report not delivered"),
+    for chunk in batch.chunks(gantry_controller::limits::MAX_REPORTS) {
+        let n = chunk.len();
+        let cmd = Command::ReportAllocStatus {
+            node,
+            batch: chunk.to_vec(),
+        };
+        match client.write(&cmd).await {
+            Ok((_, Ok(_))) => tracing::debug!(reports = n, "status reported"),
+            Ok((_, Err(e))) => tracing::warn!(error = %e, "status report refused"),
+            Err(e) => tracing::debug!(error = %e, "status report not delivered"),
+        }
     }
 }
 

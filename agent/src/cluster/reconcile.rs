@@ -109,6 +109,20 @@ pub fn desired_here(
     v
 }
 
+/// A failure reason as reported: at most the controller's `MAX_REASON_LEN` bytes (cut at a
+/// character boundary, marked with `…`), so a long error chain is not refused.
+pub fn shorten(reason: &str) -> String {
+    use gantry_controller::limits::MAX_REASON_LEN;
+    if reason.len() <= MAX_REASON_LEN {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON_LEN - '…'.len_utf8();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &reason[..end])
+}
+
 /// What to report: for every allocation of this node whose observed status (or container
 /// id) differs from what the containers show. `failures` are allocations whose container
 /// could not be made (the reason); an allocation told to stop whose container is gone is
@@ -141,7 +155,7 @@ pub fn reports(
                 Some(c.id.clone()),
             ),
             None => match (a.desired, failures.get(id)) {
-                (Desired::Run, Some(reason)) => (Observed::Failed(reason.clone()), None),
+                (Desired::Run, Some(reason)) => (Observed::Failed(shorten(reason)), None),
                 (Desired::Run, None) => (Observed::Pending, None),
                 (Desired::Stop, _) => {
                     if a.observed.is_terminal() {
@@ -276,6 +290,16 @@ mod tests {
             },
         );
         assert_eq!(desired_here(&allocs, &services), vec![1]);
+    }
+
+    #[test]
+    fn long_reasons_are_shortened_to_the_limit() {
+        use gantry_controller::limits::MAX_REASON_LEN;
+        let long = "é".repeat(MAX_REASON_LEN);
+        let short = shorten(&long);
+        assert!(short.len() <= MAX_REASON_LEN, "{}", short.len());
+        assert!(short.ends_with('…'));
+        assert_eq!(shorten("pull failed"), "pull failed");
     }
 
     #[test]

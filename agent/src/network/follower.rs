@@ -272,7 +272,9 @@ impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
             }
             ready.push((id, want));
         }
-        let todo = ready;
+        // At most the controller's batch limit per command; the rest goes next time.
+        let mut todo = ready;
+        todo.truncate(gantry_controller::limits::MAX_REPORTS);
         if todo.is_empty() {
             return;
         }

@@ -312,11 +312,19 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down; containers keep running under their shims");
     };
+    use gantry_proto::limits::{resource_exhausted, ENGINE_REPLY_MAX, ENGINE_REQUEST_MAX};
     tonic::transport::Server::builder()
-        .add_service(EngineServer::new(EngineService::new(engine)))
-        .add_service(gantry_proto::engine::builder_server::BuilderServer::new(
-            builds,
-        ))
+        .layer(tower::util::MapResponseLayer::new(resource_exhausted))
+        .add_service(
+            EngineServer::new(EngineService::new(engine))
+                .max_decoding_message_size(ENGINE_REQUEST_MAX)
+                .max_encoding_message_size(ENGINE_REPLY_MAX),
+        )
+        .add_service(
+            gantry_proto::engine::builder_server::BuilderServer::new(builds)
+                .max_decoding_message_size(ENGINE_REQUEST_MAX)
+                .max_encoding_message_size(ENGINE_REPLY_MAX),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the engine API")?;

@@ -403,7 +403,9 @@ fn build_remote(a: &BuildArgs, p: Prepared, mut display: Display) -> anyhow::Res
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let channel = super::container::channel(&a.conn.host).await?;
-        let mut client = BuilderClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut client = BuilderClient::new(channel)
+            .max_decoding_message_size(gantry_proto::limits::ENGINE_REPLY_MAX)
+            .max_encoding_message_size(gantry_proto::limits::ENGINE_REQUEST_MAX);
         let spec = BuildInput {
             input: Some(build_input::Input::Spec(BuildSpec {
                 dockerfile: p.dockerfile,

@@ -287,7 +287,10 @@ pub struct TopArgs {
 
 /// Connects to the agent's unix socket.
 pub async fn connect(host: &str) -> anyhow::Result<EngineClient<Channel>> {
-    Ok(EngineClient::new(channel(host).await?).max_decoding_message_size(64 << 20))
+    use gantry_proto::limits::{ENGINE_REPLY_MAX, ENGINE_REQUEST_MAX};
+    Ok(EngineClient::new(channel(host).await?)
+        .max_decoding_message_size(ENGINE_REPLY_MAX)
+        .max_encoding_message_size(ENGINE_REQUEST_MAX))
 }
 
 /// A channel to the agent's unix socket (the engine and builder services share it).

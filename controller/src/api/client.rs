@@ -85,8 +85,8 @@ impl ControllerClient {
             }
         };
         Ok(ClusterClient::new(ch)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(64 << 20))
+            .max_decoding_message_size(gantry_proto::limits::CLUSTER_REPLY_MAX)
+            .max_encoding_message_size(gantry_proto::limits::CLUSTER_REQUEST_MAX))
     }
 
     /// Run `call` against members until one answers something other than UNAVAILABLE.

@@ -18,6 +18,14 @@ pub enum ApiError {
     Timeout { what: &'static str, after: Duration },
     #[error("{field}: {reason}")]
     BadRequest { field: &'static str, reason: String },
+    /// A request field over its size limit (RESOURCE_EXHAUSTED, as for a message over the
+    /// transport's limit).
+    #[error("{field}: {size} bytes, the limit is {limit}")]
+    TooLarge {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("membership: {0}")]
     Membership(String),
     /// Another membership change is still in progress (e.g. two members joining at once):
@@ -53,6 +61,7 @@ impl From<ApiError> for Status {
             }
             ApiError::Timeout { .. } => Status::deadline_exceeded(msg),
             ApiError::BadRequest { .. } => Status::invalid_argument(msg),
+            ApiError::TooLarge { .. } => Status::resource_exhausted(msg),
             ApiError::Membership(_) => Status::failed_precondition(msg),
             ApiError::MembershipBusy(_) => Status::unavailable(msg),
             ApiError::AlreadyMember(_) => Status::already_exists(msg),

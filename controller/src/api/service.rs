@@ -4,6 +4,7 @@ use super::authz::{check_command, check_heartbeat, check_rpc, Caller, Rpc as Cal
 use super::error::ApiError;
 use super::proposer::{ProposeError, Proposer};
 use crate::leader::LeaderShared;
+use crate::limits::{MAX_ADDRESS_LEN, MAX_COMMAND_JSON, MAX_ELECTION_PAUSE_MS};
 use crate::raft::network::{channel, Transport};
 use crate::raft::state_machine::capture;
 use crate::raft::{BasicNode, GantryRaft, NodeId, StateHandle};
@@ -13,6 +14,7 @@ use gantry_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use gantry_proto::cluster::*;
 use gantry_security::pki::{Ca, LeafOptions};
 use gantry_security::{Identity, Role};
+use gantry_proto::limits;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -124,8 +126,8 @@ impl ClusterService {
 
     pub fn into_server(self) -> ClusterServer<Self> {
         ClusterServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+            .max_decoding_message_size(limits::CLUSTER_REQUEST_MAX)
+            .max_encoding_message_size(limits::CLUSTER_REPLY_MAX)
     }
 
     fn leader_addr(&self) -> Option<String> {
@@ -166,7 +168,9 @@ impl ClusterService {
                 c
             }
         };
-        Ok(ClusterClient::new(ch).max_decoding_message_size(64 << 20))
+        Ok(ClusterClient::new(ch)
+            .max_decoding_message_size(limits::CLUSTER_REPLY_MAX)
+            .max_encoding_message_size(limits::CLUSTER_REQUEST_MAX))
     }
 
     /// Pause the election timer of the member at `addr` for `pause`, or make it campaign.
@@ -378,6 +382,30 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -
     }
 }
 
+/// A member's address: `host:port`, at most [`MAX_ADDRESS_LEN`] bytes.
+fn check_member_address(addr: &str) -> Result<(), ApiError> {
+    let bad = |reason: String| ApiError::BadRequest {
+        field: "address",
+        reason,
+    };
+    if addr.is_empty() {
+        return Err(bad("must not be empty".into()));
+    }
+    if addr.len() > MAX_ADDRESS_LEN {
+        return Err(bad(format!(
+            "{} bytes, the limit is {MAX_ADDRESS_LEN}",
+            addr.len()
+        )));
+    }
+    let authority: tonic::codegen::http::uri::Authority = addr
+        .parse()
+        .map_err(|e| bad(format!("{addr:?} is not host:port: {e}")))?;
+    if authority.port_u16().is_none() || authority.as_str().contains('@') {
+        return Err(bad(format!("{addr:?} is not host:port")));
+    }
+    Ok(())
+}
+
 fn forward_err(addr: String) -> impl FnOnce(Status) -> Status {
     move |status| ApiError::Forward { addr, status }.into()
 }
@@ -433,6 +461,14 @@ impl Cluster for ClusterService {
         let caller = self.caller(&req);
         check_rpc(&caller, Call::Write)?;
         let req = req.into_inner();
+        if req.command_json.len() > MAX_COMMAND_JSON {
+            return Err(ApiError::TooLarge {
+                field: "command_json",
+                size: req.command_json.len(),
+                limit: MAX_COMMAND_JSON,
+            }
+            .into());
+        }
         let cmd: Command =
             serde_json::from_slice(&req.command_json).map_err(|e| ApiError::BadRequest {
                 field: "command_json",
@@ -558,13 +594,7 @@ impl Cluster for ClusterService {
     async fn add_member(&self, req: Request<AddMemberRequest>) -> Rpc<MembershipReply> {
         check_rpc(&self.caller(&req), Call::AddMember)?;
         let req = req.into_inner();
-        if req.address.is_empty() {
-            return Err(ApiError::BadRequest {
-                field: "address",
-                reason: "must not be empty".into(),
-            }
-            .into());
-        }
+        check_member_address(&req.address)?;
         let m = self.raft.metrics().borrow().membership_config.clone();
         if let Some(n) = m.membership().get_node(&req.id) {
             if m.membership().voter_ids().any(|v| v == req.id) {
@@ -694,7 +724,18 @@ impl Cluster for ClusterService {
         req: Request<ElectionControlRequest>,
     ) -> Rpc<ElectionControlReply> {
         check_rpc(&self.caller(&req), Call::ElectionControl)?;
-        self.local_election_control(req.into_inner()).await?;
+        let req = req.into_inner();
+        if req.pause_ms > MAX_ELECTION_PAUSE_MS {
+            return Err(ApiError::BadRequest {
+                field: "pause_ms",
+                reason: format!(
+                    "{} exceeds the limit of {MAX_ELECTION_PAUSE_MS}",
+                    req.pause_ms
+                ),
+            }
+            .into());
+        }
+        self.local_election_control(req).await?;
         Ok(Response::new(ElectionControlReply {}))
     }
 

@@ -184,7 +184,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             cluster_id: self.cluster_id.clone(),
-            client: self.channel_for(&node.addr).map(RaftClient::new),
+            client: self.channel_for(&node.addr).map(|ch| {
+                RaftClient::new(ch)
+                    .max_decoding_message_size(gantry_proto::limits::RAFT_MESSAGE_MAX)
+                    .max_encoding_message_size(gantry_proto::limits::RAFT_MESSAGE_MAX)
+            }),
             budget: Default::default(),
         }
     }

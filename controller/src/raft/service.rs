@@ -33,8 +33,8 @@ impl RaftService {
     }
     pub fn into_server(self) -> RaftServer<Self> {
         RaftServer::new(self)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20)
+            .max_decoding_message_size(gantry_proto::limits::RAFT_MESSAGE_MAX)
+            .max_encoding_message_size(gantry_proto::limits::RAFT_MESSAGE_MAX)
     }
 
     async fn decode<T: DeserializeOwned + Send + 'static>(

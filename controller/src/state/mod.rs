@@ -11,6 +11,8 @@
 
 pub mod command;
 pub mod constraint;
+#[cfg(test)]
+mod limits_tests;
 pub mod model;
 pub mod subnet;
 #[cfg(test)]
@@ -20,11 +22,11 @@ pub use command::*;
 pub use constraint::{Constraint, ConstraintError, Op};
 pub use model::*;
 
+use crate::limits::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// Upper bound on a service's replica count (a typo guard).
-pub const MAX_REPLICAS: u32 = 100_000;
+pub use crate::limits::MAX_REPLICAS;
 
 #[derive(Debug, Default, Clone)]
 pub struct State {
@@ -70,7 +72,7 @@ fn reshapes_allocations(a: &ServiceSpec, b: &ServiceSpec) -> bool {
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 63
+        && s.len() <= MAX_NAME_LEN
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -78,24 +80,145 @@ fn valid_name(s: &str) -> bool {
 
 fn valid_label_key(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= MAX_LABEL_KEY_LEN
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
+fn valid_label_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_LABEL_VALUE_LEN
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+}
+
+/// At most `limit` entries in `field`.
+fn at_most(field: &str, len: usize, limit: usize, what: &str) -> Result<(), ApplyError> {
+    if len > limit {
+        return Err(ApplyError::invalid(
+            field,
+            format!("{len} {what}, the limit is {limit}"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), ApplyError> {
+    at_most(field, labels.len(), MAX_LABELS, "labels")?;
     for (k, v) in labels {
         if !valid_label_key(k) {
             return Err(ApplyError::invalid(
                 format!("{field}[{k:?}]"),
-                "label key must be non-empty [A-Za-z0-9-_./]",
+                format!("label key must be 1-{MAX_LABEL_KEY_LEN} of [A-Za-z0-9-_./]"),
             ));
         }
-        if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == ',') {
+        if !valid_label_value(v) {
             return Err(ApplyError::invalid(
                 format!("{field}[{k:?}]"),
-                "label value must be non-empty, without spaces or commas",
+                format!(
+                    "label value must be 1-{MAX_LABEL_VALUE_LEN} bytes, without spaces, \
+                     commas or control characters"
+                ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A constraint set as it arrives in JSON (the string parser's checks did not run).
+fn validate_constraints(field: &str, set: &[Constraint]) -> Result<(), ApplyError> {
+    at_most(field, set.len(), MAX_CONSTRAINTS, "constraints")?;
+    for (i, c) in set.iter().enumerate() {
+        if !valid_label_key(&c.key) {
+            return Err(ApplyError::invalid(
+                format!("{field}[{i}].key"),
+                format!("label key must be 1-{MAX_LABEL_KEY_LEN} of [A-Za-z0-9-_./]"),
+            ));
+        }
+        let values: &[String] = match &c.op {
+            Op::Eq(v) | Op::Ne(v) => std::slice::from_ref(v),
+            Op::In(vs) | Op::NotIn(vs) => {
+                if vs.is_empty() {
+                    return Err(ApplyError::invalid(
+                        format!("{field}[{i}]"),
+                        "an empty value list",
+                    ));
+                }
+                at_most(
+                    &format!("{field}[{i}]"),
+                    vs.len(),
+                    MAX_CONSTRAINT_VALUES,
+                    "values",
+                )?;
+                vs
+            }
+            Op::Exists | Op::Absent => &[],
+        };
+        if let Some(v) = values.iter().find(|v| !valid_label_value(v)) {
+            return Err(ApplyError::invalid(
+                format!("{field}[{i}]"),
+                format!(
+                    "value {:?} must be 1-{MAX_LABEL_VALUE_LEN} bytes, without spaces, \
+                     commas or control characters",
+                    v.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Command, args and environment: counts, total size, and no NUL (execve cannot carry it).
+fn validate_process(spec: &ServiceSpec) -> Result<(), ApplyError> {
+    at_most(
+        "spec.command",
+        spec.command.len() + spec.args.len(),
+        MAX_ARGS,
+        "entries in command and args",
+    )?;
+    at_most("spec.env", spec.env.len(), MAX_ENV, "variables")?;
+    for (field, list) in [("spec.command", &spec.command), ("spec.args", &spec.args)] {
+        if let Some(i) = list.iter().position(|a| a.contains('\0')) {
+            return Err(ApplyError::invalid(
+                format!("{field}[{i}]"),
+                "contains a NUL byte",
+            ));
+        }
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(ApplyError::invalid(
+                format!("spec.env[{k:?}]"),
+                "variable name must be non-empty, without '=' or NUL",
+            ));
+        }
+        if v.contains('\0') {
+            return Err(ApplyError::invalid(
+                format!("spec.env[{k:?}]"),
+                "value contains a NUL byte",
+            ));
+        }
+    }
+    let bytes: usize = spec
+        .command
+        .iter()
+        .chain(&spec.args)
+        .map(String::len)
+        .sum::<usize>()
+        + spec
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
+    if bytes > MAX_PROCESS_BYTES {
+        return Err(ApplyError::invalid(
+            "spec.env",
+            format!(
+                "command, args and environment take {bytes} bytes, the limit is \
+                 {MAX_PROCESS_BYTES}"
+            ),
+        ));
     }
     Ok(())
 }
@@ -103,6 +226,12 @@ fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(),
 fn validate_spec(spec: &ServiceSpec) -> Result<(), ApplyError> {
     if spec.image.trim().is_empty() {
         return Err(ApplyError::invalid("spec.image", "must not be empty"));
+    }
+    if spec.image.len() > MAX_IMAGE_LEN || spec.image.chars().any(char::is_control) {
+        return Err(ApplyError::invalid(
+            "spec.image",
+            format!("must be at most {MAX_IMAGE_LEN} bytes, without control characters"),
+        ));
     }
     if spec.replicas > MAX_REPLICAS {
         return Err(ApplyError::invalid(
@@ -116,14 +245,27 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), ApplyError> {
             "must be at least 1",
         ));
     }
-    for k in spec.env.keys() {
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(ApplyError::invalid(
-                format!("spec.env[{k:?}]"),
-                "variable name must be non-empty, without '=' or NUL",
-            ));
-        }
-    }
+    validate_process(spec)?;
+    at_most("spec.ports", spec.ports.len(), MAX_PORTS, "ports")?;
+    at_most(
+        "spec.endpoints",
+        spec.endpoints.len(),
+        MAX_ENDPOINTS,
+        "endpoints",
+    )?;
+    at_most(
+        "spec.networks",
+        spec.networks.len(),
+        MAX_NETWORKS,
+        "networks",
+    )?;
+    validate_constraints("spec.constraints", &spec.constraints)?;
+    at_most(
+        "spec.failover",
+        spec.failover.len(),
+        MAX_FAILOVER_SETS,
+        "constraint sets",
+    )?;
     let mut endpoints = HashSet::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
         if e.host == 0 || e.container == 0 {
@@ -195,6 +337,7 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), ApplyError> {
                 "an empty constraint set",
             ));
         }
+        validate_constraints(&format!("spec.failover[{i}]"), set)?;
     }
     Ok(())
 }
@@ -409,7 +552,7 @@ impl State {
                 &mut changes,
             ),
             Command::RevokeToken { id } => self.revoke_token(index, id, &mut changes),
-            Command::Batch { commands } => Ok(self.apply_batch(index, commands, &mut changes)),
+            Command::Batch { commands } => self.apply_batch(index, commands, &mut changes),
         };
         debug_assert!(r.is_ok() || changes.is_empty());
         (r, changes)
@@ -422,7 +565,8 @@ impl State {
         index: u64,
         commands: &[Command],
         changes: &mut Vec<Change>,
-    ) -> Reply {
+    ) -> Response {
+        at_most("commands", commands.len(), MAX_BATCH_COMMANDS, "commands")?;
         let responses = commands
             .iter()
             .enumerate()
@@ -438,7 +582,7 @@ impl State {
                 r
             })
             .collect();
-        Reply::Batch { responses }
+        Ok(Reply::Batch { responses })
     }
 
     fn create_token(
@@ -509,10 +653,13 @@ impl State {
                 format!("{name:?} must be 1-63 of [a-z0-9-.], starting alphanumeric"),
             ));
         }
-        if address.is_empty() || address.chars().any(char::is_whitespace) {
+        if address.is_empty()
+            || address.len() > MAX_ADDRESS_LEN
+            || address.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(ApplyError::invalid(
                 "address",
-                format!("{address:?} must be a non-empty host:port"),
+                format!("must be a host:port of 1-{MAX_ADDRESS_LEN} bytes without spaces"),
             ));
         }
         validate_labels("labels", labels)?;
@@ -863,7 +1010,30 @@ impl State {
         if !self.nodes.contains_key(&node) {
             return Err(ApplyError::not_found("node", format!("node {node}")));
         }
+        at_most("batch", batch.len(), MAX_REPORTS, "reports")?;
         for (i, r) in batch.iter().enumerate() {
+            if let Observed::Failed(reason) = &r.observed {
+                if reason.len() > MAX_REASON_LEN {
+                    return Err(ApplyError::invalid(
+                        format!("batch[{i}].observed"),
+                        format!(
+                            "failure reason of {} bytes, the limit is {MAX_REASON_LEN}",
+                            reason.len()
+                        ),
+                    ));
+                }
+            }
+            if let Some(c) = &r.container {
+                if c.is_empty()
+                    || c.len() > MAX_CONTAINER_ID_LEN
+                    || c.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(ApplyError::invalid(
+                        format!("batch[{i}].container"),
+                        format!("must be 1-{MAX_CONTAINER_ID_LEN} bytes without spaces"),
+                    ));
+                }
+            }
             let a = self.allocs.get(&r.id).ok_or_else(|| {
                 ApplyError::not_found(format!("batch[{i}].id"), format!("allocation {}", r.id))
             })?;
@@ -905,6 +1075,7 @@ impl State {
             .nodes
             .get(&node)
             .ok_or_else(|| ApplyError::not_found("node", format!("node {node}")))?;
+        at_most("addresses", addresses.len(), MAX_REPORTS, "addresses")?;
         for (i, (id, addr)) in addresses.iter().enumerate() {
             let a = self.allocs.get(id).ok_or_else(|| {
                 ApplyError::not_found(format!("addresses[{i}].id"), format!("allocation {id}"))
