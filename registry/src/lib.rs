@@ -9,11 +9,13 @@
 //! (pure: manifest validation and references), [`storage`] (filesystem layout, uploads,
 //! atomic writes), [`server`] (axum handler), [`error`] (spec error codes → HTTP),
 //! [`auth`] (roles over mTLS; basic auth, read and write users), [`tls`] (mutual TLS
-//! listener, client certificates required), [`gc`] (mark and sweep).
+//! listener, client certificates required), [`gc`] (mark and sweep), [`limits`] (every
+//! input limit).
 
 pub mod auth;
 pub mod error;
 pub mod gc;
+pub mod limits;
 pub mod manifest;
 pub mod reference;
 pub mod server;

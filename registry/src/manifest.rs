@@ -14,8 +14,8 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// Largest manifest accepted (the spec suggests registries accept at least 4 MiB).
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+pub use crate::limits::MAX_MANIFEST_BYTES;
+use crate::limits::MAX_MANIFEST_REFERENCES;
 
 /// Layers with these media types live elsewhere (`urls`) and are not required to exist.
 const FOREIGN_LAYERS: &[&str] = &[
@@ -77,6 +77,17 @@ struct RawDescriptor {
     size: Option<i64>,
 }
 
+/// Refuses a manifest with more than [`MAX_MANIFEST_REFERENCES`] descriptors.
+fn too_many(name: &str, count: usize) -> Result<(), ManifestError> {
+    if count > MAX_MANIFEST_REFERENCES {
+        return Err(field(
+            name,
+            &format!("{count} descriptors, the limit is {MAX_MANIFEST_REFERENCES}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates `body` pushed with `content_type` (the request header, without parameters).
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Parsed, ManifestError> {
     let raw: Raw = serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
@@ -112,6 +123,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Parsed, Manifest
             let config = raw.config.ok_or_else(|| field("config", "is missing"))?;
             parsed.blobs.push(descriptor(&config, "config".into())?);
             let layers = raw.layers.ok_or_else(|| field("layers", "is missing"))?;
+            too_many("layers", layers.len() + 1)?;
             for (i, l) in layers.iter().enumerate() {
                 let r = descriptor(l, format!("layers[{i}]"))?;
                 if !l
@@ -127,6 +139,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Parsed, Manifest
             let list = raw
                 .manifests
                 .ok_or_else(|| field("manifests", "is missing"))?;
+            too_many("manifests", list.len())?;
             for (i, m) in list.iter().enumerate() {
                 parsed
                     .manifests

@@ -8,8 +8,8 @@
 
 use std::fmt;
 
-/// Longest repository name the OCI distribution spec asks registries to accept.
-pub const MAX_NAME_LEN: usize = 255;
+pub use crate::limits::MAX_NAME_LEN;
+use crate::limits::MAX_TAG_LEN;
 
 /// A `sha256:<64 hex>` digest (the only algorithm this registry stores).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,8 +120,12 @@ fn validate_component(c: &str) -> Result<(), &'static str> {
 /// Checks a tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 pub fn validate_tag(tag: &str) -> Result<(), String> {
     let b = tag.as_bytes();
-    if b.is_empty() || b.len() > 128 {
-        return Err(format!("tag {tag:?} must be 1 to 128 characters"));
+    if b.is_empty() || b.len() > MAX_TAG_LEN {
+        let shown: String = tag.chars().take(MAX_TAG_LEN).collect();
+        return Err(format!(
+            "tag {shown:?} must be 1 to {MAX_TAG_LEN} characters (it has {})",
+            b.len()
+        ));
     }
     let first_ok = b[0].is_ascii_alphanumeric() || b[0] == b'_';
     let rest_ok = b[1..]

@@ -98,8 +98,8 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            max_blob_size: 16 << 30,
-            max_uploads: 1024,
+            max_blob_size: crate::limits::DEFAULT_MAX_BLOB_SIZE,
+            max_uploads: crate::limits::DEFAULT_MAX_UPLOADS,
             fsync: false,
         }
     }

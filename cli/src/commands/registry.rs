@@ -47,10 +47,10 @@ pub struct ServeArgs {
     #[arg(long, requires = "insecure")]
     pub htpasswd_read: Option<PathBuf>,
     /// Largest blob accepted, in bytes.
-    #[arg(long, default_value_t = 16 << 30)]
+    #[arg(long, default_value_t = gantry_registry::limits::DEFAULT_MAX_BLOB_SIZE)]
     pub max_blob_size: u64,
     /// Most uploads in progress at once (beyond: TOO_MANY_REQUESTS).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = gantry_registry::limits::DEFAULT_MAX_UPLOADS)]
     pub max_uploads: usize,
     /// fsync each blob before it becomes visible (slower, survives power loss).
     #[arg(long)]
