@@ -1269,3 +1269,104 @@ fn engine_socket_is_root_only_and_the_agent_has_no_network_port() {
     }
     a.ok(&["rm", "-f", &id]);
 }
+
+/// A raw engine API client on the agent's socket, with no limits of its own (what a broken
+/// or hostile local client sends).
+async fn raw_engine(
+    sock: PathBuf,
+) -> gantry_proto::engine::engine_client::EngineClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::try_from("http://agent.local")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let p = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    gantry_proto::engine::engine_client::EngineClient::new(ch)
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(usize::MAX)
+}
+
+#[test]
+fn oversized_and_malformed_engine_requests_are_refused_and_the_agent_keeps_serving() {
+    use gantry_proto::engine as pb;
+    use gantry_proto::limits::ENGINE_REQUEST_MAX;
+    use tonic::Code;
+    let a = Agent::start();
+    let before = a.ids();
+    let sock = a.dir.path().join("agent.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = raw_engine(sock.clone()).await;
+        // Over the message limit: refused while decoding, RESOURCE_EXHAUSTED.
+        let e = c
+            .create(pb::CreateRequest {
+                rootfs: a.rootfs().to_string(),
+                env: vec!["A".repeat(ENGINE_REQUEST_MAX)],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        assert!(
+            e.message().contains(&ENGINE_REQUEST_MAX.to_string()),
+            "{e:?}"
+        );
+        // An oversized chunk inside a client stream ends that stream with an error.
+        let chunks = tokio_stream::iter(vec![pb::StdinChunk {
+            container: "nobody".into(),
+            data: vec![0; ENGINE_REQUEST_MAX + 1],
+            eof: false,
+        }]);
+        assert!(c.stdin(chunks).await.is_err());
+        // Malformed fields: clear refusals.
+        let e = c
+            .create(pb::CreateRequest {
+                rootfs: a.rootfs().to_string(),
+                name: "n".repeat(100_000),
+                cmd: vec!["true".into()],
+                network: "none".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().len() < 1000, "the error echoes the whole name");
+        let e = c
+            .inspect(pb::ContainerRef {
+                container: "x".repeat(1 << 20),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        // Not HTTP/2 at all on the socket: that connection is dropped, nothing else.
+        let mut raw = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = raw.write_all(&[0xff; 8192]).await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut sink)).await;
+        // The agent still answers.
+        let v = c.version(pb::VersionRequest {}).await.unwrap().into_inner();
+        assert!(!v.version.is_empty());
+    });
+    assert_eq!(a.ids(), before, "a refused request changed the containers");
+    // A name at the limit is fine.
+    let name = "n".repeat(gantry_agent::engine::MAX_CONTAINER_NAME_LEN);
+    let id = a
+        .ok(&a.run_args(&["-d", "--name", &name], &["true"]))
+        .trim()
+        .to_string();
+    a.remember(&id);
+    a.wait_state(&name, "exited");
+    a.ok(&["rm", &name]);
+    a.ok(&["ps"]);
+    a.assert_no_leaks(&[]);
+}

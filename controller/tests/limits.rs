@@ -8,7 +8,7 @@ use gantry_controller::raft::RaftTimings;
 use gantry_controller::state::*;
 use gantry_proto::cluster::cluster_client::ClusterClient;
 use gantry_proto::cluster::*;
-use gantry_proto::limits::{CLUSTER_REQUEST_MAX, RAFT_MESSAGE_MAX};
+use gantry_proto::limits::{CLUSTER_REQUEST_MAX, MAX_STATUS_MESSAGE, RAFT_MESSAGE_MAX};
 use gantry_proto::raft::raft_client::RaftClient;
 use gantry_proto::raft::RaftRequest;
 use std::collections::BTreeMap;
@@ -127,11 +127,18 @@ async fn oversized_and_malformed_api_requests_are_refused_and_the_member_keeps_s
         br#"{"RegisterNode":{"name":1}}"#.to_vec(),
         br#"{"NoSuchVerb":{}}"#.to_vec(),
         "[".repeat(100_000).into_bytes(),
+        // serde quotes an unknown variant: the status message must stay small.
+        format!("{{\"{}\":{{}}}}", "V".repeat(500_000)).into_bytes(),
         br#"{"Batch":{"commands":"#.iter().chain("[".repeat(50_000).as_bytes()).copied().collect(),
     ] {
         let e = c.write(write_req(bad)).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().starts_with("command_json:"), "{e:?}");
+        assert!(
+            e.message().len() <= MAX_STATUS_MESSAGE,
+            "{}",
+            e.message().len()
+        );
     }
 
     // Valid JSON over an object limit: committed as a refusal naming field and limit.
@@ -260,15 +267,21 @@ async fn raft_peer_rpcs_refuse_oversized_foreign_and_malformed_requests() {
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     let e = raft
-        .vote(req(b"{}".to_vec(), "another-cluster"))
+        .vote(req(b"{}".to_vec(), &"another-cluster".repeat(100_000)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().len() <= MAX_STATUS_MESSAGE,
+        "{}",
+        e.message().len()
+    );
     for bad in [
         b"".to_vec(),
         b"\x00\x01\x02".to_vec(),
         br#"{"vote":{"leader_id":{"term":"#.to_vec(),
         "[".repeat(100_000).into_bytes(),
+        format!("{{\"{}\":{{}}}}", "V".repeat(500_000)).into_bytes(),
     ] {
         let e = raft.vote(req(bad.clone(), &cluster_id)).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");

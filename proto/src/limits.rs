@@ -23,6 +23,24 @@ pub const ENGINE_REQUEST_MAX: usize = 4 << 20;
 /// Engine API replies: container lists, inspect, logs.
 pub const ENGINE_REPLY_MAX: usize = 64 << 20;
 
+/// Bytes of an error message in a status. The message travels in an HTTP/2 header
+/// (`grpc-message`), and peers refuse header lists over 16 KiB: an error that echoed a
+/// huge input (an unknown name, a serde error quoting a field) would reach the client as
+/// a broken connection instead of the error.
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// `msg` cut to at most [`MAX_STATUS_MESSAGE`] bytes (at a character boundary, marked `…`).
+pub fn status_message(msg: String) -> String {
+    if msg.len() <= MAX_STATUS_MESSAGE {
+        return msg;
+    }
+    let mut end = MAX_STATUS_MESSAGE - '…'.len_utf8();
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &msg[..end])
+}
+
 const GRPC_STATUS: &str = "grpc-status";
 const GRPC_MESSAGE: &str = "grpc-message";
 /// tonic's `OUT_OF_RANGE` message for a message over the decoding limit, as it travels
@@ -50,4 +68,18 @@ pub fn resource_exhausted<B>(
             .insert(GRPC_STATUS, http::HeaderValue::from_static("8"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_status_messages_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_STATUS_MESSAGE);
+        let cut = status_message(long);
+        assert!(cut.len() <= MAX_STATUS_MESSAGE);
+        assert!(cut.ends_with('…'));
+        assert_eq!(status_message("short".into()), "short");
+    }
 }

@@ -213,7 +213,13 @@ fn generate_name(id: &str) -> String {
     )
 }
 
+/// Longest container name (the runtime's limit for container ids, docker's practical one).
+pub const MAX_CONTAINER_NAME_LEN: usize = 128;
+
 fn valid_name(name: &str) -> bool {
+    if name.len() > MAX_CONTAINER_NAME_LEN {
+        return false;
+    }
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
@@ -414,8 +420,11 @@ impl Engine {
         if !opts.name.is_empty() && !valid_name(&opts.name) {
             return Err(EngineError::InvalidArgument {
                 field: "--name",
-                value: opts.name,
-                reason: "use letters, digits and _ . - (starting with a letter or digit)".into(),
+                value: opts.name.chars().take(MAX_CONTAINER_NAME_LEN + 1).collect(),
+                reason: format!(
+                    "use at most {MAX_CONTAINER_NAME_LEN} letters, digits and _ . - (starting \
+                     with a letter or digit)"
+                ),
             });
         }
         let mut mounts = Vec::new();

@@ -21,7 +21,7 @@ use crate::supervisor::logfile;
 
 impl From<EngineError> for GrpcStatus {
     fn from(e: EngineError) -> GrpcStatus {
-        let msg = e.to_string();
+        let msg = gantry_proto::limits::status_message(e.to_string());
         match e {
             EngineError::NotFound { .. } => GrpcStatus::not_found(msg),
             EngineError::NameInUse { .. } => GrpcStatus::already_exists(msg),

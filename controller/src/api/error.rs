@@ -44,7 +44,7 @@ pub enum ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        let msg = e.to_string();
+        let msg = gantry_proto::limits::status_message(e.to_string());
         match e {
             ApiError::NotLeader { leader } => {
                 let mut s = Status::unavailable(msg);

@@ -2,6 +2,7 @@
 //! hands it to the local Raft, encodes the result. RPCs from another cluster are refused.
 
 use super::GantryRaft;
+use gantry_proto::limits::status_message;
 use gantry_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use gantry_proto::raft::{RaftReply, RaftRequest};
 use serde::de::DeserializeOwned;
@@ -45,15 +46,15 @@ impl RaftService {
         crate::api::authz::check_rpc(&caller, crate::api::authz::Rpc::Raft)?;
         let req = req.into_inner();
         if req.cluster_id != self.cluster_id {
-            return Err(Status::failed_precondition(format!(
+            return Err(Status::failed_precondition(status_message(format!(
                 "this member belongs to cluster {}, the request comes from cluster {}",
                 self.cluster_id, req.cluster_id
-            )));
+            ))));
         }
         let big = req.data.len() > BIG_REQUEST;
         let decode = move || {
             serde_json::from_slice(&req.data)
-                .map_err(|e| Status::invalid_argument(format!("raft request: {e}")))
+                .map_err(|e| Status::invalid_argument(status_message(format!("raft request: {e}"))))
         };
         // Big requests (entries of plans) take milliseconds to decode: off the runtime's
         // threads, so heartbeats and elections are not queued behind them.
