@@ -801,11 +801,13 @@ fn from_pulls_a_missing_base_image_from_its_registry() {
 }
 
 /// A small HTTP/1.1 file server on loopback (one request per connection), counting the
-/// requests it answers.
+/// requests it answers and the 304s among them: each file's `ETag` is its sha256, and a
+/// request whose `If-None-Match` names it gets 304 Not Modified.
 struct HttpServer {
     addr: String,
     files: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<u8>>>>,
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    not_modified: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -823,8 +825,14 @@ impl HttpServer {
                 .collect::<BTreeMap<_, _>>(),
         ));
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let not_modified = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (f, h, s) = (files.clone(), hits.clone(), stop.clone());
+        let (f, h, nm, s) = (
+            files.clone(),
+            hits.clone(),
+            not_modified.clone(),
+            stop.clone(),
+        );
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -844,16 +852,34 @@ impl HttpServer {
                 let path = target.split('?').next().unwrap_or("/");
                 h.fetch_add(1, Ordering::SeqCst);
                 let body = f.lock().unwrap().get(path).cloned();
+                let if_none_match = text
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("if-none-match")
+                            .then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
                 let _ = match body {
-                    Some(b) => c
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                b.len()
+                    Some(b) => {
+                        let etag = format!("\"{}\"", gantry_agent::image::Digest::of(&b).hex());
+                        if if_none_match == etag {
+                            nm.fetch_add(1, Ordering::SeqCst);
+                            c.write_all(
+                                format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n")
+                                    .as_bytes(),
                             )
-                            .as_bytes(),
-                        )
-                        .and_then(|_| c.write_all(&b)),
+                        } else {
+                            c.write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    b.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .and_then(|_| c.write_all(&b))
+                        }
+                    }
                     None => c.write_all(
                         b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                     ),
@@ -864,6 +890,7 @@ impl HttpServer {
             addr,
             files,
             hits,
+            not_modified,
             stop,
             thread: Some(thread),
         }
@@ -878,6 +905,10 @@ impl HttpServer {
 
     fn hits(&self) -> usize {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn not_modified(&self) -> usize {
+        self.not_modified.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -897,8 +928,8 @@ fn sha256(data: &str) -> String {
 
 /// `ADD <url>` downloads the file (mode 0600, or `--chmod`; a directory destination takes
 /// the URL's last path segment), checks `--checksum`, and is cached by the download's
-/// content: fetched again on a rebuild, reused while it is unchanged, re-run when it
-/// changes. Failures name the line and leave nothing.
+/// content: asked for again on a rebuild (with the ETag: 304, no body), reused while it is
+/// unchanged, re-run when it changes. Failures name the line and leave nothing.
 #[test]
 fn add_url_downloads_checks_and_caches_by_content() {
     let env = Env::new();
@@ -918,12 +949,18 @@ fn add_url_downloads_checks_and_caches_by_content() {
     assert_eq!(img.files["named.txt"].2 & 0o7777, 0o644);
     assert_eq!(srv.hits(), 2);
 
-    // Unchanged content: downloaded again (to know), both steps cached.
+    assert_eq!(srv.not_modified(), 0);
+
+    // Unchanged content: asked for again, answered 304 (the remembered copy is used),
+    // both steps cached. --no-cache runs them on the remembered copies: same image.
     let again = env.build_ok(&["-t", "dl:1", ctx.to_str().unwrap()]);
     let states: Vec<&str> = step_states(&again.stderr).iter().map(|(_, s)| *s).collect();
     assert_eq!(states, ["cached", "cached"]);
-    assert_eq!(srv.hits(), 4);
+    assert_eq!((srv.hits(), srv.not_modified()), (4, 2));
     assert_eq!(env.image("dl:1").digest, img.digest);
+    env.build_ok(&["--no-cache", "-t", "dl:nc", ctx.to_str().unwrap()]);
+    assert_eq!((srv.hits(), srv.not_modified()), (6, 4));
+    assert_eq!(env.image("dl:nc").digest, img.digest);
 
     // Changed content: the plain ADD runs again; the pinned one refuses the new file.
     srv.set("/files/hello.txt", "hello v2\n");

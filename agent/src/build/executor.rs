@@ -377,6 +377,12 @@ impl<'a> Builder<'a> {
         self
     }
 
+    /// Where `ADD <url>` downloads are remembered with their validators (see
+    /// [`BuildNet::download`]).
+    fn url_cache(&self) -> PathBuf {
+        self.store.root().join("build/urls")
+    }
+
     /// Where a build's scratch dirs go (a received context may go here too).
     pub fn scratch_dir(&self) -> &Path {
         &self.tmp
@@ -856,13 +862,13 @@ impl Run<'_, '_> {
                 };
             let sub = fetched.dir.join(format!("u{i}"));
             fs::create_dir_all(&sub).map_err(io_err(&sub))?;
-            let got =
-                net.download(url, &sub.join(&name))
-                    .map_err(|source| BuildError::Download {
-                        line,
-                        url: url.to_string(),
-                        source,
-                    })?;
+            let got = net
+                .download(url, &sub.join(&name), Some(&self.b.url_cache()))
+                .map_err(|source| BuildError::Download {
+                    line,
+                    url: url.to_string(),
+                    source,
+                })?;
             if let Some(want) = &expected {
                 if want.to_string() != got.digest {
                     return Err(url_err(

@@ -128,6 +128,60 @@ pub struct Downloaded {
     pub size: u64,
 }
 
+/// What is remembered of a URL's last download (`<cache>/<sha256(url)>.json`), its file
+/// being `<cache>/<digest hex>.data`: the validators to send next time.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    url: String,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    digest: String,
+    size: u64,
+}
+
+impl Remembered {
+    fn data(&self, cache: &Path) -> PathBuf {
+        let hex = self.digest.strip_prefix("sha256:").unwrap_or(&self.digest);
+        cache.join(format!("{hex}.data"))
+    }
+}
+
+fn url_key(url: &str) -> String {
+    hex::encode(Sha256::digest(url.as_bytes()))
+}
+
+fn recall(cache: &Path, url: &str) -> Option<Remembered> {
+    let bytes = fs::read(cache.join(format!("{}.json", url_key(url)))).ok()?;
+    let r: Remembered = serde_json::from_slice(&bytes).ok()?;
+    (r.url == url && r.data(cache).is_file()).then_some(r)
+}
+
+/// Keeps `file` (just downloaded, verified) and its validators for the next build; best
+/// effort: a failure only costs a full download next time.
+fn remember(cache: &Path, r: &Remembered, file: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(cache)?;
+    let data = r.data(cache);
+    if !data.exists() {
+        let tmp = cache.join(format!(".{}.tmp", url_key(&r.url)));
+        let _ = fs::remove_file(&tmp);
+        if fs::hard_link(file, &tmp).is_err() {
+            fs::copy(file, &tmp)?;
+        }
+        fs::rename(&tmp, &data)?;
+    }
+    let meta = cache.join(format!("{}.json", url_key(&r.url)));
+    let old = recall(cache, &r.url);
+    let tmp = cache.join(format!(".{}.json.tmp", url_key(&r.url)));
+    fs::write(&tmp, serde_json::to_vec(r).expect("serializes"))?;
+    fs::rename(&tmp, &meta)?;
+    // The previous version's file, unless another URL's record names it too (rare; it
+    // is then downloaded again).
+    if let Some(o) = old.filter(|o| o.digest != r.digest) {
+        let _ = fs::remove_file(o.data(cache));
+    }
+    Ok(())
+}
+
 /// Why a download failed (the builder adds the line and the URL).
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
@@ -169,9 +223,16 @@ impl BuildNet {
     }
 
     /// Downloads `url` into the new file `dest` (mode 0600, as Docker gives `ADD <url>`
-    /// files), hashing it on the way. On failure `dest` is removed.
-    pub fn download(&self, url: &str, dest: &Path) -> Result<Downloaded, DownloadError> {
-        let r = self.rt.block_on(fetch(url, dest));
+    /// files), hashing it on the way. With a `cache` dir, a URL downloaded before is asked
+    /// for with its validators (`If-None-Match`, `If-Modified-Since`), and on 304 Not
+    /// Modified the remembered copy is used. On failure `dest` is removed.
+    pub fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        cache: Option<&Path>,
+    ) -> Result<Downloaded, DownloadError> {
+        let r = self.rt.block_on(fetch(url, dest, cache));
         if r.is_err() {
             let _ = fs::remove_file(dest);
         }
@@ -179,7 +240,8 @@ impl BuildNet {
     }
 }
 
-async fn fetch(url: &str, dest: &Path) -> Result<Downloaded, DownloadError> {
+async fn fetch(url: &str, dest: &Path, cache: Option<&Path>) -> Result<Downloaded, DownloadError> {
+    use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
     use std::os::unix::fs::OpenOptionsExt;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
@@ -187,18 +249,44 @@ async fn fetch(url: &str, dest: &Path) -> Result<Downloaded, DownloadError> {
         .read_timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| DownloadError::Http(chain(&e)))?;
-    let mut resp = http
-        .get(url)
+    let known = cache.and_then(|c| recall(c, url));
+    let mut req = http.get(url);
+    if let Some(k) = &known {
+        if let Some(e) = &k.etag {
+            req = req.header(IF_NONE_MATCH, e);
+        }
+        if let Some(l) = &k.last_modified {
+            req = req.header(IF_MODIFIED_SINCE, l);
+        }
+    }
+    let mut resp = req
         .send()
         .await
         .map_err(|e| DownloadError::Http(chain(&e)))?;
-    if !resp.status().is_success() {
-        return Err(DownloadError::Status(resp.status().as_u16()));
-    }
     let io = |source| DownloadError::Io {
         path: dest.to_path_buf(),
         source,
     };
+    if let (reqwest::StatusCode::NOT_MODIFIED, Some(k), Some(c)) = (resp.status(), &known, cache) {
+        let data = k.data(c);
+        if fs::hard_link(&data, dest).is_err() {
+            fs::copy(&data, dest).map_err(io)?;
+        }
+        return Ok(Downloaded {
+            digest: k.digest.clone(),
+            size: k.size,
+        });
+    }
+    if !resp.status().is_success() {
+        return Err(DownloadError::Status(resp.status().as_u16()));
+    }
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
     let mut file = fs::File::options()
         .write(true)
         .create_new(true)
@@ -217,10 +305,20 @@ async fn fetch(url: &str, dest: &Path) -> Result<Downloaded, DownloadError> {
         file.write_all(&chunk).map_err(io)?;
     }
     file.sync_all().map_err(io)?;
-    Ok(Downloaded {
-        digest: format!("sha256:{}", hex::encode(h.finalize())),
-        size,
-    })
+    let digest = format!("sha256:{}", hex::encode(h.finalize()));
+    if let Some(c) = cache.filter(|_| etag.is_some() || last_modified.is_some()) {
+        let r = Remembered {
+            url: url.to_string(),
+            etag,
+            last_modified,
+            digest: digest.clone(),
+            size,
+        };
+        if let Err(e) = remember(c, &r, dest) {
+            tracing::warn!(url, error = %e, "remembering a download for the next build");
+        }
+    }
+    Ok(Downloaded { digest, size })
 }
 
 /// A `RUN` step's pinned network namespace (see the module doc); undone on drop.
