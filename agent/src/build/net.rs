@@ -381,3 +381,44 @@ pub fn resolv_conf(net: &BuildNet) -> String {
     let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     crate::engine::config::bridge_resolv_conf(&host)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(url: &str, content: &str) -> Remembered {
+        Remembered {
+            url: url.into(),
+            etag: Some(format!("\"{}\"", content.len())),
+            last_modified: None,
+            digest: Digest::of(content.as_bytes()).to_string(),
+            size: content.len() as u64,
+        }
+    }
+
+    #[test]
+    fn a_remembered_download_is_replaced_by_the_next_and_needs_its_file() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = t.path().join("urls");
+        let url = "http://h/f.txt";
+        let file = t.path().join("f");
+        fs::write(&file, "one").unwrap();
+        let one = record(url, "one");
+        remember(&cache, &one, &file).unwrap();
+        let got = recall(&cache, url).expect("remembered");
+        assert_eq!(got.digest, one.digest);
+        assert_eq!(fs::read_to_string(one.data(&cache)).unwrap(), "one");
+        assert!(recall(&cache, "http://h/other").is_none());
+
+        fs::remove_file(&file).unwrap();
+        fs::write(&file, "two!").unwrap();
+        let two = record(url, "two!");
+        remember(&cache, &two, &file).unwrap();
+        assert_eq!(recall(&cache, url).unwrap().digest, two.digest);
+        assert!(!one.data(&cache).exists(), "the old copy is gone");
+
+        // A record whose file is missing is no record.
+        fs::remove_file(two.data(&cache)).unwrap();
+        assert!(recall(&cache, url).is_none());
+    }
+}
