@@ -706,11 +706,16 @@ impl Registry {
     }
 
     fn start_on(dir: &std::path::Path, ip: &str) -> Registry {
+        Registry::start_with(dir, ip, &["--insecure"])
+    }
+
+    /// With `security` instead of `--insecure` (e.g. the TLS flags).
+    fn start_with(dir: &std::path::Path, ip: &str, security: &[&str]) -> Registry {
         let addr = common::free_addr(ip);
         let child = Command::new(common::gantry_bin())
             .args(["registry", "--listen", &addr, "--root"])
             .arg(dir.join("registry"))
-            .arg("--insecure")
+            .args(security)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1278,4 +1283,96 @@ fn from_pulls_over_https_unless_the_registry_is_insecure() {
     ]);
     assert!(ok.stderr.contains("pulling"), "{}", ok.stderr);
     assert_eq!(fresh.image("child:1").text("msg.txt"), "insecure\n");
+}
+
+/// A registry that serves mutual TLS only: `FROM` of its image pulls with the cluster
+/// credential given to `gantry build --store` (`--tls-cert/--tls-key/--tls-ca`), fails at
+/// its line without one; through an agent, the agent's credential applies, so the flags
+/// are refused there.
+#[test]
+fn from_pulls_over_mutual_tls_with_the_given_credential() {
+    use gantry_security::pki::{Ca, LeafOptions};
+    use gantry_security::{Identity, Role};
+    let env = Env::new();
+    let pki = env.dir.path().join("pki");
+    fs::create_dir_all(&pki).unwrap();
+    let ca = Ca::create("build-test").unwrap();
+    fs::write(pki.join("ca.crt"), ca.cert_pem()).unwrap();
+    for (role, name) in [
+        (Role::Registry, "reg"),
+        (Role::Operator, "ops"),
+        (Role::Viewer, "alice"),
+    ] {
+        ca.issue(
+            &Identity::new(role, name).unwrap(),
+            Duration::from_secs(3600),
+            &LeafOptions::default(),
+        )
+        .unwrap()
+        .save(&pki, name)
+        .unwrap();
+    }
+    let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    let cred = |name: &str| -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            p(&format!("{name}.crt")),
+            "--tls-key".into(),
+            p(&format!("{name}.key")),
+            "--tls-ca".into(),
+            p("ca.crt"),
+        ]
+    };
+    let reg_flags = cred("reg");
+    let reg_flags: Vec<&str> = reg_flags.iter().map(String::as_str).collect();
+    let reg = Registry::start_with(env.dir.path(), "127.0.0.1", &reg_flags);
+    let base = format!("{}/build/base:1", reg.addr);
+    let ctx = env.context(
+        "ctx",
+        "FROM scratch\nCOPY msg.txt /msg.txt\n",
+        &[("msg.txt", "over-mtls\n")],
+    );
+    env.build_ok(&["-t", &base, ctx.to_str().unwrap()]);
+    let push = Command::new(common::gantry_bin())
+        .args(["push", "--store", env.store().to_str().unwrap()])
+        .args(cred("ops"))
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    let fresh = Env::new();
+    let ctx = fresh.context("ctx", &format!("FROM {base}\nCOPY Dockerfile /df\n"), &[]);
+    let b = fresh.build(&["-t", "child:1", ctx.to_str().unwrap()]);
+    assert_eq!(b.code, 1, "{}", b.stderr);
+    assert!(
+        b.stderr.contains("Dockerfile:1") && b.stderr.contains("pulling it failed"),
+        "{}",
+        b.stderr
+    );
+    assert_clean(&fresh);
+    let alice = cred("alice");
+    let mut args: Vec<&str> = alice.iter().map(String::as_str).collect();
+    args.extend(["-t", "child:1", ctx.to_str().unwrap()]);
+    let ok = fresh.build_ok(&args);
+    assert!(ok.stderr.contains("pulling"), "{}", ok.stderr);
+    assert_eq!(fresh.image("child:1").text("msg.txt"), "over-mtls\n");
+
+    let via_agent = Command::new(common::gantry_bin())
+        .arg("build")
+        .args(cred("alice"))
+        .arg(ctx.to_str().unwrap())
+        .env_remove("GANTRY_STORE")
+        .env("GANTRY_HOST", "unix:///nonexistent/agent.sock")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&via_agent.stderr);
+    assert!(
+        !via_agent.status.success() && err.contains("--tls-cert: only with --store"),
+        "{err}"
+    );
 }

@@ -250,10 +250,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let builds = gantry_agent::build::service::BuildService::new(build_store, build_runner)
         .with_net(gantry_agent::build::net::BuildNet {
             rt: tokio::runtime::Handle::current(),
-            registry: gantry_agent::distribution::ClientConfig {
-                insecure_registries: args.insecure_registries.clone(),
-                ..Default::default()
-            },
+            registry: pulls.config.clone(),
             bridge: engine.clone(),
         });
     engine.recover().await?;

@@ -67,6 +67,10 @@ pub struct BuildArgs {
     /// image (loopback registries always are). Through an agent, the agent's list applies.
     #[arg(long = "insecure-registry", value_name = "HOST", requires = "store")]
     pub insecure_registries: Vec<String>,
+    /// With --store: the cluster credential for pulling a base image over mutual TLS.
+    /// Through an agent, the agent's credential applies.
+    #[command(flatten)]
+    pub tls: super::distribution::RegistryTlsArgs,
     /// With --store: the bridge of `--network bridge` RUN steps (as `gantry agent --bridge`).
     #[arg(long, requires = "store", default_value = gantry_agent::network::config::DEFAULT_BRIDGE)]
     pub bridge: String,
@@ -169,6 +173,9 @@ fn prepare(a: &BuildArgs) -> anyhow::Result<Prepared> {
 }
 
 fn build(a: &BuildArgs) -> anyhow::Result<()> {
+    if a.store.is_none() && a.tls.tls_cert.is_some() {
+        bail!("--tls-cert: only with --store (through an agent, the agent's credential applies)");
+    }
     let display = Display::new(a.progress, a.quiet)?;
     let p = prepare(a)?;
     match &a.store {
@@ -342,6 +349,7 @@ fn build_local(
         rt: rt.handle().clone(),
         registry: ClientConfig {
             insecure_registries: a.insecure_registries.clone(),
+            mtls: a.tls.client_config()?,
             ..Default::default()
         },
         bridge: Arc::new(LazyBridge::new(bridge, rt.handle().clone())),
