@@ -5,23 +5,33 @@
 # repetition pair. Prints the table and the ratios; with --write, appends them to
 # docs/benchmarks.md.
 #
-# Usage: bench/registry.sh [-r REPS] [-s SIZE_MIB] [--write]
+# With --mtls, instead: `gantry push` / `gantry pull` against two `gantry registry`s side
+# by side, one plain HTTP (--insecure) and one mutual TLS (certificates from a throwaway
+# CA, security/examples/dev-certs.rs), fresh registries and stores per repetition,
+# interleaved: push and pull of the big image, and the no-op push and pull that follow
+# (every blob already there: HEADs and the manifest only, where handshakes weigh most).
+#
+# Usage: bench/registry.sh [-r REPS] [-s SIZE_MIB] [--mtls] [--write]
 # Needs: docker-registry, skopeo, umoci, jq, curl; a release build of gantry
-# (cargo build --release -p gantry).
+# (cargo build --release -p gantry); --mtls needs umoci, busybox-static and cargo.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/.." && pwd)
 anchors=${ANCHORS:-$(cd "$(dirname "$0")/../.." && pwd)/shared/anchors}
-reps=5; size=200; write=0
+reps=5; size=200; write=0; mtls=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -r) reps=$2; shift 2;;
     -s) size=$2; shift 2;;
+    --mtls) mtls=1; shift;;
     --write) write=1; shift;;
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
 gantry=${GANTRY:-$repo/target/release/gantry}
 [ -x "$gantry" ] || { echo "build first: cargo build --release -p gantry" >&2; exit 1; }
+if [ "$mtls" = 1 ]; then
+  exec "$here/registry-mtls.sh" "$reps" "$size" "$write"
+fi
 work=$(mktemp -d /tmp/gantry-bench-registry.XXXXXX)
 ref_port=$((20000 + $$ % 10000)); gan_port=$((ref_port + 1))
 ref_pid=""; gan_pid=""
