@@ -600,3 +600,141 @@ async fn refused_layer_during_pull_leaves_nothing() {
     assert!(!tree(db.path()).iter().any(|p| p.contains(&escape)));
     assert!(!db.path().parent().unwrap().join(&escape).exists());
 }
+
+/// A gantry registry serving mutual TLS with a certificate of `server_role` from `ca`;
+/// the client's files (`NAME.crt`, `NAME.key`, `ca.crt`) go to the returned dir too.
+async fn start_mtls(
+    ca: &gantry_security::Ca,
+    server_role: gantry_security::Role,
+) -> (Server, std::path::PathBuf) {
+    use gantry_security::pki::LeafOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    ca.issue(
+        &gantry_security::Identity::new(server_role, "srv").unwrap(),
+        Duration::from_secs(3600),
+        &LeafOptions::default(),
+    )
+    .unwrap()
+    .save(&pki, "srv")
+    .unwrap();
+    std::fs::write(pki.join("ca.crt"), ca.cert_pem()).unwrap();
+    let certs =
+        gantry_security::reload::CredentialFiles::load(&pki.join("srv.crt"), &pki.join("srv.key"))
+            .unwrap();
+    let cfg = gantry_registry::tls::server_config(&pki.join("ca.crt"), certs).unwrap();
+    let storage = gantry_registry::FsStorage::open(
+        dir.path().join("data"),
+        gantry_registry::StorageConfig::default(),
+    )
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let listener = gantry_registry::tls::TlsListener::new(l, cfg).unwrap();
+    let task = tokio::spawn(async move {
+        gantry_registry::serve_tls(
+            listener,
+            gantry_registry::Registry::with_roles(storage, true),
+        )
+        .await
+        .unwrap()
+    });
+    (Server { addr, dir, task }, pki)
+}
+
+fn mtls_cfg(ca: &gantry_security::Ca, pki: &Path, role: gantry_security::Role) -> ClientConfig {
+    let name = role.as_str();
+    ca.issue(
+        &gantry_security::Identity::new(role, name).unwrap(),
+        Duration::from_secs(3600),
+        &gantry_security::pki::LeafOptions::default(),
+    )
+    .unwrap()
+    .save(pki, name)
+    .unwrap();
+    ClientConfig {
+        max_parallel: 4,
+        mtls: Some(
+            distribution::tls::client_config(&distribution::tls::TlsFiles {
+                cert: pki.join(format!("{name}.crt")),
+                key: pki.join(format!("{name}.key")),
+                ca: pki.join("ca.crt"),
+            })
+            .unwrap(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The client over mutual TLS: an operator pushes and a viewer pulls from a registry
+/// dialled by address (verified under registry.gantry); a server whose certificate is
+/// from the same CA but not of role registry is refused, and so is one from another CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_push_pull_and_the_registry_is_verified_by_role() {
+    use gantry_security::{Ca, Role};
+    let ca = Ca::create("test").unwrap();
+    let (s, pki) = start_mtls(&ca, Role::Registry).await;
+    let host = s.addr.to_string();
+    let (a, _da) = store();
+    let name = format!("{host}/tls/app:1");
+    let md = make_image(&a, &name, &[vec![("f", random(100_000, 7))]]);
+    // a viewer may not push; an operator may
+    let e = distribution::push(
+        &a,
+        &name,
+        &mtls_cfg(&ca, &pki, Role::Viewer),
+        Arc::new(Silent),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("DENIED") && e.contains("role viewer"), "{e}");
+    let r = distribution::push(
+        &a,
+        &name,
+        &mtls_cfg(&ca, &pki, Role::Operator),
+        Arc::new(Silent),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.digest.as_ref(), Some(&md));
+    let (b, _db) = store();
+    let p = distribution::pull(&b, &name, &mtls_cfg(&ca, &pki, Role::Agent), &Silent)
+        .await
+        .unwrap();
+    assert_eq!(p.digest, md);
+
+    // same CA, but the server is not a registry: no registry.gantry name, refused
+    let (imposter, pki2) = start_mtls(&ca, Role::Operator).await;
+    let (c, _dc) = store();
+    let e = distribution::pull(
+        &c,
+        &format!("{}/tls/app:1", imposter.addr),
+        &mtls_cfg(&ca, &pki2, Role::Agent),
+        &Silent,
+    )
+    .await
+    .unwrap_err();
+    let chain = format!("{:?}", anyhow::Error::from(e));
+    assert!(
+        chain.contains("certificate") && chain.contains("registry.gantry"),
+        "{chain}"
+    );
+
+    // a registry from another CA: refused
+    let other = Ca::create("other").unwrap();
+    let (foreign, _pki3) = start_mtls(&other, Role::Registry).await;
+    let e = distribution::pull(
+        &c,
+        &format!("{}/tls/app:1", foreign.addr),
+        &mtls_cfg(&ca, &pki2, Role::Agent),
+        &Silent,
+    )
+    .await
+    .unwrap_err();
+    let chain = format!("{:?}", anyhow::Error::from(e));
+    assert!(chain.contains("UnknownIssuer"), "{chain}");
+    assert!(c
+        .resolve_str(&format!("{}/tls/app:1", foreign.addr))
+        .is_err());
+}

@@ -11,10 +11,10 @@
 //! delays nobody); finished connections come out with their [`Peer`] (address + the
 //! identity in the client certificate), which the handlers read as `ConnectInfo<Peer>`.
 
-use gantry_security::reload::{certs_from_pem, provider, CredentialFiles};
+use gantry_security::reload::{ca_roots_file, provider, CredentialFiles};
 use gantry_security::Identity;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,28 +27,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {reason}")]
-    File { path: String, reason: String },
     #[error(transparent)]
     Credential(#[from] gantry_security::reload::CredentialFileError),
     #[error("TLS configuration: {0}")]
     Config(String),
-}
-
-/// The CA certificates in `ca_file` as a root store.
-pub fn ca_roots(ca_file: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let err = |reason: String| TlsError::File {
-        path: ca_file.display().to_string(),
-        reason,
-    };
-    let pem = std::fs::read_to_string(ca_file).map_err(|e| err(e.to_string()))?;
-    let mut roots = RootCertStore::empty();
-    for c in certs_from_pem("CA certificate", &pem).map_err(err)? {
-        roots
-            .add(c)
-            .map_err(|e| err(format!("CA certificate: {e}")))?;
-    }
-    Ok(Arc::new(roots))
 }
 
 /// A server config presenting `certs` and requiring a client certificate from the CA.
@@ -56,7 +38,7 @@ pub fn server_config(
     ca_file: &Path,
     certs: Arc<CredentialFiles>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(ca_roots(ca_file)?, provider())
+    let verifier = WebPkiClientVerifier::builder_with_provider(ca_roots_file(ca_file)?, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = ServerConfig::builder_with_provider(provider())

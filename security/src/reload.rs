@@ -74,6 +74,18 @@ pub fn certs_from_pem(what: &str, pem: &str) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
+/// The CA certificate(s) in the PEM file `ca` as a rustls root store; errors name the file.
+pub fn ca_roots_file(ca: &Path) -> Result<Arc<rustls::RootCertStore>, CredentialFileError> {
+    let pem = std::fs::read_to_string(ca).map_err(|e| file_err(ca, e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs_from_pem("CA certificate", &pem).map_err(|e| file_err(ca, e))? {
+        roots
+            .add(c)
+            .map_err(|e| file_err(ca, format!("CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
 /// A certificate and its key as rustls uses them, and the identity in the certificate.
 pub fn certified_key(cred: &Credential) -> Result<(CertifiedKey, Identity), String> {
     let certs = certs_from_pem("certificate", &cred.cert_pem)?;

@@ -5,18 +5,16 @@
 //! certificates of role registry carry that name).
 
 use gantry_security::identity::REGISTRY_SERVER_NAME;
-use gantry_security::reload::{certs_from_pem, provider, CredentialFiles};
+use gantry_security::reload::{ca_roots_file, provider, CredentialFiles};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::path::{Path, PathBuf};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
     #[error(transparent)]
     Credential(#[from] gantry_security::reload::CredentialFileError),
     #[error("TLS configuration: {0}")]
@@ -75,25 +73,10 @@ impl ServerCertVerifier for RegistryVerifier {
     }
 }
 
-fn ca_roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let err = |reason: String| TlsError::File {
-        path: ca.to_path_buf(),
-        reason,
-    };
-    let pem = std::fs::read_to_string(ca).map_err(|e| err(e.to_string()))?;
-    let mut roots = RootCertStore::empty();
-    for c in certs_from_pem("CA certificate", &pem).map_err(err)? {
-        roots
-            .add(c)
-            .map_err(|e| err(format!("CA certificate: {e}")))?;
-    }
-    Ok(Arc::new(roots))
-}
-
 /// The rustls client configuration for cluster registries (HTTP/1.1, as the server).
 pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let certs = CredentialFiles::load(&files.cert, &files.key)?;
-    let inner = WebPkiServerVerifier::builder_with_provider(ca_roots(&files.ca)?, provider())
+    let inner = WebPkiServerVerifier::builder_with_provider(ca_roots_file(&files.ca)?, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let verifier = RegistryVerifier {
