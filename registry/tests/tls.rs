@@ -74,7 +74,8 @@ impl TlsRegistry {
 
 /// A client trusting `trust` (the CA), presenting `cred` if any; it dials the registry's
 /// name (`registry.gantry`, resolved to the test's address) as a cluster client does.
-/// No connection reuse and no session resumption: every request is a full handshake.
+/// No connection reuse: every request is a new connection (and a full handshake: the
+/// registry offers no session resumption).
 fn client(trust: &Ca, cred: Option<&Credential>, addr: SocketAddr) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
@@ -82,7 +83,7 @@ fn client(trust: &Ca, cred: Option<&Credential>, addr: SocketAddr) -> reqwest::C
         .add(CertificateDer::from_pem_slice(trust.cert_pem().as_bytes()).unwrap())
         .unwrap();
     let b = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let mut cfg = match cred {
+    let cfg = match cred {
         Some(c) => b
             .with_client_auth_cert(
                 vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()],
@@ -91,8 +92,6 @@ fn client(trust: &Ca, cred: Option<&Credential>, addr: SocketAddr) -> reqwest::C
             .unwrap(),
         None => b.with_no_client_auth(),
     };
-    // full handshakes only: a resumed session would not show the server's certificate
-    cfg.resumption = rustls::client::Resumption::disabled();
     reqwest::Client::builder()
         .tls_backend_preconfigured(cfg)
         .resolve(gantry_security::identity::REGISTRY_SERVER_NAME, addr)

@@ -2,7 +2,7 @@
 //! without a restart.
 //!
 //! [`CredentialFiles`] is a rustls certificate resolver for both sides (server and
-//! client). At every handshake it compares the two files' stamps (device, inode, size,
+//! client), a [`CertStore`] swapped from files. At every handshake it compares the two files' stamps (device, inode, size,
 //! mtime: one `stat` each) with those it loaded; when either changed it loads the pair
 //! again, so the next connection presents the new certificate and open connections keep
 //! theirs. A pair that does not load (half-written rotation, key not matching the
@@ -13,10 +13,8 @@
 
 use crate::identity::Identity;
 use crate::pki::Credential;
+use crate::tls::CertStore;
 use rustls::client::ResolvesClientCert;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
@@ -58,56 +56,21 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// The ring provider (the workspace's only one).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// All certificates of a PEM text (`what` names it in errors).
-pub fn certs_from_pem(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{what}: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{what}: no PEM certificate in it"));
-    }
-    Ok(certs)
-}
-
 /// The CA certificate(s) in the PEM file `ca` as a rustls root store; errors name the file.
 pub fn ca_roots_file(ca: &Path) -> Result<Arc<rustls::RootCertStore>, CredentialFileError> {
     let pem = std::fs::read_to_string(ca).map_err(|e| file_err(ca, e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs_from_pem("CA certificate", &pem).map_err(|e| file_err(ca, e))? {
-        roots
-            .add(c)
-            .map_err(|e| file_err(ca, format!("CA certificate: {e}")))?;
-    }
-    Ok(Arc::new(roots))
+    crate::tls::ca_roots(&pem).map_err(|e| file_err(ca, e))
 }
 
-/// A certificate and its key as rustls uses them, and the identity in the certificate.
-pub fn certified_key(cred: &Credential) -> Result<(CertifiedKey, Identity), String> {
-    let certs = certs_from_pem("certificate", &cred.cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(cred.key_pem.as_bytes())
-        .map_err(|e| format!("private key: {e}"))?;
-    let identity = Identity::from_cert_der(&certs[0]).map_err(|e| e.to_string())?;
-    let ck = CertifiedKey::from_der(certs, key, &provider())
-        .map_err(|e| format!("certificate and key: {e}"))?;
-    Ok((ck, identity))
-}
+type Stamps = (Option<Stamp>, Option<Stamp>);
 
-struct Loaded {
-    stamps: (Option<Stamp>, Option<Stamp>),
-    key: Arc<CertifiedKey>,
-    identity: Identity,
-}
-
-/// A certificate file and its key file, reloaded when they change (see the module doc).
+/// A certificate file and its key file, reloaded when they change (see the module doc):
+/// a [`CertStore`] whose swaps come from the files.
 pub struct CredentialFiles {
     cert: PathBuf,
     key: PathBuf,
-    loaded: Mutex<Loaded>,
+    store: Arc<CertStore>,
+    stamps: Mutex<Stamps>,
 }
 
 impl std::fmt::Debug for CredentialFiles {
@@ -122,84 +85,93 @@ impl std::fmt::Debug for CredentialFiles {
 impl CredentialFiles {
     /// Loads `cert` and `key` (PEM); errors name the file at fault.
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<CredentialFiles>, CredentialFileError> {
-        let loaded = Self::read(cert, key)?;
+        // stamps first: a change after this point is seen by the next check
+        let stamps = (stamp(cert), stamp(key));
+        let cred = Self::read(cert, key)?;
+        let store = CertStore::new(&cred).map_err(|e| Self::blame(cert, key, e))?;
         Ok(Arc::new(CredentialFiles {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            loaded: Mutex::new(loaded),
+            store,
+            stamps: Mutex::new(stamps),
         }))
     }
 
-    fn read(cert: &Path, key: &Path) -> Result<Loaded, CredentialFileError> {
-        // stamps first: a change after this point is seen by the next check
-        let stamps = (stamp(cert), stamp(key));
-        let cred = Credential {
+    fn read(cert: &Path, key: &Path) -> Result<Credential, CredentialFileError> {
+        Ok(Credential {
             cert_pem: std::fs::read_to_string(cert).map_err(|e| file_err(cert, e))?,
             key_pem: std::fs::read_to_string(key).map_err(|e| file_err(key, e))?,
-        };
-        let (ck, identity) = certified_key(&cred).map_err(|reason| {
-            // a key problem names the key file, anything else the certificate
-            let path = if reason.starts_with("private key") {
-                key
-            } else {
-                cert
-            };
-            file_err(path, reason)
-        })?;
-        Ok(Loaded {
-            stamps,
-            key: Arc::new(ck),
-            identity,
         })
     }
 
-    /// The credential to present now, reloaded first if the files changed.
-    pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+    /// A key problem names the key file, anything else the certificate.
+    fn blame(cert: &Path, key: &Path, e: impl std::fmt::Display) -> CredentialFileError {
+        let reason = e.to_string();
+        file_err(
+            if reason.starts_with("private key") {
+                key
+            } else {
+                cert
+            },
+            reason,
+        )
+    }
+
+    /// Loads the files again if they changed since the last look.
+    fn refresh(&self) {
+        let mut seen = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
         let now = (stamp(&self.cert), stamp(&self.key));
-        if now != loaded.stamps {
-            match Self::read(&self.cert, &self.key) {
-                Ok(next) => {
-                    if next.identity != loaded.identity {
-                        tracing::warn!(from = %loaded.identity, to = %next.identity,
-                            "the reloaded certificate carries another identity");
-                    }
-                    tracing::info!(cert = %self.cert.display(), identity = %next.identity,
-                        "certificate files changed: reloaded");
-                    *loaded = next;
-                }
-                Err(e) => {
-                    tracing::warn!("certificate files changed but do not load ({e}); keeping the previous certificate");
-                }
-            }
+        if now == *seen {
+            return;
         }
-        loaded.key.clone()
+        let before = self.store.identity();
+        match Self::read(&self.cert, &self.key).and_then(|cred| {
+            self.store
+                .swap(&cred)
+                .map_err(|e| Self::blame(&self.cert, &self.key, e))
+        }) {
+            Ok(()) => {
+                *seen = now;
+                let after = self.store.identity();
+                if after != before {
+                    tracing::warn!(from = %before, to = %after,
+                        "the reloaded certificate carries another identity");
+                }
+                tracing::info!(cert = %self.cert.display(), identity = %after,
+                    "certificate files changed: reloaded");
+            }
+            // stamps stay: tried again at the next handshake
+            Err(e) => tracing::warn!(
+                "certificate files changed but do not load ({e}); keeping the previous certificate"
+            ),
+        }
+    }
+
+    /// The store in use (after a reload if the files changed).
+    pub fn store(&self) -> &Arc<CertStore> {
+        self.refresh();
+        &self.store
     }
 
     /// The identity in the certificate in use.
     pub fn identity(&self) -> Identity {
-        self.current();
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .identity
-            .clone()
+        self.store().identity()
     }
 }
 
 impl ResolvesServerCert for CredentialFiles {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        ResolvesServerCert::resolve(&**self.store(), hello)
     }
 }
 
 impl ResolvesClientCert for CredentialFiles {
     fn resolve(
         &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+        ResolvesClientCert::resolve(&**self.store(), root_hint_subjects, sigschemes)
     }
 
     fn has_certs(&self) -> bool {
@@ -231,11 +203,9 @@ mod tests {
         let (crt, key) = (dir.path().join("n.crt"), dir.path().join("n.key"));
         let files = CredentialFiles::load(&crt, &key).unwrap();
         assert_eq!(files.identity().name, "one");
-        let first = files.current();
 
         issue(&ca, "two").save(dir.path(), "n").unwrap();
         assert_eq!(files.identity().name, "two");
-        assert!(!Arc::ptr_eq(&first, &files.current()));
 
         // a certificate whose key is not the key file's: refused, "two" stays
         let three = issue(&ca, "three");
@@ -250,7 +220,7 @@ mod tests {
         assert_eq!(files.identity().name, "three");
         let e = CredentialFiles::load(&crt, &key).unwrap_err().to_string();
         assert!(e.starts_with(&crt.display().to_string()), "{e}");
-        assert!(e.contains("no PEM certificate"), "{e}");
+        assert!(e.contains("no certificate"), "{e}");
         let e = CredentialFiles::load(&crt, &dir.path().join("missing.key"))
             .unwrap_err()
             .to_string();

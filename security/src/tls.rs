@@ -49,7 +49,8 @@ pub enum TlsError {
     Pki(#[from] crate::PkiError),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The ring provider (the workspace's only one).
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -5,7 +5,8 @@
 //! certificates of role registry carry that name).
 
 use gantry_security::identity::REGISTRY_SERVER_NAME;
-use gantry_security::reload::{ca_roots_file, provider, CredentialFiles};
+use gantry_security::reload::{ca_roots_file, CredentialFiles};
+use gantry_security::tls::provider;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};

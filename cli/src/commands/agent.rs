@@ -99,8 +99,9 @@ pub struct AgentArgs {
     /// loopback registries always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
-    /// Cluster mode: this node's credential (--tls-cert/--tls-key, role agent) and the
-    /// cluster CA (--tls-ca), for mutual TLS with the cluster's registries.
+    /// A credential (--tls-cert/--tls-key; in cluster mode the node's own,
+    /// ROOT/pki/node.crt and node.key, renewals included) and the cluster CA (--tls-ca),
+    /// for mutual TLS with the cluster's registries (pulls and builds).
     #[command(flatten)]
     pub registry_tls: super::distribution::RegistryTlsArgs,
     /// Cluster mode: how long an allocation with published endpoints keeps running after
