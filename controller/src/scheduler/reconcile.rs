@@ -9,8 +9,9 @@
 //! - **outdated**: on a draining node, on a node that no longer satisfies the constraints
 //!   (a migration), or at an older version (an update) → make-before-break: at most
 //!   `max_parallel` replacements in flight, and an outdated allocation that runs is stopped
-//!   only once enough replacements run. Outdated allocations that do not run serve nothing
-//!   and are stopped at once.
+//!   only once enough replacements *serve* ([`serving`]: run, and for a service with
+//!   published endpoints, are in the routing mesh). Outdated allocations that do not run
+//!   serve nothing and are stopped at once.
 //!
 //! Invariant (property-tested in `tests.rs`): after a plan, the allocations that should run
 //! never exceed `replicas + max_parallel` (a service that shrinks in the middle of a move
@@ -62,6 +63,17 @@ fn done_for_good(svc: &Service, observed: &Observed) -> bool {
     )
 }
 
+/// Whether an allocation serves: it runs (or finished for good) and, for a service with
+/// published endpoints, it is in the routing mesh — its address is recorded, which the
+/// agent's readiness gate does only once its endpoint ports accept. Until a replacement
+/// serves, the allocation it replaces keeps running and stays in the mesh (a migration or
+/// update never leaves an endpoint with no backend).
+pub fn serving(svc: &Service, a: &Allocation) -> bool {
+    done_for_good(svc, &a.observed)
+        || (a.observed == Observed::Running
+            && (svc.spec.endpoints.is_empty() || a.address.is_some()))
+}
+
 /// Decide one service. `allocs` are the service's allocations whose desired status is
 /// `Run`, in any order; `fit` says how each one's node stands.
 pub fn reconcile(
@@ -110,9 +122,8 @@ pub fn reconcile(
         return out;
     }
 
-    let serving =
-        |a: &Allocation| a.observed == Observed::Running || done_for_good(svc, &a.observed);
-    let running_ok = ok.iter().filter(|a| serving(a)).count();
+    let serves = |a: &Allocation| serving(svc, a);
+    let running_ok = ok.iter().filter(|a| serves(a)).count();
     // Keep serving: outdated allocations are stopped only while the running ones still
     // reach the replica count without them.
     let stoppable = (running_ok + outdated_running.len()).saturating_sub(replicas);
@@ -127,7 +138,7 @@ pub fn reconcile(
     // replicas + surge are cancelled (they serve nothing yet; the old ones still do).
     let excess = (ok.len() + outdated_kept).saturating_sub(replicas + max_parallel);
     if excess > 0 {
-        let mut pending: Vec<&Allocation> = ok.iter().copied().filter(|a| !serving(a)).collect();
+        let mut pending: Vec<&Allocation> = ok.iter().copied().filter(|a| !serves(a)).collect();
         pending.sort_by_key(|a| std::cmp::Reverse(a.id));
         let cancel: Vec<AllocId> = pending.iter().take(excess).map(|a| a.id).collect();
         for id in &cancel {

@@ -328,6 +328,49 @@ fn migrate_dev_to_qa_never_drops_below_replicas() {
 }
 
 #[test]
+fn a_published_service_moves_only_once_its_replacement_is_in_the_mesh() {
+    use crate::state::{PortMapping, Protocol};
+    let mut c = three_envs();
+    let mut s = spec(1, 100, 64, &["env==dev"]);
+    s.networks = vec!["web".into()];
+    s.endpoints = vec![PortMapping {
+        container: 80,
+        host: 8080,
+        protocol: Protocol::Tcp,
+    }];
+    c.service("web", s.clone());
+    c.eval();
+    c.run_all();
+    let old = c.running("web")[0].id;
+    s.constraints = vec!["env==qa".parse().unwrap()];
+    c.service("web", s);
+    c.eval();
+    c.run_all();
+    let new = c
+        .wanted("web")
+        .into_iter()
+        .find(|a| a.id != old)
+        .expect("a replacement on qa")
+        .clone();
+    assert_eq!(c.label_of(&new, "env"), "qa");
+    assert_eq!(new.observed, Observed::Running);
+    // running, but not yet in the mesh (its address is recorded once its ports accept):
+    // the old allocation keeps serving
+    let plan = c.eval();
+    assert!(plan.stops.is_empty(), "stopped too early: {:?}", plan.stops);
+    assert_eq!(c.state.allocation(old).unwrap().desired, Desired::Run);
+    let subnet = c.state.node(new.node).unwrap().subnet.expect("a node subnet");
+    let ip = subnet.hosts().nth(1).unwrap();
+    c.apply(Command::SetAllocAddresses {
+        node: new.node,
+        addresses: vec![(new.id, Some(ip))],
+    });
+    let plan = c.eval();
+    assert_eq!(plan.stops.len(), 1, "{:?}", plan.stops);
+    assert_eq!(c.state.allocation(old).unwrap().desired, Desired::Stop);
+}
+
+#[test]
 fn node_down_replaces_elsewhere_and_drain_moves_off() {
     let mut c = three_envs();
     c.service("web", spec(2, 100, 64, &["env==prod"]));
