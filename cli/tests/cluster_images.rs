@@ -211,3 +211,127 @@ async fn images_are_pulled_rolled_and_bad_ones_fail_with_a_reason() {
     .await;
     common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
 }
+
+/// A "registry" on 127.0.0.1 that accepts connections and never answers: a pull from it
+/// hangs (until the client's read timeout, 60 s). Dropping it closes every connection.
+struct StalledRegistry {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl StalledRegistry {
+    fn start() -> StalledRegistry {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            held.len()
+        });
+        StalledRegistry {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Close everything; how many connections it held.
+    fn stop(&mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for StalledRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Issue 7: an agent's slow work runs beside its passes. An allocation whose image pull
+/// hangs (a registry that accepts and never answers) and a container that takes its whole
+/// stop timeout (20 s: `sleep` as pid 1 ignores SIGTERM) do not delay another allocation
+/// on the same node: it runs while both are still in progress (waited for at most 15 s,
+/// less than either would take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_pull_and_a_slow_stop_do_not_delay_other_allocations() {
+    common::require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-cluster-bg")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let rootfs = common::busybox_rootfs(dir);
+    let local = format!("rootfs:{}", rootfs.display());
+    let mut stalled = StalledRegistry::start();
+    let controller = Controller::start(dir, 1, None);
+    let ctl = controller.addr.clone();
+    let mut agents = [Agent::start_with(
+        dir,
+        "bg-a",
+        &["env=dev"],
+        &ctl,
+        &["--stop-timeout", "20"],
+    )];
+    let mut c = common::cluster::client(std::slice::from_ref(&ctl));
+    wait_for(&mut c, "the node", 30, |_| {}, |v| v.nodes.len() == 1).await;
+
+    common::cluster::create_sleeper(&ctl, "slow-stop", &local, 1, &[]);
+    wait_for(
+        &mut c,
+        "slow-stop running",
+        30,
+        |_| {},
+        |v| v.running("slow-stop").len() == 1,
+    )
+    .await;
+    let hung = format!("{}/stall/img:1", stalled.addr);
+    gantry(&ctl, &["service", "create", "hung", "--image", &hung]);
+    let pulling = |v: &View| {
+        v.allocs_of("hung")
+            .iter()
+            .any(|a| a.desired == Desired::Run && a.observed == Observed::Pulling)
+    };
+    wait_for(&mut c, "hung pulling", 30, |_| {}, pulling).await;
+    gantry(&ctl, &["service", "rm", "slow-stop"]);
+
+    // Both are in progress; another allocation runs meanwhile.
+    common::cluster::create_sleeper(&ctl, "quick", &local, 1, &[]);
+    let v = wait_for(
+        &mut c,
+        "quick running",
+        15,
+        |_| {},
+        |v| v.running("quick").len() == 1,
+    )
+    .await;
+    assert!(
+        pulling(&v),
+        "the hung pull ended before quick ran: {:#?}",
+        v.allocs_of("hung")
+    );
+    // (in the same snapshot: run serially, slow-stop would have been removed, and
+    // reported exited, in the pass that ran quick)
+    let slow: Vec<_> = v.allocs_of("slow-stop");
+    assert!(
+        slow.iter()
+            .any(|a| a.desired == Desired::Stop && a.observed == Observed::Running),
+        "slow-stop's stop was not still in progress when quick ran: {slow:#?}"
+    );
+    assert!(stalled.stop() >= 1, "the agent never reached the registry");
+
+    // The stalled pull fails once its connection closes; everything is removed.
+    gantry(&ctl, &["service", "rm", "hung"]);
+    gantry(&ctl, &["service", "rm", "quick"]);
+    common::cluster::wait_no_containers(&agents, "service rm").await;
+    common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
+}

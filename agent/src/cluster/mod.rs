@@ -9,10 +9,14 @@
 //!   `Watch` stream (a full state first, then changes from an index; the stream resumes
 //!   on any member after a reconnect);
 //! - **pass**: list the local containers, [`reconcile::reconcile`] them against the
-//!   mirror, pull the images that allocations to run lack (reported `pulling` first;
-//!   a failed pull fails them and backs the image off, [`backoff`]), carry the actions
-//!   out through [`executor::Containers`], then report what changed in one
+//!   mirror, start pulls of the images that allocations to run lack (they are reported
+//!   `pulling`; a failed pull fails them and backs the image off, [`backoff`]), carry the
+//!   actions out through [`executor::Containers`], then report what changed in one
 //!   `ReportAllocStatus` batch ([`reconcile::reports`]);
+//! - **background work**: pulls and stops (which may wait a stop timeout) run as tasks
+//!   beside the passes, at most [`PULLS_AT_ONCE`] and [`STOPS_AT_ONCE`] at a time; a pass
+//!   never waits for them, so a hanging registry or a container slow to stop does not
+//!   hold up other allocations. A finished task wakes the loop for the next pass;
 //! - **synced**: the mirror has received a state. Before that, and whenever no
 //!   controller answers, the agent changes nothing: its containers keep running.
 
@@ -25,7 +29,7 @@ use backoff::PullBackoff;
 use executor::{Containers, Images};
 use gantry_controller::api::ControllerClient;
 use gantry_controller::state::{
-    AllocId, AllocReport, Allocation, Change, Command, NodeId, Observed, Reply, Resources, Service,
+    AllocId, AllocReport, Allocation, Change, Command, NodeId, Reply, Resources, Service,
     StateImage,
 };
 use gantry_proto::cluster::watch_event;
@@ -185,9 +189,12 @@ pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>, images: Ar
     let mut exits: HashMap<AllocId, i32> = HashMap::new();
     let mut backoff = PullBackoff::new(cfg.pull_backoff, cfg.pull_backoff_max);
     let mut draining: HashMap<AllocId, std::time::Instant> = HashMap::new();
+    // dropped with this task: aborts the pulls and stops in flight
+    let mut bg = Background::new(PULLS_AT_ONCE, STOPS_AT_ONCE);
     loop {
         tokio::select! {
             r = dirty_rx.changed() => if r.is_err() { return },
+            Some(r) = bg.tasks.join_next(), if !bg.tasks.is_empty() => bg.finished(r),
             _ = tokio::time::sleep(cfg.resync) => {}
         }
         let id = node.load(Ordering::SeqCst);
@@ -199,13 +206,14 @@ pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>, images: Ar
             exits: &mut exits,
             backoff: &mut backoff,
             draining: &mut draining,
+            bg: &mut bg,
         };
         if let Err(e) = pass(
             &cfg,
             id,
             &mirror,
-            containers.as_ref(),
-            images.as_ref(),
+            &containers,
+            &images,
             &mut client,
             &mut st,
         )
@@ -213,6 +221,117 @@ pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>, images: Ar
         {
             tracing::warn!(error = %e, "cluster pass");
         }
+    }
+}
+
+/// Images pulled at once by one agent (each pull also fetches its layers in parallel).
+pub const PULLS_AT_ONCE: usize = 3;
+/// Containers stopped at once (each may wait its stop timeout before SIGKILL).
+pub const STOPS_AT_ONCE: usize = 8;
+
+/// What a background task finished.
+#[derive(Debug)]
+enum Done {
+    Pulled {
+        image: String,
+        result: Result<(), String>,
+        took: Duration,
+    },
+    Removed {
+        alloc: AllocId,
+        container: String,
+        result: Result<i32, String>,
+    },
+}
+
+/// The slow work of a pass — image pulls and container stops (with their stop timeouts) —
+/// runs beside the passes as tasks, bounded by a semaphore each, so one hanging registry
+/// or one container that ignores its stop signal never holds up the actions of other
+/// allocations. A finished task wakes the loop, and the next pass takes its result.
+struct Background {
+    tasks: tokio::task::JoinSet<Done>,
+    pull_slots: Arc<tokio::sync::Semaphore>,
+    stop_slots: Arc<tokio::sync::Semaphore>,
+    /// Images being pulled, and the allocations that wait for each.
+    pulling: HashMap<String, std::collections::BTreeSet<AllocId>>,
+    /// Containers being stopped and removed.
+    removing: std::collections::HashSet<String>,
+    /// Results taken from `tasks`, not yet seen by a pass.
+    done: Vec<Done>,
+}
+
+impl Background {
+    fn new(pulls: usize, stops: usize) -> Background {
+        Background {
+            tasks: tokio::task::JoinSet::new(),
+            pull_slots: Arc::new(tokio::sync::Semaphore::new(pulls)),
+            stop_slots: Arc::new(tokio::sync::Semaphore::new(stops)),
+            pulling: HashMap::new(),
+            removing: Default::default(),
+            done: Vec::new(),
+        }
+    }
+
+    fn finished(&mut self, r: Result<Done, tokio::task::JoinError>) {
+        match r {
+            Ok(d) => self.done.push(d),
+            // a task panicked: its image or container is taken up again by a later pass
+            Err(e) => tracing::warn!(error = %e, "cluster background task"),
+        }
+    }
+
+    /// Take every finished result (also those the loop has not been woken for yet).
+    fn take_done(&mut self) -> Vec<Done> {
+        while let Some(r) = self.tasks.try_join_next() {
+            self.finished(r);
+        }
+        std::mem::take(&mut self.done)
+    }
+
+    fn pull(&mut self, images: &Arc<dyn Images>, image: &str) {
+        let (images, image, slots) = (images.clone(), image.to_string(), self.pull_slots.clone());
+        self.tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let started = Instant::now();
+            let result = images.pull(&image).await.map_err(|e| e.to_string());
+            Done::Pulled {
+                image,
+                result,
+                took: started.elapsed(),
+            }
+        });
+    }
+
+    fn remove(
+        &mut self,
+        containers: &Arc<dyn Containers>,
+        alloc: AllocId,
+        container: &str,
+        timeout_s: i32,
+    ) {
+        let (containers, container, slots) = (
+            containers.clone(),
+            container.to_string(),
+            self.stop_slots.clone(),
+        );
+        self.removing.insert(container.clone());
+        self.tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let result = containers
+                .remove(&container, timeout_s)
+                .await
+                .map_err(|e| e.to_string());
+            Done::Removed {
+                alloc,
+                container,
+                result,
+            }
+        });
+    }
+
+    /// The allocations waiting for a pull in flight.
+    fn waiting_for_pulls(&self) -> std::collections::HashSet<AllocId> {
+        self.pulling.values().flatten().copied().collect()
     }
 }
 
@@ -369,6 +488,7 @@ struct PassState<'a> {
     backoff: &'a mut PullBackoff,
     /// When this agent first saw a stop of an allocation that is draining.
     draining: &'a mut HashMap<AllocId, std::time::Instant>,
+    bg: &'a mut Background,
 }
 
 /// Reports in batches of at most the controller's `MAX_REPORTS`.
@@ -387,66 +507,77 @@ async fn report(client: &mut ControllerClient, node: NodeId, batch: Vec<AllocRep
     }
 }
 
-/// Make the images of the allocations about to run present: pull each missing one once
-/// (its allocations reported `pulling` first). The allocations that cannot run in this
-/// pass: their image failed (recorded in `failures`) or is backed off.
-async fn pull_missing(
-    node: NodeId,
-    work: &HashMap<AllocId, (Allocation, Service)>,
-    images: &dyn Images,
-    client: &mut ControllerClient,
-    st: &mut PassState<'_>,
-) -> std::collections::HashSet<AllocId> {
-    let mut missing: BTreeMap<String, Vec<&Allocation>> = BTreeMap::new();
-    for (a, s) in work.values() {
-        if !images.present(&s.spec.image) {
-            missing.entry(s.spec.image.clone()).or_default().push(a);
-        }
-    }
-    let mut held = std::collections::HashSet::new();
-    if missing.is_empty() {
-        return held;
-    }
-    let now = Instant::now();
-    let mut pulling = Vec::new();
-    for (image, allocs) in &missing {
-        if st.backoff.blocked_until(image, now).is_some() {
-            held.extend(allocs.iter().map(|a| a.id));
-            continue;
-        }
-        pulling.extend(
-            allocs
-                .iter()
-                .filter(|a| a.observed != Observed::Pulling)
-                .map(|a| AllocReport {
-                    id: a.id,
-                    observed: Observed::Pulling,
-                    container: None,
-                }),
-        );
-    }
-    if !pulling.is_empty() {
-        report(client, node, pulling).await;
-    }
-    for (image, allocs) in missing {
-        if st.backoff.blocked_until(&image, now).is_some() {
-            continue;
-        }
-        let started = Instant::now();
-        match images.pull(&image).await {
-            Ok(()) => {
-                tracing::info!(image = %image, took = ?started.elapsed(), "pulled");
-                st.backoff.succeeded(&image);
+/// Take the results of finished background work: pulled images (a failure fails the
+/// allocations that waited for it and backs the image off), removed containers (their exit
+/// code, reported once the container is gone).
+fn take_finished(st: &mut PassState<'_>) {
+    for d in st.bg.take_done() {
+        match d {
+            Done::Pulled {
+                image,
+                result,
+                took,
+            } => {
+                let waiting = st.bg.pulling.remove(&image).unwrap_or_default();
+                match result {
+                    Ok(()) => {
+                        tracing::info!(image = %image, ?took, "pulled");
+                        st.backoff.succeeded(&image);
+                    }
+                    Err(e) => {
+                        let wait = st.backoff.failed(&image, Instant::now());
+                        tracing::warn!(image = %image, error = %e, retry_in = ?wait, "pull failed");
+                        for id in waiting {
+                            st.failures.insert(id, e.clone());
+                        }
+                    }
+                }
             }
-            Err(e) => {
-                let wait = st.backoff.failed(&image, Instant::now());
-                tracing::warn!(image = %image, error = %e, retry_in = ?wait, "pull failed");
-                for a in allocs {
-                    st.failures.insert(a.id, e.to_string());
-                    held.insert(a.id);
+            Done::Removed {
+                alloc,
+                container,
+                result,
+            } => {
+                st.bg.removing.remove(&container);
+                match result {
+                    Ok(code) => {
+                        tracing::info!(alloc, container = %container, "stopped and removed");
+                        st.exits.insert(alloc, code);
+                    }
+                    Err(e) => tracing::warn!(alloc, error = %e, "removing"),
                 }
             }
         }
+    }
+}
+
+/// Start pulls for the missing images of the allocations about to run (once per image;
+/// none while the image is backed off) and note which allocations wait for one. The
+/// allocations that cannot run in this pass: their image is being pulled or backed off.
+fn pull_missing(
+    work: &HashMap<AllocId, (Allocation, Service)>,
+    images: &Arc<dyn Images>,
+    st: &mut PassState<'_>,
+) -> std::collections::HashSet<AllocId> {
+    let mut held = std::collections::HashSet::new();
+    let now = Instant::now();
+    let mut ids: Vec<&AllocId> = work.keys().collect();
+    ids.sort();
+    for id in ids {
+        let image = &work[id].1.spec.image;
+        if images.present(image) {
+            continue;
+        }
+        held.insert(*id);
+        if let Some(waiting) = st.bg.pulling.get_mut(image) {
+            waiting.insert(*id);
+            continue;
+        }
+        if st.backoff.blocked_until(image, now).is_some() {
+            continue;
+        }
+        st.bg.pull(images, image);
+        st.bg.pulling.insert(image.clone(), [*id].into());
     }
     held
 }
@@ -455,11 +586,12 @@ async fn pass(
     cfg: &ClusterConfig,
     node: NodeId,
     mirror: &Mutex<Mirror>,
-    containers: &dyn Containers,
-    images: &dyn Images,
+    containers: &Arc<dyn Containers>,
+    images: &Arc<dyn Images>,
     client: &mut ControllerClient,
     st: &mut PassState<'_>,
 ) -> Result<(), executor::ExecError> {
+    take_finished(st);
     let mut observed = containers.list().await?;
     let (actions, work) = {
         let m = lock(mirror);
@@ -496,8 +628,8 @@ async fn pass(
             .collect();
         (actions, work)
     };
-    let held = pull_missing(node, &work, images, client, st).await;
-    let (failures, exits) = (&mut *st.failures, &mut *st.exits);
+    let held = pull_missing(&work, images, st);
+    let mut changed = false;
     for action in &actions {
         match action {
             reconcile::Action::Run { alloc } => {
@@ -507,41 +639,44 @@ async fn pass(
                 if held.contains(alloc) {
                     continue;
                 }
+                changed = true;
                 match containers.run(a, s).await {
                     Ok(id) => {
                         tracing::info!(alloc, container = %id, service = %a.service, "started");
-                        failures.remove(alloc);
+                        st.failures.remove(alloc);
                     }
                     Err(e) => {
                         tracing::warn!(alloc, error = %e, "allocation failed");
-                        failures.insert(*alloc, e.to_string());
+                        st.failures.insert(*alloc, e.to_string());
                     }
                 }
             }
             reconcile::Action::Start { container, alloc } => {
+                changed = true;
                 if let Err(e) = containers.start(container).await {
-                    failures.insert(*alloc, e.to_string());
+                    st.failures.insert(*alloc, e.to_string());
                 }
             }
             reconcile::Action::Remove { container, alloc } => {
-                match containers.remove(container, cfg.stop_timeout_s).await {
-                    Ok(code) => {
-                        tracing::info!(alloc, container = %container, "stopped and removed");
-                        exits.insert(*alloc, code);
-                    }
-                    Err(e) => tracing::warn!(alloc, error = %e, "removing"),
+                if !st.bg.removing.contains(container) {
+                    st.bg
+                        .remove(containers, *alloc, container, cfg.stop_timeout_s);
                 }
             }
         }
     }
-    if !actions.is_empty() {
+    if changed {
         observed = containers.list().await?;
     }
+    let pulling = st.bg.waiting_for_pulls();
     let batch = {
         let m = lock(mirror);
-        failures.retain(|id, _| m.allocs.contains_key(id));
-        exits.retain(|id, _| m.allocs.contains_key(id));
-        reconcile::reports(&m.allocs, &observed, failures, exits)
+        st.failures.retain(|id, _| m.allocs.contains_key(id));
+        st.exits.retain(|id, _| m.allocs.contains_key(id));
+        for waiting in st.bg.pulling.values_mut() {
+            waiting.retain(|id| m.allocs.contains_key(id));
+        }
+        reconcile::reports(&m.allocs, &observed, st.failures, st.exits, &pulling)
     };
     if !batch.is_empty() {
         report(client, node, batch).await;

@@ -6,7 +6,7 @@
 //! it is not ours and is never touched.
 
 use gantry_controller::state::{AllocId, AllocReport, Allocation, Desired, Observed, Service};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The label carrying the allocation id on a container the agent made.
 pub const ALLOC_LABEL: &str = "gantry.alloc";
@@ -125,13 +125,15 @@ pub fn shorten(reason: &str) -> String {
 
 /// What to report: for every allocation of this node whose observed status (or container
 /// id) differs from what the containers show. `failures` are allocations whose container
-/// could not be made (the reason); an allocation told to stop whose container is gone is
-/// reported exited once, with the last exit code seen (`exits`).
+/// could not be made (the reason); `pulling` are allocations waiting for a pull of their
+/// image; an allocation told to stop whose container is gone is reported exited once, with
+/// the last exit code seen (`exits`).
 pub fn reports(
     allocs: &HashMap<AllocId, Allocation>,
     observed: &[ObservedContainer],
     failures: &HashMap<AllocId, String>,
     exits: &HashMap<AllocId, i32>,
+    pulling: &HashSet<AllocId>,
 ) -> Vec<AllocReport> {
     let mut best: HashMap<AllocId, &ObservedContainer> = HashMap::new();
     for c in observed {
@@ -155,6 +157,7 @@ pub fn reports(
                 Some(c.id.clone()),
             ),
             None => match (a.desired, failures.get(id)) {
+                (Desired::Run, _) if pulling.contains(id) => (Observed::Pulling, None),
                 (Desired::Run, Some(reason)) => (Observed::Failed(shorten(reason)), None),
                 (Desired::Run, None) => (Observed::Pending, None),
                 (Desired::Stop, _) => {
@@ -313,6 +316,10 @@ mod tests {
         allocs.insert(4, alloc(4, Desired::Stop, Observed::Running)); // removed
         allocs.insert(5, alloc(5, Desired::Stop, Observed::Lost)); // already terminal
         allocs.insert(6, alloc(6, Desired::Run, Observed::Running)); // exited
+        allocs.insert(7, alloc(7, Desired::Run, Observed::Pending)); // its image is pulled
+        let mut pulled = alloc(8, Desired::Run, Observed::Pulling);
+        pulled.container = None;
+        allocs.insert(8, pulled); // still pulling: unchanged
         let observed = vec![
             c("a", 1, ContainerState::Running),
             c("b", 2, ContainerState::Running),
@@ -320,7 +327,8 @@ mod tests {
         ];
         let failures: HashMap<AllocId, String> = [(3, "no such image: nope".to_string())].into();
         let exits: HashMap<AllocId, i32> = [(4, 137)].into();
-        let r = reports(&allocs, &observed, &failures, &exits);
+        let pulling: HashSet<AllocId> = [7, 8].into();
+        let r = reports(&allocs, &observed, &failures, &exits, &pulling);
         let got: Vec<(AllocId, Observed, Option<String>)> = r
             .into_iter()
             .map(|r| (r.id, r.observed, r.container))
@@ -332,6 +340,7 @@ mod tests {
                 (3, Observed::Failed("no such image: nope".into()), None),
                 (4, Observed::Exited(137), None),
                 (6, Observed::Exited(3), Some("f".into())),
+                (7, Observed::Pulling, None),
             ]
         );
     }

@@ -166,11 +166,26 @@ pub fn agent_args(dir: &Path, name: &str, labels: &[String], join: &str) -> Vec<
 impl Agent {
     /// An agent joining the controllers at `join` (comma-separated), with labels k=v.
     pub fn start(dir: &Path, name: &str, labels: &[&str], join: &str) -> Agent {
+        Agent::start_with(dir, name, labels, join, &[])
+    }
+    /// [`Agent::start`] with `extra` flags and values (`["--stop-timeout", "20"]`), which
+    /// replace the harness's own of the same name. A restart does not repeat them.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        labels: &[&str],
+        join: &str,
+        extra: &[&str],
+    ) -> Agent {
         let labels = strings(labels);
-        let daemon = Daemon::spawn(
-            &agent_args(dir, name, &labels, join),
-            &dir.join(format!("{name}.log")),
-        );
+        let mut args = agent_args(dir, name, &labels, join);
+        for pair in extra.chunks(2) {
+            if let Some(i) = args.iter().position(|a| a == pair[0]) {
+                args.drain(i..i + 2);
+            }
+            args.extend(strings(pair));
+        }
+        let daemon = Daemon::spawn(&args, &dir.join(format!("{name}.log")));
         Agent {
             name: name.into(),
             labels,

@@ -359,7 +359,12 @@ fn a_published_service_moves_only_once_its_replacement_is_in_the_mesh() {
     let plan = c.eval();
     assert!(plan.stops.is_empty(), "stopped too early: {:?}", plan.stops);
     assert_eq!(c.state.allocation(old).unwrap().desired, Desired::Run);
-    let subnet = c.state.node(new.node).unwrap().subnet.expect("a node subnet");
+    let subnet = c
+        .state
+        .node(new.node)
+        .unwrap()
+        .subnet
+        .expect("a node subnet");
     let ip = subnet.hosts().nth(1).unwrap();
     c.apply(Command::SetAllocAddresses {
         node: new.node,
