@@ -68,7 +68,26 @@ pub struct ClusterConfig {
     /// mesh drops it first, so a migration or update fails no request (a deregistration
     /// delay, as load balancers have).
     pub drain_delay: Duration,
+    /// The routing mesh's progress, shared with the overlay follower (see [`MeshSync`]).
+    pub mesh: MeshSync,
 }
+
+/// How far the routing mesh has come, on this node and on every node: an allocation of a
+/// service with endpoints is stopped only once every live node's mesh has dropped it (or,
+/// when that is not confirmed, after [`DRAIN_MAX_FACTOR`] × the drain delay).
+#[derive(Debug, Clone, Default)]
+pub struct MeshSync {
+    /// The state index this node's mesh rules reflect (set by the overlay follower after
+    /// each rewrite; 0: no mesh here). Sent with every heartbeat.
+    pub applied: Arc<AtomicU64>,
+    /// The index every live node's mesh has reached, from the leader's heartbeat replies
+    /// (0: not known).
+    pub synced: Arc<AtomicU64>,
+}
+
+/// A draining allocation whose removal from every node's mesh is not confirmed is stopped
+/// after this many drain delays anyway (a leader in its grace period, an old controller).
+pub const DRAIN_MAX_FACTOR: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -188,7 +207,7 @@ pub async fn run(cfg: ClusterConfig, containers: Arc<dyn Containers>, images: Ar
     let mut failures: HashMap<AllocId, String> = HashMap::new();
     let mut exits: HashMap<AllocId, i32> = HashMap::new();
     let mut backoff = PullBackoff::new(cfg.pull_backoff, cfg.pull_backoff_max);
-    let mut draining: HashMap<AllocId, std::time::Instant> = HashMap::new();
+    let mut draining: HashMap<AllocId, (Instant, u64)> = HashMap::new();
     // dropped with this task: aborts the pulls and stops in flight
     let mut bg = Background::new(PULLS_AT_ONCE, STOPS_AT_ONCE);
     loop {
@@ -394,16 +413,19 @@ async fn heartbeat_loop(cfg: ClusterConfig, node: Arc<AtomicU64>) {
                 Err(e) => tracing::warn!(error = %e, "not registered yet"),
             }
         } else {
-            match c.heartbeat(id).await {
-                Ok(status) if status == "Down" => {
-                    tracing::info!(
-                        node = id,
-                        "marked down by the controller: registering again"
-                    );
-                    node.store(0, Ordering::SeqCst);
-                    continue;
+            let applied = cfg.mesh.applied.load(Ordering::SeqCst);
+            match c.heartbeat_mesh(id, applied).await {
+                Ok((status, synced)) => {
+                    cfg.mesh.synced.store(synced, Ordering::SeqCst);
+                    if status == "Down" {
+                        tracing::info!(
+                            node = id,
+                            "marked down by the controller: registering again"
+                        );
+                        node.store(0, Ordering::SeqCst);
+                        continue;
+                    }
                 }
-                Ok(_) => {}
                 Err(e) if e.code() == Some(tonic::Code::NotFound) => {
                     node.store(0, Ordering::SeqCst);
                     continue;
@@ -486,8 +508,9 @@ struct PassState<'a> {
     /// The last exit code of containers removed for stopped allocations.
     exits: &'a mut HashMap<AllocId, i32>,
     backoff: &'a mut PullBackoff,
-    /// When this agent first saw a stop of an allocation that is draining.
-    draining: &'a mut HashMap<AllocId, std::time::Instant>,
+    /// When this agent first saw a stop of an allocation that is draining, and the state
+    /// index it saw it at.
+    draining: &'a mut HashMap<AllocId, (Instant, u64)>,
     bg: &'a mut Background,
 }
 
@@ -505,6 +528,12 @@ async fn report(client: &mut ControllerClient, node: NodeId, batch: Vec<AllocRep
             Err(e) => tracing::debug!(error = %e, "status report not delivered"),
         }
     }
+}
+
+/// Whether a draining allocation may stop: it left the rotation at state index `index`
+/// `waited` ago; every live node's mesh reflects the state up to `synced`. Pure.
+fn drained(waited: Duration, delay: Duration, index: u64, synced: u64) -> bool {
+    waited >= delay && (synced >= index || waited >= delay * DRAIN_MAX_FACTOR)
 }
 
 /// Take the results of finished background work: pulled images (a failure fails the
@@ -597,8 +626,12 @@ async fn pass(
         let m = lock(mirror);
         let desired = reconcile::desired_here(&m.allocs, &m.services);
         let mut actions = reconcile::reconcile(&desired, &observed);
-        // allocations of services with endpoints drain before they stop
-        let now = std::time::Instant::now();
+        // Allocations of services with endpoints drain before they stop: out of the
+        // rotation (desired Stop), they keep running for the drain delay (requests in
+        // flight finish) and until every live node's mesh has dropped them (confirmed
+        // through the heartbeats), so no node sends a new connection to a stopped one.
+        let now = Instant::now();
+        let synced = cfg.mesh.synced.load(Ordering::SeqCst);
         st.draining.retain(|id, _| m.allocs.contains_key(id));
         actions.retain(|a| match a {
             reconcile::Action::Remove { alloc, .. } => {
@@ -610,8 +643,8 @@ async fn pass(
                 if !published || cfg.drain_delay.is_zero() {
                     return true;
                 }
-                let since = *st.draining.entry(*alloc).or_insert(now);
-                now.duration_since(since) >= cfg.drain_delay
+                let (since, index) = *st.draining.entry(*alloc).or_insert((now, m.index));
+                drained(now.duration_since(since), cfg.drain_delay, index, synced)
             }
             _ => true,
         });
@@ -696,6 +729,19 @@ mod tests {
         let e = parse_labels(&["env".into()]).unwrap_err();
         assert!(e.to_string().contains("\"env\""), "{e}");
         assert!(parse_labels(&["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn a_draining_allocation_stops_after_the_delay_once_every_mesh_dropped_it() {
+        let s = Duration::from_secs(1);
+        let delay = 2 * s;
+        // every mesh past the stop's index: the delay alone decides
+        assert!(!drained(s, delay, 40, 41));
+        assert!(drained(2 * s, delay, 40, 40));
+        // a mesh still behind (or not known): wait, up to DRAIN_MAX_FACTOR delays
+        assert!(!drained(3 * s, delay, 40, 39));
+        assert!(!drained(9 * s, delay, 40, 0));
+        assert!(drained(delay * DRAIN_MAX_FACTOR, delay, 40, 0));
     }
 
     #[test]

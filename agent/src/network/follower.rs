@@ -151,6 +151,9 @@ pub struct Follower<L: Links, F: Firewall> {
     pub iso_chain: String,
     /// The bridge network's routing-mesh chain ([`super::BridgeConfig::mesh_chain`]).
     pub mesh_chain: String,
+    /// Set to the view's index after each successful mesh rewrite (or when the mesh did
+    /// not change): the heartbeat reports it ([`crate::cluster::MeshSync::applied`]).
+    pub mesh_applied: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
@@ -230,14 +233,21 @@ impl<L: Links + 'static, F: Firewall + 'static> Follower<L, F> {
             }
         }
         let script = super::mesh::mesh_script(&self.mesh_chain, view.services.values(), &table);
-        if script != *mesh {
-            match self.firewall.restore(Table::Nat, &script).await {
-                Ok(()) => *mesh = script,
+        let applied = script == *mesh
+            || match self.firewall.restore(Table::Nat, &script).await {
+                Ok(()) => {
+                    *mesh = script;
+                    true
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "routing mesh rules");
                     mesh.clear();
+                    false
                 }
-            }
+            };
+        if applied {
+            self.mesh_applied
+                .fetch_max(view.index, std::sync::atomic::Ordering::SeqCst);
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }

@@ -105,7 +105,8 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub registry_tls: super::distribution::RegistryTlsArgs,
     /// Cluster mode: how long an allocation with published endpoints keeps running after
-    /// it left the rotation, before it is stopped (so no request reaches a stopped one).
+    /// it left the rotation, before it is stopped (so no request reaches a stopped one);
+    /// it also waits until every live node's mesh has dropped it, at most 5× this.
     #[arg(long, default_value_t = 2000)]
     pub drain_delay_ms: u64,
     /// Cluster mode: wait after a failed pull before pulling that image again (doubled
@@ -272,6 +273,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 firewall: gantry_agent::network::IptablesFirewall::default(),
                 iso_chain,
                 mesh_chain,
+                mesh_applied: c.mesh.applied.clone(),
             };
             tracing::info!(dns = %dns.addr(), "cluster overlay up");
             Some((AbortOnDrop(tokio::spawn(follower.run())), dns))
@@ -408,6 +410,7 @@ fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms),
         resync: std::time::Duration::from_secs(1),
         drain_delay: std::time::Duration::from_millis(args.drain_delay_ms),
+        mesh: Default::default(),
         stop_timeout_s: args.stop_timeout,
         pull_backoff: std::time::Duration::from_millis(args.pull_backoff_ms),
         pull_backoff_max: std::time::Duration::from_secs(60),

@@ -278,13 +278,28 @@ impl ControllerClient {
 
     /// Report that `node` is alive; answers the node's status in the state.
     pub async fn heartbeat(&mut self, node: u64) -> Result<String, ClientError> {
+        self.heartbeat_mesh(node, 0).await.map(|(status, _)| status)
+    }
+
+    /// Report that `node` is alive and that its routing mesh reflects the state up to
+    /// `mesh_index` (0: it runs no mesh); answers the node's status and the index every
+    /// live node's mesh has reached (0: not known yet).
+    pub async fn heartbeat_mesh(
+        &mut self,
+        node: u64,
+        mesh_index: u64,
+    ) -> Result<(String, u64), ClientError> {
         self.with_retry(|mut c| async move {
             c.heartbeat(HeartbeatRequest {
                 node,
                 forwarded: false,
+                mesh_index,
             })
             .await
-            .map(|r| r.into_inner().status)
+            .map(|r| {
+                let r = r.into_inner();
+                (r.status, r.mesh_synced)
+            })
         })
         .await
     }

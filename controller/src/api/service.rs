@@ -744,7 +744,11 @@ impl Cluster for ClusterService {
         let req = req.into_inner();
         check_heartbeat(&caller, req.node, &self.handle.read().state)?;
         if self.leader.heartbeat(req.node) {
-            let status = self.handle.read().state.node(req.node).map(|n| n.status);
+            let (status, mesh_synced) = {
+                let h = self.handle.read();
+                let synced = self.leader.mesh(req.node, req.mesh_index, &h.state);
+                (h.state.node(req.node).map(|n| n.status), synced)
+            };
             return match status {
                 None => Err(Status::not_found(format!(
                     "node {} is not registered",
@@ -752,6 +756,7 @@ impl Cluster for ClusterService {
                 ))),
                 Some(s) => Ok(Response::new(HeartbeatReply {
                     status: node_status_name(s).to_string(),
+                    mesh_synced: mesh_synced.unwrap_or(0),
                 })),
             };
         }

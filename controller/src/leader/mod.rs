@@ -85,6 +85,16 @@ impl LeaderShared {
         }
     }
 
+    /// Record the state index `node`'s routing mesh reflects (its heartbeat's) and answer
+    /// the index every live node's mesh has reached ([`Liveness::mesh_synced`]); None when
+    /// this member is not (yet) acting as leader.
+    pub fn mesh(&self, node: u64, index: u64, state: &State) -> Option<u64> {
+        let mut g = self.lock();
+        let l = g.liveness.as_mut()?;
+        l.mesh_applied(node, index);
+        Some(l.mesh_synced(state, Instant::now()))
+    }
+
     /// Why replicas are unplaced, per service; None when this member is not leader.
     pub fn unplaced(&self) -> Option<BTreeMap<String, String>> {
         let g = self.lock();

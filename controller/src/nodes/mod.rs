@@ -33,6 +33,8 @@ pub struct Liveness {
     config: LivenessConfig,
     leader_since: Instant,
     last_seen: HashMap<NodeId, Instant>,
+    /// Per node, the state index its routing mesh reflects (nodes with a mesh only).
+    mesh: HashMap<NodeId, u64>,
 }
 
 impl Liveness {
@@ -42,6 +44,7 @@ impl Liveness {
             config,
             leader_since,
             last_seen: HashMap::new(),
+            mesh: HashMap::new(),
         }
     }
 
@@ -55,6 +58,32 @@ impl Liveness {
     /// Drop a node that left the cluster.
     pub fn forget(&mut self, node: NodeId) {
         self.last_seen.remove(&node);
+        self.mesh.remove(&node);
+    }
+
+    /// Record the state index a node's routing mesh reflects (from its heartbeat; 0: the
+    /// node runs no mesh). Never goes back (a delayed heartbeat).
+    pub fn mesh_applied(&mut self, node: NodeId, index: u64) {
+        if index > 0 {
+            let i = self.mesh.entry(node).or_insert(index);
+            *i = (*i).max(index);
+        }
+    }
+
+    /// The index every live node's mesh has reached: the lowest over the nodes that are
+    /// not down and run a mesh; 0 (unknown) during the grace period after the takeover,
+    /// when not every node has been heard from yet; `u64::MAX` when no live node runs a
+    /// mesh (no rule anywhere can send traffic to a stopped allocation).
+    pub fn mesh_synced(&self, state: &State, now: Instant) -> u64 {
+        if now.saturating_duration_since(self.leader_since) < self.config.grace {
+            return 0;
+        }
+        state
+            .nodes()
+            .filter(|n| n.status != NodeStatus::Down)
+            .filter_map(|n| self.mesh.get(&n.id).copied())
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// When the node was last heard from, as far as this leader knows.
@@ -129,6 +158,42 @@ mod tests {
     }
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn mesh_synced_is_the_lowest_live_mesh_and_unknown_during_the_grace() {
+        let (mut state, ids) = state_with(&["a", "b", "c"]);
+        let t0 = Instant::now();
+        let mut l = Liveness::new(
+            LivenessConfig {
+                ttl: 3 * S,
+                grace: 2 * S,
+            },
+            t0,
+        );
+        l.mesh_applied(ids[0], 40);
+        l.mesh_applied(ids[1], 35);
+        l.mesh_applied(ids[2], 0); // c runs no mesh
+        assert_eq!(l.mesh_synced(&state, t0 + S), 0, "in the grace period");
+        assert_eq!(l.mesh_synced(&state, t0 + 3 * S), 35);
+        l.mesh_applied(ids[1], 30); // delayed, older heartbeat
+        assert_eq!(l.mesh_synced(&state, t0 + 3 * S), 35);
+        l.mesh_applied(ids[1], 50);
+        assert_eq!(l.mesh_synced(&state, t0 + 3 * S), 40);
+        // a down node does not hold the others back
+        state
+            .apply(
+                10,
+                &Command::SetNodeStatus {
+                    node: ids[0],
+                    status: NodeStatus::Down,
+                },
+            )
+            .0
+            .unwrap();
+        assert_eq!(l.mesh_synced(&state, t0 + 3 * S), 50);
+        l.forget(ids[1]);
+        assert_eq!(l.mesh_synced(&state, t0 + 3 * S), u64::MAX, "no live mesh");
+    }
 
     #[test]
     fn silent_node_goes_down_after_ttl_heartbeating_node_stays() {
