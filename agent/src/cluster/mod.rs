@@ -29,7 +29,7 @@ use backoff::PullBackoff;
 use executor::{Containers, Images};
 use gantry_controller::api::ControllerClient;
 use gantry_controller::state::{
-    AllocId, AllocReport, Allocation, Change, Command, NodeId, Reply, Resources, Service,
+    AllocId, AllocReport, Allocation, Change, Command, Desired, NodeId, Reply, Resources, Service,
     StateImage,
 };
 use gantry_proto::cluster::watch_event;
@@ -273,8 +273,8 @@ struct Background {
     stop_slots: Arc<tokio::sync::Semaphore>,
     /// Images being pulled, and the allocations that wait for each.
     pulling: HashMap<String, std::collections::BTreeSet<AllocId>>,
-    /// Containers being stopped and removed.
-    removing: std::collections::HashSet<String>,
+    /// Containers being stopped and removed, and their allocations.
+    removing: HashMap<String, AllocId>,
     /// Results taken from `tasks`, not yet seen by a pass.
     done: Vec<Done>,
 }
@@ -333,7 +333,7 @@ impl Background {
             container.to_string(),
             self.stop_slots.clone(),
         );
-        self.removing.insert(container.clone());
+        self.removing.insert(container.clone(), alloc);
         self.tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
             let result = containers
@@ -691,7 +691,7 @@ async fn pass(
                 }
             }
             reconcile::Action::Remove { container, alloc } => {
-                if !st.bg.removing.contains(container) {
+                if !st.bg.removing.contains_key(container) {
                     st.bg
                         .remove(containers, *alloc, container, cfg.stop_timeout_s);
                 }
@@ -709,7 +709,17 @@ async fn pass(
         for waiting in st.bg.pulling.values_mut() {
             waiting.retain(|id| m.allocs.contains_key(id));
         }
-        reconcile::reports(&m.allocs, &observed, st.failures, st.exits, &pulling)
+        let mut batch = reconcile::reports(&m.allocs, &observed, st.failures, st.exits, &pulling);
+        // An allocation told to stop whose container is still being stopped keeps what it
+        // was last reported as (a lost one is not reported running again) until the
+        // removal ends; then it is reported exited with the container's exit code.
+        batch.retain(|r| {
+            !st.bg.removing.values().any(|a| *a == r.id)
+                || m.allocs
+                    .get(&r.id)
+                    .is_some_and(|a| a.desired == Desired::Run)
+        });
+        batch
     };
     if !batch.is_empty() {
         report(client, node, batch).await;
