@@ -193,6 +193,7 @@ async fn oversized_and_malformed_api_requests_are_refused_and_the_member_keeps_s
         .heartbeat(HeartbeatRequest {
             node: u64::MAX,
             forwarded: false,
+            mesh_index: 0,
         })
         .await
         .unwrap_err();
