@@ -3,6 +3,8 @@
 # members as real processes on loopback with durable sled data dirs.
 # Usage: bench/raft.sh [--seconds S] [--trials N] [--clients 1,16,256]
 #        [--rss-nodes 10000 --rss-services 1000 --rss-replicas 1000]  (memory with 1M allocations)
+#        [--compare-mtls [--rounds 3]]  (commits: a --insecure cluster and a mutual-TLS one
+#                                        side by side, interleaved rounds, ratio)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p gantry --bin gantry

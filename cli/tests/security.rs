@@ -309,6 +309,115 @@ async fn refusals_tokens_and_roles() {
     assert_eq!(code(&e), Some(tonic::Code::PermissionDenied), "{e}");
 }
 
+/// A second member joins with a controller token (and receives the CA key, 0600), Raft
+/// and forwarding run over mutual TLS; an agent token does not make a controller; the
+/// joined member restarts without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_join_with_a_controller_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_ctl, addr, ctx) = secure_controller(tmp.path(), &[]).await;
+    let member = |id: u64, tok: Option<&str>, log: &str| {
+        let a = common::free_addr("127.0.0.1");
+        let mut args = strings(&[
+            "controller",
+            "run",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &a,
+            "--data-dir",
+            &tmp.path().join(format!("ctl{id}")).display().to_string(),
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-ms",
+            "300",
+            "--join",
+            &addr,
+        ]);
+        if let Some(t) = tok {
+            args.extend(strings(&["--token", t]));
+        }
+        (a, Daemon::spawn_with(&args, &tmp.path().join(log), false))
+    };
+    // an agent token: refused, nothing joins
+    let agent_tok = token(&ctx, "agent", "1h");
+    let (_, mut bad) = member(3, Some(&agent_tok), "m3.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = bad.try_wait() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member with an agent token still running"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(tmp.path().join("m3.log")).unwrap();
+    assert!(log.contains("not a controller token"), "{log}");
+
+    let tok = token(&ctx, "controller", "1h");
+    let (addr2, m2) = member(2, Some(&tok), "m2.log");
+    let mut admin = client_for(&ctx, &addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = admin.status().await.unwrap();
+        if st.members.iter().filter(|m| m.voter).count() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member 2 did not join: {}",
+            std::fs::read_to_string(tmp.path().join("m2.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = tmp.path().join("ctl2/pki/ca.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let cred = Credential::load(&tmp.path().join("ctl2/pki"), "member").unwrap();
+    assert_eq!(cred.identity().unwrap().to_string(), "controller/2");
+    // a write through member 2 (forwarded to the leader over mTLS when it follows)
+    let mut via2 = client_for(&ctx, &addr2);
+    via2.write(&register("via2")).await.unwrap().1.unwrap();
+    // restart without a token: its certificate is in its data dir
+    drop(m2);
+    let _m2 = {
+        let args = strings(&[
+            "controller",
+            "run",
+            "--id",
+            "2",
+            "--listen",
+            &addr2,
+            "--data-dir",
+            &tmp.path().join("ctl2").display().to_string(),
+            "--heartbeat-ms",
+            "50",
+            "--election-timeout-ms",
+            "300",
+        ]);
+        Daemon::spawn_with(&args, &tmp.path().join("m2-again.log"), false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = client_for(&ctx, &addr2);
+        c.retry_for = Duration::from_millis(300);
+        if c.status().await.is_ok_and(|s| s.leader.is_some()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member 2 did not come back: {}",
+            std::fs::read_to_string(tmp.path().join("m2-again.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An agent joins with a token, renews its 6 s certificate several times while an admin
 /// writes in a loop, and its node stays Ready all along (node TTL 1.5 s: one lost second
 /// of heartbeats would mark it down); restarted without a token it comes back.

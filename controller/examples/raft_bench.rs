@@ -6,10 +6,16 @@
 //!   and S×R allocations (S services of R replicas, placed by the leader's scheduler) are
 //!   committed.
 //!
+//! - with `--compare-mtls`: only commits, on two clusters side by side — one run with
+//!   `--insecure` (plain TCP), one with mutual TLS (bootstrap CA, members joining with a
+//!   controller token, clients with the admin credential) — in interleaved rounds
+//!   (`--rounds R`, default 3), medians per mode and the mTLS/insecure ratio.
+//!
 //! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256]
-//!        [--rss-nodes N --rss-services S --rss-replicas R]
+//!        [--rss-nodes N --rss-services S --rss-replicas R] [--compare-mtls [--rounds R]]
 
 use gantry_controller::api::ControllerClient;
+use gantry_controller::raft::network::Transport;
 use gantry_controller::state::{Command, NodeStatus, Reply, Resources, ServiceSpec};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -22,8 +28,26 @@ struct Proc {
 }
 
 impl Proc {
+    /// A member of a cluster run with `--insecure`.
     fn spawn(bin: &str, id: u64, addr: &str, dir: &std::path::Path, extra: &[&str]) -> Proc {
-        let child = std::process::Command::new(bin)
+        Self::spawn_with(bin, id, addr, dir, extra, true)
+    }
+
+    fn spawn_with(
+        bin: &str,
+        id: u64,
+        addr: &str,
+        dir: &std::path::Path,
+        extra: &[&str],
+        insecure: bool,
+    ) -> Proc {
+        let mut cmd = std::process::Command::new(bin);
+        if insecure {
+            cmd.env("GANTRY_INSECURE", "1");
+        } else {
+            cmd.env_remove("GANTRY_INSECURE");
+        }
+        let child = cmd
             .args([
                 "controller",
                 "run",
@@ -73,10 +97,14 @@ fn free_addr(ip: &str) -> String {
 }
 
 async fn leader(addrs: &[String], voters: usize) -> (u64, String) {
+    leader_over(addrs, voters, &Transport::Plain).await
+}
+
+async fn leader_over(addrs: &[String], voters: usize, t: &Transport) -> (u64, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for a in addrs {
-            let mut c = ControllerClient::new(vec![a.clone()]);
+            let mut c = ControllerClient::with_transport(vec![a.clone()], t.clone());
             c.retry_for = Duration::from_millis(100);
             if let Ok(st) = c.status().await {
                 if let (Some(l), Some(addr)) = (st.leader, st.leader_address.clone()) {
@@ -134,6 +162,11 @@ async fn main() {
     let rss_services: u64 = opt("--rss-services", "0").parse().unwrap();
     let rss_replicas: u64 = opt("--rss-replicas", "0").parse().unwrap();
     let root = tempfile::tempdir().unwrap();
+    if args.iter().any(|a| a == "--compare-mtls") {
+        let rounds: usize = opt("--rounds", "3").parse().unwrap();
+        compare_mtls(&bin, root.path(), seconds, rounds, &clients).await;
+        return;
+    }
     // Loopback-class timings: heartbeat 25 ms, election timeout 75-150 ms. openraft 0.9
     // elects after leader lease (= election max) + election timeout, so 225-300 ms after the
     // last heartbeat. The simulated nodes never heartbeat: keep the leader loop from marking
@@ -385,5 +418,146 @@ async fn rss_phase(procs: &[Proc], leader_addr: &str, nodes: u64, services: u64,
             let (rss, hwm) = rss_of(c.id());
             println!("| {} | {rss:.0} | {hwm:.0} |", p.id);
         }
+    }
+}
+
+const TIMING: [&str; 8] = [
+    "--heartbeat-ms",
+    "25",
+    "--election-timeout-ms",
+    "75",
+    "--node-ttl-ms",
+    "86400000",
+    "--node-grace-ms",
+    "86400000",
+];
+
+/// Three members under `root`, plain or mutual TLS; their processes, the transport
+/// clients use (TLS: the admin credential of the bootstrap) and the leader's address.
+async fn cluster(bin: &str, root: &std::path::Path, tls: bool) -> (Vec<Proc>, Transport, String) {
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut transport = Transport::Plain;
+    let mut token = String::new();
+    for id in 1..=3u64 {
+        let addr = free_addr(&format!("127.0.0.{}", id + 1));
+        let dir = root.join(format!("m{id}"));
+        let mut extra: Vec<&str> = TIMING.to_vec();
+        let seed = procs.first().map(|p| p.addr.clone());
+        if let Some(seed) = &seed {
+            extra.extend(["--join", seed.as_str()]);
+            if tls {
+                extra.extend(["--token", token.as_str()]);
+            }
+        } else {
+            extra.push("--bootstrap");
+        }
+        procs.push(Proc::spawn_with(bin, id, &addr, &dir, &extra, !tls));
+        if tls && id == 1 {
+            let ctx_path = dir.join("pki").join("admin.context");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !ctx_path.exists() {
+                assert!(Instant::now() < deadline, "no admin context");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let ctx = gantry_security::context::Context::load(&ctx_path).unwrap();
+            let certs = gantry_security::tls::CertStore::new(&ctx.credential()).unwrap();
+            transport = Transport::tls(&ctx.ca_pem, Some(certs)).unwrap();
+            let (_, l) = leader_over(&[addr.clone()], 1, &transport).await;
+            let t = gantry_security::token::JoinToken::generate(&ctx.ca_pem).unwrap();
+            let mut c = ControllerClient::with_transport(vec![l], transport.clone());
+            let cmd = Command::CreateToken {
+                id: t.id.clone(),
+                role: gantry_security::Role::Controller,
+                secret_sha256: t.secret_sha256(),
+                expires_at_ms: u64::MAX,
+            };
+            c.write(&cmd).await.unwrap().1.unwrap();
+            token = t.to_string();
+        }
+        let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+        leader_over(&addrs, id as usize, &transport).await;
+    }
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    let (_, leader_addr) = leader_over(&addrs, 3, &transport).await;
+    let mut c = ControllerClient::with_transport(vec![leader_addr.clone()], transport.clone());
+    let r = Command::RegisterNode {
+        name: "bench".into(),
+        address: "bench:1".into(),
+        labels: Default::default(),
+        capacity: Default::default(),
+        allocatable: Default::default(),
+    };
+    c.write(&r).await.unwrap().1.unwrap();
+    (procs, transport, leader_addr)
+}
+
+/// `n` clients writing small commands for `seconds`: commits/s and latencies (sorted).
+async fn commits(leader: &str, t: &Transport, n: usize, seconds: u64) -> (f64, Vec<Duration>) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let addr = leader.to_string();
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = ControllerClient::with_transport(vec![addr], t);
+            let mut lat = Vec::new();
+            let mut i = k as u64;
+            while Instant::now() < deadline {
+                let s = Instant::now();
+                if let Ok((_, Ok(_))) = c.write(&small(i)).await {
+                    lat.push(s.elapsed());
+                }
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    (all.len() as f64 / secs, all)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn compare_mtls(
+    bin: &str,
+    root: &std::path::Path,
+    seconds: u64,
+    rounds: usize,
+    clients: &[usize],
+) {
+    let (_plain_procs, plain_t, plain_leader) = cluster(bin, &root.join("plain"), false).await;
+    let (_tls_procs, tls_t, tls_leader) = cluster(bin, &root.join("tls"), true).await;
+    println!(
+        "# commits, --insecure vs mutual TLS: two 3-member clusters on loopback side by side \
+         (only one under load at a time), {rounds} interleaved rounds of {seconds} s, medians"
+    );
+    println!("| clients | insecure commits/s | mTLS commits/s | mTLS/insecure | insecure p50 ms | mTLS p50 ms | mTLS/insecure p50 |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in clients {
+        let (mut pr, mut tr, mut pp, mut tp) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            let (r, l) = commits(&plain_leader, &plain_t, n, seconds).await;
+            pr.push(r);
+            pp.push(pct(&l, 0.5));
+            let (r, l) = commits(&tls_leader, &tls_t, n, seconds).await;
+            tr.push(r);
+            tp.push(pct(&l, 0.5));
+        }
+        let (pr, tr, pp, tp) = (median(pr), median(tr), median(pp), median(tp));
+        println!(
+            "| {n} | {pr:.0} | {tr:.0} | {:.3} | {pp:.2} | {tp:.2} | {:.3} |",
+            tr / pr,
+            tp / pp
+        );
     }
 }

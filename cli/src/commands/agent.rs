@@ -159,17 +159,29 @@ pub fn main(args: AgentArgs) -> i32 {
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let sock = socket_path(&args.host)?;
     // read before anything is set up: a bad credential file changes nothing
-    let registry_mtls = args.registry_tls.client_config()?;
+    let mut registry_mtls = args.registry_tls.client_config()?;
     let (cluster_cfg, _renew) = match cluster_config(&args)? {
         Some(mut c) if !args.insecure => {
+            let pki = args.root.join("pki");
             let tls = gantry_agent::cluster::credentials::load_or_join(
-                &args.root.join("pki"),
+                &pki,
                 &c.name,
                 &c.join,
                 args.token.as_deref(),
             )
             .await?;
             c.transport = tls.transport.clone();
+            if registry_mtls.is_none() {
+                // the node certificate is the registry credential too (its files are
+                // re-read when renewal replaces them)
+                registry_mtls = Some(gantry_agent::distribution::tls::client_config(
+                    &gantry_agent::distribution::tls::TlsFiles {
+                        cert: pki.join("node.crt"),
+                        key: pki.join("node.key"),
+                        ca: pki.join("ca.crt"),
+                    },
+                )?);
+            }
             let renew = tokio::spawn(gantry_agent::cluster::credentials::renew_forever(
                 tls,
                 c.join.clone(),

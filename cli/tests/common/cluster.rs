@@ -40,6 +40,11 @@ impl Daemon {
             .expect("spawn gantry");
         Daemon { child: Some(child) }
     }
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     pub fn signal(&mut self, sig: i32) {
         if let Some(mut c) = self.child.take() {
             unsafe { libc::kill(c.id() as i32, sig) };
