@@ -463,7 +463,7 @@ async fn cluster(bin: &str, root: &std::path::Path, tls: bool) -> (Vec<Proc>, Tr
             let ctx = gantry_security::context::Context::load(&ctx_path).unwrap();
             let certs = gantry_security::tls::CertStore::new(&ctx.credential()).unwrap();
             transport = Transport::tls(&ctx.ca_pem, Some(certs)).unwrap();
-            let (_, l) = leader_over(&[addr.clone()], 1, &transport).await;
+            let (_, l) = leader_over(std::slice::from_ref(&addr), 1, &transport).await;
             let t = gantry_security::token::JoinToken::generate(&ctx.ca_pem).unwrap();
             let mut c = ControllerClient::with_transport(vec![l], transport.clone());
             let cmd = Command::CreateToken {

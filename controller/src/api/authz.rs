@@ -45,6 +45,11 @@ impl Caller {
         }
     }
 
+    /// Is the caller an agent (whose writes and heartbeats are checked against the state)?
+    pub fn is_agent(&self) -> bool {
+        matches!(self, Caller::Verified(id) if id.role == Role::Agent)
+    }
+
     /// May this caller see join tokens (and everything else)?
     pub fn sees_everything(&self) -> bool {
         match self {
