@@ -38,7 +38,7 @@ fn start_flusher(log: sled::Tree) -> UnboundedSender<LogFlushed<TypeConfig>> {
         let mut group = Vec::new();
         while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
             // Everything queued was written before this flush starts, so it covers them all.
-            let flushed = log.flush_async().await;
+            let flushed = flush(&log).await;
             for done in group.drain(..) {
                 done.log_io_completed(match &flushed {
                     Ok(_) => Ok(()),
@@ -48,6 +48,19 @@ fn start_flusher(log: sled::Tree) -> UnboundedSender<LogFlushed<TypeConfig>> {
         }
     });
     tx
+}
+
+/// Flush `tree` to disk on a blocking thread. Not sled's `flush_async`: with several
+/// databases in one process (a test cluster, two tests at once) its futures can miss their
+/// wake-up and never complete (sled issue 1241), which hung CI in the cluster tests.
+async fn flush(tree: &sled::Tree) -> sled::Result<usize> {
+    let tree = tree.clone();
+    match tokio::task::spawn_blocking(move || tree.flush()).await {
+        Ok(r) => r,
+        Err(e) => Err(sled::Error::Io(std::io::Error::other(format!(
+            "the flush task failed: {e}"
+        )))),
+    }
 }
 
 fn io_err(
@@ -104,9 +117,7 @@ impl SledLogStore {
             .insert(k, bytes)
             .map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
         if durable {
-            self.db
-                .raft_meta
-                .flush_async()
+            flush(&self.db.raft_meta)
                 .await
                 .map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
         }
@@ -240,9 +251,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             .log
             .apply_batch(batch)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        self.db
-            .log
-            .flush_async()
+        flush(&self.db.log)
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         Ok(())
