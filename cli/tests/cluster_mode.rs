@@ -180,7 +180,7 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     std::fs::write(
         &compose,
         format!(
-            "services:\n  app:\n    image: \"{image}\"\n    entrypoint: [/bin/sleep]\n    command: \"1000\"\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [node.labels.env == dev]\n"
+            "services:\n  app:\n    image: \"{image}\"\n    entrypoint: [/bin/sleep]\n    command: \"1000\"\n    network_mode: host\n    deploy:\n      replicas: 2\n      placement:\n        constraints: [node.labels.env == dev]\n"
         ),
     )
     .unwrap();

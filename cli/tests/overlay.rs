@@ -10,8 +10,9 @@
 //! replica that exits leaves DNS and the balancer; a service on another network neither
 //! finds the server in DNS nor reaches it by address (cross-node and same-node); after the
 //! services are removed nothing of theirs is left (containers, veths, leases, DNS names),
-//! and a restarted agent replaces its stale vxlan device. Every process is killed by PID
-//! and every namespace deleted in Drop guards.
+//! and a restarted agent replaces its stale vxlan device. A second test deploys a compose
+//! file whose `networks:` keep a front and a db apart while a service on both reaches
+//! each. Every process is killed by PID and every namespace deleted in Drop guards.
 
 mod common;
 
@@ -354,8 +355,28 @@ fn resolved(nslookup: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
+/// The two tests run one after the other: each is a three-host cluster, too much for
+/// two cores at once.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A running test cluster: the underlay and three hosts (a, b, c) with their agents, the
+/// controller. Fields drop in order: daemons first, then namespaces, leftovers, the dir.
+struct Cluster {
+    controller: Daemon,
+    hosts: Vec<Host>,
+    _nss: Namespaces,
+    _leftovers: Leftovers,
+    _tmp: Option<tempfile::TempDir>,
+    underlay: String,
+    dir: PathBuf,
+    nodes: Vec<Node>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Namespaces (tagged by pid and `t`, one letter per test), the controller, three
+/// agents; returns once every node has its subnet, bridge and two vxlan peers.
+fn cluster(t: &str) -> Cluster {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     common::require_root();
     let tmp = tempfile::Builder::new()
         .prefix("gantry-overlay-test")
@@ -363,18 +384,18 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         .unwrap();
     let dir = tmp.path().to_path_buf();
     // GANTRY_TEST_KEEP=1 keeps the logs for a post-mortem.
-    let _tmp = if std::env::var_os("GANTRY_TEST_KEEP").is_some() {
+    let tmp = if std::env::var_os("GANTRY_TEST_KEEP").is_some() {
         eprintln!("keeping {}", dir.display());
         let _ = tmp.keep();
         None
     } else {
         Some(tmp)
     };
-    let _leftovers = Leftovers(dir.clone());
-    let tag = format!("{:x}", std::process::id() & 0xfffff);
+    let leftovers = Leftovers(dir.clone());
+    let tag = format!("{:x}{t}", std::process::id() & 0xfffff);
     let underlay = format!("gto{tag}u");
     let names = ["a", "b", "c"];
-    let mut nss = Namespaces(vec![underlay.clone()]);
+    let nss = Namespaces(vec![underlay.clone()]);
     ip(&["netns", "add", &underlay]);
     ip(&["-n", &underlay, "link", "set", "lo", "up"]);
     ip(&["-n", &underlay, "link", "add", "br0", "type", "bridge"]);
@@ -388,10 +409,20 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         "br0",
     ]);
     ip(&["-n", &underlay, "link", "set", "br0", "up"]);
-    let mut hosts = Vec::new();
+    let mut c = Cluster {
+        controller: Daemon(None),
+        hosts: Vec::new(),
+        _nss: nss,
+        _leftovers: leftovers,
+        _tmp: tmp,
+        underlay: underlay.clone(),
+        dir: dir.clone(),
+        nodes: Vec::new(),
+        _serial: serial,
+    };
     for (i, n) in names.iter().enumerate() {
         let ns = format!("gto{tag}{n}");
-        nss.0.push(ns.clone());
+        c._nss.0.push(ns.clone());
         ip(&["netns", "add", &ns]);
         let port = format!("h{n}");
         ip(&[
@@ -411,7 +442,7 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         ]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        hosts.push(Host {
+        c.hosts.push(Host {
             name: n.to_string(),
             ns,
             addr,
@@ -419,7 +450,7 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
             daemon: Daemon(None),
         });
     }
-    let mut controller = Daemon::spawn(
+    c.controller = Daemon::spawn(
         &underlay,
         &[
             "controller",
@@ -441,7 +472,7 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         .collect::<Vec<_>>(),
         &dir.join("controller.log"),
     );
-    for h in &mut hosts {
+    for h in &mut c.hosts {
         h.start(&format!("{}.log", h.name));
     }
     let v = wait_for(&underlay, "three nodes with subnets", |v| {
@@ -450,7 +481,7 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
     let subnets: std::collections::BTreeSet<_> = v.nodes.iter().map(|n| n.subnet).collect();
     assert_eq!(subnets.len(), 3, "distinct node subnets: {:?}", v.nodes);
     // Each agent's bridge serves its node subnet; its vxlan device has the other two.
-    for h in &hosts {
+    for h in &c.hosts {
         let node = v.nodes.iter().find(|n| n.name == h.name).unwrap();
         let gw = format!("{}/24", node.subnet.unwrap().hosts().next().unwrap());
         eventually(Duration::from_secs(20), "bridge and peers", || {
@@ -459,6 +490,14 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
             (br.contains(&gw) && routes.lines().count() == 2).then_some(())
         });
     }
+    c.nodes = v.nodes;
+    c
+}
+
+#[test]
+fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
+    let mut cl = cluster("n");
+    let (dir, underlay) = (cl.dir.clone(), cl.underlay.clone());
 
     let rootfs = common::busybox_rootfs(&dir);
     std::fs::create_dir_all(rootfs.join("www")).unwrap();
@@ -512,7 +551,7 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
     );
     let srv_ip = v.running("srv")[0].address.unwrap().to_string();
     assert_eq!(v.node_name(v.running("srv")[0].node), "b");
-    let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+    let (a, b, c) = (&cl.hosts[0], &cl.hosts[1], &cl.hosts[2]);
     let on_a = a.containers();
     assert_eq!(on_a.len(), 2, "{on_a:?}");
     // Tell cli from other by their addresses.
@@ -560,13 +599,13 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
     // The published endpoint: any node's address, from outside the cluster network (host
     // c's namespace, not a container), reaches srv wherever it runs.
     let from_c = || {
-        let out = program_in_ns("/bin/busybox", &hosts[2].ns)
+        let out = program_in_ns("/bin/busybox", &cl.hosts[2].ns)
             .args([
                 "sh",
                 "-c",
                 "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 \"$0\" 30080",
             ])
-            .arg(&hosts[0].addr)
+            .arg(&cl.hosts[0].addr)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("overlay-ok")
@@ -656,7 +695,7 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
     for s in ["srv", "cli", "other"] {
         gantry(&underlay, &["service", "rm", s]);
     }
-    for h in &hosts {
+    for h in &cl.hosts {
         eventually(Duration::from_secs(20), "containers removed", || {
             h.containers().is_empty().then_some(())
         });
@@ -673,24 +712,24 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         );
     }
     // A restarted agent replaces its vxlan device (stale entries go with the old one).
-    hosts[1].daemon.kill();
-    let before = hosts[1].ip_out(&["-d", "-o", "link", "show", "gantry.vx"]);
-    hosts[1].start("b-again.log");
+    cl.hosts[1].daemon.kill();
+    let before = cl.hosts[1].ip_out(&["-d", "-o", "link", "show", "gantry.vx"]);
+    cl.hosts[1].start("b-again.log");
     eventually(
         Duration::from_secs(20),
         "b's vxlan recreated with its peers",
         || {
-            let now = hosts[1].ip_out(&["-o", "link", "show"]);
-            let routes = hosts[1].ip_out(&["route", "show", "dev", "gantry.vx"]);
+            let now = cl.hosts[1].ip_out(&["-o", "link", "show"]);
+            let routes = cl.hosts[1].ip_out(&["route", "show", "dev", "gantry.vx"]);
             let idx = |s: &str| s.split(':').next().map(str::to_string);
             let again = now.lines().find(|l| l.contains("gantry.vx")).and_then(idx);
             (again.is_some() && again != idx(&before) && routes.lines().count() == 2).then_some(())
         },
     );
-    for h in &mut hosts {
+    for h in &mut cl.hosts {
         h.daemon.kill();
     }
-    controller.kill();
+    cl.controller.kill();
     let shims: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -699,4 +738,163 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         .filter(|c| c.contains(&dir.display().to_string()))
         .collect();
     assert!(shims.is_empty(), "processes left: {shims:?}");
+}
+
+/// `gantry deploy` of a compose file with two networks, each service on its own host:
+/// `front` (frontend) and `db` (backend) share no network, `api` is on both. api finds and
+/// reaches each by name; front finds api but neither finds db in DNS nor reaches it by
+/// address, and db does not reach front (compose's isolation, across hosts). A second
+/// deployment's default network is apart from the first's.
+#[test]
+fn compose_networks_isolate_services_that_share_none() {
+    let mut cl = cluster("k");
+    let (dir, underlay) = (cl.dir.clone(), cl.underlay.clone());
+    let rootfs = common::busybox_rootfs(&dir);
+    std::fs::create_dir_all(rootfs.join("www")).unwrap();
+    std::fs::write(rootfs.join("www/index.html"), "overlay-ok\n").unwrap();
+    let service = |name: &str, host: &str, networks: &str| {
+        format!(
+            "  {name}:\n    image: \"rootfs:{}\"\n    entrypoint: [/bin/httpd, -f, -p, \"8080\", -h, /www]\n{networks}    deploy:\n      placement:\n        constraints: [node.labels.host == {host}]\n",
+            rootfs.display()
+        )
+    };
+    let shop = dir.join("shop");
+    std::fs::create_dir_all(&shop).unwrap();
+    let compose = shop.join("compose.yaml");
+    std::fs::write(
+        &compose,
+        format!(
+            "services:\n{}{}{}networks:\n  frontend:\n    driver: overlay\n  backend: {{}}\n",
+            service("front", "a", "    networks: [frontend]\n"),
+            service(
+                "api",
+                "c",
+                "    networks:\n      frontend:\n      backend:\n"
+            ),
+            service("db", "b", "    networks: [backend]\n"),
+        ),
+    )
+    .unwrap();
+    // The project is the directory's name: networks shop-frontend and shop-backend.
+    let out = gantry(&underlay, &["deploy", "-f", compose.to_str().unwrap()]);
+    assert!(out.contains("deployment shop: 3 services"), "{out}");
+    assert!(
+        out.contains("api: created (version 1; networks shop-frontend, shop-backend)"),
+        "{out}"
+    );
+    // A second deployment (another project, no networks: its default network) on host a.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let other_compose = other.join("compose.yaml");
+    std::fs::write(
+        &other_compose,
+        format!("services:\n{}", service("stray", "a", "")),
+    )
+    .unwrap();
+    let out = gantry(
+        &underlay,
+        &["deploy", "-f", other_compose.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("stray: created (version 1; networks other-default)"),
+        "{out}"
+    );
+    let v = wait_for(
+        &underlay,
+        "front, api, db, stray running with addresses",
+        |v| {
+            ["front", "api", "db", "stray"]
+                .iter()
+                .all(|s| v.running(s).len() == 1 && v.running(s)[0].address.is_some())
+        },
+    );
+    let addr = |s: &str| v.running(s)[0].address.unwrap().to_string();
+    for (s, h) in [("front", "a"), ("api", "c"), ("db", "b"), ("stray", "a")] {
+        assert_eq!(v.node_name(v.running(s)[0].node), h, "{s}");
+    }
+    let (a, b, c) = (&cl.hosts[0], &cl.hosts[1], &cl.hosts[2]);
+    // Each host's container of a service, told apart by address on host a.
+    let container_of = |h: &Host, svc: &str| {
+        let want = format!("{}/", addr(svc));
+        h.containers()
+            .into_iter()
+            .find(|id| {
+                h.exec(id, &["ip", "-4", "-o", "addr", "show", "eth0"])
+                    .1
+                    .contains(&want)
+            })
+            .unwrap_or_else(|| panic!("no container of {svc} on {}", h.name))
+    };
+    let (front, api, db, stray) = (
+        container_of(a, "front"),
+        container_of(c, "api"),
+        container_of(b, "db"),
+        container_of(a, "stray"),
+    );
+    let get = |h: &Host, id: &str, target: &str| {
+        let cmd = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {target} 8080");
+        let (ok, out) = h.exec(id, &["sh", "-c", &cmd]);
+        ok && out.contains("overlay-ok")
+    };
+    // api, on both networks, reaches each by name across hosts; front reaches api.
+    for (target, from, id) in [("db", c, &api), ("front", c, &api), ("api", a, &front)] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{target} by name from {}", from.name),
+            || get(from, id, target).then_some(()),
+        );
+    }
+    // Host a's DNS (asked from the host, which sees every service) knows db and stray:
+    // its table, and so its isolation chain, has their addresses.
+    let gw_a = cl
+        .nodes
+        .iter()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .subnet
+        .unwrap()
+        .hosts()
+        .next()
+        .unwrap()
+        .to_string();
+    for s in ["db", "stray"] {
+        eventually(Duration::from_secs(10), &format!("{s} in a's DNS"), || {
+            let out = program_in_ns("/bin/busybox", &a.ns)
+                .args(["nslookup", s, &gw_a])
+                .output()
+                .unwrap();
+            (resolved(&String::from_utf8_lossy(&out.stdout)) == vec![addr(s)]).then_some(())
+        });
+    }
+    // front and db share no network: no name, no traffic, either way.
+    let (_, out) = a.exec(&front, &["nslookup", "db"]);
+    assert!(resolved(&out).is_empty(), "front resolved db: {out}");
+    assert!(!get(a, &front, &addr("db")), "front reached db by address");
+    assert!(!get(b, &db, &addr("front")), "db reached front by address");
+    let (ok, out) = b.exec(&db, &["ping", "-c", "1", "-W", "1", &addr("front")]);
+    assert!(!ok, "db pinged front: {out}");
+    // ... while api still reaches both by address (the chain drops only unshared pairs).
+    assert!(get(c, &api, &addr("db")) && get(c, &api, &addr("front")));
+    // The other deployment's default network shares nothing with this one, same node
+    // included (front and stray both run on a).
+    let (_, out) = a.exec(&stray, &["nslookup", "api"]);
+    assert!(resolved(&out).is_empty(), "stray resolved api: {out}");
+    assert!(!get(a, &stray, &addr("front")), "stray reached front");
+    assert!(!get(a, &front, &addr("stray")), "front reached stray");
+
+    // Removing the services leaves no container, veth or lease on any host.
+    for s in ["front", "api", "db", "stray"] {
+        gantry(&underlay, &["service", "rm", s]);
+    }
+    for h in &cl.hosts {
+        eventually(Duration::from_secs(20), "containers removed", || {
+            h.containers().is_empty().then_some(())
+        });
+        let links = h.ip_out(&["-o", "link", "show"]);
+        assert!(!links.contains(": gt"), "veth left on {}: {links}", h.name);
+    }
+    for h in &mut cl.hosts {
+        h.daemon.kill();
+    }
+    cl.controller.kill();
 }

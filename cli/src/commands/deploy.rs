@@ -8,16 +8,30 @@
 //! `update_config.parallelism`. Every other key is reported by its path (a key gantry
 //! would silently drop changes what runs); a malformed file is refused with its line.
 //! Parsing ([`parse`]) is pure; [`main`] writes the result through the controller.
+//!
+//! Networks, as under `docker compose`: the top-level `networks:` (keys `name`, `driver`
+//! `overlay`/`bridge`, `external`) and each service's `networks:` (a list of names, or a
+//! map whose values are empty) become gantry cluster networks (`ServiceSpec.networks`);
+//! a service without `networks:` is on the deployment's `default` network, one with
+//! `network_mode: host` on none (host networking). A network is named
+//! `PROJECT-KEY` (compose's `PROJECT_KEY`; gantry names have no `_`) unless it has a
+//! `name:` or is `external` (then its name as written), so two deployments' networks are
+//! apart. PROJECT is `--project-name`, else the file's `name:`, else its directory's name.
+//! Any other key under a network, or under a service's network entry, is refused with
+//! its line (not listed as unknown: a dropped network setting changes who reaches whom).
 
 use super::cluster::{exit, migrate_constraint, runtime, services, Target};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use gantry_controller::state::valid_network_name;
 use gantry_controller::state::{
     parse_constraints, Command, PortSpec, Protocol, Reply, Resources, RestartPolicy, ServiceSpec,
     UpdatePolicy,
 };
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -28,6 +42,10 @@ pub struct DeployArgs {
     /// Deploy even when the file has keys gantry does not understand (they are listed).
     #[arg(long)]
     allow_unknown: bool,
+    /// The deployment's name, prefixed to its networks' names (default: the file's
+    /// `name:`, else the name of the directory holding the file).
+    #[arg(short = 'p', long)]
+    project_name: Option<String>,
     #[command(flatten)]
     target: Target,
 }
@@ -36,10 +54,90 @@ pub struct DeployArgs {
 struct ComposeFile {
     #[allow(dead_code)]
     version: Option<serde_yaml_ng::Value>,
-    #[allow(dead_code)]
     name: Option<String>,
     #[serde(default)]
     services: BTreeMap<String, ComposeService>,
+    #[serde(default)]
+    networks: BTreeMap<String, Option<ComposeNetwork>>,
+}
+
+/// A top-level network. Unknown keys are an error at their line (`deny_unknown_fields`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ComposeNetwork {
+    name: Option<String>,
+    driver: Option<String>,
+    #[serde(default)]
+    external: bool,
+}
+
+/// A service's `networks:`: a list of network keys, or a map from key to its (empty)
+/// settings. Written by hand rather than as an untagged enum, so that an error inside
+/// keeps its line.
+#[derive(Debug)]
+struct ServiceNetworks(Vec<String>);
+
+impl<'de> Deserialize<'de> for ServiceNetworks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ServiceNetworks;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of network names, or a map of network name to settings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    v.push(n);
+                }
+                Ok(ServiceNetworks(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(n) = map.next_key::<String>()? {
+                    map.next_value::<Option<ServiceNetwork>>()?;
+                    v.push(n);
+                }
+                Ok(ServiceNetworks(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A service's settings on one network: gantry takes none (`aliases`, fixed addresses,
+/// priorities are refused at their line rather than dropped).
+#[derive(Debug)]
+struct ServiceNetwork;
+
+impl<'de> Deserialize<'de> for ServiceNetwork {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ServiceNetwork;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an empty map")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                match map.next_key::<String>()? {
+                    None => Ok(ServiceNetwork),
+                    Some(k) => Err(serde::de::Error::custom(format!(
+                        "unknown key `{k}`: gantry takes no per-service network settings (no aliases or fixed addresses)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A string (split at whitespace) or a list.
@@ -87,6 +185,8 @@ struct ComposeService {
     ports: Vec<Port>,
     restart: Option<String>,
     deploy: Option<Deploy>,
+    networks: Option<ServiceNetworks>,
+    network_mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -129,6 +229,8 @@ struct UpdateConfig {
 /// The parsed file: gantry service specs by name, and the keys it did not understand.
 #[derive(Debug)]
 pub struct Parsed {
+    /// The deployment's name (its networks' prefix).
+    pub project: String,
     pub services: BTreeMap<String, ServiceSpec>,
     pub unknown: Vec<String>,
 }
@@ -224,8 +326,123 @@ fn restart_of(field: &str, s: &str) -> Result<RestartPolicy> {
     })
 }
 
-fn spec_of(name: &str, s: ComposeService) -> Result<ServiceSpec> {
+/// The deployment's name: `--project-name`, else the file's `name:` (both as written: a
+/// gantry network name's characters), else the directory's name made one (lowercase,
+/// `_` → `-`, other characters dropped), as compose derives its project name.
+fn project_name(flag: Option<&str>, in_file: Option<&str>, dir: Option<&str>) -> Result<String> {
+    let explicit = |field: &str, p: &str| -> Result<String> {
+        if valid_network_name(p) {
+            Ok(p.to_string())
+        } else {
+            bail!("{field}: {p:?}: a project name is 1-63 of [a-z0-9-], starting alphanumeric (it prefixes network names)")
+        }
+    };
+    if let Some(p) = flag {
+        return explicit("--project-name", p);
+    }
+    if let Some(p) = in_file {
+        return explicit("name", p);
+    }
+    let d: String = dir
+        .unwrap_or("")
+        .chars()
+        .filter_map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-') => Some(c),
+            '_' => Some('-'),
+            _ => None,
+        })
+        .collect();
+    let d = d.trim_start_matches('-');
+    if d.is_empty() {
+        bail!("no project name: the directory's name has no usable characters (give --project-name or a top-level name:)");
+    }
+    Ok(d.chars().take(MAX_PROJECT_LEN).collect())
+}
+
+/// A derived project name is cut to this length, leaving room for `-` + a network key.
+const MAX_PROJECT_LEN: usize = 40;
+
+/// The deployment's networks: compose key → gantry network name (`default` always there).
+fn resolve_networks(
+    project: &str,
+    declared: BTreeMap<String, Option<ComposeNetwork>>,
+) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (key, n) in declared {
+        let n = n.unwrap_or_default();
+        let field = format!("networks.{key}");
+        if let Some(d) = &n.driver {
+            if !matches!(d.as_str(), "overlay" | "bridge") {
+                bail!("{field}.driver: {d:?}: gantry networks are its cluster overlay (driver overlay or bridge, or none)");
+            }
+        }
+        let name = match (n.name, n.external) {
+            (Some(x), _) => x,
+            (None, true) => key.clone(),
+            (None, false) => format!("{project}-{key}"),
+        };
+        if !valid_network_name(&name) {
+            bail!(
+                "{field}: network name {name:?}: must be 1-63 of [a-z0-9-], starting alphanumeric"
+            );
+        }
+        out.insert(key, name);
+    }
+    if !out.contains_key("default") {
+        let name = format!("{project}-default");
+        if !valid_network_name(&name) {
+            bail!("the default network's name {name:?}: must be 1-63 of [a-z0-9-] (shorten the project name)");
+        }
+        out.insert("default".into(), name);
+    }
+    Ok(out)
+}
+
+/// A service's gantry networks (see the module doc).
+fn networks_of(
+    field: &dyn Fn(&str) -> String,
+    nets: &BTreeMap<String, String>,
+    mode: Option<&str>,
+    list: Option<ServiceNetworks>,
+) -> Result<Vec<String>> {
+    match (mode, list) {
+        (Some("host"), None) => Ok(Vec::new()),
+        (Some("host"), Some(_)) => bail!(
+            "{}: not with network_mode: host (a host-network service joins no network)",
+            field("networks")
+        ),
+        (Some(m), _) => bail!(
+            "{}: {m:?}: gantry supports host, or networks: (no bridge, none, service: or container: modes)",
+            field("network_mode")
+        ),
+        (None, None) => Ok(vec![nets["default"].clone()]),
+        (None, Some(ServiceNetworks(keys))) => {
+            if keys.is_empty() {
+                bail!(
+                    "{}: empty (leave it out for the default network, or network_mode: host)",
+                    field("networks")
+                );
+            }
+            let mut out: Vec<String> = Vec::new();
+            for k in keys {
+                let name = nets.get(&k).ok_or_else(|| {
+                    anyhow!(
+                        "{}: network {k:?} is not declared under the top-level networks:",
+                        field("networks")
+                    )
+                })?;
+                if !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn spec_of(name: &str, s: ComposeService, nets: &BTreeMap<String, String>) -> Result<ServiceSpec> {
     let f = |k: &str| format!("services.{name}.{k}");
+    let networks = networks_of(&f, nets, s.network_mode.as_deref(), s.networks)?;
     let image = s
         .image
         .filter(|i| !i.is_empty())
@@ -321,12 +538,14 @@ fn spec_of(name: &str, s: ComposeService) -> Result<ServiceSpec> {
         ports,
         restart,
         update: UpdatePolicy { max_parallel },
+        networks,
         ..Default::default()
     })
 }
 
-/// Parse a Compose file's text; `file` names it in errors.
-pub fn parse(file: &Path, text: &str) -> Result<Parsed> {
+/// Parse a Compose file's text; `file` names it in errors. `project` is the
+/// `--project-name` given, `dir` the name of the file's directory (see [`project_name`]).
+pub fn parse(file: &Path, text: &str, project: Option<&str>, dir: Option<&str>) -> Result<Parsed> {
     let mut unknown = Vec::new();
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let doc: ComposeFile = serde_ignored::deserialize(de, |path| {
@@ -334,26 +553,39 @@ pub fn parse(file: &Path, text: &str) -> Result<Parsed> {
         unknown.push(path.to_string().replace(".?", ""))
     })
     .map_err(|e| match e.location() {
-        Some(l) => anyhow!(
-            "{}: line {}, column {}: {e}",
-            file.display(),
-            l.line(),
-            l.column()
-        ),
+        Some(l) => {
+            // the message ends with the location again; say it once
+            let msg = e.to_string();
+            let at = format!(" at line {} column {}", l.line(), l.column());
+            anyhow!(
+                "{}: line {}, column {}: {}",
+                file.display(),
+                l.line(),
+                l.column(),
+                msg.strip_suffix(&at).unwrap_or(&msg)
+            )
+        }
         None => anyhow!("{}: {e}", file.display()),
     })?;
     if doc.services.is_empty() {
         bail!("{}: no services", file.display());
     }
+    let ctx = || file.display().to_string();
+    let project = project_name(project, doc.name.as_deref(), dir).with_context(ctx)?;
+    let nets = resolve_networks(&project, doc.networks).with_context(ctx)?;
     let services = doc
         .services
         .into_iter()
         .map(|(name, s)| {
-            let spec = spec_of(&name, s).with_context(|| file.display().to_string())?;
+            let spec = spec_of(&name, s, &nets).with_context(ctx)?;
             Ok((name, spec))
         })
         .collect::<Result<_>>()?;
-    Ok(Parsed { services, unknown })
+    Ok(Parsed {
+        project,
+        services,
+        unknown,
+    })
 }
 
 pub fn main(args: DeployArgs) -> i32 {
@@ -366,7 +598,15 @@ pub fn main(args: DeployArgs) -> i32 {
 async fn deploy_main(args: DeployArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let parsed = parse(&args.file, &text)?;
+    let dir = std::fs::canonicalize(&args.file)
+        .ok()
+        .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()));
+    let parsed = parse(
+        &args.file,
+        &text,
+        args.project_name.as_deref(),
+        dir.as_deref(),
+    )?;
     if !parsed.unknown.is_empty() {
         let list = parsed.unknown.join(", ");
         if !args.allow_unknown {
@@ -381,6 +621,11 @@ async fn deploy_main(args: DeployArgs) -> Result<()> {
         );
     }
     let mut c = args.target.client()?;
+    println!(
+        "deployment {}: {} services",
+        parsed.project,
+        parsed.services.len()
+    );
     let existing: BTreeMap<String, u64> = services(&mut c)
         .await?
         .into_iter()
@@ -388,6 +633,10 @@ async fn deploy_main(args: DeployArgs) -> Result<()> {
         .collect();
     for (name, spec) in parsed.services {
         let expected = existing.get(&name).copied().unwrap_or(0);
+        let nets = match spec.networks.is_empty() {
+            true => "host network".to_string(),
+            false => format!("networks {}", spec.networks.join(", ")),
+        };
         let cmd = Command::UpsertService {
             name: name.clone(),
             spec,
@@ -397,7 +646,7 @@ async fn deploy_main(args: DeployArgs) -> Result<()> {
         match r {
             Ok(Reply::ServiceUpserted { version }) => {
                 let what = if expected == 0 { "created" } else { "updated" };
-                println!("{name}: {what} (version {version})");
+                println!("{name}: {what} (version {version}; {nets})");
             }
             Ok(other) => bail!("service {name}: unexpected reply {other:?}"),
             Err(e) => bail!("service {name}: {e}"),
@@ -409,6 +658,11 @@ async fn deploy_main(args: DeployArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses `text` as `c.yaml` in a directory named `shop`.
+    fn parse_shop(text: &str) -> Result<Parsed> {
+        parse(Path::new("c.yaml"), text, None, Some("shop"))
+    }
 
     const FILE: &str = r#"
 version: "3.8"
@@ -449,7 +703,7 @@ services:
 
     #[test]
     fn compose_services_become_specs() {
-        let p = parse(Path::new("c.yaml"), FILE).unwrap();
+        let p = parse_shop(FILE).unwrap();
         assert!(p.unknown.is_empty(), "{:?}", p.unknown);
         let web = &p.services["web"];
         assert_eq!(web.image, "registry.local/web:2");
@@ -505,7 +759,7 @@ services:
     #[test]
     fn unknown_keys_are_reported_by_path() {
         let text = "services:\n  web:\n    image: a\n    healthcheck:\n      test: x\n    deploy:\n      placment: {}\nvolumes: {}\n";
-        let p = parse(Path::new("c.yaml"), text).unwrap();
+        let p = parse_shop(text).unwrap();
         assert_eq!(
             p.unknown,
             vec![
@@ -518,25 +772,17 @@ services:
 
     #[test]
     fn malformed_files_name_the_line_and_bad_values_the_field() {
-        let e = parse(
-            Path::new("c.yaml"),
-            "services:\n  web:\n    image: a\n   bad: [\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = parse_shop("services:\n  web:\n    image: a\n   bad: [\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("c.yaml: line 4"), "{e}");
-        let e = parse(
-            Path::new("c.yaml"),
-            "services:\n  web:\n    image: a\n    deploy:\n      replicas: many\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = parse_shop("services:\n  web:\n    image: a\n    deploy:\n      replicas: many\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 5"), "{e}");
         let e = format!(
             "{:#}",
-            parse(
-                Path::new("c.yaml"),
-                "services:\n  web:\n    image: a\n    deploy:\n      placement:\n        constraints: [\"node.role == manager\"]\n",
+            parse_shop("services:\n  web:\n    image: a\n    deploy:\n      placement:\n        constraints: [\"node.role == manager\"]\n",
             )
             .unwrap_err()
         );
@@ -546,19 +792,133 @@ services:
         );
         let e = format!(
             "{:#}",
-            parse(
-                Path::new("c.yaml"),
-                "services:\n  web:\n    ports: [\"x:80\"]\n    image: a\n"
-            )
-            .unwrap_err()
+            parse_shop("services:\n  web:\n    ports: [\"x:80\"]\n    image: a\n").unwrap_err()
         );
         assert!(e.contains("services.web.ports[0]: host port \"x\""), "{e}");
         let e = format!(
             "{:#}",
-            parse(Path::new("c.yaml"), "services:\n  web:\n    command: x\n").unwrap_err()
+            parse_shop("services:\n  web:\n    command: x\n").unwrap_err()
         );
         assert!(e.contains("services.web.image: required"), "{e}");
-        assert!(parse(Path::new("c.yaml"), "services: {}\n").is_err());
+        assert!(parse_shop("services: {}\n").is_err());
+    }
+
+    const NETWORKS: &str = r#"
+services:
+  front:
+    image: web:1
+    networks: [frontend]
+  api:
+    image: api:1
+    networks:
+      frontend:
+      backend: {}
+  db:
+    image: db:1
+    networks: [backend]
+  tool:
+    image: tool:1
+  probe:
+    image: probe:1
+    network_mode: host
+  shared:
+    image: s:1
+    networks: [ops, frontend, ops]
+networks:
+  frontend:
+    driver: overlay
+  backend: {}
+  ops:
+    external: true
+  logs:
+    name: central-logs
+"#;
+
+    #[test]
+    fn compose_networks_become_gantry_networks() {
+        let p = parse_shop(NETWORKS).unwrap();
+        assert!(p.unknown.is_empty(), "{:?}", p.unknown);
+        assert_eq!(p.project, "shop");
+        let nets = |s: &str| p.services[s].networks.clone();
+        assert_eq!(nets("front"), vec!["shop-frontend"]);
+        assert_eq!(nets("api"), vec!["shop-frontend", "shop-backend"]);
+        assert_eq!(nets("db"), vec!["shop-backend"]);
+        // no networks: the deployment's default network; host mode: none
+        assert_eq!(nets("tool"), vec!["shop-default"]);
+        assert!(nets("probe").is_empty());
+        // external: its own name, unprefixed; a repeat is joined once
+        assert_eq!(nets("shared"), vec!["ops", "shop-frontend"]);
+        // the project: --project-name, then name:, then the directory
+        let named = format!("name: market\n{NETWORKS}");
+        let p = parse(Path::new("c.yaml"), &named, None, Some("shop")).unwrap();
+        assert_eq!(p.services["db"].networks, vec!["market-backend"]);
+        let p = parse(Path::new("c.yaml"), &named, Some("qa1"), Some("shop")).unwrap();
+        assert_eq!(p.services["db"].networks, vec!["qa1-backend"]);
+        let p = parse(Path::new("c.yaml"), NETWORKS, None, Some("My_Shop.v2")).unwrap();
+        assert_eq!(p.project, "my-shopv2");
+        assert_eq!(p.services["tool"].networks, vec!["my-shopv2-default"]);
+        // a customised default network
+        let text = "services:\n  a:\n    image: a\nnetworks:\n  default:\n    name: lan\n";
+        assert_eq!(
+            parse_shop(text).unwrap().services["a"].networks,
+            vec!["lan"]
+        );
+    }
+
+    /// The error of parsing `text`, with its context chain.
+    fn err(text: &str) -> String {
+        format!("{:#}", parse_shop(text).unwrap_err())
+    }
+
+    #[test]
+    fn bad_networks_are_refused_naming_the_line_or_the_field() {
+        // unknown keys under a top-level network: refused at their line, not ignored
+        let e = err("services:\n  a:\n    image: a\nnetworks:\n  back:\n    driver: overlay\n    ipam: {}\n");
+        assert!(e.contains("line 7") && e.contains("ipam"), "{e}");
+        let e = err("services:\n  a:\n    image: a\nnetworks:\n  back:\n    internal: true\n");
+        assert!(e.contains("line 6") && e.contains("internal"), "{e}");
+        // ... and under a service's network entry
+        let e = err("services:\n  a:\n    image: a\n    networks:\n      back:\n        aliases: [db]\nnetworks:\n  back: {}\n");
+        assert!(e.contains("line 6") && e.contains("aliases"), "{e}");
+        // a networks value of the wrong shape
+        let e = err("services:\n  a:\n    image: a\n    networks: back\n");
+        assert!(e.contains("line 4"), "{e}");
+        // values gantry cannot honour name the field
+        let e = err("services:\n  a:\n    image: a\nnetworks:\n  back:\n    driver: macvlan\n");
+        assert!(e.contains("networks.back.driver: \"macvlan\""), "{e}");
+        let e = err("services:\n  a:\n    image: a\n    networks: [back]\n");
+        assert!(
+            e.contains("services.a.networks: network \"back\" is not declared"),
+            "{e}"
+        );
+        let e = err("services:\n  a:\n    image: a\n    networks: []\n");
+        assert!(e.contains("services.a.networks: empty"), "{e}");
+        let e = err("services:\n  a:\n    image: a\n    network_mode: bridge\n");
+        assert!(e.contains("services.a.network_mode: \"bridge\""), "{e}");
+        let e =
+            err("services:\n  a:\n    image: a\n    network_mode: host\n    networks: [default]\n");
+        assert!(
+            e.contains("services.a.networks: not with network_mode: host"),
+            "{e}"
+        );
+        let e = err("services:\n  a:\n    image: a\nnetworks:\n  back_end: {}\n");
+        assert!(
+            e.contains("networks.back_end: network name \"shop-back_end\""),
+            "{e}"
+        );
+        let e = err("name: Shop\nservices:\n  a:\n    image: a\n");
+        assert!(e.contains("name: \"Shop\""), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(
+                Path::new("c.yaml"),
+                "services:\n  a:\n    image: a\n",
+                None,
+                Some("__")
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("no project name"), "{e}");
     }
 
     #[test]

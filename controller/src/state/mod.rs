@@ -78,6 +78,12 @@ fn valid_name(s: &str) -> bool {
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
+/// A cluster network name: 1-63 of `[a-z0-9-]`, starting alphanumeric (a DNS label
+/// without dots).
+pub fn valid_network_name(s: &str) -> bool {
+    valid_name(s) && !s.contains('.')
+}
+
 fn valid_label_key(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_LABEL_KEY_LEN
@@ -288,7 +294,7 @@ fn validate_spec(spec: &ServiceSpec) -> Result<(), ApplyError> {
         }
     }
     for (i, n) in spec.networks.iter().enumerate() {
-        if !valid_name(n) || n.contains('.') {
+        if !valid_network_name(n) {
             return Err(ApplyError::invalid(
                 format!("spec.networks[{i}]"),
                 format!("{n:?} must be 1-63 of [a-z0-9-], starting alphanumeric"),
