@@ -2,7 +2,9 @@
 # A multi-host gantry cluster on one machine: every host is a network namespace on one
 # bridge, with its own address, state dirs and gantry daemons.
 #
-#   deploy/cluster.sh up        [--bin PATH]   bring every host up (idempotent)
+#   deploy/cluster.sh up  [--bin PATH] [--insecure]
+#                                              bring every host up (idempotent); mutual
+#                                              TLS unless --insecure (plain TCP/HTTP)
 #   deploy/cluster.sh down                     remove everything `up` made (idempotent)
 #   deploy/cluster.sh status                   hosts, addresses, daemons
 #   deploy/cluster.sh kill HOST                host loss: SIGKILL its daemons and containers
@@ -11,7 +13,19 @@
 #   deploy/cluster.sh partition HOST          cut the host's link (daemons keep running)
 #   deploy/cluster.sh heal HOST                restore the host's link
 #   deploy/cluster.sh env                      `eval "$(deploy/cluster.sh env)"` sets
-#                                              GANTRY_CONTROLLER for the CLI
+#                                              GANTRY_CONTROLLER and GANTRY_CONTEXT (or
+#                                              GANTRY_INSECURE) for the CLI
+#   deploy/cluster.sh addr HOST                the host's address
+#
+# Security (issue 10): by default the cluster runs mutual TLS. ctl-onprem bootstraps the
+# cluster CA (DIR/ctl-onprem/data/pki) and an admin context, copied to DIR/admin.context
+# (0600); with it this script creates join tokens (DIR/tokens/{controller,agent,registry},
+# 0600, valid GANTRY_CLUSTER_TOKEN_TTL, default 24h): the other controllers join with the
+# controller token, the agents with the agent token (their node certificates then live in
+# their ROOT/pki), and the registry serves a certificate obtained with `gantry credential
+# request` and the registry token (DIR/registry/pki). `up --insecure` is the old plain
+# TCP/HTTP cluster with no credentials (GANTRY_INSECURE=1 for every daemon and CLI call);
+# the mode is kept in DIR/mode, and `restart` uses it.
 #
 # Addresses: the bridge `gty0` holds 10.77.0.1/24 in the root namespace (so the CLI and
 # curl on this machine reach the hosts); each host has one address of 10.77.0.0/24 inside
@@ -25,9 +39,9 @@
 # GANTRY_CLUSTER_PREFIX (default gty) names the bridge (PREFIX0), namespaces (PREFIX-HOST)
 # and veths (PREFIXvN); GANTRY_CLUSTER_NET (default 10.77.0) is the hosts' /24.
 set -euo pipefail
-# The namespace cluster still runs without TLS (issue 10: bootstrap + join tokens are not
-# wired into this script yet): every daemon and CLI call here is --insecure.
-export GANTRY_INSECURE=${GANTRY_INSECURE:-1}
+# whether a daemon or CLI call runs --insecure is this script's choice (DIR/mode), never
+# the caller's environment
+unset GANTRY_INSECURE GANTRY_TOKEN GANTRY_CONTEXT GANTRY_CONTROLLER
 
 DIR=${GANTRY_CLUSTER_DIR:-/var/lib/gantry-cluster}
 # names and addresses are parameters so that tests run their own clusters side by side
@@ -67,6 +81,33 @@ addr() { echo "$NET.$(field "$1" 2)"; }
 controllers() { hosts | awk '$3 == "controller" { print $1 }'; }
 controller_addrs() { for h in $(controllers); do printf '%s%s:%s' "${sep:-}" "$(addr "$h")" "$CTL_PORT"; sep=,; done; echo; }
 bin() { cat "$DIR/bin" 2>/dev/null || die "no cluster is up (run: $0 up)"; }
+mode() { cat "$DIR/mode" 2>/dev/null || die "no cluster is up (run: $0 up)"; }
+insecure() { [ "$(mode)" = insecure ]; }
+TOKEN_TTL=${GANTRY_CLUSTER_TOKEN_TTL:-24h}
+
+# --- credentials (mutual TLS) -------------------------------------------------------------
+
+# The CLI as the cluster's admin, against every controller.
+admin() {
+  GANTRY_CONTEXT="$DIR/admin.context" GANTRY_CONTROLLER="$(controller_addrs)" "$(bin)" "$@"
+}
+
+# A join token of ROLE, created once with the admin context and kept in DIR/tokens/ROLE.
+token() {
+  local role=$1 f="$DIR/tokens/$1" deadline=$((SECONDS + 30)) out
+  if [ ! -s "$f" ]; then
+    mkdir -p "$DIR/tokens"
+    chmod 700 "$DIR/tokens"
+    # the first member needs a moment to elect itself after it listens
+    until out=$(admin token create --role "$role" --ttl "$TOKEN_TTL" 2>&1 >"$f.new"); do
+      [ $SECONDS -lt $deadline ] || { rm -f "$f.new"; die "creating a $role join token: $out"; }
+      sleep 0.2
+    done
+    chmod 600 "$f.new"
+    mv "$f.new" "$f"
+  fi
+  cat "$f"
+}
 
 # --- namespaces and links -----------------------------------------------------------------
 
@@ -166,7 +207,10 @@ spawn() { # HOST NAME ARGS… : start one daemon in the host's network namespace
   mkdir -p "$DIR/$h"
   # nsenter --net only: the daemon keeps the machine's mounts (cgroupfs); `ip netns exec`
   # would remount /sys and hide the cgroup hierarchies from the agent
-  RUST_LOG=${RUST_LOG:-info} setsid nsenter --net="/run/netns/$(ns "$h")" "$(bin)" "$@" \
+  local envs=(RUST_LOG="${RUST_LOG:-info}")
+  if insecure; then envs+=(GANTRY_INSECURE=1); fi
+  if [ -n "${GANTRY_TOKEN:-}" ]; then envs+=(GANTRY_TOKEN="$GANTRY_TOKEN"); fi
+  env -u GANTRY_TOKEN "${envs[@]}" setsid nsenter --net="/run/netns/$(ns "$h")" "$(bin)" "$@" \
     >>"$DIR/$h/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/$h/$name.pid"
 }
@@ -191,26 +235,54 @@ start_host() {
       spawn "$h" controller controller run --id 1 --listen "$a:$CTL_PORT" --data-dir "$DIR/$h/data" --bootstrap \
         ${GANTRY_CLUSTER_CONTROLLER_ARGS:-}
     else
+      local tok=""
+      insecure || tok=$(token controller)
+      # the token goes by environment, not on the command line (ps shows that to anyone);
+      # it is used only while the member has no certificate in DATA/pki yet
       # shellcheck disable=SC2086
-      spawn "$h" controller controller run --id "$id" --listen "$a:$CTL_PORT" --data-dir "$DIR/$h/data" \
-        --join "$(addr "$(controllers | head -1)"):$CTL_PORT" ${GANTRY_CLUSTER_CONTROLLER_ARGS:-}
+      GANTRY_TOKEN=$tok spawn "$h" controller controller run --id "$id" --listen "$a:$CTL_PORT" \
+        --data-dir "$DIR/$h/data" --join "$(addr "$(controllers | head -1)"):$CTL_PORT" \
+        ${GANTRY_CLUSTER_CONTROLLER_ARGS:-}
     fi
     wait_port "$h" "$CTL_PORT"
+    if [ "$id" = 1 ] && ! insecure && [ ! -e "$DIR/admin.context" ]; then
+      local ctx="$DIR/$h/data/pki/admin.context" deadline=$((SECONDS + 10))
+      until [ -s "$ctx" ]; do
+        [ $SECONDS -lt $deadline ] || die "$h: no admin context at $ctx (log: $DIR/$h/controller.log)"
+        sleep 0.1
+      done
+      cp -p "$ctx" "$DIR/admin.context"
+    fi
     ;;
   registry)
-    # plain HTTP until the cluster's credentials are wired into cluster.sh
-    spawn "$h" registry registry --listen "$a:$REG_PORT" --root "$DIR/$h/data" --insecure
+    if insecure; then
+      spawn "$h" registry registry --listen "$a:$REG_PORT" --root "$DIR/$h/data" --insecure
+    else
+      # a certificate of role registry (DNS name registry.gantry, which clients verify
+      # whatever address they dial), issued by the cluster CA for the registry token
+      local pki="$DIR/$h/pki"
+      if [ ! -s "$pki/registry.crt" ]; then
+        local out tok
+        tok=$(token registry)
+        out=$(GANTRY_TOKEN=$tok "$(bin)" credential request --join "$(controller_addrs)" \
+          --name registry --out "$pki" 2>&1) || die "$h: requesting its certificate: $out"
+      fi
+      spawn "$h" registry registry --listen "$a:$REG_PORT" --root "$DIR/$h/data" \
+        --tls-cert "$pki/registry.crt" --tls-key "$pki/registry.key" --tls-ca "$pki/ca.crt"
+    fi
     wait_port "$h" "$REG_PORT"
     ;;
   agent)
-    local args=()
+    local args=() tok=""
     IFS=, read -ra kv <<<"$labels"
     for l in "${kv[@]}"; do args+=(--label "$l"); done
+    # with TLS the agent pulls from the registry with its node certificate
+    if insecure; then args+=(--insecure-registry "$(addr registry):$REG_PORT"); else tok=$(token agent); fi
     # shellcheck disable=SC2086
-    spawn "$h" agent agent --root "$DIR/$h/agent" --run-root "$DIR/$h/run" \
+    GANTRY_TOKEN=$tok spawn "$h" agent agent --root "$DIR/$h/agent" --run-root "$DIR/$h/run" \
       --host "unix://$DIR/$h/agent.sock" --overlay \
       --join "$(controller_addrs)" --name "$h" --advertise "$a" "${args[@]}" \
-      --insecure-registry "$(addr registry):$REG_PORT" ${GANTRY_CLUSTER_AGENT_ARGS:-}
+      ${GANTRY_CLUSTER_AGENT_ARGS:-}
     local deadline=$((SECONDS + 30))
     until [ -S "$DIR/$h/agent.sock" ]; do
       [ $SECONDS -lt $deadline ] || die "$h: the agent's socket did not appear in 30 s (log: $DIR/$h/agent.log)"
@@ -223,19 +295,25 @@ start_host() {
 # --- verbs --------------------------------------------------------------------------------
 
 up() {
-  local b=""
+  local b="" m=tls
   while [ $# -gt 0 ]; do
     case $1 in
-    --bin) b=$2; shift 2 ;;
-    *) die "up: unknown option '$1'" ;;
+    --bin) b=${2:?--bin PATH}; shift 2 ;;
+    --insecure) m=insecure; shift ;;
+    *) die "up: unknown option '$1' (--bin PATH, --insecure)" ;;
     esac
   done
+  if [ -e "$DIR/mode" ] && [ "$(cat "$DIR/mode")" != "$m" ]; then
+    die "a cluster is up in $DIR with mode $(cat "$DIR/mode"), not $m (run: $0 down)"
+  fi
   if [ -z "$b" ]; then
     b=$(cd "$(dirname "$0")/.." && pwd)/target/release/gantry
   fi
   [ -x "$b" ] || die "no gantry binary at $b (build it: cargo build --release -p gantry, or pass --bin PATH)"
   mkdir -p "$DIR"
+  chmod 700 "$DIR"
   realpath "$b" >"$DIR/bin"
+  echo "$m" >"$DIR/mode"
   net_up
   local h
   # controllers first (one at a time: each joins through the first), then the rest
@@ -308,7 +386,13 @@ kill-site)
 restart) exists "${1:?restart HOST}"; start_host "$1"; echo "$1: started" ;;
 partition) exists "${1:?partition HOST}"; ip link set "$(veth "$1")" down; echo "$1: link cut" ;;
 heal) exists "${1:?heal HOST}"; ip link set "$(veth "$1")" up; echo "$1: link restored" ;;
-env) echo "export GANTRY_CONTROLLER=$(controller_addrs) GANTRY_INSECURE=1" ;;
+env)
+  if insecure; then
+    echo "export GANTRY_CONTROLLER=$(controller_addrs) GANTRY_INSECURE=1; unset GANTRY_CONTEXT"
+  else
+    echo "export GANTRY_CONTROLLER=$(controller_addrs) GANTRY_CONTEXT=$DIR/admin.context; unset GANTRY_INSECURE"
+  fi
+  ;;
 addr) exists "${1:?addr HOST}"; addr "$1" ;;
 *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; [ -z "$verb" ] || exit 2 ;;
 esac

@@ -8,6 +8,11 @@
 #   deploy/demo.sh            the whole demo (a cluster already up is taken down first)
 #   deploy/demo.sh --no-build use target/release/gantry as it is
 #   deploy/demo.sh --bin PATH use this gantry binary (e.g. a debug build)
+#   deploy/demo.sh --insecure the cluster without TLS or credentials (plain TCP/HTTP)
+#
+# By default every connection is mutual TLS: the CLI calls below use the cluster's admin
+# context (GANTRY_CONTEXT, set by `deploy/cluster.sh env`), and the image is pushed with
+# an operator certificate obtained with a join token (`gantry credential request`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -16,13 +21,16 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 build=1
+insecure=""
 GANTRY=$PWD/target/release/gantry
-case "${1:-}" in
---no-build) build=0 ;;
---bin) build=0 GANTRY=$(realpath "${2:?--bin PATH}") ;;
-"") ;;
-*) echo "deploy/demo.sh: unknown option '$1' (--no-build, --bin PATH)" >&2; exit 2 ;;
-esac
+while [ $# -gt 0 ]; do
+  case $1 in
+  --no-build) build=0; shift ;;
+  --bin) build=0 GANTRY=$(realpath "${2:?--bin PATH}"); shift 2 ;;
+  --insecure) insecure=--insecure; shift ;;
+  *) echo "deploy/demo.sh: unknown option '$1' (--no-build, --bin PATH, --insecure)" >&2; exit 2 ;;
+  esac
+done
 
 t0=$EPOCHREALTIME
 lap=$t0
@@ -47,10 +55,14 @@ export PATH=$(dirname "$GANTRY"):$PATH
 
 export GANTRY_CLUSTER_DIR=${GANTRY_CLUSTER_DIR:-/var/lib/gantry-cluster}
 CLUSTER=deploy/cluster.sh
-step "bringing up the cluster: 9 hosts as network namespaces on bridge gty0"
+step "bringing up the cluster: 9 hosts as network namespaces on bridge gty0 (${insecure:-mutual TLS})"
 $CLUSTER down >/dev/null
-$CLUSTER up --bin "$GANTRY"
+$CLUSTER up --bin "$GANTRY" $insecure
 eval "$($CLUSTER env)"
+if [ -z "$insecure" ]; then
+  say "cluster CA and admin context: $GANTRY_CONTEXT; join tokens:"
+  gantry token ls | sed 's/^/    /'
+fi
 REG=$($CLUSTER addr registry):5000
 
 wait_nodes() {
@@ -68,7 +80,17 @@ step "building the demo image from deploy/demo/Dockerfile and pushing it to $REG
 cp /bin/busybox deploy/demo/busybox
 store=$GANTRY_CLUSTER_DIR/build-store
 gantry build --store "$store" --network none --progress plain -t "$REG/demo:1" deploy/demo 2>&1 | grep -E '^#[0-9]+ \[|built|naming' | sed 's/^/    /'
-gantry push --store "$store" --insecure-registry "$REG" "$REG/demo:1" 2>&1 | tail -2 | sed 's/^/    /'
+if [ -n "$insecure" ]; then
+  push_cred=(--insecure-registry "$REG")
+else
+  # pushing takes an operator (or admin) certificate: one from an operator join token
+  ops=$GANTRY_CLUSTER_DIR/operator
+  (umask 077; gantry token create --role operator --ttl 10m 2>/dev/null >"$GANTRY_CLUSTER_DIR/tokens/operator")
+  GANTRY_TOKEN=$(cat "$GANTRY_CLUSTER_DIR/tokens/operator") \
+    gantry credential request --join "$GANTRY_CONTROLLER" --name demo --out "$ops" | sed 's/^/    /'
+  push_cred=(--tls-cert "$ops/demo.crt" --tls-key "$ops/demo.key" --tls-ca "$ops/ca.crt")
+fi
+gantry push --store "$store" "${push_cred[@]}" "$REG/demo:1" 2>&1 | tail -2 | sed 's/^/    /'
 
 # The node of the running replica of `demo`, and its answer over HTTP.
 node_of_demo() {
@@ -133,7 +155,7 @@ ask "$n"
 step "done in $(elapsed) s — the cluster keeps running"
 cat <<EOF
     now try:
-      eval "\$(deploy/cluster.sh env)"      # GANTRY_CONTROLLER for the CLI
+      eval "\$(deploy/cluster.sh env)"      # GANTRY_CONTROLLER and GANTRY_CONTEXT for the CLI
       export PATH=$(dirname "$GANTRY"):\$PATH
       gantry node ls
       gantry service ps demo
