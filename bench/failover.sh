@@ -9,17 +9,20 @@
 # median. Peers (documented defaults, not measured here): Swarm ≈ 15 s, Nomad ≈ 20 s,
 # Kubernetes ≈ 6 min.
 #
-# Usage: bench/failover.sh [-n TRIALS] [-b GANTRY_BIN]
+# Mutual TLS (the controller bootstraps a CA, the CLI uses its admin context, the agents
+# join with an agent token) unless --insecure (plain TCP, no credentials).
+#
+# Usage: bench/failover.sh [-n TRIALS] [-b GANTRY_BIN] [--insecure]
 # Needs: root, runc, busybox-static, a gantry build with cluster mode.
 set -euo pipefail
-# plain TCP: this benchmark measures the cluster without TLS (bench/raft.sh compares)
-export GANTRY_INSECURE=1
+unset GANTRY_INSECURE GANTRY_CONTEXT GANTRY_TOKEN
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/.." && pwd)
 trials=5; bin=${GANTRY:-$repo/target/release/gantry}
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) trials=$2; shift 2;;
     -b) bin=$2; shift 2;;
+    --insecure) export GANTRY_INSECURE=1; shift;;
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
@@ -50,6 +53,14 @@ for t in $(seq 1 "$trials"); do
   ctl=127.0.0.1:$(free_port)
   "$bin" controller run --id 1 --listen "$ctl" --data-dir "$d/ctl" --bootstrap >/dev/null 2>"$d/ctl.log" &
   cpid=$!; pids+=("$cpid")
+  if [ -z "${GANTRY_INSECURE:-}" ]; then
+    export GANTRY_CONTEXT=$d/ctl/pki/admin.context
+    until [ -s "$GANTRY_CONTEXT" ] && GANTRY_TOKEN=$("$bin" token create --role agent --controller "$ctl" 2>/dev/null); do
+      kill -0 "$cpid" 2>/dev/null || { echo "the controller exited:" >&2; tail -5 "$d/ctl.log" >&2; exit 1; }
+      sleep 0.1
+    done
+    export GANTRY_TOKEN
+  fi
   declare -A apid=()
   for n in n1 n2 n3; do apid[$n]=$(agent $n "$d"); pids+=("${apid[$n]}"); done
   until [ "$("$bin" node ls --controller "$ctl" 2>/dev/null | grep -c Ready)" = 3 ]; do sleep 0.1; done

@@ -17,11 +17,11 @@
 #      the controller first showing the new allocation running with its address to the
 #      cli container's resolver answering it (target ≤ 1 s).
 #
-# Usage: bench/overlay.sh [-t IPERF_SECS] [-n DNS_QUERIES] [-b GANTRY_BIN]
+# Usage: bench/overlay.sh [-t IPERF_SECS] [-n DNS_QUERIES] [-b GANTRY_BIN] [--insecure]
 # Needs: root, iperf3, python3, nsenter, busybox-static, a gantry build.
 set -euo pipefail
-# plain TCP: this benchmark measures the cluster without TLS (bench/raft.sh compares)
-export GANTRY_INSECURE=1
+# mutual TLS (admin context for the CLI, an agent token for the agents) unless --insecure
+unset GANTRY_INSECURE GANTRY_CONTEXT GANTRY_TOKEN
 here=$(cd "$(dirname "$0")" && pwd); repo=$(cd "$here/.." && pwd)
 secs=5; queries=2000; bin=${GANTRY:-$repo/target/release/gantry}
 while [ $# -gt 0 ]; do
@@ -29,6 +29,7 @@ while [ $# -gt 0 ]; do
     -t) secs=$2; shift 2;;
     -n) queries=$2; shift 2;;
     -b) bin=$2; shift 2;;
+    --insecure) export GANTRY_INSECURE=1; shift;;
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
@@ -79,6 +80,15 @@ echo 'root:x:0:0:root:/:/bin/sh' > "$tmp/rootfs/etc/passwd"
 inns "$u" "$bin" controller run --id 1 --listen "$ctl" --data-dir "$tmp/ctl" --bootstrap \
   >/dev/null 2>"$tmp/ctl.log" &
 pids+=($!)
+if [ -z "${GANTRY_INSECURE:-}" ]; then
+  export GANTRY_CONTEXT=$tmp/ctl/pki/admin.context
+  until [ -s "$GANTRY_CONTEXT" ] &&
+    GANTRY_TOKEN=$(GANTRY_CONTROLLER=$ctl inns "$u" "$bin" token create --role agent 2>/dev/null); do
+    kill -0 "${pids[-1]}" 2>/dev/null || { echo "the controller exited:" >&2; tail -5 "$tmp/ctl.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  export GANTRY_TOKEN
+fi
 i=10
 for h in a b c; do
   inns "$tag$h" "$bin" agent --root "$tmp/$h-root" --run-root "$tmp/$h-run" \

@@ -7,6 +7,10 @@
 //! processes, cgroups of its containers). Images come from a `rootfs:` directory or, as
 //! in production, from a Dockerfile built with `gantry build`, pushed to the cluster's
 //! registry and pulled by the agents.
+//!
+//! The clusters run mutual TLS (issue 10: the script's default; the CLI and the API client
+//! use the admin context the script keeps), except the migration test, which runs the
+//! script's `up --insecure` so that option stays exercised.
 
 mod common;
 
@@ -27,11 +31,22 @@ struct Cluster {
     dir: PathBuf,
     _tmp: tempfile::TempDir,
     down: bool,
+    /// `up --insecure`: plain TCP/HTTP, no credentials.
+    insecure: bool,
 }
 
 impl Cluster {
-    /// `n` tells the tests of this file apart (prefix and /24).
+    /// A mutual-TLS cluster; `n` tells the tests of this file apart (prefix and /24).
     fn up(n: u32) -> Cluster {
+        Cluster::start(n, false)
+    }
+
+    /// A cluster of `up --insecure`.
+    fn up_insecure(n: u32) -> Cluster {
+        Cluster::start(n, true)
+    }
+
+    fn start(n: u32, insecure: bool) -> Cluster {
         common::require_root();
         let pid = std::process::id();
         let tmp = tempfile::Builder::new()
@@ -44,9 +59,65 @@ impl Cluster {
             dir: tmp.path().join("cluster"),
             _tmp: tmp,
             down: false,
+            insecure,
         };
-        c.script(&["up", "--bin", common::gantry_bin()]);
+        let mut up = vec!["up", "--bin", common::gantry_bin()];
+        if insecure {
+            up.push("--insecure");
+        }
+        c.script(&up);
         c
+    }
+
+    /// The admin context `up` keeps (TLS clusters).
+    fn context(&self) -> PathBuf {
+        self.dir.join("admin.context")
+    }
+
+    /// The CLI against this cluster's controllers: with the admin context, or plain TCP
+    /// for an --insecure cluster.
+    fn cli(&self) -> Command {
+        let mut cmd = Command::new(common::gantry_bin());
+        cmd.env("GANTRY_CONTROLLER", self.controllers());
+        if self.insecure {
+            cmd.env("GANTRY_INSECURE", "1").env_remove("GANTRY_CONTEXT");
+        } else {
+            cmd.env_remove("GANTRY_INSECURE")
+                .env("GANTRY_CONTEXT", self.context());
+        }
+        cmd
+    }
+
+    /// Flags for `gantry push` to the cluster's registry `reg`: an operator certificate
+    /// obtained with a join token (TLS), or --insecure-registry.
+    fn push_flags(&self, reg: &str) -> Vec<String> {
+        if self.insecure {
+            return vec!["--insecure-registry".into(), reg.into()];
+        }
+        let tok = self.gantry(&["token", "create", "--role", "operator", "--ttl", "10m"]);
+        let out = self._tmp.path().join("operator");
+        let o = self
+            .cli()
+            .args(["credential", "request", "--join", &self.controllers()])
+            .args(["--name", "e2e", "--out"])
+            .arg(&out)
+            .env("GANTRY_TOKEN", tok.trim())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "credential request: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let f = |n: &str| out.join(n).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            f("e2e.crt"),
+            "--tls-key".into(),
+            f("e2e.key"),
+            "--tls-ca".into(),
+            f("ca.crt"),
+        ]
     }
 
     fn script(&self, args: &[&str]) -> String {
@@ -89,19 +160,22 @@ impl Cluster {
     }
 
     fn client(&self) -> ControllerClient {
-        let mut c =
-            ControllerClient::new(self.controllers().split(',').map(String::from).collect());
+        let addrs: Vec<String> = self.controllers().split(',').map(String::from).collect();
+        let mut c = if self.insecure {
+            ControllerClient::new(addrs)
+        } else {
+            let ctx = gantry_security::context::Context::load(&self.context()).unwrap();
+            let certs = gantry_security::tls::CertStore::new(&ctx.credential()).unwrap();
+            let transport =
+                gantry_controller::raft::network::Transport::tls(&ctx.ca_pem, Some(certs)).unwrap();
+            ControllerClient::with_transport(addrs, transport)
+        };
         c.retry_for = Duration::from_secs(20);
         c
     }
 
     fn gantry(&self, args: &[&str]) -> String {
-        let out = Command::new(common::gantry_bin())
-            .env("GANTRY_INSECURE", "1")
-            .args(args)
-            .env("GANTRY_CONTROLLER", self.controllers())
-            .output()
-            .unwrap();
+        let out = self.cli().args(args).output().unwrap();
         assert!(
             out.status.success(),
             "gantry {args:?}: {}",
@@ -224,19 +298,78 @@ fn containers(v: &View) -> Vec<String> {
         .collect()
 }
 
+/// The cluster of `up` runs mutual TLS only: plain TCP is refused, the admin context is
+/// private, the script made one join token per role it needed, and every agent runs on a
+/// node certificate of its own name.
+fn check_tls_only(cl: &Cluster) {
+    use std::os::unix::fs::PermissionsExt;
+    let plain = Command::new(common::gantry_bin())
+        .env("GANTRY_INSECURE", "1")
+        .env("GANTRY_CONTROLLER", cl.controllers())
+        .args(["node", "ls"])
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "plain TCP answered: {}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    let mode = std::fs::metadata(cl.context())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "admin context mode");
+    let tokens = cl.gantry(&["token", "ls"]);
+    for role in ["controller", "agent", "registry"] {
+        assert!(
+            tokens
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(role)),
+            "no {role} token: {tokens}"
+        );
+    }
+    for agent in [
+        "dev-onprem",
+        "qa-onprem",
+        "prod-onprem",
+        "qa-cloud",
+        "prod-cloud",
+    ] {
+        let cred =
+            gantry_security::pki::Credential::load(&cl.dir.join(agent).join("agent/pki"), "node")
+                .unwrap();
+        assert_eq!(
+            cred.identity().unwrap().to_string(),
+            format!("agent/{agent}"),
+            "{agent}'s node certificate"
+        );
+    }
+}
+
 /// Poll the state until `pred` holds (45 s at most: a whole cluster on 2 cores).
 async fn wait_for(c: &mut ControllerClient, what: &str, pred: impl Fn(&View) -> bool) -> View {
     common::cluster::wait_for(c, what, 45, |_| {}, pred).await
 }
 
+/// `gantry service create NAME` of `replicas` running `/bin/sleep 1000` from `image`.
 fn create(cl: &Cluster, image: &str, name: &str, replicas: u32, constraint: &str) {
-    common::cluster::create_sleeper(
-        &cl.controllers(),
+    let replicas = replicas.to_string();
+    cl.gantry(&[
+        "service",
+        "create",
         name,
+        "--image",
         image,
-        replicas,
-        &["--constraint", constraint],
-    );
+        "--replicas",
+        &replicas,
+        "--constraint",
+        constraint,
+        "--entrypoint",
+        "/bin/sleep",
+        "--",
+        "1000",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,6 +382,7 @@ async fn e2e_deploy_across_environments_host_loss_and_full_restart() {
         v.nodes.len() == 5 && v.nodes.iter().all(|n| n.status == NodeStatus::Ready)
     })
     .await;
+    check_tls_only(&cl);
 
     // deploy across environments: each service only on its environment's nodes
     create(&cl, &image, "web-dev", 1, "env==dev");
@@ -350,8 +484,8 @@ async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes()
         );
         let name = format!("during-{i}");
         i += 1;
-        let out = Command::new(common::gantry_bin())
-            .env("GANTRY_INSECURE", "1")
+        let out = cl
+            .cli()
             .args([
                 "service",
                 "create",
@@ -367,7 +501,6 @@ async fn e2e_leader_host_lost_and_partitioned_leader_heals_without_lost_writes()
                 "--",
                 "1000",
             ])
-            .env("GANTRY_CONTROLLER", cl.controllers())
             .output()
             .unwrap();
         if out.status.success() {
@@ -436,14 +569,10 @@ async fn e2e_built_image_pulled_from_the_registry_fails_over_when_a_site_is_lost
         "-q",
         &ctx.display().to_string(),
     ]);
-    cl.gantry(&[
-        "push",
-        "--store",
-        &store,
-        "--insecure-registry",
-        &reg,
-        &image,
-    ]);
+    let mut push = vec!["push".to_string(), "--store".into(), store.clone()];
+    push.extend(cl.push_flags(&reg));
+    push.push(image.clone());
+    cl.gantry(&push.iter().map(String::as_str).collect::<Vec<_>>());
 
     let mut c = cl.client();
     wait_for(&mut c, "five agents ready", |v| {
@@ -504,7 +633,9 @@ fn http_ok(addr: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_migration_dev_to_qa_keeps_the_endpoint_answering() {
-    let mut cl = Cluster::up(4);
+    // the data plane does not depend on the control plane's TLS: this one keeps the
+    // script's --insecure option exercised
+    let mut cl = Cluster::up_insecure(4);
     let rootfs = common::busybox_rootfs(cl._tmp.path());
     std::fs::create_dir_all(rootfs.join("www")).unwrap();
     std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();

@@ -539,19 +539,25 @@ async fn compare_mtls(
     let (_tls_procs, tls_t, tls_leader) = cluster(bin, &root.join("tls"), true).await;
     println!(
         "# commits, --insecure vs mutual TLS: two 3-member clusters on loopback side by side \
-         (only one under load at a time), {rounds} interleaved rounds of {seconds} s, medians"
+         (only one under load at a time), {rounds} interleaved rounds of {seconds} s (which goes first alternates), medians"
     );
     println!("| clients | insecure commits/s | mTLS commits/s | mTLS/insecure | insecure p50 ms | mTLS p50 ms | mTLS/insecure p50 |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for &n in clients {
         let (mut pr, mut tr, mut pp, mut tp) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..rounds {
-            let (r, l) = commits(&plain_leader, &plain_t, n, seconds).await;
-            pr.push(r);
-            pp.push(pct(&l, 0.5));
-            let (r, l) = commits(&tls_leader, &tls_t, n, seconds).await;
-            tr.push(r);
-            tp.push(pct(&l, 0.5));
+        for round in 0..rounds {
+            // alternate which cluster goes first (a shared machine's load drifts)
+            for tls in [round % 2 == 1, round % 2 == 0] {
+                if tls {
+                    let (r, l) = commits(&tls_leader, &tls_t, n, seconds).await;
+                    tr.push(r);
+                    tp.push(pct(&l, 0.5));
+                } else {
+                    let (r, l) = commits(&plain_leader, &plain_t, n, seconds).await;
+                    pr.push(r);
+                    pp.push(pct(&l, 0.5));
+                }
+            }
         }
         let (pr, tr, pp, tp) = (median(pr), median(tr), median(pp), median(tp));
         println!(
