@@ -87,6 +87,7 @@ fn register(name: &str) -> Command {
         labels: BTreeMap::new(),
         capacity: r,
         allocatable: r,
+        api: None,
     }
 }
 

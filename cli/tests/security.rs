@@ -154,6 +154,7 @@ fn register(name: &str) -> Command {
             memory_bytes: 1 << 30,
             pids: 100,
         },
+        api: None,
     }
 }
 

@@ -205,6 +205,7 @@ async fn main() {
         labels: Default::default(),
         capacity: Default::default(),
         allocatable: Default::default(),
+        api: None,
     };
     c.write(&r).await.unwrap().1.unwrap();
 
@@ -334,6 +335,7 @@ async fn rss_phase(procs: &[Proc], leader_addr: &str, nodes: u64, services: u64,
                     .into(),
                     capacity: big,
                     allocatable: big,
+                    api: None,
                 };
                 match c.write(&cmd).await.unwrap().1.unwrap() {
                     Reply::NodeRegistered { id } => out.push(id),
@@ -487,6 +489,7 @@ async fn cluster(bin: &str, root: &std::path::Path, tls: bool) -> (Vec<Proc>, Tr
         labels: Default::default(),
         capacity: Default::default(),
         allocatable: Default::default(),
+        api: None,
     };
     c.write(&r).await.unwrap().1.unwrap();
     (procs, transport, leader_addr)

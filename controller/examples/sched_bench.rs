@@ -48,6 +48,7 @@ fn main() {
                 .collect(),
                 capacity: res,
                 allocatable: res,
+                api: None,
             },
         );
     }

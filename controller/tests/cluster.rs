@@ -170,6 +170,7 @@ fn register(name: &str) -> Command {
             memory_bytes: 1 << 30,
             pids: 100,
         },
+        api: None,
     }
 }
 
@@ -654,6 +655,7 @@ async fn large_plans_from_several_writers_keep_the_leader() {
             labels: BTreeMap::new(),
             capacity: big,
             allocatable: big,
+            api: None,
         };
         match client.write(&cmd).await.unwrap().1.unwrap() {
             Reply::NodeRegistered { id } => nodes.push(id),

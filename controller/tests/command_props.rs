@@ -157,6 +157,7 @@ fn command() -> impl Strategy<Value = Command> {
                 labels,
                 capacity,
                 allocatable,
+                api: None,
             }
         ),
         (
@@ -261,6 +262,7 @@ fn seeded() -> State {
                 labels: [("site".to_string(), "a".to_string())].into(),
                 capacity: res,
                 allocatable: res,
+                api: None,
             },
         );
     }

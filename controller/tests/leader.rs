@@ -75,6 +75,7 @@ async fn register(c: &mut ControllerClient, name: &str, env: &str) -> NodeId {
             labels: labels(&[("env", env)]),
             capacity: r,
             allocatable: r,
+            api: None,
         })
         .await
         .unwrap();

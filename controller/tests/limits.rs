@@ -65,6 +65,7 @@ fn register(name: &str, labels: BTreeMap<String, String>) -> Command {
         labels,
         capacity: Resources::default(),
         allocatable: Resources::default(),
+        api: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn seeded() -> State {
             labels: [("site".to_string(), "a".to_string())].into(),
             capacity: res,
             allocatable: res,
+            api: None,
         },
         Command::UpsertService {
             name: "web".into(),

@@ -173,6 +173,7 @@ mod tests {
                     labels: Default::default(),
                     capacity: res(1000),
                     allocatable: res(1000),
+                    api: None,
                 },
             );
         }

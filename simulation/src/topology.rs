@@ -60,6 +60,7 @@ pub fn register_node(i: u64) -> Command {
         labels: node_labels(i),
         capacity: res,
         allocatable: res,
+        api: None,
     }
 }
 

@@ -388,6 +388,7 @@ pub async fn register(
         labels: cfg.labels.clone(),
         capacity: cfg.capacity,
         allocatable: cfg.capacity.saturating_sub(cfg.reserved),
+        api: None,
     };
     match c.write(&cmd).await {
         Ok((_, Ok(Reply::NodeRegistered { id }))) => Ok(id),

@@ -209,6 +209,7 @@ mod tests {
             labels: BTreeMap::new(),
             capacity: Resources::default(),
             allocatable: Resources::default(),
+            api: None,
         }
     }
 

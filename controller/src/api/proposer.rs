@@ -226,6 +226,7 @@ mod tests {
             labels: Default::default(),
             capacity: Default::default(),
             allocatable: Default::default(),
+            api: None,
         }
     }
 

@@ -82,6 +82,7 @@ mod tests {
                     memory_bytes: 1 << 30,
                     pids: 1000,
                 },
+                api: None,
             },
         ) {
             Reply::NodeRegistered { id } => id,

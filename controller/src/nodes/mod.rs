@@ -135,6 +135,7 @@ mod tests {
                     labels: Default::default(),
                     capacity: r,
                     allocatable: r,
+                    api: None,
                 },
             );
             match resp.unwrap() {

@@ -47,6 +47,7 @@ impl Cluster {
                 .collect(),
             capacity: res,
             allocatable: res,
+            api: None,
         }) {
             Reply::NodeRegistered { id } => id,
             r => panic!("unexpected {r:?}"),

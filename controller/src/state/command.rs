@@ -38,6 +38,9 @@ pub enum Command {
         labels: BTreeMap<String, String>,
         capacity: Resources,
         allocatable: Resources,
+        /// The agent's node API address (allocation logs), if it serves one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api: Option<String>,
     },
     /// Ready, draining or down; down marks the node's running allocations lost.
     SetNodeStatus { node: NodeId, status: NodeStatus },

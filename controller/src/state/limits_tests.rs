@@ -11,6 +11,7 @@ fn node(labels: BTreeMap<String, String>) -> Command {
         labels,
         capacity: Resources::default(),
         allocatable: Resources::default(),
+        api: None,
     }
 }
 
@@ -89,6 +90,7 @@ fn node_names_and_addresses_are_bounded() {
         labels: BTreeMap::new(),
         capacity: Resources::default(),
         allocatable: Resources::default(),
+        api: None,
     };
     accepted(cmd("a".repeat(MAX_NAME_LEN), "h:1".into()));
     refused(

@@ -513,13 +513,14 @@ impl State {
                 labels,
                 capacity,
                 allocatable,
+                api,
             } => self.register_node(
                 index,
                 name,
                 address,
                 labels,
-                *capacity,
-                *allocatable,
+                (*capacity, *allocatable),
+                api.as_deref(),
                 &mut changes,
             ),
             Command::SetNodeStatus { node, status } => {
@@ -649,8 +650,8 @@ impl State {
         name: &str,
         address: &str,
         labels: &BTreeMap<String, String>,
-        capacity: Resources,
-        allocatable: Resources,
+        (capacity, allocatable): (Resources, Resources),
+        api: Option<&str>,
         changes: &mut Vec<Change>,
     ) -> Response {
         if !valid_name(name) {
@@ -667,6 +668,17 @@ impl State {
                 "address",
                 format!("must be a host:port of 1-{MAX_ADDRESS_LEN} bytes without spaces"),
             ));
+        }
+        if let Some(api) = api {
+            if api.is_empty()
+                || api.len() > MAX_ADDRESS_LEN
+                || api.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ApplyError::invalid(
+                    "api",
+                    format!("must be a host:port of 1-{MAX_ADDRESS_LEN} bytes without spaces"),
+                ));
+            }
         }
         validate_labels("labels", labels)?;
         if let Some(dim) = allocatable.exceeds(&capacity) {
@@ -685,6 +697,7 @@ impl State {
                 n.labels = labels.clone();
                 n.capacity = capacity;
                 n.allocatable = allocatable;
+                n.api = api.map(str::to_string);
                 if n.status == NodeStatus::Down {
                     n.status = NodeStatus::Ready;
                 }
@@ -714,6 +727,7 @@ impl State {
                     allocatable,
                     status: NodeStatus::Ready,
                     modify_index: index,
+                    api: api.map(str::to_string),
                 };
                 changes.push(Change::Node(n.clone()));
                 self.node_names.insert(name.to_string(), id);

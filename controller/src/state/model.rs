@@ -73,6 +73,11 @@ pub struct Node {
     /// when it first registered ([`super::subnet`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<ipnet::Ipv4Net>,
+    /// Where the node's agent serves its node API (allocation logs), `host:port`: mutual
+    /// TLS with the node certificate, or plain TCP in an `--insecure` cluster. None: the
+    /// agent serves none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

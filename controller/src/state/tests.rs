@@ -32,6 +32,7 @@ fn register(name: &str, l: &[(&str, &str)]) -> Command {
             memory_bytes: 4 * GIB,
             pids: 1000,
         },
+        api: None,
     }
 }
 
