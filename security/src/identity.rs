@@ -16,6 +16,17 @@ pub const URI_PREFIX: &str = "spiffe://gantry/";
 pub const CONTROLLER_SERVER_NAME: &str = "controller.gantry";
 /// DNS SAN of registry certificates issued by the cluster CA.
 pub const REGISTRY_SERVER_NAME: &str = "registry.gantry";
+/// Suffix of the DNS SAN of agent certificates: agent `n1` carries `n1.node.gantry`, the
+/// server name clients check when they dial that node's API ([`node_server_name`]). Unlike
+/// controllers, agents are not interchangeable: a client asking node n1 for its
+/// allocations' logs must reach n1 and no other node.
+pub const NODE_SERVER_SUFFIX: &str = ".node.gantry";
+
+/// The TLS server name of the agent of node `name`.
+pub fn node_server_name(name: &str) -> String {
+    format!("{name}{NODE_SERVER_SUFFIX}")
+}
+
 /// Longest identity name.
 pub const MAX_NAME_LEN: usize = 63;
 

@@ -255,6 +255,7 @@ impl Ca {
         match identity.role {
             crate::Role::Controller => dns.push(CONTROLLER_SERVER_NAME.to_string()),
             crate::Role::Registry => dns.push(REGISTRY_SERVER_NAME.to_string()),
+            crate::Role::Agent => dns.push(crate::identity::node_server_name(&identity.name)),
             _ => {}
         }
         dns.sort();

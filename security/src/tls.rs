@@ -564,4 +564,21 @@ mod tests {
         .unwrap();
         assert!(roundtrip(&conn, addr2).await.is_err());
     }
+
+    #[tokio::test]
+    async fn an_agent_serves_under_its_own_node_name_only() {
+        let ca = Ca::create("a").unwrap();
+        let server = CertStore::new(&cred(&ca, Role::Agent, "n1")).unwrap();
+        let (addr, _seen) = echo_server(server_config(ca.cert_pem(), server).unwrap()).await;
+        let viewer = CertStore::new(&cred(&ca, Role::Viewer, "v")).unwrap();
+        let cfg = client_config(ca.cert_pem(), Some(viewer)).unwrap();
+        let n1 = TlsConnector::new(cfg.clone(), &crate::identity::node_server_name("n1")).unwrap();
+        roundtrip(&n1, addr).await.unwrap();
+        // a client that wants node n2 does not accept n1's certificate
+        let n2 = TlsConnector::new(cfg.clone(), &crate::identity::node_server_name("n2")).unwrap();
+        assert!(roundtrip(&n2, addr).await.is_err());
+        // nor does one that wants a controller
+        let ctl = TlsConnector::new(cfg, crate::identity::CONTROLLER_SERVER_NAME).unwrap();
+        assert!(roundtrip(&ctl, addr).await.is_err());
+    }
 }
