@@ -204,3 +204,133 @@ async fn services_place_scale_fail_over_and_migrate_across_real_agents() {
     common::cluster::wait_no_containers(&agents, "service rm").await;
     common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
 }
+
+/// `gantry service logs`: two agents, a service of two replicas that print lines → every
+/// line of both allocations, prefixed SERVICE.ALLOC@NODE, read from each node's API;
+/// `--tail`; `--follow` streams; an unknown service is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_logs_gathers_every_allocation_from_its_node() {
+    use std::io::BufRead;
+    common::require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-cluster-logs")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let rootfs = common::busybox_rootfs(dir);
+    let controller = Controller::start(dir, 1, None);
+    let ctl_addr = controller.addr.clone();
+    let mut agents = [
+        Agent::start(dir, "log-a", &["env=dev"], &ctl_addr),
+        Agent::start(dir, "log-b", &["env=dev"], &ctl_addr),
+    ];
+    let mut c = common::cluster::client(std::slice::from_ref(&ctl_addr));
+    wait_for(&mut c, "two nodes", 30, |_| {}, |v| v.nodes.len() == 2).await;
+    // each node registered the address of its node API
+    let inspect = gantry(&ctl_addr, &["node", "inspect", "log-a"]);
+    assert!(inspect.contains("\"api\": \"127.0.0.1:"), "{inspect}");
+
+    let image = format!("rootfs:{}", rootfs.display());
+    gantry(
+        &ctl_addr,
+        &[
+            "service",
+            "create",
+            "talk",
+            "--image",
+            &image,
+            "--replicas",
+            "2",
+            "--entrypoint",
+            "/bin/sh",
+            "--",
+            "-c",
+            // stdout and stderr are separate pipes: the pause keeps `last` the last record
+            "echo first-$GANTRY_ALLOC_ID; echo oops-$GANTRY_ALLOC_ID >&2; sleep 1; \
+             echo last-$GANTRY_ALLOC_ID; exec sleep 1000",
+        ],
+    );
+    let v = wait_for(
+        &mut c,
+        "talk running twice",
+        30,
+        |_| {},
+        |v| v.running("talk").len() == 2,
+    )
+    .await;
+    let mut running = v.running("talk");
+    running.sort();
+    let mut nodes: Vec<&str> = running.iter().map(|(_, n)| n.as_str()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["log-a", "log-b"], "one replica per node");
+
+    // every line of both allocations, prefixed; stderr lines on stderr (bounded wait for
+    // the shells to have written)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (out, err) = loop {
+        let (ok, out, err) = common::cluster::gantry_any(&ctl_addr, &["service", "logs", "talk"]);
+        assert!(ok, "service logs: {err}");
+        if running
+            .iter()
+            .all(|(id, _)| out.contains(&format!("last-{id}")))
+        {
+            break (out, err);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lines missing after 20 s: {out} / {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (id, node) in &running {
+        let p = format!("talk.{id}@{node} | ");
+        assert!(out.contains(&format!("{p}first-{id}\n")), "{out}");
+        assert!(out.contains(&format!("{p}last-{id}\n")), "{out}");
+        assert!(err.contains(&format!("{p}oops-{id}\n")), "{err}");
+        assert!(!out.contains(&format!("oops-{id}")), "{out}");
+    }
+    assert_eq!(out.lines().count(), 4, "{out}");
+
+    // --tail 1: the last line of each allocation
+    let out = gantry(&ctl_addr, &["service", "logs", "talk", "--tail", "1"]);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    let mut want: Vec<String> = running
+        .iter()
+        .map(|(id, node)| format!("talk.{id}@{node} | last-{id}"))
+        .collect();
+    want.sort();
+    assert_eq!(lines, want);
+
+    // --follow keeps the stream open: the lines arrive, and the command is still running
+    let mut follow = std::process::Command::new(common::gantry_bin())
+        .env("GANTRY_INSECURE", "1")
+        .env("GANTRY_CONTROLLER", &ctl_addr)
+        .args(["service", "logs", "--follow", "talk"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < 4 {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "--follow ended early"
+        );
+        seen += 1;
+    }
+    assert!(follow.try_wait().unwrap().is_none(), "--follow exited");
+    unsafe { libc::kill(follow.id() as i32, libc::SIGKILL) };
+    let _ = follow.wait();
+
+    // an unknown service: a clear error
+    let (ok, _, err) = common::cluster::gantry_any(&ctl_addr, &["service", "logs", "nosuch"]);
+    assert!(!ok && err.contains("no service named \"nosuch\""), "{err}");
+
+    gantry(&ctl_addr, &["service", "rm", "talk"]);
+    common::cluster::wait_no_containers(&agents, "service rm").await;
+    common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
+}

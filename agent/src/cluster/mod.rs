@@ -20,6 +20,7 @@
 //! - **synced**: the mirror has received a state. Before that, and whenever no
 //!   controller answers, the agent changes nothing: its containers keep running.
 
+pub mod api;
 pub mod backoff;
 pub mod credentials;
 pub mod executor;
@@ -49,6 +50,9 @@ pub struct ClusterConfig {
     pub name: String,
     /// The address the node is reachable at (its published ports).
     pub advertise: String,
+    /// Where this node serves its node API ([`api`]), as clients dial it; registered with
+    /// the node.
+    pub api: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// What the host has; detected by [`detect_capacity`].
     pub capacity: Resources,
@@ -388,7 +392,7 @@ pub async fn register(
         labels: cfg.labels.clone(),
         capacity: cfg.capacity,
         allocatable: cfg.capacity.saturating_sub(cfg.reserved),
-        api: None,
+        api: cfg.api.clone(),
     };
     match c.write(&cmd).await {
         Ok((_, Ok(Reply::NodeRegistered { id }))) => Ok(id),

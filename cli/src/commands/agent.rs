@@ -78,6 +78,16 @@ pub struct AgentArgs {
     /// Cluster mode: the address this node is reached at (default: the node's name).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Cluster mode: where to serve the node API (the logs of this node's allocations, for
+    /// `gantry service logs`): mutual TLS with the node certificate, callers of role viewer
+    /// and up; plain TCP only with --insecure. Port 0 takes a free port; `none` serves no
+    /// node API.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub api_listen: String,
+    /// Cluster mode: the node API's address as clients dial it (default: the host of
+    /// --advertise, or of --api-listen when it names one, with the port bound).
+    #[arg(long)]
+    pub api_advertise: Option<String>,
     /// Cluster mode: CPU (millicores) kept for the host.
     #[arg(long, default_value_t = 0)]
     pub reserve_cpu_millis: u64,
@@ -160,6 +170,8 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     let sock = socket_path(&args.host)?;
     // read before anything is set up: a bad credential file changes nothing
     let mut registry_mtls = args.registry_tls.client_config()?;
+    // the node API's server credential: the node certificate (set below in a secure cluster)
+    let mut node_api_tls = None;
     let (cluster_cfg, _renew) = match cluster_config(&args)? {
         Some(mut c) if !args.insecure => {
             let pki = args.root.join("pki");
@@ -171,6 +183,12 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             )
             .await?;
             c.transport = tls.transport.clone();
+            let ca_pem = std::fs::read_to_string(pki.join("ca.crt"))
+                .with_context(|| format!("reading {}", pki.join("ca.crt").display()))?;
+            node_api_tls = Some(gantry_security::tls::server_config(
+                &ca_pem,
+                tls.certs.clone(),
+            )?);
             if registry_mtls.is_none() {
                 // the node certificate is the registry credential too (its files are
                 // re-read when renewal replaces them)
@@ -189,6 +207,16 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             (Some(c), Some(AbortOnDrop(renew)))
         }
         other => (other, None),
+    };
+    let (mut cluster_cfg, node_api_listener) = match cluster_cfg {
+        Some(mut c) => {
+            let l = bind_node_api(&args, &c).await?;
+            if let Some((_, addr)) = &l {
+                c.api = Some(addr.clone());
+            }
+            (Some(c), l.map(|(l, _)| l))
+        }
+        None => (None, None),
     };
     // Shims and gantry's runtime run from the small `gantry-runtime` when it is installed
     // beside this binary, else from this binary.
@@ -292,7 +320,15 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let cluster = match cluster_cfg {
+    let _node_api = node_api_listener.map(|l| {
+        let engine = engine.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = cluster::api::serve(l, engine, node_api_tls).await {
+                tracing::error!("node API: {e}");
+            }
+        }))
+    });
+    let cluster = match cluster_cfg.take() {
         Some(cfg) => {
             tracing::info!(join = ?cfg.join, name = %cfg.name, "cluster mode");
             let containers =
@@ -394,6 +430,51 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Bind the node API's listener (unless `--api-listen none`); it and the address clients
+/// dial, which the node registers.
+async fn bind_node_api(
+    args: &AgentArgs,
+    c: &ClusterConfig,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, String)>> {
+    if args.api_listen == "none" {
+        return Ok(None);
+    }
+    let want: std::net::SocketAddr = args.api_listen.parse().with_context(|| {
+        format!(
+            "--api-listen {:?}: expected IP:PORT or none",
+            args.api_listen
+        )
+    })?;
+    let l = tokio::net::TcpListener::bind(want)
+        .await
+        .with_context(|| format!("--api-listen {want}: binding the node API"))?;
+    let bound = l.local_addr()?;
+    let addr = match &args.api_advertise {
+        Some(a) => a.clone(),
+        None if want.ip().is_unspecified() => {
+            format!("{}:{}", advertised_host(&c.advertise), bound.port())
+        }
+        None => bound.to_string(),
+    };
+    tracing::info!(listen = %bound, advertise = %addr, "node API listening");
+    Ok(Some((l, addr)))
+}
+
+/// The host part of an `--advertise` value (`host`, `host:port`, `[v6]:port`).
+fn advertised_host(advertise: &str) -> String {
+    if let Ok(sa) = advertise.parse::<std::net::SocketAddr>() {
+        return match sa.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+    }
+    match advertise.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h.into(),
+        _ if advertise.contains(':') && !advertise.starts_with('[') => format!("[{advertise}]"),
+        _ => advertise.to_string(),
+    }
+}
+
 /// The cluster-mode configuration, when --join is given.
 fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
     if args.join.is_empty() {
@@ -411,6 +492,7 @@ fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
         join: args.join.clone(),
         transport: Default::default(),
         advertise: args.advertise.clone().unwrap_or_else(|| name.clone()),
+        api: None,
         name,
         labels: cluster::parse_labels(&args.labels)?,
         capacity,

@@ -34,15 +34,38 @@ impl Target {
     /// TCP with --insecure.
     pub(crate) fn client(&self) -> Result<ControllerClient> {
         use gantry_controller::raft::network::Transport;
-        use gantry_security::context::{default_path, Context};
         let fallback = || vec!["127.0.0.1:7700".to_string()];
-        if self.insecure {
+        let Some((ca_pem, certs, ctx_controllers)) = self.credentials()? else {
             let addrs = if self.controller.is_empty() {
                 fallback()
             } else {
                 self.controller.clone()
             };
             return Ok(ControllerClient::new(addrs));
+        };
+        let transport = Transport::tls(&ca_pem, Some(certs))?;
+        let addrs = match (self.controller.is_empty(), ctx_controllers.is_empty()) {
+            (false, _) => self.controller.clone(),
+            (true, false) => ctx_controllers,
+            (true, true) => fallback(),
+        };
+        Ok(ControllerClient::with_transport(addrs, transport))
+    }
+
+    /// The context's CA, credential and controllers; None with --insecure.
+    #[allow(clippy::type_complexity)]
+    fn credentials(
+        &self,
+    ) -> Result<
+        Option<(
+            String,
+            std::sync::Arc<gantry_security::tls::CertStore>,
+            Vec<String>,
+        )>,
+    > {
+        use gantry_security::context::{default_path, Context};
+        if self.insecure {
+            return Ok(None);
         }
         let path = self.context.clone().unwrap_or_else(default_path);
         if !path.exists() {
@@ -55,14 +78,21 @@ impl Target {
         let ctx = Context::load(&path)?;
         let certs = gantry_security::tls::CertStore::new(&ctx.credential())
             .with_context(|| format!("context {}", path.display()))?;
-        let transport = Transport::tls(&ctx.ca_pem, Some(certs))
-            .with_context(|| format!("context {}", path.display()))?;
-        let addrs = match (self.controller.is_empty(), ctx.controllers.is_empty()) {
-            (false, _) => self.controller.clone(),
-            (true, false) => ctx.controllers.clone(),
-            (true, true) => fallback(),
-        };
-        Ok(ControllerClient::with_transport(addrs, transport))
+        Ok(Some((ctx.ca_pem.clone(), certs, ctx.controllers.clone())))
+    }
+
+    /// How to dial the node API of node `node`: mutual TLS verifying that node's
+    /// certificate (server name NODE.node.gantry), or plain TCP with --insecure.
+    fn node_transport(&self, node: &str) -> Result<gantry_controller::raft::network::Transport> {
+        use gantry_controller::raft::network::Transport;
+        use gantry_security::tls::{client_config, TlsConnector};
+        Ok(match self.credentials()? {
+            None => Transport::Plain,
+            Some((ca_pem, certs, _)) => Transport::Tls(TlsConnector::new(
+                client_config(&ca_pem, Some(certs))?,
+                &gantry_security::identity::node_server_name(node),
+            )?),
+        })
     }
 }
 
@@ -189,6 +219,17 @@ enum ServiceCommand {
     Restart { name: String },
     /// Remove a service (its containers are stopped).
     Rm { name: String },
+    /// The logs of the service's allocations, wherever they run, each line prefixed with
+    /// SERVICE.ALLOC@NODE (read from each node's API).
+    Logs {
+        name: String,
+        /// Keep streaming new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each allocation (default: all).
+        #[arg(long, short = 'n')]
+        tail: Option<u64>,
+    },
 }
 
 #[derive(Args)]
@@ -540,6 +581,9 @@ async fn upsert(
 async fn service_main(args: ServiceArgs) -> Result<()> {
     let mut c = args.target.client()?;
     match args.command {
+        ServiceCommand::Logs { name, follow, tail } => {
+            return service_logs(&args.target, &mut c, &name, follow, tail).await;
+        }
         ServiceCommand::Create(a) => {
             let spec = spec_of(&a)?;
             upsert(&mut c, &a.name, spec, 0).await?;
@@ -643,6 +687,137 @@ async fn service_main(args: ServiceArgs) -> Result<()> {
         ServiceCommand::Rm { name } => {
             write(&mut c, &Command::RemoveService { name }).await?;
         }
+    }
+    Ok(())
+}
+
+/// One line (or chunk) of an allocation's log, as `service logs` prints it.
+struct LogLine {
+    prefix: String,
+    record: gantry_proto::engine::LogRecord,
+}
+
+/// `gantry service logs`: ask the node API of every node that holds an allocation of the
+/// service for that allocation's log; print every record with its allocation's prefix
+/// (merged by time, or as they arrive with --follow). An allocation whose container is
+/// gone (stopped and removed) has no log; a node that cannot be asked is reported on
+/// stderr, and the command fails if no allocation could be read.
+async fn service_logs(
+    target: &Target,
+    c: &mut ControllerClient,
+    name: &str,
+    follow: bool,
+    tail: Option<u64>,
+) -> Result<()> {
+    use gantry_proto::engine::{node_client::NodeClient, AllocationLogsRequest};
+    use std::io::Write;
+    let svc = find_service(c, name).await?;
+    let ns: BTreeMap<u64, Node> = nodes(c).await?.into_iter().map(|n| (n.id, n)).collect();
+    let mut allocs: Vec<Allocation> = allocations(c)
+        .await?
+        .into_iter()
+        .filter(|a| a.service == svc.name)
+        .collect();
+    allocs.sort_by_key(|a| a.id);
+    if allocs.is_empty() {
+        bail!("service {name:?} has no allocations (yet): nothing has logs");
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<LogLine>(1024);
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in &allocs {
+        let Some(node) = ns.get(&a.node) else {
+            continue;
+        };
+        let prefix = format!("{}.{}@{}", a.service, a.id, node.name);
+        let Some(api) = node.api.clone() else {
+            eprintln!("{prefix}: node {} serves no node API (its agent runs --api-listen none or is older)", node.name);
+            continue;
+        };
+        let transport = target.node_transport(&node.name)?;
+        let req = AllocationLogsRequest {
+            service: a.service.clone(),
+            allocation: a.id,
+            follow,
+            tail: tail.map_or(-1, |t| t as i64),
+        };
+        let running = a.desired == Desired::Run;
+        let tx = tx.clone();
+        tasks.spawn(async move {
+            let fail = |e: String| Err(format!("{prefix}: {e}"));
+            let channel = match gantry_controller::raft::network::channel(&api, &transport) {
+                Ok(ch) => ch,
+                Err(e) => return fail(format!("node API {api}: {e}")),
+            };
+            let mut client = NodeClient::new(channel)
+                .max_decoding_message_size(gantry_proto::limits::ENGINE_REPLY_MAX);
+            let mut stream = match client.allocation_logs(req).await {
+                Ok(r) => r.into_inner(),
+                // a finished allocation's container is removed: it has no log to show
+                Err(s) if s.code() == tonic::Code::NotFound && !running => return Ok(false),
+                Err(s) => return fail(format!("node API {api}: {}", s.message())),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(record)) => {
+                        let line = LogLine {
+                            prefix: prefix.clone(),
+                            record,
+                        };
+                        if tx.send(line).await.is_err() {
+                            return Ok(true);
+                        }
+                    }
+                    Ok(None) => return Ok(true),
+                    Err(s) => return fail(format!("node API {api}: {}", s.message())),
+                }
+            }
+        });
+    }
+    drop(tx);
+    let print = |l: &LogLine| {
+        let mut data = l.record.data.clone();
+        if !data.ends_with(b"\n") {
+            data.push(b'\n');
+        }
+        let mut out = Vec::with_capacity(l.prefix.len() + 3 + data.len());
+        out.extend_from_slice(l.prefix.as_bytes());
+        out.extend_from_slice(b" | ");
+        out.extend_from_slice(&data);
+        let _ = if l.record.stream == "stderr" {
+            std::io::stderr().lock().write_all(&out)
+        } else {
+            std::io::stdout().lock().write_all(&out)
+        };
+    };
+    let mut collected = Vec::new();
+    while let Some(l) = rx.recv().await {
+        if follow {
+            print(&l);
+        } else {
+            collected.push(l);
+        }
+    }
+    collected.sort_by_key(|l| l.record.time_unix_nanos);
+    collected.iter().for_each(print);
+    let mut read = 0;
+    let mut errors = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(true)) => read += 1,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    for e in &errors {
+        eprintln!("gantry service logs: {e}");
+    }
+    if read == 0 {
+        bail!(
+            "no log of service {name:?} could be read ({} allocations, {} unreachable)",
+            allocs.len(),
+            errors.len()
+        );
     }
     Ok(())
 }
