@@ -12,9 +12,8 @@
 //! certificate), which the handlers read as `ConnectInfo<Peer>`.
 
 use gantry_security::reload::{ca_roots_file, CredentialFiles};
-use gantry_security::tls::{incoming, provider, TlsConn};
+use gantry_security::tls::{incoming, server_config_with, ClientCerts, TlsConn};
 use gantry_security::Identity;
-use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,34 +21,20 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error(transparent)]
-    Credential(#[from] gantry_security::reload::CredentialFileError),
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
+pub use gantry_security::tls::TlsError;
 
 /// A server config presenting `certs` and requiring a client certificate from the CA.
 pub fn server_config(
     ca_file: &Path,
     certs: Arc<CredentialFiles>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(ca_roots_file(ca_file)?, provider())
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(certs);
     // axum serves HTTP/1.1 here (as the plain listener does)
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // No resumption (as gantry_security::tls::server_config): a resumed session would keep
-    // the certificates of its first handshake past a rotation or an expiry.
-    cfg.send_tls13_tickets = 0;
-    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(Arc::new(cfg))
+    server_config_with(
+        ca_roots_file(ca_file)?,
+        certs,
+        ClientCerts::Required,
+        b"http/1.1",
+    )
 }
 
 /// The client at the other end of a connection.

@@ -47,6 +47,8 @@ pub enum TlsError {
     Config(String),
     #[error(transparent)]
     Pki(#[from] crate::PkiError),
+    #[error(transparent)]
+    Credential(#[from] crate::reload::CredentialFileError),
 }
 
 /// The ring provider (the workspace's only one).
@@ -162,11 +164,31 @@ impl ResolvesClientCert for CertStore {
     }
 }
 
-/// A server that presents `certs` and verifies any client certificate against the CA
-/// (clients without one get through the handshake: see the module doc).
-pub fn server_config(ca_pem: &str, certs: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(ca_roots(ca_pem)?, provider())
-        .allow_unauthenticated()
+/// Whether a server's TLS handshake demands a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// A certificate that is sent must chain to the CA, but a client may send none (the
+    /// controller: a newcomer holding only a join token calls `Join`).
+    Optional,
+    /// No certificate chaining to the CA, no connection (the registry).
+    Required,
+}
+
+/// The server config every gantry listener uses: presents `certs`, verifies client
+/// certificates against `roots` as `client_certs` says, offers `alpn`, and never resumes a
+/// session (a resumed session keeps the identity and the validity of the certificate of
+/// its first handshake, past a swap or an expiry).
+pub fn server_config_with(
+    roots: Arc<RootCertStore>,
+    certs: Arc<dyn ResolvesServerCert>,
+    client_certs: ClientCerts,
+    alpn: &[u8],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if client_certs == ClientCerts::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
@@ -174,12 +196,16 @@ pub fn server_config(ca_pem: &str, certs: Arc<CertStore>) -> Result<Arc<ServerCo
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(certs);
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    // No resumption: a resumed session keeps the identity (and the validity) of the
-    // certificate of its first handshake, past a swap or an expiry.
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg.send_tls13_tickets = 0;
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(cfg))
+}
+
+/// A gRPC server that presents `certs` and verifies any client certificate against the CA
+/// (clients without one get through the handshake: see the module doc).
+pub fn server_config(ca_pem: &str, certs: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(ca_roots(ca_pem)?, certs, ClientCerts::Optional, b"h2")
 }
 
 /// A client that trusts only the cluster CA and presents `certs` when given.

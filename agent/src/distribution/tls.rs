@@ -14,13 +14,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error(transparent)]
-    Credential(#[from] gantry_security::reload::CredentialFileError),
-    #[error("TLS configuration: {0}")]
-    Config(String),
-}
+pub use gantry_security::tls::TlsError;
 
 /// Files of a client credential and the cluster CA.
 #[derive(Debug, Clone)]
