@@ -917,12 +917,7 @@ impl Run<'_, '_> {
             }
             None => {
                 let urls = self.fetch_urls(line, c)?;
-                let local: Vec<String> = c
-                    .sources
-                    .iter()
-                    .filter(|s| !context::is_url(s))
-                    .cloned()
-                    .collect();
+                let local = local_sources(c);
                 if local.is_empty() {
                     return Ok(urls);
                 }
@@ -1067,12 +1062,7 @@ impl Run<'_, '_> {
             }
         };
         let view = DirView { root: source_root };
-        let local: Vec<String> = c
-            .sources
-            .iter()
-            .filter(|s| !context::is_url(s))
-            .cloned()
-            .collect();
+        let local = local_sources(c);
         let sels = context::resolve_sources_in(&view, &local, at).map_err(wrap)?;
         let url_sels = match &self.fetched {
             Some(f) if add => {
@@ -1254,6 +1244,15 @@ impl Run<'_, '_> {
         drop(scratch);
         Ok(stored)
     }
+}
+
+/// The sources of a `COPY`/`ADD` that come from the context or a stage (not URLs).
+fn local_sources(c: &Copy) -> Vec<String> {
+    c.sources
+        .iter()
+        .filter(|s| !context::is_url(s))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
