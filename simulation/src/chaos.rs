@@ -7,20 +7,25 @@
 //! throughout (leaders, placement) and at the end (acknowledged writes, replicas,
 //! convergence, members agree).
 //!
-//! Reproducibility: the schedule ([`schedule`]) and every network decision derive from
-//! the seed; the interleaving of tasks does not (openraft draws election timeouts from a
-//! thread-local generator, sled flushes on its own threads, tokio's multi-thread scheduler
-//! runs here). `--reproduce SEED` replays the same schedule and message fates, which
-//! usually, not always, reproduces a failure.
+//! Determinism ([`run_seed`] with [`Store::Memory`], the default): one seed is run on its
+//! own current-thread tokio runtime whose clock is paused (virtual time that jumps to the
+//! next timer whenever every task waits: seconds of faults in milliseconds), with the
+//! members on in-memory stores (no threads, no I/O) and openraft's election timeouts drawn
+//! from a generator seeded with the seed ([`seed_thread_rng`]). The schedule
+//! ([`schedule`]), every network decision and the interleaving of every task then follow
+//! from the seed: a run records a [`Trace`] (faults, leaders per term, acknowledged
+//! writes, the final states) and the same seed gives the same trace, which
+//! `--reproduce SEED` replays exactly. With [`Store::Sled`] (the real durable store) a run
+//! uses a multi-thread runtime in real time and is not deterministic.
 
-use crate::cluster::{ClusterConfig, ClusterError, SimCluster};
+use crate::cluster::{ClusterConfig, ClusterError, SimCluster, Store};
 use crate::invariants::{
     acked_writes::History, convergence, placement, replicas, single_leader::LeaderLog, Violation,
 };
 use crate::net::FaultState;
 use gantry_controller::leader::LeaderConfig;
 use gantry_controller::nodes::LivenessConfig;
-use gantry_controller::raft::{NodeId, RaftTimings};
+use gantry_controller::raft::{seed_thread_rng, NodeId, RaftTimings};
 use gantry_controller::state::{
     AllocReport, Command, Desired, NodeStatus, Observed, Reply, ServiceSpec, State,
 };
@@ -29,8 +34,10 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// One fault (or repair) of the schedule.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,6 +81,7 @@ pub struct ChaosConfig {
     pub convergence_bound: Duration,
     /// Print the schedule and progress.
     pub verbose: bool,
+    pub store: Store,
 }
 
 impl ChaosConfig {
@@ -86,6 +94,7 @@ impl ChaosConfig {
             fault_time: Duration::from_secs(6),
             convergence_bound: Duration::from_secs(20),
             verbose: false,
+            store: Store::Memory,
         }
     }
 }
@@ -135,6 +144,71 @@ pub fn schedule(seed: u64, members: u64, agents: usize, duration: Duration) -> V
     out
 }
 
+/// One thing a run did, at its time since the run started (virtual ms on a paused runtime).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "event")]
+pub enum TraceEvent {
+    /// A fault of the schedule was applied.
+    Fault { at_ms: u64, fault: Fault },
+    /// A member was first seen leading a term.
+    Leader { at_ms: u64, term: u64, member: NodeId },
+    /// A client's write was acknowledged.
+    Ack { at_ms: u64, key: String, seq: u64 },
+    /// Faults stopped, every member restarted.
+    Healed { at_ms: u64 },
+    /// Desired and observed converged, members agree.
+    Converged { at_ms: u64 },
+    /// A member's final applied index and the SHA-256 of its applied state (JSON image).
+    Final {
+        member: NodeId,
+        applied: u64,
+        state_sha256: String,
+    },
+}
+
+/// What a run did, in order: with [`Store::Memory`], a function of the seed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Trace {
+    pub events: Vec<TraceEvent>,
+}
+
+impl Trace {
+    /// SHA-256 of the trace's JSON: equal digests, equal runs.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(&self.events).expect("trace serializes");
+        hex(&Sha256::digest(json))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The trace being recorded, with the run's start.
+struct Recorder {
+    start: Instant,
+    trace: Mutex<Trace>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder {
+            start: Instant::now(),
+            trace: Mutex::new(Trace::default()),
+        }
+    }
+    fn at_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+    fn push(&self, e: TraceEvent) {
+        lock(&self.trace).events.push(e);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ChaosReport {
     pub seed: u64,
@@ -145,10 +219,24 @@ pub struct ChaosReport {
     /// From the end of the faults until converged (None: not within the bound).
     pub converged_after_seconds: Option<f64>,
     pub violations: Vec<Violation>,
+    pub store: Store,
+    /// Seconds on the run's clock (virtual with [`Store::Memory`]).
+    pub simulated_seconds: f64,
+    /// SHA-256 of the trace: the same for every run of a seed with [`Store::Memory`].
+    pub trace_digest: String,
+    pub trace_events: usize,
+    #[serde(skip)]
+    pub trace: Trace,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChaosError {
+    #[error("seed {seed}: starting the tokio runtime: {source}")]
+    Runtime {
+        seed: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("seed {seed}: setting up: {source}")]
     Setup {
         seed: u64,
@@ -272,6 +360,7 @@ async fn client(
     cluster: Arc<SimCluster>,
     key: String,
     history: Arc<Mutex<History>>,
+    rec: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) -> u64 {
     let mut seq = 0;
@@ -291,6 +380,11 @@ async fn client(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .ack(&key, seq);
+            rec.push(TraceEvent::Ack {
+                at_ms: rec.at_ms(),
+                key: key.clone(),
+                seq,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -302,9 +396,11 @@ async fn monitor(
     cluster: Arc<SimCluster>,
     leaders: Arc<Mutex<LeaderLog>>,
     found: Arc<Mutex<Vec<Violation>>>,
+    rec: Arc<Recorder>,
     stop: Arc<AtomicBool>,
 ) {
     let mut tick = 0u64;
+    let mut seen = BTreeSet::new();
     while !stop.load(Ordering::Relaxed) {
         for id in cluster.running() {
             if let Some(raft) = cluster.raft(id) {
@@ -314,6 +410,13 @@ async fn monitor(
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .observe(m.current_term, id);
+                    if seen.insert((m.current_term, id)) {
+                        rec.push(TraceEvent::Leader {
+                            at_ms: rec.at_ms(),
+                            term: m.current_term,
+                            member: id,
+                        });
+                    }
                 }
             }
             if tick.is_multiple_of(10) {
@@ -366,10 +469,38 @@ async fn apply_fault(cluster: &SimCluster, fault: &Fault, silent: &Mutex<BTreeSe
     }
 }
 
-/// Run one seed.
+/// Run one seed on a runtime of its own: with [`Store::Memory`] a current-thread runtime
+/// with a paused clock and openraft's generator seeded (deterministic, in virtual time);
+/// with [`Store::Sled`] a multi-thread runtime in real time.
+pub fn run_seed(cfg: ChaosConfig) -> Result<ChaosReport, ChaosError> {
+    let seed = cfg.seed;
+    let rt = match cfg.store {
+        Store::Memory => tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build(),
+        Store::Sled => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    }
+    .map_err(|source| ChaosError::Runtime { seed, source })?;
+    if cfg.store == Store::Memory {
+        seed_thread_rng(Some(seed));
+    }
+    let report = rt.block_on(run(cfg));
+    // Tasks still queued (e.g. replication of a crashed member) are dropped here, on this
+    // thread, before the generator goes back to the OS-seeded one.
+    drop(rt);
+    seed_thread_rng(None);
+    report
+}
+
+/// Run one seed on the current tokio runtime (see [`run_seed`] for a deterministic one).
 pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, ChaosError> {
     let seed = cfg.seed;
     let setup = |source| ChaosError::Setup { seed, source };
+    let rec = Arc::new(Recorder::new());
     let cluster = SimCluster::start(ClusterConfig {
         members: cfg.members,
         timings: RaftTimings {
@@ -388,15 +519,20 @@ pub async fn run(cfg: ChaosConfig) -> Result<ChaosReport, ChaosError> {
             ..Default::default()
         }),
         seed,
+        store: cfg.store,
     })
     .await
     .map_err(setup)?;
-    let result = run_on(&cluster, &cfg).await;
+    let result = run_on(&cluster, &cfg, &rec).await;
     cluster.shutdown().await;
     result
 }
 
-async fn run_on(cluster: &Arc<SimCluster>, cfg: &ChaosConfig) -> Result<ChaosReport, ChaosError> {
+async fn run_on(
+    cluster: &Arc<SimCluster>,
+    cfg: &ChaosConfig,
+    rec: &Arc<Recorder>,
+) -> Result<ChaosReport, ChaosError> {
     let seed = cfg.seed;
     let setup = |source| ChaosError::Setup { seed, source };
     let write_timeout = Duration::from_secs(10);
@@ -454,6 +590,7 @@ async fn run_on(cluster: &Arc<SimCluster>, cfg: &ChaosConfig) -> Result<ChaosRep
         cluster.clone(),
         leaders.clone(),
         found.clone(),
+        rec.clone(),
         stop_all.clone(),
     ));
     let clients: Vec<_> = (0..cfg.clients)
@@ -462,6 +599,7 @@ async fn run_on(cluster: &Arc<SimCluster>, cfg: &ChaosConfig) -> Result<ChaosRep
                 cluster.clone(),
                 format!("oracle-{k}"),
                 history.clone(),
+                rec.clone(),
                 stop_faults.clone(),
             ))
         })
@@ -492,6 +630,10 @@ async fn run_on(cluster: &Arc<SimCluster>, cfg: &ChaosConfig) -> Result<ChaosRep
         if cfg.verbose {
             eprintln!("[{:6} ms] {:?}", start.elapsed().as_millis(), ev.fault);
         }
+        rec.push(TraceEvent::Fault {
+            at_ms: rec.at_ms(),
+            fault: ev.fault.clone(),
+        });
         apply_fault(cluster, &ev.fault, &silent).await;
     }
     tokio::time::sleep(cfg.fault_time.saturating_sub(start.elapsed())).await;
@@ -519,6 +661,7 @@ async fn run_on(cluster: &Arc<SimCluster>, cfg: &ChaosConfig) -> Result<ChaosRep
     if cfg.verbose {
         eprintln!("[{:6} ms] healed", start.elapsed().as_millis());
     }
+    rec.push(TraceEvent::Healed { at_ms: rec.at_ms() });
 
     // Converge within the bound.
     let healed = Instant::now();
@@ -528,6 +671,10 @@ async fn run_on(cluster: &Arc<SimCluster>, cfg: &ChaosConfig) -> Result<ChaosRep
         left = converged_violations(cluster);
         if left.is_empty() {
             converged_after = Some(healed.elapsed().as_secs_f64());
+            rec.push(TraceEvent::Converged { at_ms: rec.at_ms() });
+            if cfg.verbose {
+                eprintln!("[{:6} ms] converged", start.elapsed().as_millis());
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -553,8 +700,15 @@ async fn run_on(cluster: &Arc<SimCluster>, cfg: &ChaosConfig) -> Result<ChaosRep
                 violations.push(v);
             }
             violations.extend(replicas::check(&applied.state));
+            let image = serde_json::to_vec(&applied.state.to_image()).expect("state serializes");
+            rec.push(TraceEvent::Final {
+                member: id,
+                applied: applied.last_applied.map_or(0, |l| l.index),
+                state_sha256: hex(&Sha256::digest(image)),
+            });
         }
     }
+    let trace = lock(&rec.trace).clone();
     let report = ChaosReport {
         seed,
         schedule: events,
@@ -563,6 +717,11 @@ async fn run_on(cluster: &Arc<SimCluster>, cfg: &ChaosConfig) -> Result<ChaosRep
         writes_attempted: attempted,
         converged_after_seconds: converged_after,
         violations,
+        store: cfg.store,
+        simulated_seconds: rec.start.elapsed().as_secs_f64(),
+        trace_digest: trace.digest(),
+        trace_events: trace.events.len(),
+        trace,
     };
     Ok(report)
 }

@@ -1,23 +1,27 @@
-//! [`SimCluster`]: three (or more) real controller members in one process — openraft with
-//! the controller's [`SledLogStore`] and [`SledStateMachine`] on their own sled data dirs
-//! under one temp dir, connected by the in-process [`Router`]. A member can crash (Raft
-//! shut down, handles dropped, its data dir kept) and restart from that disk state.
-//! Optionally every member runs the controller's real leader loop
-//! ([`gantry_controller::leader::run`]), which evaluates and commits plans while it leads.
+//! [`SimCluster`]: three (or more) real controller members in one process, connected by the
+//! in-process [`Router`], on one of two stores ([`Store`]): the controller's
+//! [`SledLogStore`] + [`SledStateMachine`] on their own sled data dirs under one temp dir
+//! (the real, durable store), or the in-memory [`MemLogStore`] + [`MemStateMachine`]
+//! (the same apply code without sled: no threads, no file I/O, what a deterministic run
+//! needs). A member can crash (Raft shut down, handles dropped, its data dir or
+//! [`MemDisk`] kept) and restart from that disk state. Optionally every member runs the
+//! controller's real leader loop ([`gantry_controller::leader::run`]), which evaluates and
+//! commits plans while it leads. Time is tokio's: virtual on a paused runtime.
 
 use crate::net::Router;
 use gantry_controller::leader::{self, LeaderConfig, LeaderShared};
 use gantry_controller::raft::{
-    BasicNode, ControllerDb, GantryRaft, NodeId, RaftTimings, SledLogStore, SledStateMachine,
-    StateHandle,
+    BasicNode, ControllerDb, GantryRaft, MemDisk, NodeId, RaftTimings, SledLogStore,
+    SledStateMachine, StateHandle,
 };
 use gantry_controller::state::{Command, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -59,6 +63,18 @@ pub struct ClusterConfig {
     pub leader_loop: Option<LeaderConfig>,
     /// Seed of the network's fault decisions.
     pub seed: u64,
+    pub store: Store,
+}
+
+/// Where the members keep their Raft log and state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Store {
+    /// The controller's sled stores on disk (real file I/O and sled's own threads).
+    #[default]
+    Sled,
+    /// In-memory stores with the same apply code (deterministic runs).
+    Memory,
 }
 
 pub struct SimCluster {
@@ -67,6 +83,8 @@ pub struct SimCluster {
     dir: tempfile::TempDir,
     cluster_id: String,
     members: Mutex<BTreeMap<NodeId, Member>>,
+    /// The members' disks with [`Store::Memory`].
+    disks: Mutex<BTreeMap<NodeId, MemDisk>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,10 +100,11 @@ impl SimCluster {
             .map_err(ClusterError::TempDir)?;
         let cluster = Arc::new(SimCluster {
             router: Router::new(config.seed),
-            cluster_id: format!("sim-{}", std::process::id()),
+            cluster_id: format!("sim-{}", config.seed),
             config,
             dir,
             members: Mutex::new(BTreeMap::new()),
+            disks: Mutex::new(BTreeMap::new()),
         });
         for id in 1..=cluster.config.members {
             cluster.restart(id).await?;
@@ -113,29 +132,42 @@ impl SimCluster {
         if lock(&self.members).contains_key(&id) {
             return Ok(());
         }
-        let path = self.data_dir(id);
-        let open_err = |source| ClusterError::Open {
-            id,
-            path: path.clone(),
-            source,
-        };
-        let db = ControllerDb::open(&path).map_err(open_err)?;
-        if db.cluster_id().map_err(open_err)?.is_none() {
-            db.claim_cluster(&self.cluster_id).map_err(open_err)?;
-        }
-        let sm = SledStateMachine::open(db.clone()).map_err(open_err)?;
-        let handle = sm.handle();
-        let log = SledLogStore::new(db);
         let raft_err = |reason: String| ClusterError::Raft { id, reason };
-        let config = self
-            .config
-            .timings
-            .config(&self.cluster_id)
-            .validate()
-            .map_err(|e| raft_err(e.to_string()))?;
-        let raft = GantryRaft::new(id, Arc::new(config), self.router.network_for(id), log, sm)
-            .await
-            .map_err(|e| raft_err(e.to_string()))?;
+        let config = Arc::new(
+            self.config
+                .timings
+                .config(&self.cluster_id)
+                .validate()
+                .map_err(|e| raft_err(e.to_string()))?,
+        );
+        let network = self.router.network_for(id);
+        let (raft, handle) = match self.config.store {
+            Store::Sled => {
+                let path = self.data_dir(id);
+                let open_err = |source| ClusterError::Open {
+                    id,
+                    path: path.clone(),
+                    source,
+                };
+                let db = ControllerDb::open(&path).map_err(open_err)?;
+                if db.cluster_id().map_err(open_err)?.is_none() {
+                    db.claim_cluster(&self.cluster_id).map_err(open_err)?;
+                }
+                let sm = SledStateMachine::open(db.clone()).map_err(open_err)?;
+                let handle = sm.handle();
+                let log = SledLogStore::new(db);
+                let raft = GantryRaft::new(id, config, network, log, sm).await;
+                (raft, handle)
+            }
+            Store::Memory => {
+                let disk = lock(&self.disks).entry(id).or_default().clone();
+                let (log, sm) = disk.open();
+                let handle = sm.handle();
+                let raft = GantryRaft::new(id, config, network, log, sm).await;
+                (raft, handle)
+            }
+        };
+        let raft = raft.map_err(|e| raft_err(e.to_string()))?;
         let shared = Arc::new(LeaderShared::default());
         let leader_loop = self.config.leader_loop.clone().map(|cfg| {
             tokio::spawn(leader::run(

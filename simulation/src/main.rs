@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gantry_sim::chaos::{self, ChaosConfig};
+use gantry_sim::cluster::Store;
 use gantry_sim::scale::{self, Phase, ScaleConfig};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,9 +72,17 @@ enum Cmd {
         /// How many seeds to run (seed, seed+1, ...): a soak is a large number.
         #[arg(long, default_value_t = 1)]
         runs: u64,
-        /// Replay one seed, printing its fault schedule as it runs.
+        /// Replay one seed exactly (with `--store memory`), printing its faults as they are
+        /// applied and its trace.
         #[arg(long, conflicts_with_all = ["seed", "runs"])]
         reproduce: Option<u64>,
+        /// memory: in-memory stores, virtual time, deterministic (a seed replays exactly);
+        /// sled: the controller's sled stores in real time (not deterministic).
+        #[arg(long, value_enum, default_value_t = Store::Memory)]
+        store: Store,
+        /// Print each run's trace (faults, leaders, acknowledged writes, final states).
+        #[arg(long)]
+        trace: bool,
         /// Seconds of faults per run.
         #[arg(long, default_value_t = 6)]
         fault_seconds: u64,
@@ -159,10 +168,6 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
     match cli.cmd {
         Cmd::Scale {
             nodes,
@@ -193,6 +198,10 @@ fn main() -> anyhow::Result<()> {
                 trace_seed,
                 progress: !json,
             };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
             let report = rt.block_on(scale::run(cfg)).context("scale run")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -209,6 +218,8 @@ fn main() -> anyhow::Result<()> {
             reproduce,
             fault_seconds,
             convergence_bound,
+            store,
+            trace,
             json,
         } => {
             let seeds: Vec<u64> = match reproduce {
@@ -216,17 +227,21 @@ fn main() -> anyhow::Result<()> {
                 None => (seed..seed.saturating_add(runs)).collect(),
             };
             let mut failed = Vec::new();
+            let wall = std::time::Instant::now();
+            let (mut simulated, n) = (0.0, seeds.len());
             for s in seeds {
                 let mut cfg = ChaosConfig::new(s);
                 cfg.fault_time = Duration::from_secs(fault_seconds);
                 cfg.convergence_bound = Duration::from_secs(convergence_bound);
                 cfg.verbose = reproduce.is_some();
-                let report = rt.block_on(chaos::run(cfg)).context("chaos run")?;
+                cfg.store = store;
+                let report = chaos::run_seed(cfg).context("chaos run")?;
+                simulated += report.simulated_seconds;
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {
                     println!(
-                        "seed {}: {} faults, {} leader terms, {}/{} writes acknowledged, {}, {}",
+                        "seed {}: {} faults, {} leader terms, {}/{} writes acknowledged, {}, {}, trace {}",
                         report.seed,
                         report.schedule.len(),
                         report.leader_terms,
@@ -240,8 +255,15 @@ fn main() -> anyhow::Result<()> {
                             "ok".to_string()
                         } else {
                             format!("{} violation(s)", report.violations.len())
-                        }
+                        },
+                        &report.trace_digest[..16]
                     );
+                }
+                if trace || reproduce.is_some() {
+                    for e in &report.trace.events {
+                        println!("  {}", serde_json::to_string(e)?);
+                    }
+                    println!("  trace sha256 {}", report.trace_digest);
                 }
                 for v in &report.violations {
                     eprintln!("seed {s}: VIOLATION {v}");
@@ -251,6 +273,12 @@ fn main() -> anyhow::Result<()> {
                     failed.push(s);
                 }
             }
+            let secs = wall.elapsed().as_secs_f64();
+            eprintln!(
+                "{n} seed(s) in {secs:.2}s of real time ({:.1} seeds/s), {simulated:.1}s simulated ({:.0}x real time), store {store:?}",
+                n as f64 / secs,
+                simulated / secs
+            );
             if !failed.is_empty() {
                 anyhow::bail!("failing seeds: {failed:?}");
             }

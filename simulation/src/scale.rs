@@ -635,6 +635,7 @@ pub async fn run(cfg: ScaleConfig) -> Result<ScaleReport, ScaleError> {
         },
         leader_loop: None,
         seed: 0,
+        store: crate::cluster::Store::Sled,
     })
     .await?;
     cluster.wait_leader(Duration::from_secs(10)).await?;

@@ -19,6 +19,7 @@ fn config() -> ClusterConfig {
         },
         leader_loop: None,
         seed: 9,
+        store: gantry_sim::cluster::Store::Sled,
     }
 }
 

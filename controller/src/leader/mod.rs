@@ -28,6 +28,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Now, on tokio's clock: the real clock in the daemon; the simulator's virtual one when
+/// it runs the leader loop on a paused runtime (std's `Instant::now` would be real time
+/// there, and liveness would judge nodes by the wall clock).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Tunables of the leader loop.
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -78,7 +85,7 @@ impl LeaderShared {
     pub fn heartbeat(&self, node: u64) -> bool {
         match self.lock().liveness.as_mut() {
             Some(l) => {
-                l.heartbeat(node, Instant::now());
+                l.heartbeat(node, now());
                 true
             }
             None => false,
@@ -92,7 +99,7 @@ impl LeaderShared {
         let mut g = self.lock();
         let l = g.liveness.as_mut()?;
         l.mesh_applied(node, index);
-        Some(l.mesh_synced(state, Instant::now()))
+        Some(l.mesh_synced(state, now()))
     }
 
     /// Why replicas are unplaced, per service; None when this member is not leader.
@@ -103,7 +110,7 @@ impl LeaderShared {
 
     fn take_office(&self, config: LivenessConfig) {
         let mut g = self.lock();
-        g.liveness = Some(Liveness::new(config, Instant::now()));
+        g.liveness = Some(Liveness::new(config, now()));
         g.unplaced.clear();
     }
 
@@ -115,7 +122,7 @@ impl LeaderShared {
 
     fn expired(&self, state: &State) -> Vec<Command> {
         match self.lock().liveness.as_ref() {
-            Some(l) => l.expired(state, Instant::now()),
+            Some(l) => l.expired(state, now()),
             None => Vec::new(),
         }
     }
@@ -246,8 +253,12 @@ async fn lead(
                 }
             }
         }
+        // Biased (branches tried in order) rather than tokio's random start: the loop's
+        // top re-checks leadership and liveness whatever woke it, so no branch can be
+        // starved of anything, and the order does not depend on tokio's unseedable
+        // generator (the simulator replays a seed exactly).
         tokio::select! {
-            _ = tick.tick() => dirty |= retry_on_tick,
+            biased;
             r = applied.changed() => {
                 if r.is_err() {
                     return Ok(false);
@@ -260,6 +271,7 @@ async fn lead(
                     return Ok(false);
                 }
             }
+            _ = tick.tick() => dirty |= retry_on_tick,
         }
     }
 }

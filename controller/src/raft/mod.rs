@@ -13,7 +13,9 @@
 
 pub mod db;
 pub mod log_store;
+pub mod mem;
 pub mod network;
+pub mod runtime;
 pub mod service;
 pub mod state_machine;
 #[cfg(test)]
@@ -21,7 +23,9 @@ mod tests;
 
 pub use db::{ControllerDb, DbError};
 pub use log_store::SledLogStore;
+pub use mem::{MemDisk, MemLogStore, MemStateMachine};
 pub use network::{NetworkFactory, PeerNetwork};
+pub use runtime::{seed_thread_rng, GantryRuntime};
 pub use service::RaftService;
 pub use state_machine::{ChangeLog, SledStateMachine, StateHandle};
 
@@ -38,7 +42,7 @@ openraft::declare_raft_types!(
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = GantryRuntime,
 );
 
 pub type NodeId = u64;

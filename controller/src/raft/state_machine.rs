@@ -97,7 +97,7 @@ pub struct StateHandle {
 }
 
 impl StateHandle {
-    fn new(applied: Applied, capacity: usize) -> Arc<Self> {
+    pub(crate) fn new(applied: Applied, capacity: usize) -> Arc<Self> {
         let idx = applied.last_applied.map_or(0, |l| l.index);
         let mut log = ChangeLog::new(capacity);
         log.reset(idx);
@@ -120,6 +120,21 @@ impl StateHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .since(from)
+    }
+    /// Replace the applied state with an installed snapshot's, and restart watchers from it.
+    pub(crate) fn installed(&self, meta: &SnapshotMeta, state: State) {
+        {
+            let mut a = self.applied.write().unwrap_or_else(|p| p.into_inner());
+            a.state = state;
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+        }
+        let idx = meta.last_log_id.map_or(0, |l| l.index);
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset(idx);
+        self.notify.send_replace(idx);
     }
     /// Resolves whenever something new is applied (value: last applied index).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -375,11 +390,13 @@ fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(
         })
 }
 
-/// Apply committed entries to the state, persist what changed, and tell watchers.
-fn apply_entries(
-    db: &ControllerDb,
+/// Apply committed entries to the state, persist what changed (`persist`, under the
+/// state's write lock: the changes and the state they produced), and tell watchers. The
+/// one apply path of every state machine (sled's, and the simulator's in-memory one).
+pub(crate) fn apply_entries(
     handle: &StateHandle,
     entries: Vec<Entry>,
+    persist: impl FnOnce(&[Change], &Applied) -> Result<(), StorageError>,
 ) -> Result<Vec<Response>, StorageError> {
     let mut out = Vec::with_capacity(entries.len());
     let mut changes = Vec::new();
@@ -407,7 +424,7 @@ fn apply_entries(
             }
         }
     }
-    persist(db, &changes, applied)?;
+    persist(&changes, applied)?;
     let last = applied.last_applied.map_or(0, |l| l.index);
     drop(guard);
     {
@@ -437,7 +454,11 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         // runtime's threads, so that RaftCore and heartbeats are never queued behind it.
         let entries: Vec<Entry> = entries.into_iter().collect();
         let (db, handle) = (self.db.clone(), self.handle.clone());
-        tokio::task::spawn_blocking(move || apply_entries(&db, &handle, entries))
+        tokio::task::spawn_blocking(move || {
+            apply_entries(&handle, entries, |changes, applied| {
+                persist(&db, changes, applied)
+            })
+        })
             .await
             .map_err(|e| {
                 io_err(
@@ -484,23 +505,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         .await
         .map_err(|e| snap_err(&e))?
         .map_err(|e| snap_err(&e))?;
-        {
-            let mut a = self
-                .handle
-                .applied
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            a.state = state;
-            a.last_applied = meta.last_log_id;
-            a.membership = meta.last_membership.clone();
-        }
-        let idx = meta.last_log_id.map_or(0, |l| l.index);
-        self.handle
-            .changes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reset(idx);
-        self.handle.notify.send_replace(idx);
+        self.handle.installed(meta, state);
         Ok(())
     }
 

@@ -19,6 +19,65 @@ fn sled_stores_pass_openraft_conformance_suite() {
     Suite::test_all(SledBuilder).expect("openraft storage suite");
 }
 
+struct MemBuilder;
+
+impl StoreBuilder<TypeConfig, MemLogStore, MemStateMachine, ()> for MemBuilder {
+    async fn build(&self) -> Result<((), MemLogStore, MemStateMachine), StorageError> {
+        let (log, sm) = MemDisk::new().open();
+        Ok(((), log, sm))
+    }
+}
+
+#[test]
+fn memory_stores_pass_openraft_conformance_suite() {
+    Suite::test_all(MemBuilder).expect("openraft storage suite");
+}
+
+#[tokio::test]
+async fn a_memory_disk_reopens_with_its_log_vote_and_applied_state() {
+    use crate::state::{Command, Resources};
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader};
+    let disk = MemDisk::new();
+    let (mut log, mut sm) = disk.open();
+    // Entries 0..=10 of term 1 and the vote (1, 0), through openraft's own append callback.
+    Suite::<TypeConfig, MemLogStore, MemStateMachine, MemBuilder, ()>::feed_10_logs_vote_self(
+        &mut log,
+    )
+    .await
+    .unwrap();
+    let r = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 30,
+        pids: 100,
+    };
+    let entry = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 0), 1),
+        payload: EntryPayload::Normal(Command::RegisterNode {
+            name: "n1".into(),
+            address: "10.0.0.1".into(),
+            labels: Default::default(),
+            capacity: r,
+            allocatable: r,
+        }),
+    };
+    sm.apply([entry.clone()]).await.unwrap();
+    let before = sm.handle();
+    drop((log, sm));
+
+    let (mut log, mut sm) = disk.open();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(1, 0)));
+    let entries = log.try_get_log_entries(0..=10).await.unwrap();
+    assert_eq!(entries.len(), 11);
+    assert_eq!(entries[10].log_id.index, 10);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(entry.log_id));
+    let after = sm.handle();
+    assert!(!Arc::ptr_eq(&before, &after), "a new incarnation");
+    assert_eq!(after.read().state.to_image(), before.read().state.to_image());
+    assert_eq!(after.read().state.nodes().count(), 1);
+}
+
 #[test]
 fn append_entries_over_the_byte_cap_asks_for_fewer_entries() {
     use network::entries_hint;
