@@ -32,9 +32,9 @@ use gantry_controller::state::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -151,7 +151,11 @@ pub enum TraceEvent {
     /// A fault of the schedule was applied.
     Fault { at_ms: u64, fault: Fault },
     /// A member was first seen leading a term.
-    Leader { at_ms: u64, term: u64, member: NodeId },
+    Leader {
+        at_ms: u64,
+        term: u64,
+        member: NodeId,
+    },
     /// A client's write was acknowledged.
     Ack { at_ms: u64, key: String, seq: u64 },
     /// Faults stopped, every member restarted.

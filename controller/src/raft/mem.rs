@@ -12,12 +12,12 @@
 //! `SledStateMachine`); openraft's `Suite::test_all` runs against both.
 
 use super::state_machine::{apply_entries, capture, Applied, StateHandle, CHANGE_LOG_CAPACITY};
+use super::Vote;
 use super::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use super::{Vote};
 use crate::state::{Response, State, StateImage};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
-use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, RaftSnapshotBuilder};
 use openraft::StorageIOError;
+use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogReader, RaftSnapshotBuilder};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;

@@ -459,14 +459,14 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                 persist(&db, changes, applied)
             })
         })
-            .await
-            .map_err(|e| {
-                io_err(
-                    ErrorSubject::StateMachine,
-                    ErrorVerb::Write,
-                    std::io::Error::other(e.to_string()),
-                )
-            })?
+        .await
+        .map_err(|e| {
+            io_err(
+                ErrorSubject::StateMachine,
+                ErrorVerb::Write,
+                std::io::Error::other(e.to_string()),
+            )
+        })?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
