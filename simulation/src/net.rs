@@ -3,8 +3,9 @@
 //! serialization). [`Faults`] decide, per message, whether it is delivered and after which
 //! delay: an *isolated* member neither sends nor receives; *loss* drops a request or its
 //! reply with a probability; *delay* holds a message for a random time. The decisions draw
-//! from one seeded generator, so a fault schedule is reproducible (the interleaving of
-//! tasks is not: see docs/architecture.md, simulation).
+//! from one seeded generator, so a fault schedule is reproducible (and, on a paused
+//! current-thread runtime with memory stores, the whole run: docs/architecture.md,
+//! simulation).
 
 use gantry_controller::raft::{BasicNode, GantryRaft, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};

@@ -3,12 +3,12 @@
 
 use gantry_controller::raft::RaftTimings;
 use gantry_controller::state::Reply;
-use gantry_sim::cluster::{ClusterConfig, SimCluster};
+use gantry_sim::cluster::{ClusterConfig, SimCluster, Store};
 use gantry_sim::net::FaultState;
 use gantry_sim::topology;
 use std::time::{Duration, Instant};
 
-fn config() -> ClusterConfig {
+fn config(store: Store) -> ClusterConfig {
     ClusterConfig {
         members: 3,
         timings: RaftTimings {
@@ -19,7 +19,7 @@ fn config() -> ClusterConfig {
         },
         leader_loop: None,
         seed: 9,
-        store: gantry_sim::cluster::Store::Sled,
+        store,
     }
 }
 
@@ -44,7 +44,16 @@ async fn all_applied(c: &SimCluster, index: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_leader_restarts_from_disk_and_catches_up() {
-    let c = SimCluster::start(config()).await.expect("start");
+    crashed_leader_restarts_and_catches_up(Store::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_leader_restarts_from_its_memory_disk_and_catches_up() {
+    crashed_leader_restarts_and_catches_up(Store::Memory).await;
+}
+
+async fn crashed_leader_restarts_and_catches_up(store: Store) {
+    let c = SimCluster::start(config(store)).await.expect("start");
     let t = Duration::from_secs(10);
     let first = c.wait_leader(t).await.expect("leader");
     for i in 0..5 {
@@ -76,7 +85,7 @@ async fn crashed_leader_restarts_from_disk_and_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_is_replaced_and_no_acknowledged_write_is_lost() {
-    let c = SimCluster::start(config()).await.expect("start");
+    let c = SimCluster::start(config(Store::Sled)).await.expect("start");
     let t = Duration::from_secs(10);
     let first = c.wait_leader(t).await.expect("leader");
     c.write(topology::register_node(0), t)

@@ -6,7 +6,10 @@
 //! acknowledged); [`SledStateMachine`] applies committed commands to the in-memory
 //! [`State`](crate::state::State) and persists every changed object in its kind's sled tree;
 //! a *snapshot* is the serialized state at an applied log id, streamed to lagging members in
-//! chunks; the *cluster id* names the cluster a data dir belongs to.
+//! chunks; the *cluster id* names the cluster a data dir belongs to. [`GantryRuntime`] is
+//! openraft's tokio runtime with an election-timeout generator a simulation can seed;
+//! [`MemLogStore`] + [`MemStateMachine`] on a [`MemDisk`] are the simulator's in-memory
+//! stores (the same apply path, no sled).
 
 // openraft's StorageError (the trait's error type, not ours to shrink) is 224 bytes.
 #![allow(clippy::result_large_err)]

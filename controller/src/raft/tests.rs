@@ -73,7 +73,10 @@ async fn a_memory_disk_reopens_with_its_log_vote_and_applied_state() {
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(entry.log_id));
     let after = sm.handle();
-    assert!(!std::sync::Arc::ptr_eq(&before, &after), "a new incarnation");
+    assert!(
+        !std::sync::Arc::ptr_eq(&before, &after),
+        "a new incarnation"
+    );
     assert_eq!(
         after.read().state.to_image(),
         before.read().state.to_image()
