@@ -59,6 +59,7 @@ async fn a_memory_disk_reopens_with_its_log_vote_and_applied_state() {
             labels: Default::default(),
             capacity: r,
             allocatable: r,
+            api: None,
         }),
     };
     sm.apply([entry.clone()]).await.unwrap();
