@@ -373,9 +373,10 @@ struct Cluster {
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
-/// Namespaces (tagged by pid and `t`, one letter per test), the controller, three
-/// agents; returns once every node has its subnet, bridge and two vxlan peers.
-fn cluster(t: &str) -> Cluster {
+/// Namespaces (tagged by pid and `t`, one letter per test), the controller (with
+/// `controller_args` more), three agents; returns once every node has its subnet, bridge
+/// and two vxlan peers.
+fn cluster(t: &str, controller_args: &[&str]) -> Cluster {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     common::require_root();
     let tmp = tempfile::Builder::new()
@@ -468,6 +469,7 @@ fn cluster(t: &str) -> Cluster {
             "1000",
         ]
         .iter()
+        .chain(controller_args)
         .map(|x| x.to_string())
         .collect::<Vec<_>>(),
         &dir.join("controller.log"),
@@ -483,7 +485,8 @@ fn cluster(t: &str) -> Cluster {
     // Each agent's bridge serves its node subnet; its vxlan device has the other two.
     for h in &c.hosts {
         let node = v.nodes.iter().find(|n| n.name == h.name).unwrap();
-        let gw = format!("{}/24", node.subnet.unwrap().hosts().next().unwrap());
+        let subnet = node.subnet.unwrap();
+        let gw = format!("{}/{}", subnet.hosts().next().unwrap(), subnet.prefix_len());
         eventually(Duration::from_secs(20), "bridge and peers", || {
             let br = h.ip_out(&["-4", "addr", "show", "gantry0"]);
             let routes = h.ip_out(&["route", "show", "dev", "gantry.vx"]);
@@ -496,7 +499,7 @@ fn cluster(t: &str) -> Cluster {
 
 #[test]
 fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
-    let mut cl = cluster("n");
+    let mut cl = cluster("n", &[]);
     let (dir, underlay) = (cl.dir.clone(), cl.underlay.clone());
 
     let rootfs = common::busybox_rootfs(&dir);
@@ -744,10 +747,26 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
 /// `front` (frontend) and `db` (backend) share no network, `api` is on both. api finds and
 /// reaches each by name; front finds api but neither finds db in DNS nor reaches it by
 /// address, and db does not reach front (compose's isolation, across hosts). A second
-/// deployment's default network is apart from the first's.
+/// deployment's default network is apart from the first's. The cluster runs a network
+/// plan other than the default (`--cluster-cidr`, `--node-subnet-prefix`). At the end a
+/// node goes down and its overlay entries leave the other nodes.
 #[test]
 fn compose_networks_isolate_services_that_share_none() {
-    let mut cl = cluster("k");
+    // A cluster network other than the default: /22 node subnets of 10.77.0.0/20.
+    let mut cl = cluster(
+        "k",
+        &[
+            "--cluster-cidr",
+            "10.77.0.0/20",
+            "--node-subnet-prefix",
+            "22",
+        ],
+    );
+    let cidr: ipnet::Ipv4Net = "10.77.0.0/20".parse().unwrap();
+    for n in &cl.nodes {
+        let s = n.subnet.unwrap();
+        assert!(cidr.contains(&s) && s.prefix_len() == 22, "{}: {s}", n.name);
+    }
     let (dir, underlay) = (cl.dir.clone(), cl.underlay.clone());
     let rootfs = common::busybox_rootfs(&dir);
     std::fs::create_dir_all(rootfs.join("www")).unwrap();
@@ -809,6 +828,9 @@ fn compose_networks_isolate_services_that_share_none() {
         },
     );
     let addr = |s: &str| v.running(s)[0].address.unwrap().to_string();
+    for s in ["front", "api", "db", "stray"] {
+        assert!(cidr.contains(&v.running(s)[0].address.unwrap()), "{s}");
+    }
     for (s, h) in [("front", "a"), ("api", "c"), ("db", "b"), ("stray", "a")] {
         assert_eq!(v.node_name(v.running(s)[0].node), h, "{s}");
     }
@@ -892,6 +914,35 @@ fn compose_networks_isolate_services_that_share_none() {
         });
         let links = h.ip_out(&["-o", "link", "show"]);
         assert!(!links.contains(": gt"), "veth left on {}: {links}", h.name);
+    }
+    // A node that goes (its agent killed, marked down) leaves the other nodes' overlay:
+    // its route, neighbour and FDB entry are removed there.
+    let c_addr = cl.hosts[2].addr.clone();
+    cl.hosts[2].daemon.kill();
+    wait_for(&underlay, "node c down", |v| {
+        v.nodes
+            .iter()
+            .any(|n| n.name == "c" && n.status == gantry_controller::state::NodeStatus::Down)
+    });
+    for h in &cl.hosts[..2] {
+        eventually(
+            Duration::from_secs(10),
+            "c's overlay entries removed",
+            || {
+                let routes = h.ip_out(&["route", "show", "dev", "gantry.vx"]);
+                let neigh = h.ip_out(&["neigh", "show", "dev", "gantry.vx"]);
+                let fdb = Command::new("bridge")
+                    .args(["-n", &h.ns, "fdb", "show", "dev", "gantry.vx"])
+                    .output()
+                    .unwrap();
+                let fdb = String::from_utf8_lossy(&fdb.stdout).into_owned();
+                (routes.lines().count() == 1
+                    && neigh.lines().count() == 1
+                    && fdb.contains("dst 192.168.77.")
+                    && !fdb.contains(&format!("dst {c_addr} ")))
+                .then_some(())
+            },
+        );
     }
     for h in &mut cl.hosts {
         h.daemon.kill();

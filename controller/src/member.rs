@@ -10,6 +10,7 @@ use crate::raft::{
     BasicNode, GantryRaft, NetworkFactory, NodeId, RaftService, RaftTimings, SledLogStore,
     SledStateMachine, StateHandle,
 };
+use crate::state::{ClusterNetwork, Command};
 use gantry_security::tls::CertStore;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +34,10 @@ pub struct MemberConfig {
     pub leader: LeaderConfig,
     /// Mutual TLS on the API and the Raft peer network; None = plain TCP (`--insecure`).
     pub tls: Option<MemberTls>,
+    /// The cluster network's plan asked for (`--cluster-cidr`, `--node-subnet-prefix`):
+    /// recorded when this member bootstraps a new cluster (None: the default); on a data
+    /// dir whose cluster recorded another, the start is refused.
+    pub cluster_network: Option<ClusterNetwork>,
 }
 
 /// A member's TLS material: the cluster CA, its own certificate (swappable), and the CA
@@ -75,6 +80,7 @@ impl MemberConfig {
             write_timeout: Duration::from_secs(5),
             leader: LeaderConfig::default(),
             tls: None,
+            cluster_network: None,
         }
     }
 }
@@ -107,6 +113,8 @@ pub enum MemberError {
     Join { addr: String, reason: String },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cluster network: {0}")]
+    ClusterNetwork(String),
 }
 
 pub struct Member {
@@ -123,6 +131,16 @@ pub struct Member {
 
 impl Member {
     pub async fn start(cfg: MemberConfig, mode: StartMode) -> Result<Member, MemberError> {
+        if let Some(want) = cfg.cluster_network {
+            if let Some((field, reason)) = want.check() {
+                return Err(MemberError::ClusterNetwork(format!("{field}: {reason}")));
+            }
+            if let StartMode::Join(_) = mode {
+                return Err(MemberError::ClusterNetwork(
+                    "a joining member takes the network of the cluster it joins: give it only with --bootstrap".into(),
+                ));
+            }
+        }
         let listener =
             TcpListener::bind(cfg.listen)
                 .await
@@ -198,6 +216,20 @@ impl Member {
         };
         let sm = SledStateMachine::open(db.clone())?;
         let handle = sm.handle();
+        let recorded = handle.read().state.recorded_cluster_network();
+        if let Some(want) = cfg.cluster_network {
+            let have = match (recorded, handle.last_applied_index()) {
+                (Some(have), _) => Some(have),
+                // a cluster that has applied entries but recorded no plan uses the default
+                (None, i) if i > 0 => Some(ClusterNetwork::default()),
+                (None, _) => None,
+            };
+            if let Some(have) = have.filter(|h| *h != want) {
+                return Err(MemberError::ClusterNetwork(format!(
+                    "this cluster's network is {have} (recorded at bootstrap); it cannot change to {want}: node subnets and container addresses come from it"
+                )));
+            }
+        }
         let log = SledLogStore::new(db);
         let committed = log.committed_index();
         let config = cfg
@@ -248,6 +280,33 @@ impl Member {
             ))
             .add_service(raft_svc)
             .add_service(api);
+        if let StartMode::Bootstrap = mode {
+            // Before the API serves: a new cluster records its network plan as its first
+            // command, ahead of any node's registration (a restart with --bootstrap on an
+            // existing cluster is a no-op). One member needs no peers to lead.
+            let r = async {
+                let initialized = raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| MemberError::Raft(e.to_string()))?;
+                if !initialized {
+                    let nodes: BTreeMap<NodeId, BasicNode> =
+                        [(cfg.id, BasicNode::new(addr.clone()))].into();
+                    raft.initialize(nodes)
+                        .await
+                        .map_err(|e| MemberError::Raft(e.to_string()))?;
+                    record_cluster_network(&raft, cfg.id, cfg.cluster_network.unwrap_or_default())
+                        .await?;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                leader_loop.abort();
+                let _ = raft.shutdown().await;
+                return Err(e);
+            }
+        }
         let stop = async {
             let _ = rx.await;
         };
@@ -273,22 +332,8 @@ impl Member {
             leader_loop,
         };
         match mode {
-            StartMode::Bootstrap => {
-                let initialized = member
-                    .raft
-                    .is_initialized()
-                    .await
-                    .map_err(|e| MemberError::Raft(e.to_string()))?;
-                if !initialized {
-                    let nodes: BTreeMap<NodeId, BasicNode> =
-                        [(cfg.id, BasicNode::new(addr))].into();
-                    member
-                        .raft
-                        .initialize(nodes)
-                        .await
-                        .map_err(|e| MemberError::Raft(e.to_string()))?;
-                }
-            }
+            // initialized before the API served (above)
+            StartMode::Bootstrap => {}
             StartMode::Join(target) => {
                 let known = member
                     .raft
@@ -362,5 +407,30 @@ impl Member {
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// Records the network plan of a cluster member `id` just bootstrapped (it is the only
+/// member, so it becomes leader).
+async fn record_cluster_network(
+    raft: &GantryRaft,
+    id: NodeId,
+    network: ClusterNetwork,
+) -> Result<(), MemberError> {
+    raft.wait(Some(Duration::from_secs(30)))
+        .current_leader(id, "the bootstrapped member leads")
+        .await
+        .map_err(|e| MemberError::Raft(format!("waiting to lead: {e}")))?;
+    match raft
+        .client_write(Command::SetClusterNetwork { network })
+        .await
+    {
+        Ok(r) => r
+            .data
+            .map(|_| tracing::info!(%network, "cluster network recorded"))
+            .map_err(|e| MemberError::ClusterNetwork(e.to_string())),
+        Err(e) => Err(MemberError::Raft(format!(
+            "recording the cluster network: {e}"
+        ))),
     }
 }

@@ -331,12 +331,12 @@ async fn accepts(ip: Ipv4Addr, ports: &[u16]) -> bool {
     true
 }
 
-/// Registers this node (so that it has a subnet) and returns its subnet; retries for up to
-/// `patience` while no controller answers.
+/// Registers this node (so that it has a subnet) and returns its subnet and the cluster
+/// network's CIDR; retries for up to `patience` while no controller answers.
 pub async fn node_subnet(
     cfg: &crate::cluster::ClusterConfig,
     patience: Duration,
-) -> Result<ipnet::Ipv4Net, String> {
+) -> Result<(ipnet::Ipv4Net, ipnet::Ipv4Net), String> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut c = ControllerClient::with_transport(cfg.join.clone(), cfg.transport.clone());
     c.retry_for = Duration::from_secs(2);
@@ -348,12 +348,22 @@ pub async fn node_subnet(
             {
                 Ok((_, nodes)) => match nodes.into_iter().find(|n| n.name == cfg.name) {
                     Some(n) => {
-                        return n.subnet.ok_or_else(|| {
+                        let subnet = n.subnet.ok_or_else(|| {
                             format!(
                                 "node {} has no subnet: the cluster network is full",
                                 cfg.name
                             )
-                        })
+                        })?;
+                        match c
+                            .read::<gantry_controller::state::ClusterNetwork>(
+                                gantry_proto::cluster::ReadKind::ClusterNetwork,
+                                false,
+                            )
+                            .await
+                        {
+                            Ok((_, net)) => return Ok((subnet, net.cidr)),
+                            Err(e) => format!("reading the cluster network: {e}"),
+                        }
                     }
                     None => format!("node {} missing from the node list", cfg.name),
                 },

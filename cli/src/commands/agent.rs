@@ -251,7 +251,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         None
     } else {
         let subnet = match &overlay_node {
-            Some((net, _)) => net.to_string(),
+            Some((net, _, _)) => net.to_string(),
             None => args.subnet.clone(),
         };
         let mut bridge = BridgeConfig::custom(
@@ -260,8 +260,8 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             &subnet,
             &args.chain_prefix,
         )?;
-        if overlay_node.is_some() {
-            bridge.overlay_cidr = Some(gantry_controller::state::subnet::default_cluster_cidr());
+        if let Some((_, _, cluster_cidr)) = &overlay_node {
+            bridge.overlay_cidr = Some(*cluster_cidr);
             bridge.dns = Some(bridge.gateway);
         }
         let net = BridgeNetwork::open(bridge)
@@ -270,7 +270,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         Some(net)
     };
     let overlay = match (&overlay_node, &network) {
-        (Some((subnet, local)), Some(net)) => Some(
+        (Some((subnet, local, _)), Some(net)) => Some(
             start_overlay(*subnet, *local, net.config().gateway)
                 .await
                 .context("setting up the cluster overlay")?,
@@ -384,19 +384,22 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Registers to learn this node's subnet; the subnet and the underlay address.
-async fn overlay_node(c: &ClusterConfig) -> anyhow::Result<(ipnet::Ipv4Net, std::net::Ipv4Addr)> {
+/// Registers to learn this node's subnet; the subnet, the underlay address and the cluster
+/// network's CIDR.
+async fn overlay_node(
+    c: &ClusterConfig,
+) -> anyhow::Result<(ipnet::Ipv4Net, std::net::Ipv4Addr, ipnet::Ipv4Net)> {
     let local = overlay::underlay_addr(&c.advertise).with_context(|| {
         format!(
             "--advertise {:?}: --overlay needs this node's IPv4 address on the underlay",
             c.advertise
         )
     })?;
-    let subnet = follower::node_subnet(c, std::time::Duration::from_secs(60))
+    let (subnet, cidr) = follower::node_subnet(c, std::time::Duration::from_secs(60))
         .await
         .map_err(anyhow::Error::msg)?;
-    tracing::info!(%subnet, %local, "node subnet of the cluster network");
-    Ok((subnet, local))
+    tracing::info!(%subnet, %local, %cidr, "node subnet of the cluster network");
+    Ok((subnet, local, cidr))
 }
 
 type OverlayParts = (

@@ -7,6 +7,7 @@ use gantry_controller::api::ControllerClient;
 use gantry_controller::dr::{self, SnapshotFile};
 use gantry_controller::member::{Member, MemberConfig, StartMode};
 use gantry_controller::raft::RaftTimings;
+use gantry_controller::state::ClusterNetwork;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -119,6 +120,15 @@ struct RunArgs {
     /// Join the cluster of the member at ADDR.
     #[arg(long)]
     join: Option<String>,
+    /// The cluster network's CIDR, where each node's subnet comes from (default
+    /// 10.210.0.0/16). Recorded when this member bootstraps a new cluster; it cannot
+    /// change afterwards (a different value on an existing cluster is refused).
+    #[arg(long, conflicts_with = "join")]
+    cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// The prefix length of each node's subnet (16-24; default 24: 253 containers per
+    /// node). Recorded and fixed like --cluster-cidr.
+    #[arg(long, conflicts_with = "join")]
+    node_subnet_prefix: Option<u8>,
     /// A controller join token (`gantry token create --role controller`), needed the
     /// first time a member joins; afterwards its certificate is in DATA_DIR/pki.
     #[arg(long, env = "GANTRY_TOKEN", requires = "join")]
@@ -281,6 +291,21 @@ async fn daemon(a: RunArgs) -> Result<()> {
     }
     let mut cfg = MemberConfig::new(a.id, a.listen, a.data_dir.clone());
     cfg.advertise = a.advertise.clone();
+    if a.cluster_cidr.is_some() || a.node_subnet_prefix.is_some() {
+        let default = ClusterNetwork::default();
+        let network = ClusterNetwork {
+            cidr: a.cluster_cidr.unwrap_or(default.cidr),
+            node_prefix: a.node_subnet_prefix.unwrap_or(default.node_prefix),
+        };
+        if let Some((field, reason)) = network.check() {
+            let flag = match field {
+                "node_prefix" => "--node-subnet-prefix",
+                _ => "--cluster-cidr",
+            };
+            bail!("{flag}: {reason}");
+        }
+        cfg.cluster_network = Some(network);
+    }
     cfg.timings = RaftTimings {
         heartbeat_ms: a.heartbeat_ms,
         election_min_ms: a.election_timeout_ms,

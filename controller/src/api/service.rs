@@ -338,6 +338,7 @@ impl ClusterService {
             ReadKind::Nodes => serde_json::to_vec(&s.nodes().collect::<Vec<_>>()),
             ReadKind::Services => serde_json::to_vec(&s.services().collect::<Vec<_>>()),
             ReadKind::Allocations => serde_json::to_vec(&s.allocations().collect::<Vec<_>>()),
+            ReadKind::ClusterNetwork => serde_json::to_vec(&s.cluster_network()),
         }
         .expect("state types serialize");
         (idx, data)

@@ -9,7 +9,7 @@
 
 use super::db::{ControllerDb, DbError};
 use super::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-use crate::state::{Change, Reply, Response, State, StateImage};
+use crate::state::{Change, ClusterNetwork, Reply, Response, State, StateImage};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
 const COUNTERS: &[u8] = b"counters";
+const CLUSTER_NETWORK: &[u8] = b"cluster_network";
 const SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 const INSTALLING: &[u8] = b"installing";
@@ -258,6 +259,7 @@ pub(crate) fn write_image(
     db.tokens.apply_batch(b).map_err(werr("tokens"))?;
     let mut m = sled::Batch::default();
     m.insert(LAST_APPLIED, json(&last_applied));
+    m.insert(CLUSTER_NETWORK, json(&image.cluster_network));
     m.insert(MEMBERSHIP, json(membership));
     m.insert(
         COUNTERS,
@@ -319,6 +321,7 @@ impl SledStateMachine {
             next_node_id: counters.next_node_id,
             next_alloc_id: counters.next_alloc_id,
             tokens: read_tree(&db, &db.tokens, "tokens")?,
+            cluster_network: get_json::<Option<ClusterNetwork>>(&db, CLUSTER_NETWORK)?.flatten(),
         };
         let applied = Applied {
             state: State::from_image(image),
@@ -356,6 +359,10 @@ fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(
     let (next_node_id, next_alloc_id) = applied.state.counters();
     let mut meta = sled::Batch::default();
     meta.insert(LAST_APPLIED, applied.last_applied.to_json());
+    meta.insert(
+        CLUSTER_NETWORK,
+        applied.state.recorded_cluster_network().to_json(),
+    );
     meta.insert(MEMBERSHIP, applied.membership.to_json());
     meta.insert(
         COUNTERS,

@@ -84,6 +84,11 @@ pub enum Command {
     },
     /// Refuse a join token from now on (it stays listed, revoked).
     RevokeToken { id: String },
+    /// Record the cluster network's address plan (written once, at bootstrap; the same
+    /// plan again is a no-op, another one is refused).
+    SetClusterNetwork {
+        network: super::subnet::ClusterNetwork,
+    },
     /// Several independent client commands proposed together in one log entry (the API's
     /// proposer batches concurrent writes). Each is applied in order at the entry's index and
     /// answered on its own: one rejected command does not affect the others. Not nestable.
@@ -105,6 +110,7 @@ impl Command {
             Command::SetAllocAddresses { .. } => "SetAllocAddresses",
             Command::CreateToken { .. } => "CreateToken",
             Command::RevokeToken { .. } => "RevokeToken",
+            Command::SetClusterNetwork { .. } => "SetClusterNetwork",
             Command::Batch { .. } => "Batch",
         }
     }

@@ -21,6 +21,7 @@ mod tests;
 pub use command::*;
 pub use constraint::{Constraint, ConstraintError, Op};
 pub use model::*;
+pub use subnet::ClusterNetwork;
 
 use crate::limits::*;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,8 @@ pub struct State {
     next_node_id: NodeId,
     next_alloc_id: AllocId,
     tokens: BTreeMap<String, JoinToken>,
+    /// The cluster network's address plan, once recorded (at bootstrap).
+    cluster_network: Option<ClusterNetwork>,
 }
 
 /// The serializable form of a [`State`] (snapshots); indexes are rebuilt on load.
@@ -54,6 +57,10 @@ pub struct StateImage {
     /// Join tokens (hashes only). Absent in images of older versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<JoinToken>,
+    /// The recorded cluster network. Absent in images of older versions (and of clusters
+    /// that recorded none: they use the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_network: Option<ClusterNetwork>,
 }
 
 /// Does moving from spec `a` to `b` change what an allocation runs (so that running
@@ -377,6 +384,14 @@ impl State {
         self.allocs.values()
     }
     /// The next ids to assign minus one: (nodes, allocations). Persisted with the state.
+    /// The cluster network's plan: the recorded one, else the default.
+    pub fn cluster_network(&self) -> ClusterNetwork {
+        self.cluster_network.unwrap_or_default()
+    }
+    /// The plan recorded in Raft, if any.
+    pub fn recorded_cluster_network(&self) -> Option<ClusterNetwork> {
+        self.cluster_network
+    }
     pub fn counters(&self) -> (NodeId, AllocId) {
         (self.next_node_id, self.next_alloc_id)
     }
@@ -420,6 +435,7 @@ impl State {
             next_node_id: self.next_node_id,
             next_alloc_id: self.next_alloc_id,
             tokens: self.tokens.values().cloned().collect(),
+            cluster_network: self.cluster_network,
         }
     }
 
@@ -427,6 +443,7 @@ impl State {
         let mut s = State {
             next_node_id: image.next_node_id,
             next_alloc_id: image.next_alloc_id,
+            cluster_network: image.cluster_network,
             ..Default::default()
         };
         for n in image.nodes {
@@ -559,10 +576,46 @@ impl State {
                 &mut changes,
             ),
             Command::RevokeToken { id } => self.revoke_token(index, id, &mut changes),
+            Command::SetClusterNetwork { network } => self.set_cluster_network(network),
             Command::Batch { commands } => self.apply_batch(index, commands, &mut changes),
         };
         debug_assert!(r.is_ok() || changes.is_empty());
         (r, changes)
+    }
+
+    /// Record the cluster network's plan: once (the same plan again is a no-op), valid, and
+    /// holding every subnet nodes already have (a cluster of an older version, which used
+    /// the default, can only record the default).
+    fn set_cluster_network(&mut self, network: &ClusterNetwork) -> Response {
+        if let Some((field, reason)) = network.check() {
+            return Err(ApplyError::invalid(format!("network.{field}"), reason));
+        }
+        match self.cluster_network {
+            Some(have) if have == *network => return Ok(Reply::Done),
+            Some(have) => {
+                return Err(ApplyError::conflict(
+                    "network",
+                    format!("the cluster network is {have} (recorded at bootstrap) and cannot change to {network}: node subnets and container addresses come from it"),
+                ))
+            }
+            None => {}
+        }
+        if let Some(n) = self.nodes.values().find(|n| {
+            n.subnet.is_some_and(|s| {
+                s.prefix_len() != network.node_prefix || !network.cidr.contains(&s)
+            })
+        }) {
+            return Err(ApplyError::conflict(
+                "network",
+                format!(
+                    "node {} already has subnet {} outside {network}",
+                    n.name,
+                    n.subnet.expect("checked")
+                ),
+            ));
+        }
+        self.cluster_network = Some(*network);
+        Ok(Reply::Done)
     }
 
     /// Apply each command of a batch in order; each answers on its own (a rejected one
@@ -708,7 +761,8 @@ impl State {
             None => {
                 let taken: BTreeSet<ipnet::Ipv4Net> =
                     self.nodes.values().filter_map(|n| n.subnet).collect();
-                let subnet = subnet::allocate(subnet::default_cluster_cidr(), &taken);
+                let plan = self.cluster_network();
+                let subnet = subnet::allocate(plan.cidr, plan.node_prefix, &taken);
                 if subnet.is_none() {
                     tracing::warn!(
                         node = name,

@@ -823,3 +823,56 @@ fn endpoints_need_a_network_and_a_port_of_their_own() {
     sp.endpoints = vec![ep(9090), ep(9090)];
     assert_rejected(&mut s, &upsert("api", sp), "spec.endpoints[1].host");
 }
+
+#[test]
+fn the_cluster_network_is_recorded_once_and_node_subnets_come_from_it() {
+    let plan = |cidr: &str, p: u8| ClusterNetwork {
+        cidr: cidr.parse().unwrap(),
+        node_prefix: p,
+    };
+    let set = |n: ClusterNetwork| Command::SetClusterNetwork { network: n };
+    let mut s = State::default();
+    assert_eq!(s.cluster_network(), ClusterNetwork::default());
+    // a bad plan is refused naming the field, and changes nothing
+    let e = s.apply(1, &set(plan("10.50.1.0/20", 22))).0.unwrap_err();
+    assert!(e.to_string().starts_with("network.cidr: "), "{e}");
+    let e = s.apply(1, &set(plan("10.50.0.0/20", 28))).0.unwrap_err();
+    assert!(e.to_string().starts_with("network.node_prefix: "), "{e}");
+    assert_eq!(s.recorded_cluster_network(), None);
+    let mine = plan("10.50.0.0/20", 22);
+    assert_eq!(s.apply(2, &set(mine)).0, Ok(Reply::Done));
+    assert_eq!(s.cluster_network(), mine);
+    // nodes get /22s of it
+    s.apply(3, &register("a", &[])).0.unwrap();
+    s.apply(4, &register("b", &[])).0.unwrap();
+    let subnet = |s: &State, n: &str| s.node_by_name(n).unwrap().subnet.unwrap().to_string();
+    assert_eq!(subnet(&s, "a"), "10.50.0.0/22");
+    assert_eq!(subnet(&s, "b"), "10.50.4.0/22");
+    // the same plan again is a no-op; another is refused (nothing changes)
+    assert_eq!(s.apply(5, &set(mine)).0, Ok(Reply::Done));
+    let before = s.to_image();
+    let e = s
+        .apply(6, &set(plan("10.60.0.0/16", 24)))
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "is 10.50.0.0/20 with /22 node subnets (recorded at bootstrap) and cannot change"
+        ),
+        "{e}"
+    );
+    assert_eq!(s.to_image(), before);
+    // the plan survives a snapshot image
+    assert_eq!(State::from_image(before).cluster_network(), mine);
+    // a cluster of an older version (nodes with default subnets, no plan) can record
+    // only a plan that holds them
+    let mut old = State::default();
+    old.apply(1, &register("a", &[])).0.unwrap();
+    let e = old.apply(2, &set(mine)).0.unwrap_err().to_string();
+    assert!(e.contains("node a already has subnet 10.210.0.0/24"), "{e}");
+    assert_eq!(
+        old.apply(3, &set(ClusterNetwork::default())).0,
+        Ok(Reply::Done)
+    );
+}
