@@ -22,6 +22,7 @@ fn register(name: &str) -> Command {
         labels: BTreeMap::new(),
         capacity: Resources::default(),
         allocatable: Resources::default(),
+        api: None,
     }
 }
 
