@@ -335,3 +335,125 @@ async fn a_hanging_pull_and_a_slow_stop_do_not_delay_other_allocations() {
     common::cluster::wait_no_containers(&agents, "service rm").await;
     common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
 }
+
+/// `gantry migrate --with-state`: a single-instance service writes a file on a dev node;
+/// migrated to qa with its state, the agent commits the container and pushes it to the
+/// registry, and the new allocation on qa finds the file. A service of two replicas is
+/// refused, and the refusal changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_with_state_carries_the_writable_layer_to_the_target() {
+    common::require_root();
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-cluster-state")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let rootfs = common::busybox_rootfs(dir);
+    let (_registry, reg) = registry(dir, "127.0.0.9");
+    push_rootfs_image(dir, &rootfs, &format!("{reg}/test/bb"));
+    let image = format!("{reg}/test/bb:1");
+    let controller = Controller::start(dir, 1, None);
+    let ctl = controller.addr.clone();
+    let mut agents = [
+        Agent::start(dir, "st-dev", &["env=dev"], &ctl),
+        Agent::start(dir, "st-qa", &["env=qa"], &ctl),
+    ];
+    let mut c = common::cluster::client(std::slice::from_ref(&ctl));
+    wait_for(&mut c, "two nodes", 30, |_| {}, |v| v.nodes.len() == 2).await;
+
+    let script = "if [ -f /state ]; then echo found-$(cat /state); \
+                  else echo $GANTRY_ALLOC_ID > /state; echo fresh-$GANTRY_ALLOC_ID; fi; \
+                  exec sleep 1000";
+    let create = |name: &str, replicas: &str| {
+        gantry(
+            &ctl,
+            &[
+                "service",
+                "create",
+                name,
+                "--image",
+                &image,
+                "--replicas",
+                replicas,
+                "--constraint",
+                "env==dev",
+                "--entrypoint",
+                "/bin/sh",
+                "--",
+                "-c",
+                script,
+            ],
+        )
+    };
+    create("keeper", "1");
+    let v = wait_for(
+        &mut c,
+        "keeper running on dev",
+        60,
+        |_| {},
+        |v| v.running("keeper").len() == 1,
+    )
+    .await;
+    let (old, on) = v.running("keeper")[0].clone();
+    assert_eq!(on, "st-dev");
+    // the file is written before the fresh- line
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gantry(&ctl, &["service", "logs", "keeper"]).contains(&format!("fresh-{old}")) {
+        assert!(Instant::now() < deadline, "keeper wrote nothing in 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let out = gantry(
+        &ctl,
+        &["migrate", "keeper", "--to", "env=qa", "--with-state"],
+    );
+    assert!(
+        out.contains(&format!("{reg}/test/bb:state-keeper-{old}")),
+        "{out}"
+    );
+    let v = wait_for(
+        &mut c,
+        "keeper moved to qa",
+        60,
+        |_| {},
+        |v| {
+            let r = v.running("keeper");
+            r.len() == 1 && r[0].1 == "st-qa" && v.wanted("keeper") == 1
+        },
+    )
+    .await;
+    let (new, _) = v.running("keeper")[0].clone();
+    assert_ne!(new, old);
+    let svc = v.services.iter().find(|s| s.name == "keeper").unwrap();
+    assert_eq!(svc.spec.image, format!("{reg}/test/bb:state-keeper-{old}"));
+    // the new allocation found the file the old one wrote
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = gantry(&ctl, &["service", "logs", "keeper"]);
+        if logs.contains(&format!("keeper.{new}@st-qa | found-{old}")) {
+            break;
+        }
+        assert!(
+            !logs.contains(&format!("fresh-{new}")),
+            "the new allocation started without the state: {logs}"
+        );
+        assert!(Instant::now() < deadline, "no found- line in 20 s: {logs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // two replicas: refused, nothing changed
+    create("pair", "2");
+    let before = common::cluster::view(&mut c).await;
+    let pair = before.services.iter().find(|s| s.name == "pair").unwrap();
+    let (ok, _, err) = gantry_any(&ctl, &["migrate", "pair", "--to", "env=qa", "--with-state"]);
+    assert!(!ok && err.contains("has 2 replicas"), "{err}");
+    let after = common::cluster::view(&mut c).await;
+    let pair2 = after.services.iter().find(|s| s.name == "pair").unwrap();
+    assert_eq!(pair.modify_index, pair2.modify_index);
+    assert_eq!(pair.spec, pair2.spec);
+
+    gantry(&ctl, &["service", "rm", "keeper"]);
+    gantry(&ctl, &["service", "rm", "pair"]);
+    common::cluster::wait_no_containers(&agents, "service rm").await;
+    common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
+}

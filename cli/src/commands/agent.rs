@@ -322,8 +322,12 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     };
     let _node_api = node_api_listener.map(|l| {
         let engine = engine.clone();
+        let registry = cluster::api::Registry {
+            store: pulls.store.clone(),
+            config: pulls.config.clone(),
+        };
         AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = cluster::api::serve(l, engine, node_api_tls).await {
+            if let Err(e) = cluster::api::serve(l, engine, Some(registry), node_api_tls).await {
                 tracing::error!("node API: {e}");
             }
         }))

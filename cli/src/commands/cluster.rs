@@ -239,6 +239,15 @@ pub struct MigrateArgs {
     /// read as k==v); they replace the service's constraints.
     #[arg(long = "to", required = true)]
     to: Vec<String>,
+    /// Carry the container's state (a single-instance service): the agent running it
+    /// commits its writable layer, pushes it to the registry, and the service continues
+    /// from that image on the target.
+    #[arg(long)]
+    with_state: bool,
+    /// With --with-state: the image (REGISTRY/REPO:TAG) to push the state as (default:
+    /// the service image's repository, tag state-SERVICE-ALLOC).
+    #[arg(long, requires = "with_state")]
+    state_image: Option<String>,
     #[command(flatten)]
     target: Target,
 }
@@ -840,14 +849,119 @@ async fn migrate_main(args: MigrateArgs) -> Result<()> {
     // Make-before-break is the scheduler's: allocations on nodes that no longer match
     // keep running until their replacements run (at most max_parallel at once).
     spec.constraints = parse_constraints("--to", &to)?;
+    if args.with_state {
+        // the state first: nothing changes if it cannot be carried
+        spec.image = commit_state(&args, &mut c, &s).await?;
+    }
     upsert(&mut c, &s.name, spec, s.modify_index).await?;
     println!("{}: moving to {}", s.name, to.join(","));
     Ok(())
 }
 
+/// The repository of an image reference that names a registry (`HOST[:PORT]/REPO`,
+/// without tag or digest); None for a reference without a registry or a `rootfs:` image.
+fn registry_repository(image: &str) -> Option<String> {
+    if image.starts_with("rootfs:") {
+        return None;
+    }
+    let name = image.split('@').next()?;
+    let name = match name.rsplit_once(':') {
+        Some((n, tag)) if !tag.contains('/') => n,
+        _ => name,
+    };
+    let (host, _) = name.split_once('/')?;
+    (host.contains('.') || host.contains(':') || host == "localhost").then(|| name.to_string())
+}
+
+/// `migrate --with-state`: the agent running the service's only allocation commits its
+/// container and pushes it; the image reference the service continues from.
+async fn commit_state(args: &MigrateArgs, c: &mut ControllerClient, s: &Service) -> Result<String> {
+    use gantry_proto::engine::{node_client::NodeClient, CommitAllocationRequest};
+    if s.spec.replicas != 1 {
+        bail!(
+            "--with-state: service {:?} has {} replicas; the state of one container can \
+             only be carried for a single-instance service (replicas 1)",
+            s.name,
+            s.spec.replicas
+        );
+    }
+    let running: Vec<Allocation> = allocations(c)
+        .await?
+        .into_iter()
+        .filter(|a| {
+            a.service == s.name
+                && a.desired == Desired::Run
+                && a.observed == gantry_controller::state::Observed::Running
+        })
+        .collect();
+    let [a] = running.as_slice() else {
+        bail!(
+            "--with-state: service {:?} has {} running allocations, not one: its state \
+             can be carried only from a running container",
+            s.name,
+            running.len()
+        );
+    };
+    let image = match &args.state_image {
+        Some(i) => i.clone(),
+        None => match registry_repository(&s.spec.image) {
+            Some(repo) => format!("{repo}:state-{}-{}", s.name, a.id),
+            None => bail!(
+                "--with-state: the service's image {:?} names no registry to push the \
+                 state to; give --state-image REGISTRY/REPO:TAG",
+                s.spec.image
+            ),
+        },
+    };
+    let node = nodes(c)
+        .await?
+        .into_iter()
+        .find(|n| n.id == a.node)
+        .ok_or_else(|| anyhow!("allocation {}: node {} is gone", a.id, a.node))?;
+    let api = node.api.clone().ok_or_else(|| {
+        anyhow!(
+            "--with-state: node {} serves no node API (its agent runs --api-listen none)",
+            node.name
+        )
+    })?;
+    let channel =
+        gantry_controller::raft::network::channel(&api, &args.target.node_transport(&node.name)?)?;
+    let reply = NodeClient::new(channel)
+        .commit_allocation(CommitAllocationRequest {
+            service: s.name.clone(),
+            allocation: a.id,
+            image: image.clone(),
+        })
+        .await
+        .map_err(|st| anyhow!("--with-state: node {} ({api}): {}", node.name, st.message()))?
+        .into_inner();
+    println!(
+        "{}: state of allocation {} on {} pushed as {image} ({})",
+        s.name, a.id, node.name, reply.digest
+    );
+    Ok(image)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_image_goes_to_the_service_image_registry() {
+        let r = |i| registry_repository(i);
+        assert_eq!(
+            r("127.0.0.1:5000/app/web:1").as_deref(),
+            Some("127.0.0.1:5000/app/web")
+        );
+        assert_eq!(r("reg.example/web").as_deref(), Some("reg.example/web"));
+        assert_eq!(
+            r("localhost/web@sha256:00").as_deref(),
+            Some("localhost/web")
+        );
+        assert_eq!(r("busybox:1"), None);
+        assert_eq!(r("library/busybox"), None);
+        assert_eq!(r("rootfs:/srv/root"), None);
+    }
 
     #[test]
     fn labels_are_set_and_removed_and_bad_entries_named() {
