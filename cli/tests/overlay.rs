@@ -60,6 +60,29 @@ fn in_ns(ns: &str) -> Command {
     program_in_ns(BIN, ns)
 }
 
+/// The `-A` rules of iptables chain `chain` in `table` inside namespace `ns`.
+fn chain_rules(ns: &str, table: &str, chain: &str) -> Vec<String> {
+    let out = program_in_ns("iptables", ns)
+        .args(["-t", table, "-S", chain])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The addresses host `h`'s cluster DNS (at `gw`, asked from the host, which sees every
+/// service) gives for `name`.
+fn host_lookup(ns: &str, gw: &str, name: &str) -> Vec<String> {
+    let out = program_in_ns("/bin/busybox", ns)
+        .args(["nslookup", name, gw])
+        .output()
+        .unwrap();
+    resolved(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// `program` inside network namespace `ns` (setns between fork and exec).
 fn program_in_ns(program: &str, ns: &str) -> Command {
     use std::os::unix::process::CommandExt;
@@ -694,9 +717,44 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
         );
     }
 
-    // Remove everything: containers, veths and leases go, DNS forgets the names.
+    // What the network added for the services, on host a: isolation drops (cli and
+    // other share no network), the endpoint's DNAT, DNS names.
+    let gw_a = cl
+        .nodes
+        .iter()
+        .find(|n| n.name == "a")
+        .unwrap()
+        .subnet
+        .unwrap()
+        .hosts()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(!chain_rules(&a.ns, "filter", "GANTRY-ISO").is_empty());
+    assert!(!chain_rules(&a.ns, "nat", "GANTRY-MESH").is_empty());
+    assert!(!host_lookup(&a.ns, &gw_a, "cli").is_empty());
+
+    // Remove everything: containers, veths and leases go, DNS forgets the names, the
+    // isolation and mesh chains empty.
     for s in ["srv", "cli", "other"] {
         gantry(&underlay, &["service", "rm", s]);
+    }
+    eventually(Duration::from_secs(10), "DNS forgets the services", || {
+        ["srv", "cli", "other"]
+            .iter()
+            .all(|s| host_lookup(&cl.hosts[0].ns, &gw_a, s).is_empty())
+            .then_some(())
+    });
+    for h in &cl.hosts {
+        eventually(
+            Duration::from_secs(10),
+            "isolation and mesh rules gone",
+            || {
+                (chain_rules(&h.ns, "filter", "GANTRY-ISO").is_empty()
+                    && chain_rules(&h.ns, "nat", "GANTRY-MESH").is_empty())
+                .then_some(())
+            },
+        );
     }
     for h in &cl.hosts {
         eventually(Duration::from_secs(20), "containers removed", || {
@@ -714,9 +772,29 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
             h.name
         );
     }
-    // A restarted agent replaces its vxlan device (stale entries go with the old one).
+    // A restarted agent replaces its vxlan device (stale entries go with the old one) and
+    // rewrites its isolation and mesh chains: rules left from before (here written while
+    // it was down) go.
     cl.hosts[1].daemon.kill();
     let before = cl.hosts[1].ip_out(&["-d", "-o", "link", "show", "gantry.vx"]);
+    let b_ns = cl.hosts[1].ns.clone();
+    for (table, chain, rule) in [
+        (
+            "filter",
+            "GANTRY-ISO",
+            "-s 10.210.9.9/32 -d 10.210.9.8/32 -j DROP",
+        ),
+        (
+            "nat",
+            "GANTRY-MESH",
+            "-p tcp --dport 39999 -j DNAT --to-destination 10.210.9.9:1",
+        ),
+    ] {
+        let mut cmd = program_in_ns("iptables", &b_ns);
+        cmd.args(["-t", table, "-A", chain]).args(rule.split(' '));
+        run(&mut cmd);
+        assert_eq!(chain_rules(&b_ns, table, chain).len(), 1, "{chain}");
+    }
     cl.hosts[1].start("b-again.log");
     eventually(
         Duration::from_secs(20),
@@ -729,6 +807,11 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
             (again.is_some() && again != idx(&before) && routes.lines().count() == 2).then_some(())
         },
     );
+    eventually(Duration::from_secs(10), "b's stale rules gone", || {
+        (chain_rules(&b_ns, "filter", "GANTRY-ISO").is_empty()
+            && chain_rules(&b_ns, "nat", "GANTRY-MESH").is_empty())
+        .then_some(())
+    });
     for h in &mut cl.hosts {
         h.daemon.kill();
     }
@@ -881,11 +964,7 @@ fn compose_networks_isolate_services_that_share_none() {
         .to_string();
     for s in ["db", "stray"] {
         eventually(Duration::from_secs(10), &format!("{s} in a's DNS"), || {
-            let out = program_in_ns("/bin/busybox", &a.ns)
-                .args(["nslookup", s, &gw_a])
-                .output()
-                .unwrap();
-            (resolved(&String::from_utf8_lossy(&out.stdout)) == vec![addr(s)]).then_some(())
+            (host_lookup(&a.ns, &gw_a, s) == vec![addr(s)]).then_some(())
         });
     }
     // front and db share no network: no name, no traffic, either way.
