@@ -128,6 +128,7 @@ fn spec() -> impl Strategy<Value = ServiceSpec> {
                 restart: RestartPolicy::Always,
                 update: UpdatePolicy { max_parallel },
                 failover,
+                failback: false,
                 restart_token: 0,
                 networks,
                 endpoints,

@@ -173,6 +173,10 @@ struct CreateArgs {
     /// feasible nodes; when its nodes are lost, replacements go to the next.
     #[arg(long)]
     failover: Option<String>,
+    /// With --failover: when an earlier set has ready nodes with room again, replicas in
+    /// a later set move back to it (make-before-break).
+    #[arg(long, requires = "failover")]
+    failback: bool,
     #[arg(last = true)]
     args: Vec<String>,
 }
@@ -458,6 +462,7 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
             Some(f) => parse_failover(f)?,
             None => Vec::new(),
         },
+        failback: a.failback,
         networks: a.networks.clone(),
         endpoints: a
             .endpoints
@@ -992,6 +997,7 @@ mod tests {
             endpoints: vec![],
             entrypoint: vec![],
             failover: None,
+            failback: false,
             args: vec![],
         };
         let e = spec_of(&a).unwrap_err().to_string();

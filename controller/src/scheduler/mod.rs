@@ -216,7 +216,14 @@ impl Scheduler {
             .allocations_of(&svc.name)
             .filter(|a| a.desired == Desired::Run)
             .collect();
-        let buckets = reconcile(svc, &allocs, |id| node_fit(state, svc, id));
+        let back = failback_moves(state, svc, &allocs);
+        let buckets = reconcile(svc, &allocs, |id| {
+            if back.contains(&id) {
+                NodeFit::Move
+            } else {
+                node_fit(state, svc, id)
+            }
+        });
         let stopped: HashSet<AllocId> = buckets.stop.iter().map(|(id, _)| *id).collect();
         for &(id, _) in &buckets.stop {
             if let Some(a) = state.allocation(id) {
@@ -394,6 +401,83 @@ impl Scheduler {
 }
 
 /// How an existing allocation's node stands for its service.
+/// The index of the first failover set `node` satisfies (with the service's constraints).
+fn failover_rank(svc: &Service, node: &Node) -> Option<usize> {
+    if !Constraint::all_match(&svc.spec.constraints, &node.labels) {
+        return None;
+    }
+    svc.spec
+        .failover
+        .iter()
+        .position(|set| Constraint::all_match(set, &node.labels))
+}
+
+/// Fail-back: the nodes whose allocations move back to an earlier failover set (marked
+/// [`NodeFit::Move`], so reconcile replaces them make-before-break). Allocations in later
+/// sets are taken latest set first, and one moves
+/// - while the service has more current allocations than replicas (a move back in
+///   flight: its replacement is placed, so this one is the surplus that stops once the
+///   replacement serves; without this it would count as settled and the replacement
+///   would be stopped as excess), or
+/// - for each ready node of an earlier set that holds no allocation of the service and
+///   has room for one (a node takes one allocation, so no more move than the earlier sets
+///   can hold and nothing churns).
+///
+/// Cost: one pass over the ready nodes, only for services with `failback` that have an
+/// allocation in a later set.
+fn failback_moves(state: &State, svc: &Service, allocs: &[&Allocation]) -> HashSet<NodeId> {
+    use crate::state::Observed;
+    let mut out = HashSet::new();
+    if !svc.spec.failback || svc.spec.failover.len() < 2 {
+        return out;
+    }
+    let live: Vec<&Allocation> = allocs
+        .iter()
+        .copied()
+        .filter(|a| !matches!(a.observed, Observed::Lost | Observed::Failed(_)))
+        .collect();
+    let rank_of = |id: NodeId| {
+        state
+            .node(id)
+            .filter(|n| n.status == NodeStatus::Ready)
+            .and_then(|n| failover_rank(svc, n))
+    };
+    let mut later: Vec<(usize, &Allocation)> = live
+        .iter()
+        .filter_map(|a| rank_of(a.node).filter(|&r| r > 0).map(|r| (r, *a)))
+        .collect();
+    if later.is_empty() {
+        return out;
+    }
+    later.sort_by_key(|(r, a)| (std::cmp::Reverse(*r), a.id));
+    let current = live.iter().filter(|a| a.version >= svc.version).count();
+    let mut surplus = current.saturating_sub(svc.spec.replicas as usize);
+    let taken: HashSet<NodeId> = allocs.iter().map(|a| a.node).collect();
+    let mut slots: Vec<usize> = state
+        .nodes()
+        .filter(|n| n.status == NodeStatus::Ready && !taken.contains(&n.id))
+        .filter(|n| {
+            feasible::resources(
+                n.allocatable.saturating_sub(state.used(n.id)),
+                svc.spec.resources,
+            )
+            .is_none()
+        })
+        .filter_map(|n| failover_rank(svc, n))
+        .collect();
+    slots.sort_unstable();
+    for (rank, a) in later {
+        if surplus > 0 && a.version >= svc.version {
+            surplus -= 1;
+            out.insert(a.node);
+        } else if let Some(i) = slots.iter().position(|&s| s < rank) {
+            slots.remove(i);
+            out.insert(a.node);
+        }
+    }
+    out
+}
+
 fn node_fit(state: &State, svc: &Service, id: NodeId) -> NodeFit {
     let Some(node) = state.node(id) else {
         return NodeFit::Gone;

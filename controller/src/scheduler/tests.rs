@@ -427,6 +427,76 @@ fn failover_goes_to_the_next_site_when_the_first_is_lost() {
     assert_eq!(c.label_of(c.running("db")[0], "site"), "cloud");
 }
 
+fn set_status(c: &mut Cluster, name: &str, status: NodeStatus) {
+    let id = c.state.node_by_name(name).unwrap().id;
+    c.apply(Command::SetNodeStatus { node: id, status });
+}
+
+fn sites_of(c: &Cluster, svc: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .running(svc)
+        .iter()
+        .map(|a| c.label_of(a, "site"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn failback_returns_to_the_preferred_site_make_before_break_and_only_when_asked() {
+    for failback in [false, true] {
+        let mut c = three_envs();
+        let mut s = spec(1, 100, 64, &["env==prod"]);
+        s.failover = vec![
+            vec!["site==onprem".parse().unwrap()],
+            vec!["site==cloud".parse().unwrap()],
+        ];
+        s.failback = failback;
+        c.service("db", s);
+        converge(&mut c, "db", 1, 1);
+        assert_eq!(sites_of(&c, "db"), ["onprem"]);
+        set_status(&mut c, "prod-0", NodeStatus::Down);
+        set_status(&mut c, "prod-1", NodeStatus::Down);
+        converge(&mut c, "db", 1, 1);
+        assert_eq!(sites_of(&c, "db"), ["cloud"]);
+        // the preferred site is back (converge checks that a replica runs throughout and
+        // that no more than replicas + max_parallel are wanted)
+        set_status(&mut c, "prod-1", NodeStatus::Ready);
+        converge(&mut c, "db", 1, 1);
+        let want = if failback { "onprem" } else { "cloud" };
+        assert_eq!(sites_of(&c, "db"), [want], "failback {failback}");
+        assert_eq!(c.wanted("db").len(), 1);
+    }
+}
+
+#[test]
+fn failback_moves_only_as_many_as_the_preferred_site_can_take_without_churn() {
+    let mut c = three_envs();
+    let mut s = spec(2, 100, 64, &["env==prod"]);
+    s.failover = vec![
+        vec!["site==onprem".parse().unwrap()],
+        vec!["site==cloud".parse().unwrap()],
+    ];
+    s.failback = true;
+    c.service("db", s);
+    converge(&mut c, "db", 2, 1);
+    assert_eq!(sites_of(&c, "db"), ["onprem", "onprem"]);
+    set_status(&mut c, "prod-0", NodeStatus::Down);
+    converge(&mut c, "db", 2, 1);
+    assert_eq!(sites_of(&c, "db"), ["cloud", "onprem"]);
+    // a full preferred site (distinct nodes: prod-1 holds one already): nothing moves,
+    // and the evaluation settles (converge fails after 50 rounds of changes)
+    let plan = c.eval();
+    assert!(
+        plan.placements.is_empty() && plan.stops.is_empty(),
+        "{plan:?}"
+    );
+    // room again: the cloud replica comes back
+    set_status(&mut c, "prod-0", NodeStatus::Ready);
+    converge(&mut c, "db", 2, 1);
+    assert_eq!(sites_of(&c, "db"), ["onprem", "onprem"]);
+}
+
 #[test]
 fn ports_fixed_conflict_and_dynamic_assignment() {
     let mut c = Cluster::new();
@@ -535,12 +605,21 @@ proptest! {
         let mut c = Cluster::new();
         let mut ids = Vec::new();
         for (i, (cpu, mem)) in caps.iter().enumerate() {
-            ids.push(c.node(&format!("n{i}"), &[("env", ENVS[i % 3])], *cpu, *mem));
+            let site = if i % 4 < 2 { "a" } else { "b" };
+            ids.push(c.node(&format!("n{i}"), &[("env", ENVS[i % 3]), ("site", site)], *cpu, *mem));
         }
         let mut specs: Vec<ServiceSpec> = (0..4)
             .map(|i| {
                 let mut s = spec(2 + i as u32, 300, 100, &[&format!("env=={}", ENVS[i % 3])]);
                 s.update = UpdatePolicy { max_parallel: surge };
+                if i == 3 {
+                    // failover between sites with fail-back
+                    s.failover = vec![
+                        vec!["site==a".parse().unwrap()],
+                        vec!["site==b".parse().unwrap()],
+                    ];
+                    s.failback = true;
+                }
                 s
             })
             .collect();

@@ -139,6 +139,10 @@ pub struct ServiceSpec {
     pub update: UpdatePolicy,
     /// Ordered constraint sets: place in the first with feasible nodes (site failover).
     pub failover: Vec<Vec<Constraint>>,
+    /// With `failover`: when a set earlier in the order has a ready node with room again,
+    /// allocations in a later set move back to it (make-before-break).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failback: bool,
     /// Changed by `gantry service restart`: a new value replaces every allocation, as an
     /// update does (rolling, make-before-break).
     #[serde(default)]
