@@ -1023,6 +1023,43 @@ fn compose_networks_isolate_services_that_share_none() {
             },
         );
     }
+    // The node leaves for good: `gantry agent --teardown-network` removes its bridge,
+    // vxlan device and chains (refused while it still records a container).
+    let c_host = &cl.hosts[2];
+    let teardown = |root: &str| {
+        in_ns(&c_host.ns)
+            .args(["agent", "--root", root, "--teardown-network"])
+            .output()
+            .unwrap()
+    };
+    let busy = dir.join("busy-root");
+    std::fs::create_dir_all(busy.join("containers/x")).unwrap();
+    let out = teardown(busy.to_str().unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("1 containers are recorded"),
+        "{err}"
+    );
+    assert!(c_host.ip_out(&["-o", "link", "show"]).contains("gantry.vx"));
+    let out = teardown(dir.join("c-root").to_str().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links = c_host.ip_out(&["-o", "link", "show"]);
+    assert!(
+        !links.contains("gantry0") && !links.contains("gantry.vx"),
+        "{links}"
+    );
+    for table in ["filter", "nat"] {
+        let out = program_in_ns("iptables", &c_host.ns)
+            .args(["-t", table, "-S"])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!rules.contains("GANTRY"), "{table}: {rules}");
+    }
     for h in &mut cl.hosts {
         h.daemon.kill();
     }

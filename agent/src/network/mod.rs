@@ -342,6 +342,32 @@ impl<L: Links, F: Firewall> BridgeNetwork<L, F> {
     }
 }
 
+/// Removes a node's networking for good (a node leaving the cluster; `gantry agent
+/// --teardown-network`): gantry's chains of `cfg` and the jumps to them, the cluster
+/// overlay's vxlan device `vxlan` (its routes, neighbours and FDB entries go with it),
+/// container veths left on the bridge, the bridge and its lease file. Only names are read
+/// from `cfg`; what does not exist is skipped, so it can run again.
+pub async fn teardown_node<L: Links, F: Firewall>(
+    cfg: &BridgeConfig,
+    links: &L,
+    fw: &F,
+    vxlan: &str,
+) -> Result<()> {
+    for table in [Table::Nat, Table::Filter] {
+        let save = fw.save(table).await?;
+        fw.restore(table, &rules::teardown(cfg, table, &save))
+            .await?;
+    }
+    links.delete_link(vxlan).await?;
+    for port in links.bridge_ports(&cfg.bridge).await? {
+        if port.starts_with(VETH_PREFIX) {
+            links.delete_link(&port).await?;
+        }
+    }
+    links.delete_link(&cfg.bridge).await?;
+    LeaseStore::new(cfg.lease_path()).remove_files()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,12 @@ pub struct AgentArgs {
     /// Prefix of gantry's iptables chains (PREFIX-DNAT, PREFIX-POST, PREFIX-FWD).
     #[arg(long, default_value = gantry_agent::network::config::DEFAULT_CHAIN_PREFIX)]
     pub chain_prefix: String,
+    /// Remove this node's networking for good and exit, for a node leaving the cluster:
+    /// gantry's iptables chains (of --chain-prefix), the cluster overlay's vxlan device,
+    /// the bridge (--bridge) and its leases. Refused while containers are recorded in
+    /// --root (remove them first; the agent must not be running).
+    #[arg(long)]
+    pub teardown_network: bool,
     /// Run without a bridge network (only `--network host|none` containers).
     #[arg(long, conflicts_with_all = ["bridge", "subnet", "chain_prefix"])]
     pub no_bridge: bool,
@@ -167,6 +173,9 @@ pub fn main(args: AgentArgs) -> i32 {
 }
 
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
+    if args.teardown_network {
+        return teardown_network(&args).await;
+    }
     let sock = socket_path(&args.host)?;
     // read before anything is set up: a bad credential file changes nothing
     let mut registry_mtls = args.registry_tls.client_config()?;
@@ -385,6 +394,41 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(c) = cluster {
         c.abort();
     }
+    Ok(())
+}
+
+/// `--teardown-network` (see its help).
+async fn teardown_network(args: &AgentArgs) -> anyhow::Result<()> {
+    let containers = args.root.join("containers");
+    let n = std::fs::read_dir(&containers)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    if n > 0 {
+        anyhow::bail!(
+            "--teardown-network: {n} containers are recorded in {} (remove them first, e.g. drain the node); nothing was removed",
+            containers.display()
+        );
+    }
+    let cfg = BridgeConfig::custom(
+        args.root.join("network"),
+        &args.bridge,
+        &args.subnet,
+        &args.chain_prefix,
+    )?;
+    gantry_agent::network::teardown_node(
+        &cfg,
+        &NetlinkLinks::new()?,
+        &gantry_agent::network::IptablesFirewall::default(),
+        overlay::DEFAULT_VXLAN,
+    )
+    .await
+    .context("removing this node's networking")?;
+    println!(
+        "removed bridge {}, vxlan {}, chains {}-*, leases",
+        cfg.bridge,
+        overlay::DEFAULT_VXLAN,
+        cfg.chain_prefix
+    );
     Ok(())
 }
 
