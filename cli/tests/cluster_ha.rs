@@ -3,7 +3,8 @@
 //! new leader; a service with `--failover site=onprem,site=cloud` lands in onprem; a
 //! drain moves its replica off the node without a moment below its replica count; the
 //! onprem agents SIGKILLed → replacements run in cloud; when they come back their stale
-//! containers are stopped.
+//! containers are stopped, and a service with `--failback` moves back to onprem
+//! (make-before-break) while one without stays in cloud.
 
 mod common;
 
@@ -82,6 +83,21 @@ async fn leader_loss_drain_and_site_failover() {
     for (_, node) in v.running("fo") {
         assert_eq!(site_of(&v, &node), "onprem", "fo placed on {node}");
     }
+    create(
+        &join,
+        "fb",
+        1,
+        &["--failover", "site=onprem,site=cloud", "--failback"],
+    );
+    let v = wait_for(
+        &mut c,
+        "fb running",
+        30,
+        |_| {},
+        |v| v.running("fb").len() == 1,
+    )
+    .await;
+    assert_eq!(site_of(&v, &v.running("fb")[0].1), "onprem");
 
     // Drain onprem-a: its fo replica moves (make-before-break: never below 2 running).
     gantry(&join, &["node", "drain", "onprem-a"]);
@@ -110,7 +126,10 @@ async fn leader_loss_drain_and_site_failover() {
         |_| {},
         |v| {
             let r = v.running("fo");
-            r.len() == 2 && r.iter().all(|(_, n)| site_of(v, n) == "cloud")
+            r.len() == 2
+                && r.iter().all(|(_, n)| site_of(v, n) == "cloud")
+                && v.running("fb").len() == 1
+                && site_of(v, &v.running("fb")[0].1) == "cloud"
         },
     )
     .await;
@@ -136,9 +155,31 @@ async fn leader_loss_drain_and_site_failover() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Fail-back: fb moves back to onprem without a moment at zero; fo stays in cloud.
+    let fb_never_zero = |v: &View| {
+        assert!(
+            !v.running("fb").is_empty(),
+            "fb had no running replica during the fail-back: {:#?}",
+            v.allocs_of("fb")
+        )
+    };
+    wait_for(&mut c, "fb back in onprem", 60, fb_never_zero, |v| {
+        let r = v.running("fb");
+        r.len() == 1 && site_of(v, &r[0].1) == "onprem" && v.wanted("fb") == 1
+    })
+    .await;
+    let v = view(&mut c).await;
+    assert!(
+        v.running("fo")
+            .iter()
+            .all(|(_, n)| site_of(&v, n) == "cloud"),
+        "fo (no fail-back) moved: {:?}",
+        v.running("fo")
+    );
 
     gantry(&join, &["service", "rm", "mid"]);
     gantry(&join, &["service", "rm", "fo"]);
+    gantry(&join, &["service", "rm", "fb"]);
     common::cluster::wait_no_containers(&agents, "service rm").await;
     common::cluster::stop_agents_and_check_leaks(&mut agents, &rootfs);
 }
