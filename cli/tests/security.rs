@@ -510,3 +510,94 @@ async fn agent_joins_with_a_token_and_rotates_without_losing_heartbeats() {
     let (_, nodes): (u64, Vec<Node>) = admin.read(ReadKind::Nodes, false).await.unwrap();
     assert_eq!(ready(&nodes), Some(true));
 }
+
+/// The agent's node API over mutual TLS (`gantry service logs`): admin and viewer
+/// credentials read an allocation's log from the node; the node certificate of an agent
+/// is refused by role; the node is verified under its own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_logs_over_mutual_tls_by_role() {
+    common::require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rootfs = common::busybox_rootfs(dir);
+    let (_ctl, addr, ctx) = secure_controller(dir, &[]).await;
+    let tok = token(&ctx, "agent", "1h");
+    let mut args = agent_args(dir, "tlsnode", &[], &addr);
+    args.extend(strings(&["--token", &tok]));
+    let mut agent = Daemon::spawn_with(&args, &dir.join("tlsnode.log"), false);
+    let image = format!("rootfs:{}", rootfs.display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = cli(&ctx, &["node", "ls"]);
+        if out.contains("tlsnode") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent not registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ok, _, err) = cli(
+        &ctx,
+        &[
+            "service",
+            "create",
+            "talk",
+            "--image",
+            &image,
+            "--entrypoint",
+            "/bin/sh",
+            "--",
+            "-c",
+            "echo hello-over-tls; exec sleep 1000",
+        ],
+    );
+    assert!(ok, "service create: {err}");
+
+    // admin: the line, prefixed, read from the node over mutual TLS
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, err) = cli(&ctx, &["service", "logs", "talk"]);
+        if out.contains("@tlsnode | hello-over-tls") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no log in 30 s: {out} / {err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let admin = Context::load(&ctx).unwrap();
+    let context_of = |cred: &Credential, name: &str| {
+        let path = dir.join(format!("{name}.context"));
+        Context {
+            controllers: vec![addr.clone()],
+            ca_pem: admin.ca_pem.clone(),
+            cert_pem: cred.cert_pem.clone(),
+            key_pem: cred.key_pem.clone(),
+        }
+        .save(&path)
+        .unwrap();
+        path
+    };
+    // viewer: reads
+    let creds = dir.join("creds");
+    let viewer = request(&addr, &token(&ctx, "viewer", "1h"), "eyes", &creds).unwrap();
+    let (ok, out, err) = cli(&context_of(&viewer, "eyes"), &["service", "logs", "talk"]);
+    assert!(
+        ok && out.contains("hello-over-tls"),
+        "viewer: {out} / {err}"
+    );
+    // an agent's certificate (another node's, here the node's own): refused by role
+    let node = Credential::load(&dir.join("tlsnode-root").join("pki"), "node").unwrap();
+    let (ok, out, err) = cli(&context_of(&node, "node"), &["service", "logs", "talk"]);
+    assert!(!ok && !out.contains("hello"), "agent: {out}");
+    assert!(err.contains("may not read this node's logs"), "{err}");
+
+    let (ok, _, err) = cli(&ctx, &["service", "rm", "talk"]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !common::processes_rooted_under(&rootfs).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "container still running 30 s after rm"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.signal(libc::SIGTERM);
+}
