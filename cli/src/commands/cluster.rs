@@ -201,6 +201,9 @@ struct UpdateArgs {
     replicas: Option<u32>,
     #[arg(long)]
     max_parallel: Option<u32>,
+    /// Turn fail-back on or off (the service needs a failover order).
+    #[arg(long)]
+    failback: Option<bool>,
     #[arg(last = true)]
     args: Vec<String>,
 }
@@ -572,8 +575,14 @@ fn updated_spec(old: &ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec> {
         }
         spec.update.max_parallel = p;
     }
+    if let Some(f) = a.failback {
+        if f && spec.failover.is_empty() {
+            bail!("--failback: the service has no failover order to fall back along");
+        }
+        spec.failback = f;
+    }
     if &spec == old {
-        bail!("nothing to update (give --image, --env, --env-rm, --entrypoint, args, --replicas or --max-parallel)");
+        bail!("nothing to update (give --image, --env, --env-rm, --entrypoint, args, --replicas, --max-parallel or --failback)");
     }
     Ok(spec)
 }
@@ -1043,8 +1052,27 @@ mod tests {
             entrypoint: vec![],
             replicas: None,
             max_parallel: None,
+            failback: None,
             args: vec![],
         }
+    }
+
+    #[test]
+    fn failback_is_switched_by_update_and_needs_a_failover_order() {
+        let mut old = ServiceSpec {
+            image: "a:1".into(),
+            replicas: 1,
+            ..Default::default()
+        };
+        let mut a = update_args("db");
+        a.failback = Some(true);
+        let e = updated_spec(&old, &a).unwrap_err();
+        assert!(e.to_string().contains("no failover order"), "{e}");
+        old.failover = vec![parse_constraints("--failover", &["site==a".to_string()]).unwrap()];
+        assert!(updated_spec(&old, &a).unwrap().failback);
+        old.failback = true;
+        a.failback = Some(false);
+        assert!(!updated_spec(&old, &a).unwrap().failback);
     }
 
     #[test]

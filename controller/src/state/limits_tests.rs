@@ -104,6 +104,23 @@ fn node_names_and_addresses_are_bounded() {
         "1-255 bytes",
     );
     refused(cmd("n2".into(), "h\u{0}:1".into()), "address", "host:port");
+    // the node API's address: the same grammar, optional
+    let api = |api: &str| Command::RegisterNode {
+        name: "n3".into(),
+        address: "h:1".into(),
+        labels: BTreeMap::new(),
+        capacity: Resources::default(),
+        allocatable: Resources::default(),
+        api: Some(api.into()),
+    };
+    accepted(api(&format!("{}:1", "h".repeat(MAX_ADDRESS_LEN - 2))));
+    refused(api(""), "api", "host:port");
+    refused(api("h :1"), "api", "host:port");
+    refused(
+        api(&format!("{}:1", "h".repeat(MAX_ADDRESS_LEN))),
+        "api",
+        "1-255 bytes",
+    );
 }
 
 #[test]
