@@ -316,8 +316,19 @@ impl Member {
                     gantry_security::tls::incoming(listener, tls),
                     stop,
                 )),
+                // `Server::tcp_nodelay` applies only to the listener tonic makes itself:
+                // without it here, --insecure replies waited on Nagle + delayed ACKs
+                // (~40 ms stalls; the TLS incoming sets it on every connection)
                 None => tokio::spawn(router.serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    tokio_stream::StreamExt::map(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        |conn| {
+                            if let Ok(tcp) = &conn {
+                                let _ = tcp.set_nodelay(true);
+                            }
+                            conn
+                        },
+                    ),
                     stop,
                 )),
             };
