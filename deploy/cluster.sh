@@ -280,7 +280,7 @@ start_host() {
     if insecure; then args+=(--insecure-registry "$(addr registry):$REG_PORT"); else tok=$(token agent); fi
     # shellcheck disable=SC2086
     GANTRY_TOKEN=$tok spawn "$h" agent agent --root "$DIR/$h/agent" --run-root "$DIR/$h/run" \
-      --host "unix://$DIR/$h/agent.sock" --overlay \
+      --host "unix://$DIR/$h/agent.sock" --overlay --cgroup-parent "gantry-$P/$h" \
       --join "$(controller_addrs)" --name "$h" --advertise "$a" "${args[@]}" \
       ${GANTRY_CLUSTER_AGENT_ARGS:-}
     local deadline=$((SECONDS + 30))
@@ -345,6 +345,12 @@ down() {
           "$b" runtime delete --root "$rt" --force "$c" >/dev/null 2>&1 || true
         done
       done
+    done
+    # the agents' cgroups (gantry-PREFIX/HOST/ID in every hierarchy), deepest first
+    for f in /sys/fs/cgroup/gantry-"$P" /sys/fs/cgroup/*/gantry-"$P"; do
+      [ -d "$f" ] || continue
+      find "$f" -depth -type d -exec rmdir {} + 2>/dev/null || true
+      [ ! -d "$f" ] || echo "cluster.sh: cgroup $f is still in use; not removed" >&2
     done
     # the agents' mounts lived in the namespaces of processes now gone; unmount any that
     # were made in this mount namespace

@@ -18,7 +18,7 @@ use common::cluster::View;
 use gantry_controller::api::ControllerClient;
 use gantry_controller::state::{NodeStatus, Observed};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -228,10 +228,18 @@ impl Cluster {
         assert!(!self.dir.exists(), "{dir} left");
         for id in containers {
             assert!(
-                !cgroup_exists(id),
+                !cgroup_exists(&self.prefix, id),
                 "cgroup of container {id} left after down"
             );
         }
+        // the agents' cgroup parent (gantry-PREFIX/HOST) goes too
+        let parents: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|h| h.path().join(format!("gantry-{}", self.prefix)))
+            .filter(|p| p.exists())
+            .collect();
+        assert!(parents.is_empty(), "cgroups left after down: {parents:?}");
         assert!(
             leftover_processes(&dir).is_empty(),
             "processes left: {:?}",
@@ -254,10 +262,16 @@ impl Drop for Cluster {
     }
 }
 
-fn cgroup_exists(id: &str) -> bool {
-    ["memory", "pids", "cpu", "unified"]
-        .iter()
-        .any(|h| Path::new(&format!("/sys/fs/cgroup/{h}/gantry/{id}")).exists())
+/// Whether container `id` of the cluster with `prefix` has a cgroup (its agent's parent
+/// is `gantry-PREFIX/HOST`, see deploy/cluster.sh).
+fn cgroup_exists(prefix: &str, id: &str) -> bool {
+    ["memory", "pids", "cpu", "unified"].iter().any(|h| {
+        std::fs::read_dir(format!("/sys/fs/cgroup/{h}/gantry-{prefix}"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|host| host.path().join(id).exists())
+    })
 }
 
 /// Processes whose command line or root points into `dir`.

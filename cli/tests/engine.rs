@@ -42,6 +42,8 @@ struct Agent {
     rootfs: PathBuf,
     /// Ids of containers the test made, for the leak checks and the cleanup.
     seen: std::cell::RefCell<Vec<String>>,
+    /// This agent's own `--cgroup-parent`: its containers are at PARENT/ID.
+    cgroup_parent: String,
 }
 
 impl Agent {
@@ -67,6 +69,7 @@ impl Agent {
             child: None,
             rootfs,
             seen: Default::default(),
+            cgroup_parent: format!("gantry-test-{pid}-{n}"),
         };
         a.spawn();
         a
@@ -93,6 +96,7 @@ impl Agent {
             .args(["--bridge", &self.net.bridge])
             .args(["--subnet", &self.net.subnet.to_string()])
             .args(["--chain-prefix", &self.net.chain_prefix])
+            .args(["--cgroup-parent", &self.cgroup_parent])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -230,14 +234,15 @@ impl Agent {
             .filter(|l| l.contains(&d) && !keep.iter().any(|k| l.contains(k.as_str())))
             .collect();
         assert!(stray.is_empty(), "mounts left behind: {stray:#?}");
-        for ctrl in ["memory", "pids", "cpu,cpuacct", "devices"] {
-            let base = Path::new("/sys/fs/cgroup").join(ctrl).join("gantry");
-            for id in self.known_ids() {
-                if !keep.contains(&id) {
-                    assert!(
-                        !base.join(&id).exists(),
-                        "cgroup {ctrl}/gantry/{id} left behind"
-                    );
+        // Any cgroup under this agent's parent, known to the test or not.
+        for base in common::cgroup_parent_dirs(&self.cgroup_parent) {
+            let Ok(rd) = std::fs::read_dir(&base) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().is_ok_and(|t| t.is_dir()) && !keep.contains(&id) {
+                    panic!("cgroup {} left behind", e.path().display());
                 }
             }
         }
@@ -375,28 +380,15 @@ impl Drop for Agent {
                 .arg(&runtime_root)
                 .args(["delete", "--force", &id])
                 .output();
-            for ctrl in [
-                "memory",
-                "pids",
-                "cpu,cpuacct",
-                "devices",
-                "blkio",
-                "cpuset",
-                "freezer",
-                "net_cls,net_prio",
-                "perf_event",
-                "hugetlb",
-                "rdma",
-                "misc",
-                "systemd",
-            ] {
-                let _ = std::fs::remove_dir(
-                    Path::new("/sys/fs/cgroup")
-                        .join(ctrl)
-                        .join("gantry")
-                        .join(&id),
-                );
+        }
+        // Whatever is left under this agent's cgroup parent, then the parent.
+        for base in common::cgroup_parent_dirs(&self.cgroup_parent) {
+            if let Ok(rd) = std::fs::read_dir(&base) {
+                for e in rd.flatten() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
             }
+            let _ = std::fs::remove_dir(&base);
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for l in mounts.lines() {
@@ -432,6 +424,30 @@ fn sh(cmd: &str, args: &[&str]) -> String {
 
 fn lines(s: &str) -> Vec<&str> {
     s.lines().collect()
+}
+
+#[test]
+fn a_bad_cgroup_parent_is_refused_naming_the_flag_and_makes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (bad, why) in [("../escape", "`..`"), ("a b", "' '"), ("", "is empty")] {
+        let root = tmp.path().join("root");
+        let out = Command::new(BIN)
+            .args(["agent", "--cgroup-parent", bad, "--root"])
+            .arg(&root)
+            .arg("--run-root")
+            .arg(tmp.path().join("run"))
+            .arg("--host")
+            .arg(format!("unix://{}", tmp.path().join("s.sock").display()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(
+            err.contains("--cgroup-parent") && err.contains(why),
+            "{bad:?}: {err}"
+        );
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
+    }
 }
 
 #[test]
@@ -631,7 +647,8 @@ fn memory_limit_is_enforced_and_reported() {
         .to_string();
     a.remember(&id);
     let limit = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory/gantry/{id}/memory.limit_in_bytes"
+        "/sys/fs/cgroup/memory/{}/{id}/memory.limit_in_bytes",
+        a.cgroup_parent
     ))
     .unwrap();
     assert_eq!(limit.trim(), (32u64 << 20).to_string());

@@ -170,16 +170,14 @@ impl Drop for Leftovers {
         }
         std::thread::sleep(Duration::from_millis(200));
         for host in ["a", "b", "c"] {
-            let Ok(rd) = std::fs::read_dir(self.0.join(format!("{host}-root/containers"))) else {
-                continue;
-            };
-            for id in rd.flatten().map(|e| e.file_name()) {
-                if let Ok(hier) = std::fs::read_dir("/sys/fs/cgroup") {
-                    for h in hier.flatten() {
-                        let _ = std::fs::remove_dir(h.path().join("gantry").join(&id));
+            let parent = common::cluster::cgroup_parent(&self.0, host);
+            for base in common::cgroup_parent_dirs(&parent) {
+                if let Ok(rd) = std::fs::read_dir(&base) {
+                    for e in rd.flatten() {
+                        let _ = std::fs::remove_dir(e.path());
                     }
                 }
-                let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup/gantry").join(&id));
+                let _ = std::fs::remove_dir(&base);
             }
         }
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -213,6 +211,8 @@ impl Host {
         };
         [
             "agent",
+            "--cgroup-parent",
+            &common::cluster::cgroup_parent(&self.dir, &self.name),
             "--root",
             &s("root"),
             "--run-root",
@@ -814,6 +814,7 @@ fn services_reach_each_other_by_name_across_hosts_over_the_overlay() {
     });
     for h in &mut cl.hosts {
         h.daemon.kill();
+        common::assert_cgroups_gone(&common::cluster::cgroup_parent(&h.dir, &h.name));
     }
     cl.controller.kill();
     let shims: Vec<String> = std::fs::read_dir("/proc")
@@ -1062,6 +1063,7 @@ fn compose_networks_isolate_services_that_share_none() {
     }
     for h in &mut cl.hosts {
         h.daemon.kill();
+        common::assert_cgroups_gone(&common::cluster::cgroup_parent(&h.dir, &h.name));
     }
     cl.controller.kill();
 }

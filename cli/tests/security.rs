@@ -591,13 +591,26 @@ async fn service_logs_over_mutual_tls_by_role() {
 
     let (ok, _, err) = cli(&ctx, &["service", "rm", "talk"]);
     assert!(ok, "{err}");
+    // Wait for the removal itself (stop, the runtime's delete, the record): stopping
+    // the agent before that once left the container running, with its cgroup.
+    let sock = format!("unix://{}", dir.join("tlsnode-sock").display());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !common::processes_rooted_under(&rootfs).is_empty() {
+    loop {
+        let out = std::process::Command::new(common::gantry_bin())
+            .args(["ps", "-a", "-q", "--host", &sock])
+            .output()
+            .unwrap();
+        if out.status.success() && out.stdout.is_empty() {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "container still running 30 s after rm"
+            "the container was not removed 30 s after rm: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     agent.signal(libc::SIGTERM);
+    common::assert_cgroups_gone(&common::cluster::cgroup_parent(dir, "tlsnode"));
+    common::assert_no_processes_mentioning(&dir.join("tlsnode-run"));
 }

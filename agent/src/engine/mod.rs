@@ -151,7 +151,13 @@ pub struct EngineConfig {
     pub log_max_files: u32,
     /// Mount point of the cgroup file systems.
     pub cgroup_root: PathBuf,
+    /// The cgroup every container's cgroup is made under (`--cgroup-parent`, as dockerd's;
+    /// [`DEFAULT_CGROUP_PARENT`] by default), checked by [`spec::check_cgroup_parent`].
+    pub cgroup_parent: String,
 }
+
+/// The agent's default cgroup parent: containers are at `/gantry/ID`.
+pub const DEFAULT_CGROUP_PARENT: &str = "gantry";
 
 /// What `create` takes (the engine API's request, decoded).
 #[derive(Debug, Clone, Default)]
@@ -232,6 +238,13 @@ impl Engine {
         images: Arc<dyn ImageSource>,
         network: Option<BridgeNetwork>,
     ) -> Result<Arc<Engine>, EngineError> {
+        spec::check_cgroup_parent(&cfg.cgroup_parent).map_err(|reason| {
+            EngineError::InvalidArgument {
+                field: "cgroup parent",
+                value: cfg.cgroup_parent.clone(),
+                reason,
+            }
+        })?;
         for d in [
             cfg.root.join("containers"),
             cfg.run_root.join("containers"),
@@ -525,6 +538,7 @@ impl Engine {
                 ..Default::default()
             },
             network: None,
+            cgroups_path: spec::cgroup_path(&self.cfg.cgroup_parent, &id),
             id,
             name,
         };
@@ -1100,7 +1114,7 @@ impl Engine {
         meta.container = rec.id[..12].to_string();
         meta.created = timefmt::format_rfc3339(timefmt::now_nanos());
         let freezer = (pause && rec.status() == Status::Running)
-            .then(|| Freezer::find(&self.cfg.cgroup_root, &rec.id))
+            .then(|| Freezer::find(&self.cfg.cgroup_root, &rec.cgroup_path()))
             .flatten();
         if let Some(f) = &freezer {
             f.set(true).map_err(io_err("freeze", &f.path))?;
@@ -1168,9 +1182,8 @@ struct Freezer {
 
 impl Freezer {
     /// The container's freezer file, if its cgroup has one.
-    fn find(cgroup_root: &Path, id: &str) -> Option<Freezer> {
-        let rel = spec::cgroup_path(id);
-        let rel = rel.trim_start_matches('/');
+    fn find(cgroup_root: &Path, cgroup: &str) -> Option<Freezer> {
+        let rel = cgroup.trim_start_matches('/');
         let v1 = cgroup_root.join("freezer").join(rel).join("freezer.state");
         let v2 = cgroup_root.join(rel).join("cgroup.freeze");
         if v1.exists() {

@@ -133,6 +133,11 @@ pub struct ContainerRecord {
     /// What the bridge network gave it (from create until rm); `None` for host and none.
     #[serde(default)]
     pub network: Option<NetworkInfo>,
+    /// Its cgroup, relative to each hierarchy's root (`/PARENT/ID`, from the agent's
+    /// `--cgroup-parent` when it was created). Empty in records written before the parent
+    /// was configurable: those are at the old fixed `/gantry/ID`.
+    #[serde(default)]
+    pub cgroups_path: String,
 }
 
 /// A bridge container's address and published ports, as attached.
@@ -149,6 +154,15 @@ pub struct NetworkInfo {
 impl ContainerRecord {
     pub fn status(&self) -> Status {
         self.state.status.unwrap_or(Status::Created)
+    }
+
+    /// The container's cgroup path (see [`ContainerRecord::cgroups_path`]).
+    pub fn cgroup_path(&self) -> String {
+        if self.cgroups_path.is_empty() {
+            super::spec::cgroup_path(super::DEFAULT_CGROUP_PARENT, &self.id)
+        } else {
+            self.cgroups_path.clone()
+        }
     }
 }
 

@@ -471,7 +471,7 @@ impl EngineApi for EngineService {
         let stats = recs
             .iter()
             .map(|rec| {
-                let u = stats::usage(root, &rec.id);
+                let u = stats::usage(root, &rec.cgroup_path());
                 pb::ContainerStats {
                     id: rec.id.clone(),
                     name: rec.name.clone(),
@@ -494,7 +494,7 @@ impl EngineApi for EngineService {
             &req.into_inner().container,
             "list its processes",
         )?;
-        let processes = stats::pids(self.engine.cgroup_root(), &rec.id)
+        let processes = stats::pids(self.engine.cgroup_root(), &rec.cgroup_path())
             .into_iter()
             .filter_map(stats::process_row)
             .map(|cells| pb::TopRow { cells })

@@ -37,10 +37,36 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// The cgroup path of a container (relative to each hierarchy's root on v1, to the
-/// unified root on v2).
-pub fn cgroup_path(id: &str) -> String {
-    format!("/gantry/{id}")
+/// The cgroup path of a container under the agent's cgroup parent (relative to each
+/// hierarchy's root on v1, to the unified root on v2).
+pub fn cgroup_path(parent: &str, id: &str) -> String {
+    format!("/{}/{id}", parent.trim_matches('/'))
+}
+
+/// Checks a `--cgroup-parent`: a relative path of one or more plain names (letters,
+/// digits, `_ . -`; not `.` or `..`), at most 128 bytes.
+pub fn check_cgroup_parent(parent: &str) -> Result<(), String> {
+    let p = parent.trim_matches('/');
+    if p.is_empty() {
+        return Err("is empty".into());
+    }
+    if p.len() > 128 {
+        return Err(format!("is {} bytes long (at most 128)", p.len()));
+    }
+    for part in p.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!("has an empty, `.` or `..` component in {parent:?}"));
+        }
+        if let Some(c) = part
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(format!(
+                "has {c:?} in {part:?} (allowed: letters, digits, `_`, `.`, `-`)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The base spec: the OCI defaults (namespaces, /proc /dev /sys mounts, masked and
@@ -102,7 +128,7 @@ pub fn build(
         NetNs::Path(p) => ns.push(json!({ "type": "network", "path": p })),
     }
     v["linux"]["namespaces"] = Value::Array(ns);
-    v["linux"]["cgroupsPath"] = json!(cgroup_path(&rec.id));
+    v["linux"]["cgroupsPath"] = json!(rec.cgroup_path());
     let r = &c.resources;
     let res = &mut v["linux"]["resources"];
     if r.memory_bytes > 0 {
@@ -165,7 +191,39 @@ mod tests {
             },
             state: RunState::default(),
             network: None,
+            cgroups_path: String::new(),
         }
+    }
+
+    #[test]
+    fn cgroup_parents_are_plain_relative_names() {
+        let mut r = rec();
+        assert_eq!(
+            r.cgroup_path(),
+            "/gantry/abc",
+            "records from before the parent"
+        );
+        r.cgroups_path = cgroup_path("/test-1/a.b_c/", &r.id);
+        assert_eq!(r.cgroups_path, "/test-1/a.b_c/abc");
+        let v = build(base_spec(), &r, 0, 0, &NetNs::Host, None);
+        assert_eq!(v["linux"]["cgroupsPath"], "/test-1/a.b_c/abc");
+        for ok in ["gantry", "/kubepods/burstable", "gantry-test-42.x_y"] {
+            assert!(check_cgroup_parent(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "is empty"),
+            ("/", "is empty"),
+            ("a/../b", "`..`"),
+            ("a//b", "empty"),
+            ("a b", "' '"),
+            ("x\ny", "'\\n'"),
+        ] {
+            let e = check_cgroup_parent(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(check_cgroup_parent(&"a".repeat(129))
+            .unwrap_err()
+            .contains("129 bytes"));
     }
 
     #[test]

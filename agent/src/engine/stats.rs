@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spec::cgroup_path;
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     pub memory_bytes: u64,
@@ -22,10 +20,10 @@ fn read_u64(p: PathBuf) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-/// Reads the usage of container `id` under the cgroup mount `root` (/sys/fs/cgroup).
-pub fn usage(root: &Path, id: &str) -> Usage {
-    let rel = cgroup_path(id);
-    let rel = rel.trim_start_matches('/');
+/// Reads the usage of the container whose cgroup is `cgroup` (its record's
+/// `cgroup_path()`) under the cgroup mount `root` (/sys/fs/cgroup).
+pub fn usage(root: &Path, cgroup: &str) -> Usage {
+    let rel = cgroup.trim_start_matches('/');
     // Very large limits mean "none" (v1 reports PAGE_COUNTER_MAX pages).
     let limit = |v: Option<u64>| v.filter(|&l| l < (1 << 62)).unwrap_or(0);
     if is_v2(root) {
@@ -56,10 +54,9 @@ pub fn usage(root: &Path, id: &str) -> Usage {
     }
 }
 
-/// Pids in the container's cgroup.
-pub fn pids(root: &Path, id: &str) -> Vec<i32> {
-    let rel = cgroup_path(id);
-    let rel = rel.trim_start_matches('/');
+/// Pids in the container's cgroup `cgroup` (its record's `cgroup_path()`).
+pub fn pids(root: &Path, cgroup: &str) -> Vec<i32> {
+    let rel = cgroup.trim_start_matches('/');
     let file = if is_v2(root) {
         root.join(rel).join("cgroup.procs")
     } else {
@@ -115,7 +112,7 @@ mod tests {
             std::fs::write(p.join(file), val).unwrap();
         }
         assert_eq!(
-            usage(root, "c1"),
+            usage(root, "/gantry/c1"),
             Usage {
                 memory_bytes: 4096,
                 memory_limit_bytes: 0,
@@ -123,7 +120,7 @@ mod tests {
                 pids: 3
             }
         );
-        assert_eq!(pids(root, "c1"), vec![10, 11]);
+        assert_eq!(pids(root, "/gantry/c1"), vec![10, 11]);
 
         let d2 = tempfile::tempdir().unwrap();
         let root = d2.path();
@@ -135,7 +132,7 @@ mod tests {
         std::fs::write(p.join("cpu.stat"), "usage_usec 5\nuser_usec 3\n").unwrap();
         std::fs::write(p.join("pids.current"), "1").unwrap();
         assert_eq!(
-            usage(root, "c1"),
+            usage(root, "/gantry/c1"),
             Usage {
                 memory_bytes: 100,
                 memory_limit_bytes: 1 << 20,

@@ -42,6 +42,12 @@ pub struct AgentArgs {
     /// Log files kept per container, the live one included.
     #[arg(long, default_value_t = 3)]
     pub log_max_files: u32,
+    /// The cgroup containers are made under (as dockerd's `--cgroup-parent`): a relative
+    /// path such as `gantry` or `workloads/gantry`; containers are at PARENT/ID in every
+    /// hierarchy (v1) or under the unified root (v2).
+    #[arg(long, default_value = gantry_agent::engine::DEFAULT_CGROUP_PARENT,
+          value_parser = parse_cgroup_parent)]
+    pub cgroup_parent: String,
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
@@ -244,6 +250,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         log_max_bytes: args.log_max_size,
         log_max_files: args.log_max_files,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        cgroup_parent: args.cgroup_parent,
     };
     let store = gantry_agent::image::ImageStore::open(&cfg.root)
         .with_context(|| format!("opening the image store in {}", cfg.root.display()))?;
@@ -560,4 +567,10 @@ fn cluster_config(args: &AgentArgs) -> anyhow::Result<Option<ClusterConfig>> {
         pull_backoff: std::time::Duration::from_millis(args.pull_backoff_ms),
         pull_backoff_max: std::time::Duration::from_secs(60),
     }))
+}
+
+/// `--cgroup-parent`: see [`gantry_agent::engine::spec::check_cgroup_parent`].
+fn parse_cgroup_parent(s: &str) -> Result<String, String> {
+    gantry_agent::engine::spec::check_cgroup_parent(s)?;
+    Ok(s.trim_matches('/').to_string())
 }

@@ -137,10 +137,25 @@ pub struct Agent {
     pub daemon: Daemon,
 }
 
+/// The agent `name`'s own cgroup parent (in [`agent_args`]): `dir` is a test's temp dir,
+/// so parallel tests never share one, and [`super::assert_cgroups_gone`] can check it.
+pub fn cgroup_parent(dir: &Path, name: &str) -> String {
+    let tmp: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("gantry-test-{tmp}-{name}")
+}
+
 pub fn agent_args(dir: &Path, name: &str, labels: &[String], join: &str) -> Vec<String> {
     let s = |p: &str| dir.join(format!("{name}-{p}")).display().to_string();
     let mut args = strings(&[
         "agent",
+        "--cgroup-parent",
+        &cgroup_parent(dir, name),
         "--root",
         &s("root"),
         "--run-root",
@@ -247,7 +262,8 @@ impl Agent {
 }
 
 /// SIGTERM every agent, then SIGKILL container processes left rooted under `rootfs`
-/// (failing if there were any).
+/// (failing if there were any); then fails if any agent left a container cgroup or a
+/// shim.
 pub fn stop_agents_and_check_leaks(agents: &mut [Agent], rootfs: &Path) {
     for a in agents.iter_mut() {
         a.daemon.signal(libc::SIGTERM);
@@ -257,6 +273,12 @@ pub fn stop_agents_and_check_leaks(agents: &mut [Agent], rootfs: &Path) {
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
     assert!(left.is_empty(), "container processes left: {left:?}");
+    // A container in its own mount namespace is not found by its root (that reads as
+    // `/`): its agent's cgroup parent holds it, and its shim names the agent's run dir.
+    for a in agents.iter() {
+        super::assert_cgroups_gone(&cgroup_parent(&a.root, &a.name));
+        super::assert_no_processes_mentioning(&a.root.join(format!("{}-run", a.name)));
+    }
 }
 
 /// Wait (bounded) until no agent holds a container.

@@ -300,6 +300,114 @@ pub fn processes_rooted_under(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Where a cgroup `parent` (an agent's `--cgroup-parent`) would be: under each v1
+/// hierarchy and the v2 tree (the unified root itself on a v2 host).
+pub fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.join(parent)];
+    }
+    std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) // not the cpu -> cpu,cpuacct links
+        .map(|e| e.path().join(parent))
+        .collect()
+}
+
+/// Fails if any container cgroup is left under `parent` (waiting up to 10 s for removals
+/// in flight), then removes the parent itself everywhere. Leftovers are cleaned before
+/// failing (their processes SIGKILLed, their directories removed), so a failed run does
+/// not leak either. (A container's processes are found by cgroup: `/proc/PID/root` of a
+/// process in another mount namespace reads as `/`.)
+pub fn assert_cgroups_gone(parent: &str) {
+    let children = || -> Vec<PathBuf> {
+        cgroup_parent_dirs(parent)
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|rd| rd.flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = children();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = children();
+    }
+    let mut procs: Vec<i32> = Vec::new();
+    for d in &left {
+        let list = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        procs.extend(list.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    procs.sort_unstable();
+    procs.dedup();
+    for p in &procs {
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    let removed = Instant::now() + Duration::from_secs(5);
+    for d in &left {
+        while std::fs::remove_dir(d).is_err() && d.exists() && Instant::now() < removed {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for d in cgroup_parent_dirs(parent) {
+        let _ = std::fs::remove_dir(&d);
+    }
+    assert!(
+        left.is_empty(),
+        "container cgroups left behind: {left:#?}, with processes {procs:?}"
+    );
+    let parents: Vec<PathBuf> = cgroup_parent_dirs(parent)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(
+        parents.is_empty(),
+        "cgroup parent not removable: {parents:#?}"
+    );
+}
+
+/// Pids (not this process) whose command line names `needle`: the shims of a test's
+/// agents name the test's dir.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != me)
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// Fails if a process (a shim, a daemon) still names `dir` on its command line, after
+/// SIGKILLing them so that a failure leaks nothing.
+pub fn assert_no_processes_mentioning(dir: &Path) {
+    let needle = dir.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = processes_mentioning(&needle);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = processes_mentioning(&needle);
+    }
+    let cmds: Vec<String> = left
+        .iter()
+        .map(|p| {
+            let c = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            format!("{p}: {}", String::from_utf8_lossy(&c).replace('\0', " "))
+        })
+        .collect();
+    for p in &left {
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "processes left: {cmds:#?}");
+}
+
 impl Drop for Rt {
     fn drop(&mut self) {
         let Ok(rd) = std::fs::read_dir(&self.root) else {
