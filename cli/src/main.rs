@@ -12,6 +12,10 @@
 //! (a clap tree of ~60 subcommands costs heap and pages in code that neither needs; both
 //! run once per container, so their start-up time and peak RSS are what the benchmarks of
 //! issues 2 and 4 count).
+//!
+//! `gantry agent …` becomes `gantry-agent …` (same PID, same arguments) when that binary
+//! and `gantry-runtime` sit beside this one: the long-lived agent then maps only the code
+//! it runs (see `cli/src/agent_main.rs`). `GANTRY_AGENT_IN_PROCESS=1` keeps it here.
 
 mod commands;
 mod output;
@@ -103,6 +107,7 @@ fn main() {
             let only = ShimOnly::parse_from(std::env::args_os().skip(1));
             std::process::exit(commands::shim::main(only.args));
         }
+        Some("agent") => exec_slim_agent(),
         _ => {}
     }
     let cli = Cli::parse();
@@ -127,6 +132,32 @@ fn main() {
         Command::Container(cmd) => commands::container::main(cmd),
     };
     std::process::exit(code);
+}
+
+/// Replaces this process with `gantry-agent` (the agent alone) when it and the
+/// per-container binary sit beside this one; returns when it does not (or the exec fails,
+/// which is said), and `gantry agent` runs here.
+fn exec_slim_agent() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("GANTRY_AGENT_IN_PROCESS").is_some_and(|v| v == "1") {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let slim = exe.with_file_name(gantry_agent::supervisor::programs::AGENT_BINARY);
+    let per_container =
+        exe.with_file_name(gantry_agent::supervisor::programs::PER_CONTAINER_BINARY);
+    if !slim.is_file() || !per_container.is_file() {
+        return;
+    }
+    let err = std::process::Command::new(&slim)
+        .args(std::env::args_os().skip(2))
+        .exec();
+    eprintln!(
+        "gantry: could not execute {} ({err}); running the agent in this binary",
+        slim.display()
+    );
 }
 
 #[cfg(test)]

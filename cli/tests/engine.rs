@@ -247,7 +247,7 @@ impl Agent {
             }
         }
         self.assert_no_network_leaks(keep);
-        for p in procs_mentioning(&d) {
+        for p in common::processes_mentioning(&d) {
             let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
             assert!(
                 keep.iter().any(|k| cmd.contains(k.as_str()))
@@ -325,22 +325,6 @@ impl Agent {
     }
 }
 
-/// Pids whose command line mentions `needle` (our shims carry their run dir path).
-fn procs_mentioning(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&p| p != me)
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 fn wait_bounded(mut child: Child, limit: Duration, what: &[&str]) -> Output {
     let deadline = Instant::now() + limit;
     loop {
@@ -369,7 +353,7 @@ impl Drop for Agent {
         }
         self.kill9();
         let d = self.dir.path().to_string_lossy().to_string();
-        for p in procs_mentioning(&d) {
+        for p in common::processes_mentioning(&d) {
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
         let runtime_root = self.dir.path().join("run/runtime");
@@ -424,6 +408,61 @@ fn sh(cmd: &str, args: &[&str]) -> String {
 
 fn lines(s: &str) -> Vec<&str> {
     s.lines().collect()
+}
+
+/// `gantry agent` runs as the agent-only `gantry-agent` (same PID, same arguments) when
+/// that binary sits beside `gantry`, as it does in target/; `GANTRY_AGENT_IN_PROCESS=1`
+/// keeps it in `gantry`. Either way it serves the engine API.
+#[test]
+fn gantry_agent_executes_the_agent_only_binary_beside_it() {
+    require_root();
+    for (in_process, exe_name) in [(false, "gantry-agent"), (true, "gantry")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("a.sock");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "--no-bridge", "--root"])
+            .arg(tmp.path().join("root"))
+            .arg("--run-root")
+            .arg(tmp.path().join("run"))
+            .arg("--host")
+            .arg(format!("unix://{}", sock.display()))
+            .args([
+                "--cgroup-parent",
+                &format!("gantry-test-slim-{}", std::process::id()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if in_process {
+            cmd.env("GANTRY_AGENT_IN_PROCESS", "1");
+        } else {
+            cmd.env_remove("GANTRY_AGENT_IN_PROCESS");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ps = || {
+            Command::new(BIN)
+                .args(["ps", "-a", "--host"])
+                .arg(format!("unix://{}", sock.display()))
+                .output()
+                .unwrap()
+        };
+        while !(sock.exists() && ps().status.success()) {
+            assert!(
+                Instant::now() < deadline,
+                "agent ({exe_name}) did not serve"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let exe = std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            exe.file_name().unwrap().to_str().unwrap(),
+            exe_name,
+            "in_process={in_process}: {}",
+            exe.display()
+        );
+    }
 }
 
 #[test]

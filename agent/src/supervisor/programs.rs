@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 /// The per-container binary's file name.
 pub const PER_CONTAINER_BINARY: &str = "gantry-runtime";
 
+/// The agent-only binary's file name (`gantry agent` executes it when it is installed
+/// beside `gantry`; see `cli/src/agent_main.rs`). It has no runtime or shim of its own.
+pub const AGENT_BINARY: &str = "gantry-agent";
+
 /// How to start a shim and the OCI runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Programs {
@@ -43,7 +47,14 @@ pub fn choose(gantry_exe: &Path, per_container_exists: bool) -> Programs {
 pub fn for_current_exe() -> std::io::Result<Programs> {
     let exe = std::env::current_exe()?;
     let small = exe.with_file_name(PER_CONTAINER_BINARY);
-    Ok(choose(&exe, small.is_file()))
+    // `gantry-agent` holds neither runtime nor shim: without the per-container binary the
+    // `gantry` beside it serves them.
+    let full = if exe.file_name().is_some_and(|n| n == AGENT_BINARY) {
+        exe.with_file_name("gantry")
+    } else {
+        exe
+    };
+    Ok(choose(&full, small.is_file()))
 }
 
 #[cfg(test)]
