@@ -13,6 +13,8 @@
 //!
 //! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256]
 //!        [--rss-nodes N --rss-services S --rss-replicas R] [--compare-mtls [--rounds R]]
+//!        [--heartbeat-ms MS --election-timeout-ms MS] (defaults 25 and 75; not for
+//!        --compare-mtls)
 
 use gantry_controller::api::ControllerClient;
 use gantry_controller::raft::network::Transport;
@@ -167,20 +169,15 @@ async fn main() {
         compare_mtls(&bin, root.path(), seconds, rounds, &clients).await;
         return;
     }
-    // Loopback-class timings: heartbeat 25 ms, election timeout 75-150 ms. openraft 0.9
-    // elects after leader lease (= election max) + election timeout, so 225-300 ms after the
-    // last heartbeat. The simulated nodes never heartbeat: keep the leader loop from marking
-    // them down.
-    let timing = [
-        "--heartbeat-ms",
-        "25",
-        "--election-timeout-ms",
-        "75",
-        "--node-ttl-ms",
-        "86400000",
-        "--node-grace-ms",
-        "86400000",
-    ];
+    // Loopback-class timings by default (`--heartbeat-ms`, `--election-timeout-ms`):
+    // heartbeat 25 ms, election timeout 75-150 ms. openraft 0.9 elects after leader lease
+    // (= election max) + election timeout, so 225-300 ms after the last heartbeat. The
+    // simulated nodes never heartbeat: keep the leader loop from marking them down.
+    let heartbeat = opt("--heartbeat-ms", TIMING[1]);
+    let election = opt("--election-timeout-ms", TIMING[3]);
+    let mut timing = TIMING;
+    timing[1] = &heartbeat;
+    timing[3] = &election;
     let mut procs: Vec<Proc> = Vec::new();
     for id in 1..=3u64 {
         let addr = free_addr(&format!("127.0.0.{}", id + 1));
