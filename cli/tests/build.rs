@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -557,15 +557,18 @@ fn add_extracts_a_local_tar_and_a_base_image_is_built_on() {
     assert_eq!(img.config["config"]["Env"][0], "P=base");
 }
 
-/// A `gantry agent` on the test's dir (no bridge), killed by PID on drop.
+/// A `gantry agent` on the test's dir (no bridge), killed by PID on drop; its cgroup
+/// parent is its own.
 struct AgentProc {
     child: std::process::Child,
     sock: PathBuf,
+    cgroup_parent: String,
 }
 
 impl AgentProc {
     fn start(dir: &std::path::Path) -> AgentProc {
         let sock = dir.join("agent.sock");
+        let cgroup_parent = common::cluster::cgroup_parent(dir, "build-agent");
         let child = Command::new(common::gantry_bin())
             .arg("agent")
             .arg("--root")
@@ -575,11 +578,17 @@ impl AgentProc {
             .arg("--host")
             .arg(format!("unix://{}", sock.display()))
             .arg("--no-bridge")
+            .arg("--cgroup-parent")
+            .arg(&cgroup_parent)
             .stdout(Stdio::null())
             .stderr(fs::File::create(dir.join("agent.log")).unwrap())
             .spawn()
             .unwrap();
-        let a = AgentProc { child, sock };
+        let a = AgentProc {
+            child,
+            sock,
+            cgroup_parent,
+        };
         common::wait_until(|| a.sock.exists(), "the agent's socket");
         a
     }
@@ -603,6 +612,10 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // its cgroup parent, once empty (a test that checks leaks asserts on it first)
+        for d in common::cgroup_parent_dirs(&self.cgroup_parent) {
+            let _ = fs::remove_dir(d);
+        }
     }
 }
 
@@ -682,6 +695,42 @@ fn through_the_agent_the_image_runs_with_gantry_run() {
         "{stderr}"
     );
     assert!(store.resolve_str("viaagent:2").is_err());
+    // A RUN step of a build through the agent runs under the agent's cgroup parent
+    // (`PARENT/build-run-…`), and is removed from it when done.
+    fs::write(ctx.join("Dockerfile"), "FROM viaagent:1\nRUN sleep 3\n").unwrap();
+    let host = agent.host();
+    let ctx_dir = ctx.clone();
+    let build = std::thread::spawn(move || {
+        Command::new(common::gantry_bin())
+            .args(["build", "--network", "none", "-t", "viaagent:3"])
+            .arg(&ctx_dir)
+            .env_remove("GANTRY_STORE")
+            .env("GANTRY_HOST", host)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let pids = Path::new("/sys/fs/cgroup/pids").join(&agent.cgroup_parent);
+    let unified = Path::new("/sys/fs/cgroup").join(&agent.cgroup_parent);
+    let step_cgroup = || {
+        [&pids, &unified].iter().any(|d| {
+            fs::read_dir(d).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("build-run-"))
+            })
+        })
+    };
+    common::wait_until(
+        step_cgroup,
+        "the RUN step's cgroup under the agent's parent",
+    );
+    let out = build.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::assert_cgroups_gone(&agent.cgroup_parent);
 }
 
 /// Kills a child process (by its PID, through `Child::kill`) on drop.

@@ -1198,7 +1198,7 @@ impl Run<'_, '_> {
             netns: netns.as_ref().map(|n| n.path.clone()),
             resolv_conf,
         };
-        let spec = run_spec(&process, &format!("gantry/{key}"));
+        let spec = run_spec(&process, &format!("{}/{key}", b.runner.cgroup_parent()));
         let config_path = dir.join("config.json");
         fs::write(
             &config_path,

@@ -116,6 +116,12 @@ pub trait StepRunner: Send + Sync {
     /// Returns the exit code (128+signal when killed); `output` gets stdout and stderr
     /// as they come.
     fn run(&self, id: &str, bundle: &Path, output: &mut dyn FnMut(&[u8])) -> Result<i32, RunError>;
+
+    /// The cgroup a step's container is made under (`PARENT/build-run-…`): the agent's
+    /// `--cgroup-parent` for builds it runs, `gantry` by default.
+    fn cgroup_parent(&self) -> &str {
+        crate::engine::DEFAULT_CGROUP_PARENT
+    }
 }
 
 /// Runs bundles with a runc-compatible runtime command: `<program> <args…> --root <root>
@@ -127,6 +133,8 @@ pub struct OciRuntimeRunner {
     pub args: Vec<String>,
     /// The runtime's state root.
     pub root: PathBuf,
+    /// See [`StepRunner::cgroup_parent`].
+    pub cgroup_parent: String,
 }
 
 impl OciRuntimeRunner {
@@ -138,11 +146,16 @@ impl OciRuntimeRunner {
             program: p.program,
             args: p.runtime_args,
             root,
+            cgroup_parent: crate::engine::DEFAULT_CGROUP_PARENT.to_string(),
         })
     }
 }
 
 impl StepRunner for OciRuntimeRunner {
+    fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
     fn run(&self, id: &str, bundle: &Path, output: &mut dyn FnMut(&[u8])) -> Result<i32, RunError> {
         let (mut reader, writer) = io::pipe().map_err(|source| RunError::Output {
             id: id.to_string(),

@@ -258,6 +258,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         program: cfg.runtime_program.clone(),
         args: cfg.runtime_args.clone(),
         root: cfg.run_root.join("build-runtime"),
+        cgroup_parent: cfg.cgroup_parent.clone(),
     });
     let overlay_node = match (&cluster_cfg, args.overlay) {
         (Some(c), true) => Some(overlay_node(c).await?),
