@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -612,10 +612,8 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // its cgroup parent, once empty (a test that checks leaks asserts on it first)
-        for d in common::cgroup_parent_dirs(&self.cgroup_parent) {
-            let _ = fs::remove_dir(d);
-        }
+        // its cgroup parent (a test that checks leaks asserts on it first)
+        common::remove_cgroup_parent(&self.cgroup_parent);
     }
 }
 
@@ -710,15 +708,13 @@ fn through_the_agent_the_image_runs_with_gantry_run() {
             .output()
             .unwrap()
     });
-    let pids = Path::new("/sys/fs/cgroup/pids").join(&agent.cgroup_parent);
-    let unified = Path::new("/sys/fs/cgroup").join(&agent.cgroup_parent);
     let step_cgroup = || {
-        [&pids, &unified].iter().any(|d| {
-            fs::read_dir(d).is_ok_and(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("build-run-"))
+        common::cgroup_children(&agent.cgroup_parent)
+            .iter()
+            .any(|d| {
+                d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("build-run-"))
             })
-        })
     };
     common::wait_until(
         step_cgroup,

@@ -63,13 +63,14 @@ impl Agent {
             &format!("GTE{pid}X{n}"),
         )
         .unwrap();
+        let cgroup_parent = common::cluster::cgroup_parent(dir.path(), "engine");
         let mut a = Agent {
             net,
             dir,
             child: None,
             rootfs,
             seen: Default::default(),
-            cgroup_parent: format!("gantry-test-{pid}-{n}"),
+            cgroup_parent,
         };
         a.spawn();
         a
@@ -235,16 +236,9 @@ impl Agent {
             .collect();
         assert!(stray.is_empty(), "mounts left behind: {stray:#?}");
         // Any cgroup under this agent's parent, known to the test or not.
-        for base in common::cgroup_parent_dirs(&self.cgroup_parent) {
-            let Ok(rd) = std::fs::read_dir(&base) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                if e.file_type().is_ok_and(|t| t.is_dir()) && !keep.contains(&id) {
-                    panic!("cgroup {} left behind", e.path().display());
-                }
-            }
+        for cg in common::cgroup_children(&self.cgroup_parent) {
+            let id = cg.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(keep.contains(&id), "cgroup {} left behind", cg.display());
         }
         self.assert_no_network_leaks(keep);
         for p in common::processes_mentioning(&d) {
@@ -366,14 +360,7 @@ impl Drop for Agent {
                 .output();
         }
         // Whatever is left under this agent's cgroup parent, then the parent.
-        for base in common::cgroup_parent_dirs(&self.cgroup_parent) {
-            if let Ok(rd) = std::fs::read_dir(&base) {
-                for e in rd.flatten() {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&base);
-        }
+        common::remove_cgroup_parent(&self.cgroup_parent);
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for l in mounts.lines() {
             if let Some(m) = l.split(' ').nth(4) {

@@ -170,15 +170,7 @@ impl Drop for Leftovers {
         }
         std::thread::sleep(Duration::from_millis(200));
         for host in ["a", "b", "c"] {
-            let parent = common::cluster::cgroup_parent(&self.0, host);
-            for base in common::cgroup_parent_dirs(&parent) {
-                if let Ok(rd) = std::fs::read_dir(&base) {
-                    for e in rd.flatten() {
-                        let _ = std::fs::remove_dir(e.path());
-                    }
-                }
-                let _ = std::fs::remove_dir(&base);
-            }
+            common::remove_cgroup_parent(&common::cluster::cgroup_parent(&self.0, host));
         }
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut points: Vec<&str> = info

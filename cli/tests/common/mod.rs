@@ -315,26 +315,40 @@ pub fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The cgroups (directories) under `parent` in every hierarchy: a test agent's containers
+/// and build steps.
+pub fn cgroup_children(parent: &str) -> Vec<PathBuf> {
+    cgroup_parent_dirs(parent)
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Best effort, for clean-up: removes the (empty) cgroups under `parent`, then `parent`,
+/// in every hierarchy.
+pub fn remove_cgroup_parent(parent: &str) {
+    for d in cgroup_children(parent) {
+        let _ = std::fs::remove_dir(d);
+    }
+    for d in cgroup_parent_dirs(parent) {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
 /// Fails if any container cgroup is left under `parent` (waiting up to 10 s for removals
 /// in flight), then removes the parent itself everywhere. Leftovers are cleaned before
 /// failing (their processes SIGKILLed, their directories removed), so a failed run does
 /// not leak either. (A container's processes are found by cgroup: `/proc/PID/root` of a
 /// process in another mount namespace reads as `/`.)
 pub fn assert_cgroups_gone(parent: &str) {
-    let children = || -> Vec<PathBuf> {
-        cgroup_parent_dirs(parent)
-            .iter()
-            .filter_map(|d| std::fs::read_dir(d).ok())
-            .flat_map(|rd| rd.flatten())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect()
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut left = children();
+    let mut left = cgroup_children(parent);
     while !left.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        left = children();
+        left = cgroup_children(parent);
     }
     let mut procs: Vec<i32> = Vec::new();
     for d in &left {
@@ -352,9 +366,7 @@ pub fn assert_cgroups_gone(parent: &str) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    for d in cgroup_parent_dirs(parent) {
-        let _ = std::fs::remove_dir(&d);
-    }
+    remove_cgroup_parent(parent);
     assert!(
         left.is_empty(),
         "container cgroups left behind: {left:#?}, with processes {procs:?}"
