@@ -289,8 +289,8 @@ async fn main() {
     }
 }
 
-/// VmRSS and VmHWM of a process, in MiB.
-fn rss_of(pid: u32) -> (f64, f64) {
+/// VmRSS, VmHWM, RssAnon and RssFile of a process, in MiB.
+fn rss_parts(pid: u32) -> (f64, f64, f64, f64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |k: &str| {
         s.lines()
@@ -300,7 +300,7 @@ fn rss_of(pid: u32) -> (f64, f64) {
             .unwrap_or(f64::NAN)
             / 1024.0
     };
-    (kb("VmRSS:"), kb("VmHWM:"))
+    (kb("VmRSS:"), kb("VmHWM:"), kb("RssAnon:"), kb("RssFile:"))
 }
 
 async fn rss_phase(procs: &[Proc], leader_addr: &str, nodes: u64, services: u64, replicas: u64) {
@@ -411,12 +411,38 @@ async fn rss_phase(procs: &[Proc], leader_addr: &str, nodes: u64, services: u64,
         services * replicas,
         took.as_secs_f64()
     );
-    println!("| member | RSS MiB | peak RSS (VmHWM) MiB |\n|---:|---:|---:|");
-    for p in procs {
-        if let Some(c) = &p.child {
-            let (rss, hwm) = rss_of(c.id());
-            println!("| {} | {rss:.0} | {hwm:.0} |", p.id);
+    // Sampled every second for 20 s: the members trim their heaps every 10 s, so one
+    // sample could land just after a trim; the table keeps each member's highest sample.
+    let pids: Vec<(u64, u32)> = procs
+        .iter()
+        .filter_map(|p| p.child.as_ref().map(|c| (p.id, c.id())))
+        .collect();
+    let mut high = vec![(0f64, 0f64, 0f64); pids.len()];
+    for _ in 0..20 {
+        for (i, (_, pid)) in pids.iter().enumerate() {
+            let (rss, _, anon, file) = rss_parts(*pid);
+            if rss > high[i].0 {
+                high[i] = (rss, anon, file);
+            }
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "| member | RSS MiB (highest of 20 samples, 1/s) | its anonymous part | file-backed | peak RSS ever (VmHWM) MiB |\n|---:|---:|---:|---:|---:|"
+    );
+    for (i, (id, pid)) in pids.iter().enumerate() {
+        let (_, hwm, _, _) = rss_parts(*pid);
+        let (rss, anon, file) = high[i];
+        println!("| {id} | {rss:.0} | {anon:.0} | {file:.0} | {hwm:.0} |");
+    }
+    // To look inside the members (smaps, heap profiles) before they are stopped.
+    if let Ok(s) = std::env::var("RAFT_BENCH_HOLD_SECONDS") {
+        let pids: Vec<u32> = procs
+            .iter()
+            .filter_map(|p| p.child.as_ref().map(|c| c.id()))
+            .collect();
+        println!("# holding the members for {s} s: pids {pids:?}");
+        tokio::time::sleep(Duration::from_secs(s.parse().unwrap_or(0))).await;
     }
 }
 

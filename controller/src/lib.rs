@@ -11,6 +11,7 @@ pub mod dr;
 pub mod leader;
 pub mod limits;
 pub mod member;
+pub mod memory;
 pub mod nodes;
 pub mod plan_apply;
 pub mod raft;

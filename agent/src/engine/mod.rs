@@ -19,7 +19,6 @@
 pub mod commit;
 pub mod config;
 pub mod images;
-pub mod memory;
 pub mod record;
 pub mod rootfs;
 pub mod service;

@@ -147,8 +147,8 @@ pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub fn main(args: AgentArgs) -> i32 {
-    // Before any thread exists: see gantry_agent::engine::memory.
-    gantry_agent::engine::memory::limit_arenas(2);
+    // Before any thread exists: see gantry_controller::memory.
+    gantry_controller::memory::limit_arenas(2);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_json {
@@ -370,7 +370,9 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         })
         .context("the engine API socket")?;
     tracing::info!(socket = %sock.display(), "engine API listening");
-    let trimmer = tokio::spawn(gantry_agent::engine::memory::trim_periodically());
+    let trimmer = tokio::spawn(gantry_controller::memory::trim_periodically(
+        gantry_controller::memory::AGENT_TRIM_EVERY,
+    ));
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

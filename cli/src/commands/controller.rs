@@ -345,12 +345,16 @@ async fn daemon(a: RunArgs) -> Result<()> {
         .map(|t| tokio::spawn(super::security::renew_member_forever(t, pki.dir.clone())));
     let member = Member::start(cfg, mode).await?;
     tracing::info!(id = member.id, addr = %member.addr, cluster = %member.cluster_id, "controller member running");
+    let trimmer = tokio::spawn(gantry_controller::memory::trim_periodically(
+        gantry_controller::memory::CONTROLLER_TRIM_EVERY,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     tracing::info!("stopping");
+    trimmer.abort();
     if let Some(r) = renew {
         r.abort();
     }

@@ -586,15 +586,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SledSnapshotBuilder {
         // at a million allocations that blob dominated every sled flush, the log's too.
         // Serializing takes seconds at scale: off the runtime's threads.
         let handle = self.handle.clone();
-        let (meta, data) = tokio::task::spawn_blocking(move || capture(&handle))
-            .await
-            .map_err(|e| {
-                io_err(
-                    ErrorSubject::Snapshot(None),
-                    ErrorVerb::Write,
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let captured = capture(&handle);
+            // The image, a copy of the whole state in small blocks, was just freed.
+            crate::memory::trim();
+            captured
+        })
+        .await
+        .map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(None),
+                ErrorVerb::Write,
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
