@@ -5,6 +5,7 @@
 use crate::api::{ApiSecurity, ClusterService, ControllerClient};
 use crate::leader::{LeaderConfig, LeaderShared};
 use crate::raft::db::{new_cluster_id, ControllerDb, DbError};
+use crate::raft::failover::{FailoverTiming, LeaderWatch};
 use crate::raft::network::Transport;
 use crate::raft::{
     BasicNode, GantryRaft, NetworkFactory, NodeId, RaftService, RaftTimings, SledLogStore,
@@ -127,6 +128,8 @@ pub struct Member {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     leader_loop: JoinHandle<()>,
+    /// Campaigns when the leader falls silent ([`crate::raft::failover`]).
+    failover: JoinHandle<()>,
 }
 
 impl Member {
@@ -249,8 +252,10 @@ impl Member {
 
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let leader_shared = Arc::new(LeaderShared::default());
+        let leader_watch = LeaderWatch::new();
         let raft_svc = RaftService::new(raft.clone(), cluster_id.clone())
             .secure(security.is_some())
+            .with_leader_watch(leader_watch.clone())
             .into_server();
         let mut api = ClusterService::new(
             raft.clone(),
@@ -260,7 +265,8 @@ impl Member {
         )
         .with_leader_lease(Duration::from_millis(cfg.timings.election_max_ms))
         .with_committed_index(committed)
-        .with_leader(leader_shared.clone());
+        .with_leader(leader_shared.clone())
+        .with_leader_watch(leader_watch.clone());
         if let Some(sec) = security {
             api = api.with_security(sec, transport.clone());
         }
@@ -270,6 +276,11 @@ impl Member {
             handle.clone(),
             leader_shared,
             cfg.leader.clone(),
+        ));
+        let failover = tokio::spawn(crate::raft::failover::run(
+            raft.clone(),
+            leader_watch,
+            FailoverTiming::from_timings(&cfg.timings),
         ));
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(1)))
@@ -303,6 +314,7 @@ impl Member {
             .await;
             if let Err(e) = r {
                 leader_loop.abort();
+                failover.abort();
                 let _ = raft.shutdown().await;
                 return Err(e);
             }
@@ -341,6 +353,7 @@ impl Member {
             shutdown: Some(tx),
             server: Some(server),
             leader_loop,
+            failover,
         };
         match mode {
             // initialized before the API served (above)
@@ -398,6 +411,7 @@ impl Member {
 
     async fn stop_inner(&mut self) {
         self.leader_loop.abort();
+        self.failover.abort();
         let _ = self.raft.shutdown().await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -412,6 +426,7 @@ impl Member {
         let server = self.server.take().expect("server running");
         let r = server.await;
         self.leader_loop.abort();
+        self.failover.abort();
         let _ = self.raft.shutdown().await;
         match r {
             Ok(Ok(())) => Ok(()),

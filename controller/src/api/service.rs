@@ -49,6 +49,8 @@ pub struct ClusterService {
     /// How long a follower refuses votes after hearing from its leader (openraft's leader
     /// lease = election_timeout_max).
     leader_lease: Duration,
+    /// Paused with openraft's election timer (leader transfer).
+    leader_watch: Arc<crate::raft::LeaderWatch>,
     committed: Arc<AtomicU64>,
     leader: Arc<LeaderShared>,
     /// Batches concurrent writes into one Raft entry (started on the first write, inside
@@ -76,6 +78,7 @@ impl ClusterService {
             write_timeout,
             members: Default::default(),
             leader_lease: Duration::from_millis(300),
+            leader_watch: crate::raft::LeaderWatch::new(),
             committed: Arc::default(),
             leader: Default::default(),
             proposer: Default::default(),
@@ -115,6 +118,12 @@ impl ClusterService {
 
     pub fn with_leader_lease(mut self, lease: Duration) -> Self {
         self.leader_lease = lease;
+        self
+    }
+
+    /// The failover watchdog's view of the leader, paused with the election timer.
+    pub fn with_leader_watch(mut self, watch: Arc<crate::raft::LeaderWatch>) -> Self {
+        self.leader_watch = watch;
         self
     }
 
@@ -211,6 +220,7 @@ impl ClusterService {
             rc.elect(false);
             let raft = self.raft.clone();
             let pause = Duration::from_millis(req.pause_ms.into());
+            self.leader_watch.pause(std::time::Instant::now() + pause);
             // Resume on our own, so a leader lost mid-transfer cannot leave us unable to
             // campaign.
             tokio::spawn(async move {

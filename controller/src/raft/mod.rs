@@ -9,12 +9,14 @@
 //! chunks; the *cluster id* names the cluster a data dir belongs to. [`GantryRuntime`] is
 //! openraft's tokio runtime with an election-timeout generator a simulation can seed;
 //! [`MemLogStore`] + [`MemStateMachine`] on a [`MemDisk`] are the simulator's in-memory
-//! stores (the same apply path, no sled).
+//! stores (the same apply path, no sled); [`failover`] campaigns as soon as a silent
+//! leader's lease has lapsed (fed by [`RaftService`] through a [`LeaderWatch`]).
 
 // openraft's StorageError (the trait's error type, not ours to shrink) is 224 bytes.
 #![allow(clippy::result_large_err)]
 
 pub mod db;
+pub mod failover;
 pub mod log_store;
 pub mod mem;
 pub mod network;
@@ -25,6 +27,7 @@ pub mod state_machine;
 mod tests;
 
 pub use db::{ControllerDb, DbError};
+pub use failover::LeaderWatch;
 pub use log_store::SledLogStore;
 pub use mem::{MemDisk, MemLogStore, MemStateMachine};
 pub use network::{NetworkFactory, PeerNetwork};

@@ -1,12 +1,14 @@
 //! [`RaftService`]: the tonic server side of the peer RPCs; decodes openraft's request,
 //! hands it to the local Raft, encodes the result. RPCs from another cluster are refused.
 
-use super::GantryRaft;
+use super::failover::LeaderWatch;
+use super::{GantryRaft, NodeId, TypeConfig, Vote};
 use gantry_proto::limits::status_message;
 use gantry_proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use gantry_proto::raft::{RaftReply, RaftRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Requests above this many bytes are decoded on a blocking thread.
@@ -18,6 +20,17 @@ pub struct RaftService {
     cluster_id: String,
     /// Mutual TLS: only controller identities may call.
     secure: bool,
+    /// Contact from the leader, for the failover watchdog.
+    watch: Arc<LeaderWatch>,
+}
+
+/// The leader and term of a request's vote, when it is a leader's (committed) vote.
+fn leader_of(vote: &Vote) -> Option<(NodeId, u64)> {
+    if !vote.is_committed() {
+        return None;
+    }
+    let id = vote.leader_id();
+    id.voted_for().map(|l| (l, id.get_term()))
 }
 
 impl RaftService {
@@ -26,7 +39,13 @@ impl RaftService {
             raft,
             cluster_id,
             secure: false,
+            watch: LeaderWatch::new(),
         }
+    }
+    /// Record contact from leaders in `watch`.
+    pub fn with_leader_watch(mut self, watch: Arc<LeaderWatch>) -> Self {
+        self.watch = watch;
+        self
     }
     pub fn secure(mut self, secure: bool) -> Self {
         self.secure = secure;
@@ -80,7 +99,15 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let r = self.raft.append_entries(self.decode(req).await?).await;
+        let _in_flight = self.watch.begin();
+        let req: openraft::raft::AppendEntriesRequest<TypeConfig> = self.decode(req).await?;
+        let leader = leader_of(&req.vote);
+        let r = self.raft.append_entries(req).await;
+        if let (Some((l, term)), Ok(resp)) = (leader, &r) {
+            if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                self.watch.heard(l, term);
+            }
+        }
         encode(&r)
     }
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
@@ -91,7 +118,16 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
-        let r = self.raft.install_snapshot(self.decode(req).await?).await;
+        let _in_flight = self.watch.begin();
+        let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = self.decode(req).await?;
+        let vote = req.vote;
+        let r = self.raft.install_snapshot(req).await;
+        if let (Some((l, term)), Ok(resp)) = (leader_of(&vote), &r) {
+            // accepted: this member now holds the sender's vote
+            if resp.vote == vote {
+                self.watch.heard(l, term);
+            }
+        }
         encode(&r)
     }
 }

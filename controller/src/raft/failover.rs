@@ -1,0 +1,407 @@
+//! Prompt failover: a follower that stops hearing from its leader campaigns as soon as the
+//! leader's lease has lapsed, instead of also waiting out its own election timeout.
+//!
+//! Vocabulary:
+//! - **lease**: openraft 0.9 makes a voter refuse every vote request until
+//!   `election_timeout_max` has passed since it last accepted its leader's AppendEntries
+//!   (the leader lease); a campaign can only succeed after that;
+//! - **heard**: the last AppendEntries or InstallSnapshot a follower accepted from its
+//!   leader, recorded by [`RaftService`](super::RaftService) when openraft answered it
+//!   (after openraft refreshed the lease), with that leader's id and term;
+//! - **rank**: this member's place among the voters other than the silent leader, by id.
+//!   Rank r campaigns at `heard + lease + margin + r × stagger`, so two followers of a dead
+//!   leader do not split the vote by campaigning at the same instant.
+//!
+//! Without this, openraft's own timer starts an election only after lease + a timeout it
+//! draws once per process (between election min and max), checked on ticks: the follower
+//! that goes first waits ≈ lease + ⅔ of the range. Elections stay openraft's: this only
+//! calls `trigger().elect()`, which is what its timer does, and Raft's safety never rests
+//! on when an election starts. What it changes is how soon a leader is suspected, so it
+//! is careful not to suspect a live one:
+//! - never while a request from the leader is still being received or processed (a big
+//!   plan entry can take longer than the lease to decode and flush);
+//! - only for the leader and term it last heard from, and once per term;
+//! - never while elections are paused ([`LeaderWatch::pause`], leader transfer).
+
+use super::{GantryRaft, NodeId};
+use openraft::ServerState;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The last accepted contact from a leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    pub leader: NodeId,
+    pub term: u64,
+    pub at: Instant,
+}
+
+/// What the follower knows of its leader, shared by the Raft service (writer) and the
+/// watchdog (reader).
+#[derive(Debug, Default)]
+pub struct LeaderWatch {
+    heard: Mutex<Option<Heard>>,
+    in_flight: AtomicUsize,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+/// Held while a request from a leader is received and processed.
+pub struct InFlight<'a>(&'a LeaderWatch);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl LeaderWatch {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+    /// A request from a leader has arrived.
+    pub fn begin(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self)
+    }
+    /// This member accepted `leader`'s request of `term` (openraft answered it without a
+    /// higher vote).
+    pub fn heard(&self, leader: NodeId, term: u64) {
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Heard {
+            leader,
+            term,
+            at: Instant::now(),
+        });
+    }
+    /// No campaign from this watchdog before `until` (openraft's own timer is paused
+    /// separately, by `runtime_config().elect(false)`).
+    pub fn pause(&self, until: Instant) {
+        let mut p = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        *p = Some(p.map_or(until, |old| old.max(until)));
+    }
+    fn view(&self) -> (Option<Heard>, bool, Option<Instant>) {
+        (
+            *self.heard.lock().unwrap_or_else(|p| p.into_inner()),
+            self.in_flight.load(Ordering::SeqCst) > 0,
+            *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+}
+
+/// When to suspect a silent leader.
+#[derive(Debug, Clone, Copy)]
+pub struct FailoverTiming {
+    /// openraft's leader lease: `election_timeout_max`.
+    pub lease: Duration,
+    /// Past the lease, for the other voters' leases (refreshed a little after ours).
+    pub margin: Duration,
+    /// Between ranks.
+    pub stagger: Duration,
+    /// How often the watchdog looks.
+    pub poll: Duration,
+}
+
+impl FailoverTiming {
+    /// From a member's Raft timings: margin = heartbeat / 2, stagger = heartbeat,
+    /// poll = heartbeat / 10 (at least 1 ms).
+    pub fn from_timings(t: &super::RaftTimings) -> Self {
+        let hb = Duration::from_millis(t.heartbeat_ms.max(1));
+        FailoverTiming {
+            lease: Duration::from_millis(t.election_max_ms),
+            margin: hb / 2,
+            stagger: hb,
+            poll: (hb / 10).max(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// What the watchdog sees of this member at one instant.
+#[derive(Debug, Clone)]
+pub struct Situation {
+    pub me: NodeId,
+    pub state: ServerState,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub heard: Option<Heard>,
+    pub in_flight: bool,
+    pub paused_until: Option<Instant>,
+    /// The term this watchdog last campaigned in.
+    pub campaigned_in: Option<u64>,
+}
+
+/// Whether to campaign now. Pure: the tests drive it with made-up situations.
+pub fn should_campaign(s: &Situation, t: &FailoverTiming, now: Instant) -> bool {
+    let Some(h) = s.heard else { return false };
+    if s.state != ServerState::Follower
+        || s.leader != Some(h.leader)
+        || h.leader == s.me
+        || s.term != h.term
+        || s.campaigned_in == Some(s.term)
+        || s.in_flight
+        || s.paused_until.is_some_and(|p| now < p)
+        || !s.voters.contains(&s.me)
+    {
+        return false;
+    }
+    let mut others: Vec<NodeId> = s
+        .voters
+        .iter()
+        .copied()
+        .filter(|v| *v != h.leader)
+        .collect();
+    others.sort_unstable();
+    let rank = others.iter().position(|v| *v == s.me).unwrap_or(0) as u32;
+    now >= h.at + t.lease + t.margin + t.stagger * rank
+}
+
+/// Runs until `raft` shuts down: campaigns when [`should_campaign`] says so.
+pub async fn run(raft: GantryRaft, watch: Arc<LeaderWatch>, timing: FailoverTiming) {
+    let mut campaigned_in = None;
+    loop {
+        tokio::time::sleep(timing.poll).await;
+        let (me, state, term, leader, voters) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (
+                m.id,
+                m.state,
+                m.current_term,
+                m.current_leader,
+                m.membership_config.membership().voter_ids().collect(),
+            )
+        };
+        if state == ServerState::Shutdown {
+            return;
+        }
+        let (heard, in_flight, paused_until) = watch.view();
+        let s = Situation {
+            me,
+            state,
+            term,
+            leader,
+            voters,
+            heard,
+            in_flight,
+            paused_until,
+            campaigned_in,
+        };
+        if should_campaign(&s, &timing, Instant::now()) {
+            campaigned_in = Some(term);
+            let silent = heard.map(|h| h.at.elapsed().as_millis() as u64);
+            tracing::info!(term, leader = ?leader, silent_ms = ?silent, "leader silent past its lease: campaigning");
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> FailoverTiming {
+        FailoverTiming {
+            lease: Duration::from_millis(150),
+            margin: Duration::from_millis(10),
+            stagger: Duration::from_millis(25),
+            poll: Duration::from_millis(2),
+        }
+    }
+
+    /// Member 2 follows leader 1 in term 5, last heard at `at`; voters 1, 2, 3.
+    fn follower(at: Instant) -> Situation {
+        Situation {
+            me: 2,
+            state: ServerState::Follower,
+            term: 5,
+            leader: Some(1),
+            voters: vec![1, 2, 3],
+            heard: Some(Heard {
+                leader: 1,
+                term: 5,
+                at,
+            }),
+            in_flight: false,
+            paused_until: None,
+            campaigned_in: None,
+        }
+    }
+
+    #[test]
+    fn the_first_ranked_follower_campaigns_once_the_lease_and_margin_have_passed() {
+        let t0 = Instant::now();
+        let s = follower(t0);
+        assert!(!should_campaign(
+            &s,
+            &timing(),
+            t0 + Duration::from_millis(159)
+        ));
+        assert!(should_campaign(
+            &s,
+            &timing(),
+            t0 + Duration::from_millis(160)
+        ));
+    }
+
+    #[test]
+    fn the_next_ranked_follower_waits_one_stagger_more() {
+        let t0 = Instant::now();
+        let s = Situation {
+            me: 3,
+            ..follower(t0)
+        };
+        assert!(!should_campaign(
+            &s,
+            &timing(),
+            t0 + Duration::from_millis(184)
+        ));
+        assert!(should_campaign(
+            &s,
+            &timing(),
+            t0 + Duration::from_millis(185)
+        ));
+        // ranks skip the silent leader: with leader 2, member 1 goes first and 3 second
+        let s = Situation {
+            me: 3,
+            leader: Some(2),
+            heard: Some(Heard {
+                leader: 2,
+                term: 5,
+                at: t0,
+            }),
+            ..follower(t0)
+        };
+        assert!(!should_campaign(
+            &s,
+            &timing(),
+            t0 + Duration::from_millis(184)
+        ));
+        let s = Situation { me: 1, ..s };
+        assert!(should_campaign(
+            &s,
+            &timing(),
+            t0 + Duration::from_millis(160)
+        ));
+    }
+
+    #[test]
+    fn a_live_or_unknown_leader_is_never_suspected() {
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(10);
+        let cases: Vec<(&str, Situation)> = vec![
+            (
+                "never heard",
+                Situation {
+                    heard: None,
+                    ..follower(t0)
+                },
+            ),
+            (
+                "a request in flight",
+                Situation {
+                    in_flight: true,
+                    ..follower(t0)
+                },
+            ),
+            (
+                "already a candidate",
+                Situation {
+                    state: ServerState::Candidate,
+                    ..follower(t0)
+                },
+            ),
+            (
+                "leader itself",
+                Situation {
+                    state: ServerState::Leader,
+                    me: 1,
+                    ..follower(t0)
+                },
+            ),
+            (
+                "a learner",
+                Situation {
+                    state: ServerState::Learner,
+                    ..follower(t0)
+                },
+            ),
+            (
+                "not a voter",
+                Situation {
+                    voters: vec![1, 3, 4],
+                    ..follower(t0)
+                },
+            ),
+            (
+                "another leader now",
+                Situation {
+                    leader: Some(3),
+                    ..follower(t0)
+                },
+            ),
+            (
+                "no leader known",
+                Situation {
+                    leader: None,
+                    ..follower(t0)
+                },
+            ),
+            (
+                "a newer term",
+                Situation {
+                    term: 6,
+                    ..follower(t0)
+                },
+            ),
+            (
+                "already campaigned this term",
+                Situation {
+                    campaigned_in: Some(5),
+                    ..follower(t0)
+                },
+            ),
+            (
+                "elections paused",
+                Situation {
+                    paused_until: Some(late + Duration::from_millis(1)),
+                    ..follower(t0)
+                },
+            ),
+        ];
+        for (what, s) in cases {
+            assert!(!should_campaign(&s, &timing(), late), "{what}: campaigned");
+        }
+        // and each guard, once lifted, lets the same situation campaign
+        let s = Situation {
+            paused_until: Some(late),
+            campaigned_in: Some(4),
+            ..follower(t0)
+        };
+        assert!(should_campaign(&s, &timing(), late));
+    }
+
+    #[test]
+    fn the_watch_records_contact_requests_in_flight_and_the_longest_pause() {
+        let w = LeaderWatch::new();
+        assert_eq!(w.view(), (None, false, None));
+        {
+            let _a = w.begin();
+            let _b = w.begin();
+            assert!(w.view().1);
+        }
+        assert!(!w.view().1, "both requests finished");
+        w.heard(1, 7);
+        let h = w.view().0.expect("heard");
+        assert_eq!((h.leader, h.term), (1, 7));
+        let t = Instant::now();
+        w.pause(t + Duration::from_secs(2));
+        w.pause(t + Duration::from_secs(1));
+        assert_eq!(
+            w.view().2,
+            Some(t + Duration::from_secs(2)),
+            "a shorter pause does not shorten"
+        );
+    }
+}
