@@ -257,6 +257,41 @@ async fn leader_loss_elects_new_leader_and_keeps_acknowledged_writes() {
     }
 }
 
+/// The failover watchdog (raft/failover.rs): with election timeouts of 3–6 s, openraft
+/// alone starts the next election no sooner than lease (6 s) + the follower's own timeout
+/// (≥ 3 s) after the leader falls silent. The watchdog campaigns right after the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_leader_is_replaced_after_its_lease_not_after_a_further_timeout() {
+    let long = RaftTimings {
+        heartbeat_ms: 100,
+        election_min_ms: 3000,
+        election_max_ms: 6000,
+        snapshot_every: 10_000,
+    };
+    let mut c = Cluster::new_with(3, 10_000, Some(long)).await;
+    let mut client = c.client();
+    write_ok(&mut client, &register("before")).await;
+    c.wait_applied(2, Duration::from_secs(10)).await;
+    let old = c.wait_leader(Duration::from_secs(5)).await;
+    // before stopping: the last heartbeat was at most one interval before this
+    let silent = Instant::now();
+    c.stop(old).await;
+    let new = c.wait_leader(Duration::from_secs(30)).await;
+    let took = silent.elapsed();
+    assert_ne!(new, old);
+    // lease 6 s + margin 50 ms (+ 100 ms for the second-ranked follower) after the last
+    // heartbeat; openraft's own timer could not fire before 9 s
+    assert!(
+        took < Duration::from_millis(8500),
+        "the new leader took {took:?}: the watchdog did not campaign after the 6 s lease"
+    );
+    assert!(
+        took >= Duration::from_millis(5800),
+        "the new leader came after {took:?}, before the old one's lease had lapsed"
+    );
+    write_ok(&mut client, &register("after")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_catches_up_from_log_and_from_snapshot_after_compaction() {
     let mut c = Cluster::new(3, 50).await;
