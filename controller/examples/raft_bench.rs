@@ -11,7 +11,7 @@
 //!   controller token, clients with the admin credential) — in interleaved rounds
 //!   (`--rounds R`, default 3), medians per mode and the mTLS/insecure ratio.
 //!
-//! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256]
+//! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256] [--conns C]
 //!        [--rss-nodes N --rss-services S --rss-replicas R] [--compare-mtls [--rounds R]]
 //!        [--heartbeat-ms MS --election-timeout-ms MS] (defaults 25 and 75; not for
 //!        --compare-mtls)
@@ -160,13 +160,19 @@ async fn main() {
         .split(',')
         .map(|s| s.parse().unwrap())
         .collect();
+    // `--conns C`: clients share C connections (etcd's `benchmark --conns`); by default
+    // each client has its own.
+    let conns: Option<usize> = args
+        .iter()
+        .any(|a| a == "--conns")
+        .then(|| opt("--conns", "1").parse().unwrap());
     let rss_nodes: u64 = opt("--rss-nodes", "0").parse().unwrap();
     let rss_services: u64 = opt("--rss-services", "0").parse().unwrap();
     let rss_replicas: u64 = opt("--rss-replicas", "0").parse().unwrap();
     let root = tempfile::tempdir().unwrap();
     if args.iter().any(|a| a == "--compare-mtls") {
         let rounds: usize = opt("--rounds", "3").parse().unwrap();
-        compare_mtls(&bin, root.path(), seconds, rounds, &clients).await;
+        compare_mtls(&bin, root.path(), seconds, rounds, &clients, conns).await;
         return;
     }
     // Loopback-class timings by default (`--heartbeat-ms`, `--election-timeout-ms`):
@@ -206,38 +212,16 @@ async fn main() {
     };
     c.write(&r).await.unwrap().1.unwrap();
 
-    println!("# commits: 3 members on loopback (127.0.0.2-4), sled durable (flush before ack), {seconds} s per row");
+    println!(
+        "# commits: 3 members on loopback (127.0.0.2-4), sled durable (flush before ack), {seconds} s per row, {}",
+        conns.map_or("one connection per client".to_string(), |c| format!("clients sharing {c} connection(s)"))
+    );
     println!("| clients | commits/s | p50 ms | p99 ms | max ms |");
     println!("|---:|---:|---:|---:|---:|");
     for &n in &clients {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let mut tasks = Vec::new();
-        for k in 0..n {
-            let addr = leader_addr.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut c = ControllerClient::new(vec![addr]);
-                let mut lat = Vec::new();
-                let mut i = k as u64;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    if let Ok((_, Ok(_))) = c.write(&small(i)).await {
-                        lat.push(t.elapsed());
-                    }
-                    i += 1;
-                }
-                lat
-            }));
-        }
-        let start = Instant::now();
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        let secs = start.elapsed().as_secs_f64();
-        all.sort();
+        let (rate, all) = commits(&leader_addr, &Transport::Plain, n, seconds, conns).await;
         println!(
-            "| {n} | {:.0} | {:.2} | {:.2} | {:.2} |",
-            all.len() as f64 / secs,
+            "| {n} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
             pct(&all, 0.5),
             pct(&all, 0.99),
             pct(&all, 1.0)
@@ -523,15 +507,29 @@ async fn cluster(bin: &str, root: &std::path::Path, tls: bool) -> (Vec<Proc>, Tr
 /// connects (TCP, and the TLS handshake with --compare-mtls) and writes once before the
 /// clock starts: this measures commits on established connections, as long-lived agents
 /// and members make them, not `n` handshakes squeezed into the window.
-async fn commits(leader: &str, t: &Transport, n: usize, seconds: u64) -> (f64, Vec<Duration>) {
+/// With `conns`, the clients share that many connections, round-robin.
+async fn commits(
+    leader: &str,
+    t: &Transport,
+    n: usize,
+    seconds: u64,
+    conns: Option<usize>,
+) -> (f64, Vec<Duration>) {
+    let shared: Vec<tonic::transport::Channel> = (0..conns.unwrap_or(0))
+        .map(|_| gantry_controller::raft::network::channel(leader, t).unwrap())
+        .collect();
     let ready = std::sync::Arc::new(tokio::sync::Barrier::new(n + 1));
     let mut tasks = Vec::new();
     for k in 0..n {
         let addr = leader.to_string();
         let t = t.clone();
         let ready = ready.clone();
+        let ch = (!shared.is_empty()).then(|| shared[k % shared.len()].clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = ControllerClient::with_transport(vec![addr], t);
+            let mut c = ControllerClient::with_transport(vec![addr.clone()], t);
+            if let Some(ch) = ch {
+                c = c.with_channel(&addr, ch);
+            }
             let mut i = k as u64;
             let _ = c.write(&small(i)).await;
             i += n as u64;
@@ -570,6 +568,7 @@ async fn compare_mtls(
     seconds: u64,
     rounds: usize,
     clients: &[usize],
+    conns: Option<usize>,
 ) {
     let (_plain_procs, plain_t, plain_leader) = cluster(bin, &root.join("plain"), false).await;
     let (_tls_procs, tls_t, tls_leader) = cluster(bin, &root.join("tls"), true).await;
@@ -585,11 +584,11 @@ async fn compare_mtls(
             // alternate which cluster goes first (a shared machine's load drifts)
             for tls in [round % 2 == 1, round % 2 == 0] {
                 if tls {
-                    let (r, l) = commits(&tls_leader, &tls_t, n, seconds).await;
+                    let (r, l) = commits(&tls_leader, &tls_t, n, seconds, conns).await;
                     tr.push(r);
                     tp.push(pct(&l, 0.5));
                 } else {
-                    let (r, l) = commits(&plain_leader, &plain_t, n, seconds).await;
+                    let (r, l) = commits(&plain_leader, &plain_t, n, seconds, conns).await;
                     pr.push(r);
                     pp.push(pct(&l, 0.5));
                 }

@@ -66,6 +66,13 @@ impl ControllerClient {
         }
     }
 
+    /// Use `ch` for calls to `addr` (several clients may share one connection: HTTP/2
+    /// multiplexes their calls).
+    pub fn with_channel(mut self, addr: &str, ch: tonic::transport::Channel) -> Self {
+        self.channels.insert(addr.to_string(), ch);
+        self
+    }
+
     /// The member address calls currently go to.
     pub fn current(&self) -> &str {
         &self.addrs[self.current]
