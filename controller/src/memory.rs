@@ -8,11 +8,11 @@
 //! - The agent allocates on its tokio thread and on up to 16 blocking threads (image
 //!   unpack, the builder, shim spawns); after a burst of 100 containers, freed-but-resident
 //!   arena memory was most of its idle RSS.
-//! - The controller frees hundreds of MiB in small blocks after each snapshot build (a copy
-//!   of the state) and after big plans; with 1,000,000 allocations, a quarter of its RSS
-//!   was free heap that `malloc_trim` returned.
+//! - The controller frees hundreds of MiB in small blocks after serializing a snapshot for
+//!   a lagging member (a copy of the state) and after big plans; with 1,000,000
+//!   allocations, a quarter of its RSS was free heap that `malloc_trim` returned.
 //!
-//! So: few arenas, a periodic trim, and a trim after each snapshot build.
+//! So: few arenas (the agent), a periodic trim, and a trim after each snapshot sent.
 
 use std::time::Duration;
 

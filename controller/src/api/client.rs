@@ -3,7 +3,8 @@
 //! unreachable. Used by the CLI, by joining members and by tests.
 //!
 //! Retries happen only on `UNAVAILABLE` (member down, or not the leader and unable to
-//! forward); a write retried after a connection broke mid-call may apply twice, so
+//! forward) and `CANCELLED` (the connection to a stopping member closed under the call);
+//! a write retried after a connection broke mid-call may apply twice, so
 //! commands are written to be safe to repeat where it matters (re-registration, upserts).
 
 use super::LEADER_METADATA;
@@ -117,7 +118,10 @@ impl ControllerClient {
             let addr = self.addrs[self.current].clone();
             match call(self.client(&addr)?).await {
                 Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::Unavailable => {
+                // CANCELLED comes from our side of the connection: it closed (the member
+                // stopping) with the call queued on it. A connection failure like
+                // UNAVAILABLE, and retried the same way.
+                Err(s) if matches!(s.code(), Code::Unavailable | Code::Cancelled) => {
                     last = format!("{addr}: {}", s.message());
                     let hint = s
                         .metadata()

@@ -11,7 +11,9 @@
 //! trees. Production never uses these stores (the controller runs `SledLogStore` +
 //! `SledStateMachine`); openraft's `Suite::test_all` runs against both.
 
-use super::state_machine::{apply_entries, capture, Applied, StateHandle, CHANGE_LOG_CAPACITY};
+use super::state_machine::{
+    apply_entries, built_snapshot, capture, Applied, StateHandle, CHANGE_LOG_CAPACITY,
+};
 use super::Vote;
 use super::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Response, State, StateImage};
@@ -176,11 +178,8 @@ pub struct MemSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for MemSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (meta, data) = capture(&self.handle);
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        // As the sled one: openraft keeps only the meta; `get_current_snapshot` serializes.
+        Ok(built_snapshot(&self.handle))
     }
 }
 
