@@ -62,7 +62,16 @@ impl Proc {
             .arg(dir)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // RAFT_BENCH_LOG_DIR=DIR keeps each member's log (appended) in DIR/mID.log
+            .stderr(match std::env::var_os("RAFT_BENCH_LOG_DIR") {
+                Some(d) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(std::path::Path::new(&d).join(format!("m{id}.log")))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("spawn gantry");
         Proc {

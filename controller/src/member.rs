@@ -5,7 +5,7 @@
 use crate::api::{ApiSecurity, ClusterService, ControllerClient};
 use crate::leader::{LeaderConfig, LeaderShared};
 use crate::raft::db::{new_cluster_id, ControllerDb, DbError};
-use crate::raft::failover::{FailoverTiming, LeaderWatch};
+use crate::raft::failover::{FailoverTiming, LeaderWatch, Tracked};
 use crate::raft::network::Transport;
 use crate::raft::{
     BasicNode, GantryRaft, NetworkFactory, NodeId, RaftService, RaftTimings, SledLogStore,
@@ -279,7 +279,7 @@ impl Member {
         ));
         let failover = tokio::spawn(crate::raft::failover::run(
             raft.clone(),
-            leader_watch,
+            leader_watch.clone(),
             FailoverTiming::from_timings(&cfg.timings),
         ));
         let router = tonic::transport::Server::builder()
@@ -322,28 +322,39 @@ impl Member {
         let stop = async {
             let _ = rx.await;
         };
-        let server =
-            match server_tls {
-                Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+        let (tls_watch, plain_watch) = (leader_watch.clone(), leader_watch.clone());
+        let server = match server_tls {
+            // Every connection is Tracked: the failover watchdog learns when its
+            // leader's closes.
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                tokio_stream::StreamExt::map(
                     gantry_security::tls::incoming(listener, tls),
-                    stop,
-                )),
-                // `Server::tcp_nodelay` applies only to the listener tonic makes itself:
-                // without it here, --insecure replies waited on Nagle + delayed ACKs
-                // (~40 ms stalls; the TLS incoming sets it on every connection)
-                None => tokio::spawn(router.serve_with_incoming_shutdown(
-                    tokio_stream::StreamExt::map(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        |conn| {
-                            if let Ok(tcp) = &conn {
-                                let _ = tcp.set_nodelay(true);
-                            }
-                            conn
-                        },
-                    ),
-                    stop,
-                )),
-            };
+                    move |conn| {
+                        conn.map(|c| {
+                            let remote = c.peer().remote;
+                            Tracked::new(c, remote, tls_watch.clone())
+                        })
+                    },
+                ),
+                stop,
+            )),
+            // `Server::tcp_nodelay` applies only to the listener tonic makes itself:
+            // without it here, --insecure replies waited on Nagle + delayed ACKs
+            // (~40 ms stalls; the TLS incoming sets it on every connection)
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    move |conn| {
+                        conn.map(|tcp| {
+                            let _ = tcp.set_nodelay(true);
+                            let remote = tcp.peer_addr().ok();
+                            Tracked::new(tcp, remote, plain_watch.clone())
+                        })
+                    },
+                ),
+                stop,
+            )),
+        };
         let member = Member {
             id: cfg.id,
             addr: addr.clone(),

@@ -259,7 +259,8 @@ async fn leader_loss_elects_new_leader_and_keeps_acknowledged_writes() {
 
 /// The failover watchdog (raft/failover.rs): with election timeouts of 3–6 s, openraft
 /// alone starts the next election no sooner than lease (6 s) + the follower's own timeout
-/// (≥ 3 s) after the leader falls silent. The watchdog campaigns right after the lease.
+/// (≥ 3 s) after the leader falls silent. A stopped leader closes its connections, so
+/// the watchdog campaigns right after the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_leader_is_replaced_after_its_lease_not_after_a_further_timeout() {
     let long = RaftTimings {

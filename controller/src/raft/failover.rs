@@ -1,13 +1,18 @@
-//! Prompt failover: a follower that stops hearing from its leader campaigns as soon as the
+//! Prompt failover: when its leader's process dies, a follower campaigns as soon as the
 //! leader's lease has lapsed, instead of also waiting out its own election timeout.
 //!
 //! Vocabulary:
 //! - **lease**: openraft 0.9 makes a voter refuse every vote request until
 //!   `election_timeout_max` has passed since it last accepted its leader's AppendEntries
 //!   (the leader lease); a campaign can only succeed after that;
-//! - **heard**: the last AppendEntries or InstallSnapshot a follower accepted from its
-//!   leader, recorded by [`RaftService`](super::RaftService) when openraft answered it
-//!   (after openraft refreshed the lease), with that leader's id and term;
+//! - **heard**: the last AppendEntries or InstallSnapshot a follower received from its
+//!   leader: leader id, term, time and the connection it came on, recorded by
+//!   [`RaftService`](super::RaftService) when the request arrives and again when openraft
+//!   accepted it (after it refreshed the lease);
+//! - **hung up**: that connection has closed since. A process that dies, SIGKILL
+//!   included, has its sockets closed by the kernel, so its followers see the end of the
+//!   stream at once ([`Tracked`] wraps every accepted connection to report it). A live
+//!   leader, however loaded, keeps its connection open;
 //! - **rank**: this member's place among the voters other than the silent leader, by id.
 //!   Rank r campaigns at `heard + lease + margin + r × stagger`, so two followers of a dead
 //!   leader do not split the vote by campaigning at the same instant.
@@ -16,25 +21,36 @@
 //! draws once per process (between election min and max), checked on ticks: the follower
 //! that goes first waits ≈ lease + ⅔ of the range. Elections stay openraft's: this only
 //! calls `trigger().elect()`, which is what its timer does, and Raft's safety never rests
-//! on when an election starts. What it changes is how soon a leader is suspected, so it
-//! is careful not to suspect a live one:
-//! - never while a request from the leader is still being received or processed (a big
-//!   plan entry can take longer than the lease to decode and flush);
+//! on when an election starts. What it changes is how soon a leader is given up, so it
+//! acts only on positive evidence that the leader is gone:
+//! - only once the leader hung up; silence alone (an overloaded leader, a partition, a
+//!   host that lost power) is left to openraft's timer. A first version acted on silence
+//!   alone: with 1,000-placement plans and a 50 ms heartbeat, followers deposed a live
+//!   leader dozens of times a minute;
+//! - never while a request from the leader is still being received or processed;
 //! - only for the leader and term it last heard from, and once per term;
 //! - never while elections are paused ([`LeaderWatch::pause`], leader transfer).
 
 use super::{GantryRaft, NodeId};
 use openraft::ServerState;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The last accepted contact from a leader.
+/// The last contact from a leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heard {
     pub leader: NodeId,
     pub term: u64,
     pub at: Instant,
+    /// The connection (its remote address) the contact came on, when known.
+    pub conn: Option<SocketAddr>,
+    /// That connection has closed since.
+    pub hung_up: bool,
 }
 
 /// What the follower knows of its leader, shared by the Raft service (writer) and the
@@ -64,14 +80,28 @@ impl LeaderWatch {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self)
     }
-    /// This member accepted `leader`'s request of `term` (openraft answered it without a
-    /// higher vote).
-    pub fn heard(&self, leader: NodeId, term: u64) {
+    /// A request of `leader` in `term` arrived on connection `conn`, or was accepted.
+    pub fn heard(&self, leader: NodeId, term: u64, conn: Option<SocketAddr>) {
         *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Heard {
             leader,
             term,
             at: Instant::now(),
+            conn,
+            hung_up: false,
         });
+    }
+    /// The connection from `remote` closed.
+    pub fn closed(&self, remote: SocketAddr) {
+        if let Some(h) = self
+            .heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            if h.conn == Some(remote) {
+                h.hung_up = true;
+            }
+        }
     }
     /// No campaign from this watchdog before `until` (openraft's own timer is paused
     /// separately, by `runtime_config().elect(false)`).
@@ -102,13 +132,13 @@ pub struct FailoverTiming {
 }
 
 impl FailoverTiming {
-    /// From a member's Raft timings: margin = heartbeat / 2, stagger = heartbeat,
+    /// From a member's Raft timings: margin = heartbeat, stagger = heartbeat,
     /// poll = heartbeat / 10 (at least 1 ms).
     pub fn from_timings(t: &super::RaftTimings) -> Self {
         let hb = Duration::from_millis(t.heartbeat_ms.max(1));
         FailoverTiming {
             lease: Duration::from_millis(t.election_max_ms),
-            margin: hb / 2,
+            margin: hb,
             stagger: hb,
             poll: (hb / 10).max(Duration::from_millis(1)),
         }
@@ -133,7 +163,8 @@ pub struct Situation {
 /// Whether to campaign now. Pure: the tests drive it with made-up situations.
 pub fn should_campaign(s: &Situation, t: &FailoverTiming, now: Instant) -> bool {
     let Some(h) = s.heard else { return false };
-    if s.state != ServerState::Follower
+    if !h.hung_up
+        || s.state != ServerState::Follower
         || s.leader != Some(h.leader)
         || h.leader == s.me
         || s.term != h.term
@@ -197,6 +228,93 @@ pub async fn run(raft: GantryRaft, watch: Arc<LeaderWatch>, timing: FailoverTimi
     }
 }
 
+/// An accepted connection that tells a [`LeaderWatch`] when it ends: when a read sees the
+/// end of the stream or fails, or when the server drops it. Everything else is passed
+/// through, the connect info (remote address, TLS identity) included.
+pub struct Tracked<IO> {
+    inner: IO,
+    remote: Option<SocketAddr>,
+    watch: Arc<LeaderWatch>,
+    reported: bool,
+}
+
+impl<IO> Tracked<IO> {
+    pub fn new(inner: IO, remote: Option<SocketAddr>, watch: Arc<LeaderWatch>) -> Self {
+        Tracked {
+            inner,
+            remote,
+            watch,
+            reported: false,
+        }
+    }
+    fn report(&mut self) {
+        if !self.reported {
+            self.reported = true;
+            if let Some(r) = self.remote {
+                self.watch.closed(r);
+            }
+        }
+    }
+}
+
+impl<IO> Drop for Tracked<IO> {
+    fn drop(&mut self) {
+        self.report();
+    }
+}
+
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Tracked<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                self.report()
+            }
+            Poll::Ready(Err(_)) => self.report(),
+            _ => {}
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,7 +328,12 @@ mod tests {
         }
     }
 
-    /// Member 2 follows leader 1 in term 5, last heard at `at`; voters 1, 2, 3.
+    fn conn() -> SocketAddr {
+        "127.0.0.2:40000".parse().unwrap()
+    }
+
+    /// Member 2 follows leader 1 in term 5, last heard at `at` on [`conn`], which has
+    /// closed since; voters 1, 2, 3.
     fn follower(at: Instant) -> Situation {
         Situation {
             me: 2,
@@ -222,6 +345,8 @@ mod tests {
                 leader: 1,
                 term: 5,
                 at,
+                conn: Some(conn()),
+                hung_up: true,
             }),
             in_flight: false,
             paused_until: None,
@@ -270,6 +395,8 @@ mod tests {
                 leader: 2,
                 term: 5,
                 at: t0,
+                conn: Some(conn()),
+                hung_up: true,
             }),
             ..follower(t0)
         };
@@ -298,6 +425,11 @@ mod tests {
                     ..follower(t0)
                 },
             ),
+            ("silent, but its connection is open", {
+                let mut s = follower(t0);
+                s.heard.as_mut().unwrap().hung_up = false;
+                s
+            }),
             (
                 "a request in flight",
                 Situation {
@@ -382,6 +514,30 @@ mod tests {
         assert!(should_campaign(&s, &timing(), late));
     }
 
+    #[tokio::test]
+    async fn a_tracked_connection_reports_its_end_once_on_eof_or_drop() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let w = LeaderWatch::new();
+        let (a, mut b) = tokio::io::duplex(64);
+        w.heard(1, 7, Some(conn()));
+        let mut t = Tracked::new(a, Some(conn()), w.clone());
+        b.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        t.read_exact(&mut buf).await.unwrap();
+        assert!(!w.view().0.unwrap().hung_up, "data is not an end");
+        drop(b);
+        assert_eq!(t.read(&mut buf).await.unwrap(), 0);
+        assert!(
+            w.view().0.unwrap().hung_up,
+            "the end of the stream was reported"
+        );
+        // a connection dropped by the server without reading to the end
+        w.heard(1, 7, Some(conn()));
+        let (a, _b) = tokio::io::duplex(64);
+        drop(Tracked::new(a, Some(conn()), w.clone()));
+        assert!(w.view().0.unwrap().hung_up, "the drop was reported");
+    }
+
     #[test]
     fn the_watch_records_contact_requests_in_flight_and_the_longest_pause() {
         let w = LeaderWatch::new();
@@ -392,9 +548,21 @@ mod tests {
             assert!(w.view().1);
         }
         assert!(!w.view().1, "both requests finished");
-        w.heard(1, 7);
+        w.heard(1, 7, Some(conn()));
         let h = w.view().0.expect("heard");
-        assert_eq!((h.leader, h.term), (1, 7));
+        assert_eq!((h.leader, h.term, h.hung_up), (1, 7, false));
+        w.closed("127.0.0.3:40000".parse().unwrap());
+        assert!(!w.view().0.unwrap().hung_up, "another connection closed");
+        w.closed(conn());
+        assert!(
+            w.view().0.unwrap().hung_up,
+            "the leader's connection closed"
+        );
+        w.heard(1, 7, Some("127.0.0.2:40001".parse().unwrap()));
+        assert!(
+            !w.view().0.unwrap().hung_up,
+            "heard again on a new connection"
+        );
         let t = Instant::now();
         w.pause(t + Duration::from_secs(2));
         w.pause(t + Duration::from_secs(1));

@@ -57,6 +57,15 @@ impl RaftService {
             .max_encoding_message_size(gantry_proto::limits::RAFT_MESSAGE_MAX)
     }
 
+    /// The connection a request came on (its remote address), plain or TLS.
+    fn conn_of(req: &Request<RaftRequest>) -> Option<std::net::SocketAddr> {
+        req.remote_addr().or_else(|| {
+            req.extensions()
+                .get::<gantry_security::tls::PeerInfo>()
+                .and_then(|p| p.remote)
+        })
+    }
+
     async fn decode<T: DeserializeOwned + Send + 'static>(
         &self,
         req: Request<RaftRequest>,
@@ -100,12 +109,18 @@ impl RaftRpc for RaftService {
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let _in_flight = self.watch.begin();
+        let conn = Self::conn_of(&req);
         let req: openraft::raft::AppendEntriesRequest<TypeConfig> = self.decode(req).await?;
         let leader = leader_of(&req.vote);
+        // Arrived: its sender is alive, whether or not this request completes (a leader
+        // under load times out and re-sends big entries).
+        if let Some((l, term)) = leader {
+            self.watch.heard(l, term, conn);
+        }
         let r = self.raft.append_entries(req).await;
         if let (Some((l, term)), Ok(resp)) = (leader, &r) {
             if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
-                self.watch.heard(l, term);
+                self.watch.heard(l, term, conn);
             }
         }
         encode(&r)
@@ -119,13 +134,17 @@ impl RaftRpc for RaftService {
         req: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
         let _in_flight = self.watch.begin();
+        let conn = Self::conn_of(&req);
         let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = self.decode(req).await?;
         let vote = req.vote;
+        if let Some((l, term)) = leader_of(&vote) {
+            self.watch.heard(l, term, conn);
+        }
         let r = self.raft.install_snapshot(req).await;
         if let (Some((l, term)), Ok(resp)) = (leader_of(&vote), &r) {
             // accepted: this member now holds the sender's vote
             if resp.vote == vote {
-                self.watch.heard(l, term);
+                self.watch.heard(l, term, conn);
             }
         }
         encode(&r)
