@@ -220,7 +220,7 @@ pub async fn run(raft: GantryRaft, watch: Arc<LeaderWatch>, timing: FailoverTimi
         if should_campaign(&s, &timing, Instant::now()) {
             campaigned_in = Some(term);
             let silent = heard.map(|h| h.at.elapsed().as_millis() as u64);
-            tracing::info!(term, leader = ?leader, silent_ms = ?silent, "leader silent past its lease: campaigning");
+            tracing::info!(term, leader = ?leader, silent_ms = ?silent, "leader hung up and its lease has lapsed: campaigning");
             if raft.trigger().elect().await.is_err() {
                 return;
             }
