@@ -128,7 +128,7 @@ pub struct Member {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     leader_loop: JoinHandle<()>,
-    /// Campaigns when the leader falls silent ([`crate::raft::failover`]).
+    /// Campaigns when the leader hung up ([`crate::raft::failover`]).
     failover: JoinHandle<()>,
 }
 
@@ -322,7 +322,7 @@ impl Member {
         let stop = async {
             let _ = rx.await;
         };
-        let (tls_watch, plain_watch) = (leader_watch.clone(), leader_watch.clone());
+        let conn_watch = leader_watch.clone();
         let server = match server_tls {
             // Every connection is Tracked: the failover watchdog learns when its
             // leader's closes.
@@ -332,7 +332,7 @@ impl Member {
                     move |conn| {
                         conn.map(|c| {
                             let remote = c.peer().remote;
-                            Tracked::new(c, remote, tls_watch.clone())
+                            Tracked::new(c, remote, conn_watch.clone())
                         })
                     },
                 ),
@@ -348,7 +348,7 @@ impl Member {
                         conn.map(|tcp| {
                             let _ = tcp.set_nodelay(true);
                             let remote = tcp.peer_addr().ok();
-                            Tracked::new(tcp, remote, plain_watch.clone())
+                            Tracked::new(tcp, remote, conn_watch.clone())
                         })
                     },
                 ),

@@ -137,11 +137,12 @@ impl RaftRpc for RaftService {
         let conn = Self::conn_of(&req);
         let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = self.decode(req).await?;
         let vote = req.vote;
-        if let Some((l, term)) = leader_of(&vote) {
+        let leader = leader_of(&vote);
+        if let Some((l, term)) = leader {
             self.watch.heard(l, term, conn);
         }
         let r = self.raft.install_snapshot(req).await;
-        if let (Some((l, term)), Ok(resp)) = (leader_of(&vote), &r) {
+        if let (Some((l, term)), Ok(resp)) = (leader, &r) {
             // accepted: this member now holds the sender's vote
             if resp.vote == vote {
                 self.watch.heard(l, term, conn);
