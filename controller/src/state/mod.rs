@@ -33,6 +33,8 @@ pub use crate::limits::MAX_REPLICAS;
 pub struct State {
     nodes: BTreeMap<NodeId, Node>,
     node_names: HashMap<String, NodeId>,
+    /// Every node's subnet (nodes are never removed, so neither are these).
+    node_subnets: BTreeSet<ipnet::Ipv4Net>,
     services: BTreeMap<String, Service>,
     allocs: BTreeMap<AllocId, Allocation>,
     by_node: HashMap<NodeId, BTreeSet<AllocId>>,
@@ -448,6 +450,7 @@ impl State {
         };
         for n in image.nodes {
             s.node_names.insert(n.name.clone(), n.id);
+            s.node_subnets.extend(n.subnet.map(|net| net.trunc()));
             s.nodes.insert(n.id, n);
         }
         for svc in image.services {
@@ -759,10 +762,8 @@ impl State {
                 id
             }
             None => {
-                let taken: BTreeSet<ipnet::Ipv4Net> =
-                    self.nodes.values().filter_map(|n| n.subnet).collect();
                 let plan = self.cluster_network();
-                let subnet = subnet::allocate(plan.cidr, plan.node_prefix, &taken);
+                let subnet = subnet::allocate(plan.cidr, plan.node_prefix, &self.node_subnets);
                 if subnet.is_none() {
                     tracing::warn!(
                         node = name,
@@ -785,6 +786,7 @@ impl State {
                 };
                 changes.push(Change::Node(n.clone()));
                 self.node_names.insert(name.to_string(), id);
+                self.node_subnets.extend(subnet);
                 self.nodes.insert(id, n);
                 id
             }

@@ -99,10 +99,44 @@ pub fn default_cluster_cidr() -> Ipv4Net {
 
 /// The lowest /`prefix` of `cidr` that is not in `taken`; `None` when all are taken
 /// (or `cidr` is narrower than a node subnet). Subnets of removed nodes are free again.
+///
+/// One ordered walk over the entries of `taken` inside `cidr` up to the first gap: a
+/// fleet of 10,000 nodes registers without rescanning every node subnet per candidate.
 pub fn allocate(cidr: Ipv4Net, prefix: u8, taken: &BTreeSet<Ipv4Net>) -> Option<Ipv4Net> {
-    cidr.subnets(prefix)
-        .ok()?
-        .find(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)))
+    if prefix > 32 || prefix < cidr.prefix_len() {
+        return None;
+    }
+    let cidr = cidr.trunc();
+    // CIDR blocks nest or are disjoint: an entry that starts before `cidr` and overlaps it
+    // holds all of it.
+    if (0..cidr.prefix_len())
+        .any(|p| Ipv4Net::new(cidr.network(), p).is_ok_and(|sup| taken.contains(&sup.trunc())))
+    {
+        return None;
+    }
+    let step = 1u64 << (32 - prefix);
+    let end = u64::from(u32::from(cidr.broadcast()));
+    let mut next = u64::from(u32::from(cidr.network()));
+    let from = Ipv4Net::new(cidr.network(), 0).expect("prefix 0 is valid");
+    for t in taken.range(from..) {
+        let (start, last) = (
+            u64::from(u32::from(t.network())),
+            u64::from(u32::from(t.broadcast())),
+        );
+        if start > end || start >= next + step {
+            // Past `cidr`, or a gap before this entry: `next` is free.
+            break;
+        }
+        if last >= next {
+            // Overlaps the candidate: the next one starts at the first aligned address
+            // after this entry.
+            next = (last + 1).div_ceil(step) * step;
+        }
+    }
+    if next + step - 1 > end {
+        return None;
+    }
+    Ipv4Net::new(Ipv4Addr::from(next as u32), prefix).ok()
 }
 
 #[cfg(test)]
@@ -111,6 +145,43 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
+    }
+
+    /// The definition: the first candidate that no taken entry overlaps.
+    fn allocate_by_definition(
+        cidr: Ipv4Net,
+        prefix: u8,
+        taken: &BTreeSet<Ipv4Net>,
+    ) -> Option<Ipv4Net> {
+        cidr.subnets(prefix)
+            .ok()?
+            .find(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)))
+    }
+
+    proptest::proptest! {
+        /// The ordered walk picks what the definition picks, whatever is taken: node
+        /// subnets, wider or narrower foreign entries, entries outside the CIDR.
+        #[test]
+        fn the_walk_agrees_with_the_definition(
+            cidr_prefix in 16u8..=24,
+            prefix in 16u8..=26,
+            entries in proptest::collection::vec((0u32..4096, 14u8..=28), 0..40),
+        ) {
+            let cidr = Ipv4Net::new(Ipv4Addr::new(10, 50, 0, 0), cidr_prefix).unwrap().trunc();
+            let taken: BTreeSet<Ipv4Net> = entries
+                .iter()
+                .map(|&(off, p)| {
+                    // Around the CIDR: 10.49.x.x to 10.50.x.x and beyond.
+                    let addr = u32::from(Ipv4Addr::new(10, 49, 240, 0)) + off * 64;
+                    Ipv4Net::new(Ipv4Addr::from(addr), p).unwrap().trunc()
+                })
+                .collect();
+            proptest::prop_assert_eq!(
+                allocate(cidr, prefix, &taken),
+                allocate_by_definition(cidr, prefix, &taken),
+                "cidr {} prefix /{} taken {:?}", cidr, prefix, taken
+            );
+        }
     }
 
     #[test]
