@@ -60,6 +60,11 @@ enum Cmd {
         /// Seed of the `trace` phase's arrivals, sizes and lifetimes.
         #[arg(long, default_value_t = 1)]
         trace_seed: u64,
+        /// Where the members keep their Raft log and state: sled: the controller's own
+        /// durable stores, one sled dir per member (fsync before an entry is acknowledged);
+        /// memory: in-memory log and state with the same apply code (no disk).
+        #[arg(long, value_enum, default_value_t = Store::Sled)]
+        store: Store,
         /// Print the report as JSON (default: a summary).
         #[arg(long)]
         json: bool,
@@ -182,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             phase_timeout,
             trace_rounds,
             trace_seed,
+            store,
             json,
         } => {
             let cfg = ScaleConfig {
@@ -196,6 +202,7 @@ fn main() -> anyhow::Result<()> {
                 phase_timeout: Duration::from_secs(phase_timeout),
                 trace_rounds,
                 trace_seed,
+                store,
                 progress: !json,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -83,6 +83,8 @@ pub struct ScaleConfig {
     /// Rounds of the trace phase, and the seed of its arrivals, sizes and lifetimes.
     pub trace_rounds: u32,
     pub trace_seed: u64,
+    /// The members' Raft log and state machine store.
+    pub store: crate::cluster::Store,
     /// Print progress lines on stderr.
     pub progress: bool,
 }
@@ -101,6 +103,7 @@ impl Default for ScaleConfig {
             phase_timeout: Duration::from_secs(600),
             trace_rounds: 5,
             trace_seed: 1,
+            store: crate::cluster::Store::Sled,
             progress: false,
         }
     }
@@ -635,7 +638,7 @@ pub async fn run(cfg: ScaleConfig) -> Result<ScaleReport, ScaleError> {
         },
         leader_loop: None,
         seed: 0,
-        store: crate::cluster::Store::Sled,
+        store: cfg.store,
     })
     .await?;
     cluster.wait_leader(Duration::from_secs(10)).await?;
@@ -746,7 +749,14 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
         services: cfg.services,
         replicas: cfg.replicas,
         raft_members: d.cluster.config.members,
-        store: "sled on a temp dir per member (SledLogStore + SledStateMachine)",
+        store: match cfg.store {
+            crate::cluster::Store::Sled => {
+                "sled on a temp dir per member (SledLogStore + SledStateMachine)"
+            }
+            crate::cluster::Store::Memory => {
+                "in memory per member (MemLogStore + MemStateMachine, the same apply code)"
+            }
+        },
         network: "in-process router calling each member's openraft handle",
         register_nodes_seconds,
         upsert_services_seconds,

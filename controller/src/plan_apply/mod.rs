@@ -85,8 +85,11 @@ pub fn verify(state: &State, plan: &Plan) -> Verified {
             continue;
         };
         if node.status != NodeStatus::Ready {
-            out.rejected
-                .push(reject(feasible::node_ready(node).unwrap_or_default()));
+            out.rejected.push(reject(
+                feasible::node_ready(node)
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
+            ));
             continue;
         }
         let used = state
@@ -96,7 +99,7 @@ pub fn verify(state: &State, plan: &Plan) -> Verified {
         if let Some(r) =
             feasible::resources(node.allocatable.saturating_sub(used), svc.spec.resources)
         {
-            out.rejected.push(reject(r));
+            out.rejected.push(reject(r.to_string()));
             continue;
         }
         let clash = p.ports.iter().find(|m| {

@@ -168,6 +168,57 @@ struct Candidates<'s> {
     cursor: usize,
 }
 
+/// The label filter of one placement: a service's constraints and, with a failover order,
+/// one failover set. Labels do not change during an evaluation, so which ready nodes pass
+/// a filter is worked out once per evaluation ([`Pool::candidates`]).
+type Filter<'s> = (&'s [Constraint], Option<&'s [Constraint]>);
+
+/// One evaluation's candidates: the ready nodes, and per label filter those that pass it,
+/// each list with its own cursor. A placement then walks only nodes whose labels fit —
+/// `env==prod` on a fleet of three environments no longer rejects two nodes in three.
+struct Pool<'s> {
+    ready: Vec<&'s Node>,
+    /// Where every list's cursor starts: depends on the state, not always node 1, so
+    /// that successive evaluations do not pile onto the same nodes.
+    seed: usize,
+    by_filter: HashMap<Filter<'s>, Candidates<'s>>,
+}
+
+impl<'s> Pool<'s> {
+    fn new(state: &'s State) -> Self {
+        Pool {
+            ready: state
+                .nodes()
+                .filter(|n| n.status == NodeStatus::Ready)
+                .collect(),
+            seed: state.allocation_count().wrapping_mul(2654435761),
+            by_filter: HashMap::new(),
+        }
+    }
+
+    /// The ready nodes that pass `filter`, in node order.
+    fn candidates(&mut self, filter: Filter<'s>) -> &mut Candidates<'s> {
+        let (ready, seed) = (&self.ready, self.seed);
+        self.by_filter.entry(filter).or_insert_with(|| {
+            let (constraints, set) = filter;
+            let nodes: Vec<&Node> = ready
+                .iter()
+                .copied()
+                .filter(|n| {
+                    Constraint::all_match(constraints, &n.labels)
+                        && set.is_none_or(|set| Constraint::all_match(set, &n.labels))
+                })
+                .collect();
+            let cursor = if nodes.is_empty() {
+                0
+            } else {
+                seed % nodes.len()
+            };
+            Candidates { nodes, cursor }
+        })
+    }
+}
+
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         Scheduler { config }
@@ -178,21 +229,10 @@ impl Scheduler {
     pub fn evaluate(&self, state: &State, services: &[&str]) -> Plan {
         let mut plan = Plan::default();
         let mut ctx = PlanContext::default();
-        let mut cands = Candidates {
-            nodes: state
-                .nodes()
-                .filter(|n| n.status == NodeStatus::Ready)
-                .collect(),
-            cursor: 0,
-        };
-        // Start somewhere that depends on the state, not always at node 1, so that
-        // concurrent evaluations (and successive ones) do not pile onto the same nodes.
-        if !cands.nodes.is_empty() {
-            cands.cursor = (state.allocation_count().wrapping_mul(2654435761)) % cands.nodes.len();
-        }
+        let mut pool = Pool::new(state);
         for name in services {
             if let Some(svc) = state.service(name) {
-                self.evaluate_service(state, svc, &mut ctx, &mut cands, &mut plan);
+                self.evaluate_service(state, svc, &mut ctx, &mut pool, &mut plan);
             }
         }
         plan
@@ -207,9 +247,9 @@ impl Scheduler {
     fn evaluate_service<'s>(
         &self,
         state: &'s State,
-        svc: &Service,
+        svc: &'s Service,
         ctx: &mut PlanContext,
-        cands: &mut Candidates<'s>,
+        pool: &mut Pool<'s>,
         plan: &mut Plan,
     ) {
         let allocs: Vec<&Allocation> = state
@@ -238,7 +278,7 @@ impl Scheduler {
             .collect();
         ctx.begin_service(state, svc, &kept);
         for placed in 0..buckets.place {
-            match self.select(state, svc, ctx, cands) {
+            match self.select(state, svc, ctx, pool) {
                 Some((node, ports)) => {
                     ctx.place(node, svc, &ports);
                     plan.placements.push(Placement {
@@ -271,16 +311,27 @@ impl Scheduler {
     }
 
     /// The first reason this node cannot take a replica, if any.
-    fn check(
+    fn check<'a>(
         state: &State,
-        svc: &Service,
+        svc: &'a Service,
         ctx: &PlanContext,
         node: &Node,
-        set: Option<&[Constraint]>,
-    ) -> Option<feasible::Reason> {
+        set: Option<&'a [Constraint]>,
+    ) -> Option<feasible::Infeasible<'a>> {
         feasible::node_ready(node)
-            .or_else(|| feasible::distinct(ctx, node, svc))
             .or_else(|| feasible::placement_constraints(node, svc, set))
+            .or_else(|| Self::check_room(state, svc, ctx, node))
+    }
+
+    /// [`Self::check`] for a ready node whose labels are known to pass: what this plan
+    /// and the state have put on it.
+    fn check_room<'a>(
+        state: &State,
+        svc: &'a Service,
+        ctx: &PlanContext,
+        node: &Node,
+    ) -> Option<feasible::Infeasible<'a>> {
+        feasible::distinct(ctx, node, svc)
             .or_else(|| feasible::resources(ctx.free(state, node), svc.spec.resources))
             .or_else(|| feasible::host_ports(state, ctx, node, svc))
     }
@@ -290,22 +341,20 @@ impl Scheduler {
     fn select<'s>(
         &self,
         state: &'s State,
-        svc: &Service,
+        svc: &'s Service,
         ctx: &PlanContext,
-        cands: &mut Candidates<'s>,
+        pool: &mut Pool<'s>,
     ) -> Option<(&'s Node, Vec<PortMapping>)> {
-        let n = cands.nodes.len();
-        if n == 0 {
-            return None;
-        }
         for set in Self::failover_sets(svc) {
+            let cands = pool.candidates((&svc.spec.constraints, set));
+            let n = cands.nodes.len();
             let mut best: Option<(&Node, Score)> = None;
             let mut found = 0;
             let mut scanned = 0;
             while scanned < n && found < self.config.candidate_limit {
                 let node = cands.nodes[(cands.cursor + scanned) % n];
                 scanned += 1;
-                if Self::check(state, svc, ctx, node, set).is_some() {
+                if Self::check_room(state, svc, ctx, node).is_some() {
                     continue;
                 }
                 found += 1;
@@ -329,7 +378,9 @@ impl Scheduler {
                     best = Some((node, score));
                 }
             }
-            cands.cursor = (cands.cursor + scanned) % n;
+            if n > 0 {
+                cands.cursor = (cands.cursor + scanned) % n;
+            }
             if let Some((node, _)) = best {
                 if let Some(ports) = self.assign_ports(state, ctx, node, svc) {
                     return Some((node, ports));
@@ -388,7 +439,7 @@ impl Scheduler {
         for node in state.nodes() {
             evaluated += 1;
             let r = Self::check(state, svc, ctx, node, set)
-                .unwrap_or_else(|| "no free dynamic port".to_string());
+                .map_or_else(|| "no free dynamic port".to_string(), |r| r.to_string());
             *reasons.entry(r).or_default() += 1;
         }
         PlacementFailure {

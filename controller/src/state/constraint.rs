@@ -16,7 +16,7 @@ pub struct ConstraintError {
 }
 
 /// The test a constraint applies to one label.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
     Eq(String),
     Ne(String),
@@ -27,7 +27,7 @@ pub enum Op {
 }
 
 /// One typed constraint: a label key and the test on its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Constraint {
     pub key: String,
     pub op: Op,
