@@ -2,11 +2,22 @@
 //! three-member Raft on sled: everything is placed, failures are replaced, a rolling
 //! update completes, and the invariants hold.
 
+use gantry_sim::cluster::Store;
 use gantry_sim::scale::{self, Phase, ScaleConfig};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_fleet_places_everything_and_recovers() {
+    small_fleet(Store::Sled).await;
+}
+
+/// The same run on the in-memory stores (what `--store memory` measures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_fleet_on_the_in_memory_stores() {
+    small_fleet(Store::Memory).await;
+}
+
+async fn small_fleet(store: Store) {
     let cfg = ScaleConfig {
         nodes: 200,
         services: 50,
@@ -19,12 +30,18 @@ async fn small_fleet_places_everything_and_recovers() {
         phase_timeout: Duration::from_secs(60),
         trace_rounds: 0,
         trace_seed: 1,
+        store,
         progress: false,
     };
     let csv = cfg.csv.clone().unwrap();
     let r = scale::run(cfg).await.expect("scale run");
     let _ = std::fs::remove_file(&csv).map(|_| ());
     assert!(r.violations.is_empty(), "violations: {:?}", r.violations);
+    let want = match store {
+        Store::Sled => "sled",
+        Store::Memory => "in memory",
+    };
+    assert!(r.store.starts_with(want), "{}", r.store);
     let place = &r.phases[0];
     assert_eq!(place.phase, "place");
     assert_eq!(place.placements, 2000, "{place:?}");
@@ -69,6 +86,7 @@ async fn csv_and_plots_record_placements_over_time() {
         phase_timeout: Duration::from_secs(60),
         trace_rounds: 0,
         trace_seed: 1,
+        store: Store::Sled,
         progress: false,
     };
     let r = scale::run(cfg).await.expect("scale run");
@@ -130,6 +148,7 @@ async fn trace_rounds_churn_services_and_converge() {
         phase_timeout: Duration::from_secs(60),
         trace_rounds: 4,
         trace_seed: 7,
+        store: Store::Sled,
         progress: false,
     };
     let r = scale::run(cfg).await.expect("scale run");
