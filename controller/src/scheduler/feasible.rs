@@ -12,7 +12,7 @@ pub type Reason = String;
 
 /// Why one node cannot take a replica: a value that costs nothing to make (the scheduler
 /// rejects thousands of nodes per evaluation) and becomes a [`Reason`] only when shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Infeasible<'a> {
     NodeDown,
     NodeDraining,

@@ -27,6 +27,7 @@ use rank::Score;
 use reconcile::{reconcile, NodeFit};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::ops::Range;
 
 /// Tunables of the scheduler.
 #[derive(Debug, Clone)]
@@ -161,61 +162,109 @@ pub struct Scheduler {
     pub config: SchedulerConfig,
 }
 
-/// Nodes in a fixed order with a cursor that keeps moving, so successive placements look
-/// at new candidates instead of re-checking the ones the last placement rejected.
-struct Candidates<'s> {
-    nodes: Vec<&'s Node>,
+/// The label filter of one placement: a service's constraints and, with a failover order,
+/// one failover set.
+type Filter<'s> = (&'s [Constraint], Option<&'s [Constraint]>);
+
+/// One label filter's walk over the ready nodes: a cursor that keeps moving, so that
+/// successive placements look at new candidates instead of re-checking the ones the last
+/// placement rejected, and the filter's constraints as slots of the pool's memo.
+struct Candidates {
+    slots: Range<usize>,
     cursor: usize,
 }
 
-/// The label filter of one placement: a service's constraints and, with a failover order,
-/// one failover set. Labels do not change during an evaluation, so which ready nodes pass
-/// a filter is worked out once per evaluation ([`Pool::candidates`]).
-type Filter<'s> = (&'s [Constraint], Option<&'s [Constraint]>);
+const UNKNOWN: u8 = 0;
+const PASSES: u8 = 1;
+const FAILS: u8 = 2;
 
-/// One evaluation's candidates: the ready nodes, and per label filter those that pass it,
-/// each list with its own cursor. A placement then walks only nodes whose labels fit —
-/// `env==prod` on a fleet of three environments no longer rejects two nodes in three.
+/// One evaluation's candidates: the ready nodes in node order, and per distinct
+/// constraint which of them pass it, learnt as placements walk the nodes. Labels do not
+/// change during an evaluation, so a node is matched against a constraint at most once
+/// per evaluation — shared by every service with that constraint (`env==prod`) — and only
+/// when a placement reaches it: replacing 100 replicas walks a few hundred nodes, not
+/// every node of the fleet.
 struct Pool<'s> {
     ready: Vec<&'s Node>,
-    /// Where every list's cursor starts: depends on the state, not always node 1, so
-    /// that successive evaluations do not pile onto the same nodes.
-    seed: usize,
-    by_filter: HashMap<Filter<'s>, Candidates<'s>>,
+    /// Where every cursor starts: depends on the state, not always node 1, so that
+    /// successive evaluations do not pile onto the same nodes.
+    start: usize,
+    /// Per constraint (slot): per ready node `UNKNOWN`, `PASSES` or `FAILS`.
+    memo: Vec<(&'s Constraint, Vec<u8>)>,
+    slot_of: HashMap<&'s Constraint, usize>,
+    /// The slots of each filter's constraints, back to back ([`Candidates::slots`]).
+    filter_slots: Vec<usize>,
+    by_filter: HashMap<Filter<'s>, Candidates>,
 }
 
 impl<'s> Pool<'s> {
     fn new(state: &'s State) -> Self {
+        let ready: Vec<&Node> = state
+            .nodes()
+            .filter(|n| n.status == NodeStatus::Ready)
+            .collect();
+        let start = match ready.len() {
+            0 => 0,
+            n => state.allocation_count().wrapping_mul(2654435761) % n,
+        };
         Pool {
-            ready: state
-                .nodes()
-                .filter(|n| n.status == NodeStatus::Ready)
-                .collect(),
-            seed: state.allocation_count().wrapping_mul(2654435761),
+            ready,
+            start,
+            memo: Vec::new(),
+            slot_of: HashMap::new(),
+            filter_slots: Vec::new(),
             by_filter: HashMap::new(),
         }
     }
 
-    /// The ready nodes that pass `filter`, in node order.
-    fn candidates(&mut self, filter: Filter<'s>) -> &mut Candidates<'s> {
-        let (ready, seed) = (&self.ready, self.seed);
-        self.by_filter.entry(filter).or_insert_with(|| {
-            let (constraints, set) = filter;
-            let nodes: Vec<&Node> = ready
-                .iter()
-                .copied()
-                .filter(|n| {
-                    Constraint::all_match(constraints, &n.labels)
-                        && set.is_none_or(|set| Constraint::all_match(set, &n.labels))
-                })
-                .collect();
-            let cursor = if nodes.is_empty() {
-                0
-            } else {
-                seed % nodes.len()
+    /// `filter`'s walk: its constraints' slots and where its cursor is.
+    fn candidates(&mut self, filter: Filter<'s>) -> (Range<usize>, usize) {
+        if let Some(c) = self.by_filter.get(&filter) {
+            return (c.slots.clone(), c.cursor);
+        }
+        let begin = self.filter_slots.len();
+        let (constraints, set) = filter;
+        for c in constraints.iter().chain(set.into_iter().flatten()) {
+            let slot = match self.slot_of.get(c) {
+                Some(&slot) => slot,
+                None => {
+                    self.memo.push((c, vec![UNKNOWN; self.ready.len()]));
+                    self.slot_of.insert(c, self.memo.len() - 1);
+                    self.memo.len() - 1
+                }
             };
-            Candidates { nodes, cursor }
-        })
+            self.filter_slots.push(slot);
+        }
+        let slots = begin..self.filter_slots.len();
+        self.by_filter.insert(
+            filter,
+            Candidates {
+                slots: slots.clone(),
+                cursor: self.start,
+            },
+        );
+        (slots, self.start)
+    }
+
+    fn move_cursor(&mut self, filter: Filter<'s>, cursor: usize) {
+        if let Some(c) = self.by_filter.get_mut(&filter) {
+            c.cursor = cursor;
+        }
+    }
+
+    /// Does the `i`th ready node pass every constraint of `slots`?
+    fn passes(&mut self, slots: Range<usize>, i: usize) -> bool {
+        let labels = &self.ready[i].labels;
+        for &slot in &self.filter_slots[slots] {
+            let (c, fits) = &mut self.memo[slot];
+            if fits[i] == UNKNOWN {
+                fits[i] = if c.matches(labels) { PASSES } else { FAILS };
+            }
+            if fits[i] == FAILS {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -346,15 +395,19 @@ impl Scheduler {
         pool: &mut Pool<'s>,
     ) -> Option<(&'s Node, Vec<PortMapping>)> {
         for set in Self::failover_sets(svc) {
-            let cands = pool.candidates((&svc.spec.constraints, set));
-            let n = cands.nodes.len();
+            let filter = (svc.spec.constraints.as_slice(), set);
+            let (slots, cursor) = pool.candidates(filter);
+            let n = pool.ready.len();
             let mut best: Option<(&Node, Score)> = None;
             let mut found = 0;
             let mut scanned = 0;
             while scanned < n && found < self.config.candidate_limit {
-                let node = cands.nodes[(cands.cursor + scanned) % n];
+                let i = (cursor + scanned) % n;
+                let node = pool.ready[i];
                 scanned += 1;
-                if Self::check_room(state, svc, ctx, node).is_some() {
+                if !pool.passes(slots.clone(), i)
+                    || Self::check_room(state, svc, ctx, node).is_some()
+                {
                     continue;
                 }
                 found += 1;
@@ -379,7 +432,7 @@ impl Scheduler {
                 }
             }
             if n > 0 {
-                cands.cursor = (cands.cursor + scanned) % n;
+                pool.move_cursor(filter, (cursor + scanned) % n);
             }
             if let Some((node, _)) = best {
                 if let Some(ports) = self.assign_ports(state, ctx, node, svc) {
@@ -434,13 +487,19 @@ impl Scheduler {
         missing: u32,
     ) -> PlacementFailure {
         let set = Self::failover_sets(svc)[0];
-        let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+        // Counted as values, put in words once per distinct reason.
+        let mut counts: HashMap<Option<feasible::Infeasible>, u32> = HashMap::new();
         let mut evaluated = 0;
         for node in state.nodes() {
             evaluated += 1;
-            let r = Self::check(state, svc, ctx, node, set)
-                .map_or_else(|| "no free dynamic port".to_string(), |r| r.to_string());
-            *reasons.entry(r).or_default() += 1;
+            *counts
+                .entry(Self::check(state, svc, ctx, node, set))
+                .or_default() += 1;
+        }
+        let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+        for (r, n) in counts {
+            let r = r.map_or_else(|| "no free dynamic port".to_string(), |r| r.to_string());
+            *reasons.entry(r).or_default() += n;
         }
         PlacementFailure {
             service: svc.name.clone(),
