@@ -341,9 +341,33 @@ impl SledStateMachine {
     }
 }
 
+/// What [`persist`] stores besides the changed objects: read from the state under its
+/// lock, so that the (slow) writes can run without holding it.
+pub(crate) struct AppliedMeta {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    cluster_network: Option<crate::state::ClusterNetwork>,
+    counters: (crate::state::NodeId, crate::state::AllocId),
+}
+
+impl AppliedMeta {
+    fn of(applied: &Applied) -> Self {
+        AppliedMeta {
+            last_applied: applied.last_applied,
+            membership: applied.membership.clone(),
+            cluster_network: applied.state.recorded_cluster_network(),
+            counters: applied.state.counters(),
+        }
+    }
+}
+
 /// Store the changed objects, last applied log id, membership and counters in one sled
 /// transaction.
-fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(), StorageError> {
+fn persist(
+    db: &ControllerDb,
+    changes: &[Change],
+    applied: &AppliedMeta,
+) -> Result<(), StorageError> {
     let mut nodes = sled::Batch::default();
     let mut services = sled::Batch::default();
     let mut allocs = sled::Batch::default();
@@ -358,13 +382,10 @@ fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(
             Change::Token(t) => tokens.insert(t.id.as_bytes(), t.to_json()),
         }
     }
-    let (next_node_id, next_alloc_id) = applied.state.counters();
+    let (next_node_id, next_alloc_id) = applied.counters;
     let mut meta = sled::Batch::default();
     meta.insert(LAST_APPLIED, applied.last_applied.to_json());
-    meta.insert(
-        CLUSTER_NETWORK,
-        applied.state.recorded_cluster_network().to_json(),
-    );
+    meta.insert(CLUSTER_NETWORK, applied.cluster_network.to_json());
     meta.insert(MEMBERSHIP, applied.membership.to_json());
     meta.insert(
         COUNTERS,
@@ -399,13 +420,17 @@ fn persist(db: &ControllerDb, changes: &[Change], applied: &Applied) -> Result<(
         })
 }
 
-/// Apply committed entries to the state, persist what changed (`persist`, under the
-/// state's write lock: the changes and the state they produced), and tell watchers. The
-/// one apply path of every state machine (sled's, and the simulator's in-memory one).
+/// Apply committed entries to the state, persist what changed (`persist`: the changes and
+/// the meta of the state they produced, written after the state's write lock is released,
+/// so that readers — the scheduler, the API — do not wait for the disk), and tell
+/// watchers once it is durable. The one apply path of every state machine (sled's, and
+/// the simulator's in-memory one). openraft applies one batch at a time, so no other
+/// apply or snapshot install writes the store meanwhile; a member that crashes before
+/// `persist` returns replays these entries from its log.
 pub(crate) fn apply_entries(
     handle: &StateHandle,
     entries: Vec<Entry>,
-    persist: impl FnOnce(&[Change], &Applied) -> Result<(), StorageError>,
+    persist: impl FnOnce(&[Change], &AppliedMeta) -> Result<(), StorageError>,
 ) -> Result<Vec<Response>, StorageError> {
     let mut out = Vec::with_capacity(entries.len());
     let mut changes = Vec::new();
@@ -433,9 +458,10 @@ pub(crate) fn apply_entries(
             }
         }
     }
-    persist(&changes, applied)?;
-    let last = applied.last_applied.map_or(0, |l| l.index);
+    let meta = AppliedMeta::of(applied);
     drop(guard);
+    persist(&changes, &meta)?;
+    let last = meta.last_applied.map_or(0, |l| l.index);
     {
         let mut log = handle.changes.lock().unwrap_or_else(|p| p.into_inner());
         for c in changes {
