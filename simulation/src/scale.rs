@@ -15,10 +15,14 @@
 //!   running.
 //!
 //! The driver plays the leader's evaluation role itself — one evaluation per group of
-//! `services_per_eval` services (1: Nomad's per-job evaluations), evaluations one after
-//! the other on the newest state, so plans never race — instead of the controller's leader
-//! loop, which evaluates every service in one plan: that would make one
-//! 1,000,000-placement Raft entry and give no per-evaluation latency.
+//! `services_per_eval` services (1: Nomad's per-job evaluations) — instead of the
+//! controller's leader loop, which evaluates every service in one plan: that would make
+//! one 1,000,000-placement Raft entry and give no per-evaluation latency. Evaluations are
+//! pipelined as in Nomad's plan queue: while one plan commits, the next group is evaluated
+//! on the newest state with the plan in flight counted as applied
+//! ([`Scheduler::evaluate_after`]), then verified on the state that plan produced. One
+//! plan is in flight at a time, and none across passes, so a service is never evaluated
+//! while its own plan is in flight.
 
 use crate::cluster::{ClusterConfig, ClusterError, SimCluster};
 use crate::invariants::{self, Violation};
@@ -27,7 +31,7 @@ use crate::topology;
 use futures::stream::{self, StreamExt};
 use gantry_controller::plan_apply;
 use gantry_controller::raft::{NodeId, RaftTimings, StateHandle};
-use gantry_controller::scheduler::Scheduler;
+use gantry_controller::scheduler::{Plan, Scheduler};
 use gantry_controller::state::{
     AllocId, AllocReport, Command, Desired, NodeStatus, Observed, Reply, State,
 };
@@ -153,9 +157,10 @@ pub struct PhaseReport {
     pub eval_p99_ms: f64,
     pub commit_p50_ms: f64,
     pub commit_p99_ms: f64,
-    /// Time spent scheduling + verifying (evaluation latency: the same, per evaluation),
-    /// waiting for the leader's state (the state machine holds it while applying),
-    /// committing plans, and waiting for acks.
+    /// Time the driver spent scheduling + verifying (evaluation latency: the same, per
+    /// evaluation), waiting for the leader's state (the state machine holds it while
+    /// applying), waiting for plans to commit (only what the next evaluation did not
+    /// overlap; `commit_p50_ms` is each plan's own commit latency), and waiting for acks.
     pub schedule_seconds: f64,
     pub state_lock_wait_seconds: f64,
     pub commit_seconds: f64,
@@ -304,6 +309,30 @@ pub fn converged(state: &State, name: &str) -> bool {
     n == svc.spec.replicas
 }
 
+/// A plan whose `ApplyPlan` is being committed.
+struct InFlight {
+    plan: Plan,
+    /// The state's next allocation id when the plan was verified: applying the plan's
+    /// placements moves it.
+    next_alloc: AllocId,
+    started: Instant,
+    task: JoinHandle<Result<gantry_controller::state::Response, ClusterError>>,
+}
+
+impl InFlight {
+    /// Is the plan in `state` already?
+    fn landed(&self, state: &State) -> bool {
+        if !self.plan.placements.is_empty() {
+            return state.counters().1 != self.next_alloc;
+        }
+        self.plan.stops.first().is_none_or(|id| {
+            state
+                .allocation(*id)
+                .is_none_or(|a| a.desired != Desired::Run)
+        })
+    }
+}
+
 struct Driver {
     cfg: ScaleConfig,
     cluster: Arc<SimCluster>,
@@ -390,10 +419,13 @@ impl Driver {
             }
             let mut next = Vec::new();
             let mut committed_any = false;
+            // The plan being committed while the next chunk is evaluated (pipelining, as
+            // Nomad's plan queue: the evaluation counts it as applied until it is).
+            let mut inflight: Option<InFlight> = None;
             for chunk in todo.chunks(self.cfg.services_per_eval.max(1)) {
                 let handle = self.leader_handle()?;
                 let waited = Instant::now();
-                let (verified, pending, t) = {
+                let (plan, pending, t) = {
                     let applied = handle.read();
                     // Time spent waiting for the state machine to release the state.
                     lock_t += waited.elapsed();
@@ -406,52 +438,62 @@ impl Driver {
                     if pending.is_empty() {
                         continue;
                     }
-                    let plan = self.scheduler.evaluate(&applied.state, &pending);
-                    let v = plan_apply::verify(&applied.state, &plan);
+                    let plan = match inflight.as_ref().filter(|f| !f.landed(&applied.state)) {
+                        Some(prior) => {
+                            self.scheduler
+                                .evaluate_after(&applied.state, &pending, &prior.plan)
+                        }
+                        None => self.scheduler.evaluate(&applied.state, &pending),
+                    };
                     let pending: Vec<String> = pending.into_iter().map(String::from).collect();
-                    (v, pending, t)
+                    (plan, pending, t)
                 };
-                let took = t.elapsed();
-                eval_lat.push(took);
-                sched_t += took;
+                let mut took = t.elapsed();
                 rep.evaluations += 1;
                 next.extend(pending);
-                let nodes: Vec<NodeId> = verified.placements.iter().map(|p| p.node).collect();
-                let stops = verified.stops.len() as u64;
+                if let Some(f) = inflight.take() {
+                    let t = Instant::now();
+                    self.land(f, phase, start, rep, &mut commit_lat).await?;
+                    commit_t += t.elapsed();
+                    committed_any = true;
+                }
+                // The leader's re-check, on the newest state (the prior plan applied).
+                let t = Instant::now();
+                let (verified, next_alloc) = {
+                    let applied = handle.read();
+                    (
+                        plan_apply::verify(&applied.state, &plan),
+                        applied.state.counters().1,
+                    )
+                };
+                took += t.elapsed();
+                eval_lat.push(took);
+                sched_t += took;
+                let plan = Plan {
+                    placements: verified.placements.clone(),
+                    stops: verified.stops.clone(),
+                    failures: Vec::new(),
+                };
                 let Some(cmd) = verified.into_command() else {
                     continue;
                 };
-                let t = Instant::now();
-                let r = self.cluster.write(cmd, WRITE_TIMEOUT).await?;
-                let took = t.elapsed();
-                commit_lat.push(took);
-                commit_t += took;
-                let ids = match r {
-                    Ok(Reply::PlanApplied { allocations }) => allocations,
-                    Ok(other) => {
-                        return Err(ScaleError::Rejected {
-                            verb: "ApplyPlan",
-                            reason: format!("unexpected reply {other:?}"),
-                        })
-                    }
-                    Err(e) => {
-                        return Err(ScaleError::Rejected {
-                            verb: "ApplyPlan",
-                            reason: e.to_string(),
-                        })
-                    }
-                };
-                committed_any = true;
-                rep.placed_seconds = start.elapsed().as_secs_f64();
-                rep.plans_committed += 1;
-                rep.placements += ids.len() as u64;
-                rep.stops += stops;
-                self.acker.send(nodes.into_iter().zip(ids).collect())?;
-                self.record(phase, rep);
+                let c = self.cluster.clone();
+                inflight = Some(InFlight {
+                    plan,
+                    next_alloc,
+                    started: Instant::now(),
+                    task: tokio::spawn(async move { c.write(cmd, WRITE_TIMEOUT).await }),
+                });
                 if last_progress.elapsed() > Duration::from_secs(5) {
                     self.progress(phase, rep);
                     last_progress = Instant::now();
                 }
+            }
+            if let Some(f) = inflight.take() {
+                let t = Instant::now();
+                self.land(f, phase, start, rep, &mut commit_lat).await?;
+                commit_t += t.elapsed();
+                committed_any = true;
             }
             if !committed_any {
                 // Nothing to place: what is left waits for acks, or cannot be placed.
@@ -484,6 +526,46 @@ impl Driver {
         rep.ack_wait_seconds = ack_t.as_secs_f64();
         rep.reports_committed = self.acker.reports.load(Ordering::Relaxed) - reports_before;
         self.progress(phase, rep);
+        Ok(())
+    }
+
+    /// Wait for a plan in flight to commit, then count it and hand its new allocations
+    /// to the simulated agents.
+    async fn land(
+        &self,
+        f: InFlight,
+        phase: &'static str,
+        phase_start: Instant,
+        rep: &mut PhaseReport,
+        commit_lat: &mut Vec<Duration>,
+    ) -> Result<(), ScaleError> {
+        let r = f.task.await.map_err(|e| ScaleError::Rejected {
+            verb: "ApplyPlan",
+            reason: format!("the commit task ended: {e}"),
+        })??;
+        commit_lat.push(f.started.elapsed());
+        let ids = match r {
+            Ok(Reply::PlanApplied { allocations }) => allocations,
+            Ok(other) => {
+                return Err(ScaleError::Rejected {
+                    verb: "ApplyPlan",
+                    reason: format!("unexpected reply {other:?}"),
+                })
+            }
+            Err(e) => {
+                return Err(ScaleError::Rejected {
+                    verb: "ApplyPlan",
+                    reason: e.to_string(),
+                })
+            }
+        };
+        rep.placed_seconds = phase_start.elapsed().as_secs_f64();
+        rep.plans_committed += 1;
+        rep.placements += ids.len() as u64;
+        rep.stops += f.plan.stops.len() as u64;
+        let nodes = f.plan.placements.iter().map(|p| p.node);
+        self.acker.send(nodes.zip(ids).collect())?;
+        self.record(phase, rep);
         Ok(())
     }
 

@@ -139,6 +139,25 @@ impl PlanContext {
         }
     }
 
+    /// Take in a plan that is not in the state yet (see [`Scheduler::evaluate_after`]).
+    fn absorb(&mut self, state: &State, prior: &Plan) {
+        for &id in &prior.stops {
+            if let Some(a) = state.allocation(id) {
+                self.stop(a);
+            }
+        }
+        for p in &prior.placements {
+            let Some(svc) = state.service(&p.service) else {
+                continue;
+            };
+            let a = self.added.entry(p.node).or_default();
+            *a = a.saturating_add(svc.spec.resources);
+            for m in &p.ports {
+                self.ports_added.insert((p.node, m.protocol, m.host));
+            }
+        }
+    }
+
     /// Start placing `svc`: remember where its kept, current allocations are.
     fn begin_service(&mut self, state: &State, svc: &Service, kept: &[&Allocation]) {
         self.service_nodes.clear();
@@ -276,9 +295,24 @@ impl Scheduler {
     /// Evaluate the named services against `state` (missing names are skipped: a removed
     /// service's allocations were stopped by the command that removed it).
     pub fn evaluate(&self, state: &State, services: &[&str]) -> Plan {
+        self.evaluate_after(state, services, &Plan::default())
+    }
+
+    /// [`Self::evaluate`] on top of `prior`, a plan of other services that is being
+    /// committed but is not in `state` yet: its placements take room and host ports on
+    /// their nodes and its stops free them, as if applied. This lets the next evaluation
+    /// run while the previous plan commits (Nomad's plan queue); `plan_apply::verify`
+    /// then re-checks the result against the state the prior plan produced.
+    pub fn evaluate_after(&self, state: &State, services: &[&str], prior: &Plan) -> Plan {
         let mut plan = Plan::default();
         let mut ctx = PlanContext::default();
+        ctx.absorb(state, prior);
         let mut pool = Pool::new(state);
+        // Start past where the prior plan's evaluation started.
+        pool.start = match pool.ready.len() {
+            0 => 0,
+            n => (pool.start + prior.placements.len()) % n,
+        };
         for name in services {
             if let Some(svc) = state.service(name) {
                 self.evaluate_service(state, svc, &mut ctx, &mut pool, &mut plan);

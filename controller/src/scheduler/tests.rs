@@ -536,6 +536,61 @@ fn ports_fixed_conflict_and_dynamic_assignment() {
 }
 
 #[test]
+fn evaluating_after_a_plan_in_flight_counts_it_as_applied() {
+    let mut c = Cluster::new();
+    c.node("a", &[], 4000, 4096);
+    c.node("b", &[], 4000, 4096);
+    let mut big = spec(2, 3000, 64, &[]);
+    big.ports = vec![PortSpec {
+        container: 80,
+        host: Some(8080),
+        protocol: Protocol::Tcp,
+    }];
+    c.service("big", big.clone());
+    c.service("small", spec(2, 2000, 64, &[]));
+    let mut port = spec(1, 100, 64, &[]);
+    port.ports = big.ports.clone();
+    c.service("port", port);
+
+    // The plan for `big` is being committed, not applied: 1000m left on each node, and
+    // 8080 taken on both.
+    let first = c.sched.evaluate(&c.state, &["big"]);
+    assert_eq!(first.placements.len(), 2);
+    let next = c.sched.evaluate_after(&c.state, &["small", "port"], &first);
+    assert!(next.placements.is_empty(), "{next:?}");
+    let reasons: Vec<&String> = next
+        .failures
+        .iter()
+        .flat_map(|f| f.reasons.keys())
+        .collect();
+    assert!(
+        reasons.contains(&&"cpu 2000m > 1000m free".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&&"port tcp/8080 in use".to_string()),
+        "{reasons:?}"
+    );
+    // Without the prior plan both would fit.
+    assert_eq!(c.sched.evaluate(&c.state, &["small"]).placements.len(), 2);
+
+    // Once applied, a plan that stops `big` frees what it held for the next evaluation.
+    let cmd = plan_apply::verify(&c.state, &first).into_command().unwrap();
+    c.apply(cmd);
+    big.replicas = 0;
+    c.service("big", big);
+    let stops = c.sched.evaluate(&c.state, &["big"]);
+    assert_eq!(stops.stops.len(), 2);
+    let after = c.sched.evaluate_after(&c.state, &["small", "port"], &stops);
+    assert_eq!(after.placements.len(), 3, "{after:?}");
+    // ... and the leader's re-check accepts it on the state the stops produce.
+    let cmd = plan_apply::verify(&c.state, &stops).into_command().unwrap();
+    c.apply(cmd);
+    let verified = plan_apply::verify(&c.state, &after);
+    assert!(verified.rejected.is_empty(), "{:?}", verified.rejected);
+}
+
+#[test]
 fn plan_apply_drops_placements_that_went_stale() {
     let mut c = Cluster::new();
     let a = c.node("a", &[], 1000, 1024);
