@@ -60,6 +60,8 @@ pub struct LeaderWatch {
     heard: Mutex<Option<Heard>>,
     in_flight: AtomicUsize,
     paused_until: Mutex<Option<Instant>>,
+    /// Wakes the watchdog when the leader's connection closes.
+    hang_up: tokio::sync::Notify,
 }
 
 /// Held while a request from a leader is received and processed.
@@ -100,6 +102,7 @@ impl LeaderWatch {
         {
             if h.conn == Some(remote) {
                 h.hung_up = true;
+                self.hang_up.notify_one();
             }
         }
     }
@@ -127,7 +130,8 @@ pub struct FailoverTiming {
     pub margin: Duration,
     /// Between ranks.
     pub stagger: Duration,
-    /// How often the watchdog looks.
+    /// How often the watchdog looks while the leader has hung up (otherwise it sleeps
+    /// until it does, waking every [`IDLE_CHECK`] to notice a shutdown).
     pub poll: Duration,
 }
 
@@ -186,11 +190,27 @@ pub fn should_campaign(s: &Situation, t: &FailoverTiming, now: Instant) -> bool 
     now >= h.at + t.lease + t.margin + t.stagger * rank
 }
 
-/// Runs until `raft` shuts down: campaigns when [`should_campaign`] says so.
+/// How often an idle watchdog (no hang-up pending) checks whether Raft has shut down.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs until `raft` shuts down: campaigns when [`should_campaign`] says so. Idle until
+/// the leader hangs up; from then until that is dealt with (a campaign, or contact from a
+/// leader again) it looks every `timing.poll`.
 pub async fn run(raft: GantryRaft, watch: Arc<LeaderWatch>, timing: FailoverTiming) {
     let mut campaigned_in = None;
     loop {
-        tokio::time::sleep(timing.poll).await;
+        let pending = watch
+            .view()
+            .0
+            .is_some_and(|h| h.hung_up && campaigned_in != Some(h.term));
+        if pending {
+            tokio::time::sleep(timing.poll).await;
+        } else {
+            tokio::select! {
+                _ = watch.hang_up.notified() => {}
+                _ = tokio::time::sleep(IDLE_CHECK) => {}
+            }
+        }
         let (me, state, term, leader, voters) = {
             let m = raft.metrics();
             let m = m.borrow();
@@ -536,6 +556,27 @@ mod tests {
         let (a, _b) = tokio::io::duplex(64);
         drop(Tracked::new(a, Some(conn()), w.clone()));
         assert!(w.view().0.unwrap().hung_up, "the drop was reported");
+    }
+
+    /// The watchdog sleeps until the leader's connection closes: that close wakes it,
+    /// another connection's does not.
+    #[tokio::test]
+    async fn only_the_leaders_hang_up_wakes_the_watchdog() {
+        let w = LeaderWatch::new();
+        w.heard(1, 7, Some(conn()));
+        w.closed("127.0.0.3:40000".parse().unwrap());
+        let woken = tokio::time::timeout(Duration::from_millis(50), w.hang_up.notified()).await;
+        assert!(woken.is_err(), "another connection closed");
+        let waiter = {
+            let w = w.clone();
+            tokio::spawn(async move { w.hang_up.notified().await })
+        };
+        tokio::task::yield_now().await;
+        w.closed(conn());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the leader's hang-up wakes the watchdog")
+            .unwrap();
     }
 
     #[test]
