@@ -441,7 +441,9 @@ pub(crate) fn apply_entries(
         match entry.payload {
             EntryPayload::Blank => out.push(Ok(Reply::Done)),
             EntryPayload::Normal(cmd) => {
-                let (r, ch) = applied.state.apply(entry.log_id.index, &cmd);
+                let r = applied
+                    .state
+                    .apply_into(entry.log_id.index, &cmd, &mut changes);
                 if let Err(e) = &r {
                     tracing::debug!(
                         index = entry.log_id.index,
@@ -450,7 +452,6 @@ pub(crate) fn apply_entries(
                     );
                 }
                 out.push(r);
-                changes.extend(ch);
             }
             EntryPayload::Membership(m) => {
                 applied.membership = StoredMembership::new(Some(entry.log_id), m);

@@ -526,6 +526,16 @@ impl State {
     /// command give the same result on every member. On error nothing changed.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> (Response, Vec<Change>) {
         let mut changes = Vec::new();
+        let r = self.apply_into(index, cmd, &mut changes);
+        (r, changes)
+    }
+
+    /// [`Self::apply`], appending the changes to `changes` (left as it was when the command
+    /// is rejected): the state machine collects a whole batch of entries in one vector
+    /// instead of moving every command's changes into it.
+    pub fn apply_into(&mut self, index: u64, cmd: &Command, changes: &mut Vec<Change>) -> Response {
+        let start = changes.len();
+        let changes = &mut *changes;
         let r = match cmd {
             Command::RegisterNode {
                 name,
@@ -541,49 +551,43 @@ impl State {
                 labels,
                 (*capacity, *allocatable),
                 api.as_deref(),
-                &mut changes,
+                changes,
             ),
             Command::SetNodeStatus { node, status } => {
-                self.set_node_status(index, *node, *status, &mut changes)
+                self.set_node_status(index, *node, *status, changes)
             }
             Command::SetNodeLabels { node, labels } => {
-                self.set_node_labels(index, *node, labels, &mut changes)
+                self.set_node_labels(index, *node, labels, changes)
             }
             Command::UpsertService {
                 name,
                 spec,
                 expected_index,
-            } => self.upsert_service(index, name, spec, *expected_index, &mut changes),
-            Command::RemoveService { name } => self.remove_service(index, name, &mut changes),
+            } => self.upsert_service(index, name, spec, *expected_index, changes),
+            Command::RemoveService { name } => self.remove_service(index, name, changes),
             Command::ApplyPlan { placements, stops } => {
-                self.apply_plan(index, placements, stops, &mut changes)
+                self.apply_plan(index, placements, stops, changes)
             }
-            Command::ReportAllocStatus { node, batch } => {
-                self.report(index, *node, batch, &mut changes)
-            }
-            Command::PurgeAllocations { ids } => self.purge(index, ids, &mut changes),
+            Command::ReportAllocStatus { node, batch } => self.report(index, *node, batch, changes),
+            Command::PurgeAllocations { ids } => self.purge(index, ids, changes),
             Command::SetAllocAddresses { node, addresses } => {
-                self.set_addresses(index, *node, addresses, &mut changes)
+                self.set_addresses(index, *node, addresses, changes)
             }
             Command::CreateToken {
                 id,
                 role,
                 secret_sha256,
                 expires_at_ms,
-            } => self.create_token(
-                index,
-                id,
-                *role,
-                secret_sha256,
-                *expires_at_ms,
-                &mut changes,
-            ),
-            Command::RevokeToken { id } => self.revoke_token(index, id, &mut changes),
+            } => self.create_token(index, id, *role, secret_sha256, *expires_at_ms, changes),
+            Command::RevokeToken { id } => self.revoke_token(index, id, changes),
             Command::SetClusterNetwork { network } => self.set_cluster_network(network),
-            Command::Batch { commands } => self.apply_batch(index, commands, &mut changes),
+            Command::Batch { commands } => self.apply_batch(index, commands, changes),
         };
-        debug_assert!(r.is_ok() || changes.is_empty());
-        (r, changes)
+        debug_assert!(r.is_ok() || changes.len() == start);
+        if r.is_err() {
+            changes.truncate(start);
+        }
+        r
     }
 
     /// Record the cluster network's plan: once (the same plan again is a no-op), valid, and
@@ -640,9 +644,7 @@ impl State {
                         "a batch cannot contain a batch",
                     ));
                 }
-                let (r, ch) = self.apply(index, cmd);
-                changes.extend(ch);
-                r
+                self.apply_into(index, cmd, changes)
             })
             .collect();
         Ok(Reply::Batch { responses })
@@ -1042,6 +1044,7 @@ impl State {
             }
         }
         // Valid: mutate.
+        changes.reserve(stops.len() + placements.len());
         for id in stops {
             if let Some(a) = self.stop_alloc(*id, index, false) {
                 changes.push(Change::Allocation(a));

@@ -85,6 +85,12 @@ fn assert_rejected(s: &mut State, cmd: &Command, field: &str) -> ApplyError {
     assert_eq!(named, field, "error {e} names the wrong field");
     assert!(changes.is_empty());
     assert_eq!(s.to_image(), before, "a rejected command changed the state");
+    // Applied into a batch's vector, it leaves what the batch had collected as it was.
+    let earlier = Change::AllocationRemoved { id: 7, index: 999 };
+    let mut batch = vec![earlier.clone()];
+    assert!(s.apply_into(1000, cmd, &mut batch).is_err());
+    assert_eq!(batch, vec![earlier]);
+    assert_eq!(s.to_image(), before, "a rejected command changed the state");
     e
 }
 
