@@ -77,6 +77,18 @@ pub enum Store {
     Memory,
 }
 
+impl Store {
+    /// What the members run on, for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Store::Sled => "sled on a temp dir per member (SledLogStore + SledStateMachine)",
+            Store::Memory => {
+                "in memory per member (MemLogStore + MemStateMachine, the same apply code)"
+            }
+        }
+    }
+}
+
 pub struct SimCluster {
     pub config: ClusterConfig,
     pub router: Router,

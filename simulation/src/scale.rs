@@ -831,14 +831,7 @@ async fn drive(d: &Driver, total: Instant) -> Result<ScaleReport, ScaleError> {
         services: cfg.services,
         replicas: cfg.replicas,
         raft_members: d.cluster.config.members,
-        store: match cfg.store {
-            crate::cluster::Store::Sled => {
-                "sled on a temp dir per member (SledLogStore + SledStateMachine)"
-            }
-            crate::cluster::Store::Memory => {
-                "in memory per member (MemLogStore + MemStateMachine, the same apply code)"
-            }
-        },
+        store: cfg.store.describe(),
         network: "in-process router calling each member's openraft handle",
         register_nodes_seconds,
         upsert_services_seconds,

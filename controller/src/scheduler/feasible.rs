@@ -7,9 +7,6 @@ use super::PlanContext;
 use crate::state::{Constraint, Node, NodeStatus, Op, Protocol, Resources, Service, State};
 use std::fmt;
 
-/// Why one node cannot take a replica, as a human string (what `explain` aggregates).
-pub type Reason = String;
-
 /// Why one node cannot take a replica: a value that costs nothing to make (the scheduler
 /// rejects thousands of nodes per evaluation) and becomes a [`Reason`] only when shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -217,14 +217,16 @@ struct Pool<'s> {
 }
 
 impl<'s> Pool<'s> {
-    fn new(state: &'s State) -> Self {
+    /// `offset`: how far past the state-derived start the cursors begin (the placements
+    /// of a prior plan still in flight, whose evaluation started there).
+    fn new(state: &'s State, offset: usize) -> Self {
         let ready: Vec<&Node> = state
             .nodes()
             .filter(|n| n.status == NodeStatus::Ready)
             .collect();
         let start = match ready.len() {
             0 => 0,
-            n => state.allocation_count().wrapping_mul(2654435761) % n,
+            n => (state.allocation_count().wrapping_mul(2654435761) % n).wrapping_add(offset) % n,
         };
         Pool {
             ready,
@@ -307,12 +309,7 @@ impl Scheduler {
         let mut plan = Plan::default();
         let mut ctx = PlanContext::default();
         ctx.absorb(state, prior);
-        let mut pool = Pool::new(state);
-        // Start past where the prior plan's evaluation started.
-        pool.start = match pool.ready.len() {
-            0 => 0,
-            n => (pool.start + prior.placements.len()) % n,
-        };
+        let mut pool = Pool::new(state, prior.placements.len());
         for name in services {
             if let Some(svc) = state.service(name) {
                 self.evaluate_service(state, svc, &mut ctx, &mut pool, &mut plan);

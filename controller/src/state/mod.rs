@@ -535,7 +535,6 @@ impl State {
     /// instead of moving every command's changes into it.
     pub fn apply_into(&mut self, index: u64, cmd: &Command, changes: &mut Vec<Change>) -> Response {
         let start = changes.len();
-        let changes = &mut *changes;
         let r = match cmd {
             Command::RegisterNode {
                 name,
