@@ -1,7 +1,9 @@
 //! Scheduler throughput on a large view: `cargo run --release -p gantry-controller
 //! --example sched_bench -- [NODES] [SERVICES] [REPLICAS]` (defaults 10000 100 1000).
 //! Builds the state through real commands, then times one evaluation of every service
-//! (planning only, one thread), and the leader's re-verification of the plan.
+//! (planning only, one thread), and the leader's re-verification of the plan. Then applies
+//! that plan, takes every tenth node down, and times evaluating every service again in
+//! groups of ten (as `gantry-sim scale` does after a node failure): the replacements.
 
 use gantry_controller::plan_apply;
 use gantry_controller::scheduler::Scheduler;
@@ -86,5 +88,44 @@ fn main() {
         plan.failures.len(),
         placed as f64 / plan_s,
         verified.placements.len()
+    );
+
+    // Node failure: apply the plan, take every tenth node down, evaluate again.
+    let verified_count = verified.placements.len();
+    if let Some(cmd) = verified.into_command() {
+        apply(&mut state, cmd);
+    }
+    let down: Vec<u64> = state
+        .nodes()
+        .map(|n| n.id)
+        .filter(|id| id % 10 == 0)
+        .collect();
+    for node in &down {
+        apply(
+            &mut state,
+            Command::SetNodeStatus {
+                node: *node,
+                status: gantry_controller::state::NodeStatus::Down,
+            },
+        );
+    }
+    let names: Vec<String> = state.services().map(|s| s.name.clone()).collect();
+    let t = Instant::now();
+    let mut replaced = 0;
+    for group in names.chunks(10) {
+        let group: Vec<&str> = group.iter().map(String::as_str).collect();
+        replaced += sched.evaluate(&state, &group).placements.len();
+    }
+    let refill_s = t.elapsed().as_secs_f64();
+    println!(
+        "node-fail: {} of {nodes} nodes down, {} of {verified_count} placements lost, \
+         replaced={replaced} in groups of 10 services: refill_s={refill_s:.3} \
+         placements_per_s={:.0}",
+        down.len(),
+        state
+            .allocations()
+            .filter(|a| a.desired != gantry_controller::state::Desired::Run)
+            .count(),
+        replaced as f64 / refill_s
     );
 }

@@ -14,6 +14,7 @@
 //!   ("2 nodes: env!=qa; 1 node: memory 512Mi > 300Mi free") — a value, not an error.
 
 pub mod feasible;
+mod pool;
 pub mod rank;
 pub mod reconcile;
 #[cfg(test)]
@@ -23,11 +24,12 @@ use crate::state::{
     AllocId, Allocation, Constraint, Desired, Node, NodeId, NodeStatus, Placement, PortMapping,
     Protocol, Resources, Service, State,
 };
+use pool::{LabelMemo, Pool};
 use rank::Score;
 use reconcile::{reconcile, NodeFit};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::ops::Range;
+use std::sync::Mutex;
 
 /// Tunables of the scheduler.
 #[derive(Debug, Clone)]
@@ -87,12 +89,13 @@ pub struct Plan {
 /// What the plan has changed so far, on top of the state it was computed from.
 #[derive(Debug, Default)]
 pub struct PlanContext {
-    added: HashMap<NodeId, Resources>,
-    freed: HashMap<NodeId, Resources>,
-    ports_added: HashSet<(NodeId, Protocol, u16)>,
-    ports_freed: HashSet<(NodeId, Protocol, u16)>,
+    // Looked up for every candidate node: foldhash, as the state's per-node maps.
+    added: foldhash::HashMap<NodeId, Resources>,
+    freed: foldhash::HashMap<NodeId, Resources>,
+    ports_added: foldhash::HashSet<(NodeId, Protocol, u16)>,
+    ports_freed: foldhash::HashSet<(NodeId, Protocol, u16)>,
     /// Nodes that hold a current replica of the service being placed.
-    service_nodes: HashSet<NodeId>,
+    service_nodes: foldhash::HashSet<NodeId>,
     /// Replicas of the service being placed per value of its spread label.
     spread_counts: HashMap<String, i64>,
 }
@@ -175,123 +178,27 @@ impl PlanContext {
     }
 }
 
-/// The scheduler: configuration only; every call is pure.
-#[derive(Debug, Clone, Default)]
+/// The scheduler: its configuration, and what it learnt about node labels. A plan
+/// depends only on the state and the services given; the memo only saves work.
+#[derive(Debug, Default)]
 pub struct Scheduler {
     pub config: SchedulerConfig,
+    /// Taken by an evaluation and put back after it (a concurrent one starts empty).
+    labels: Mutex<LabelMemo>,
 }
 
-/// The label filter of one placement: a service's constraints and, with a failover order,
-/// one failover set.
-type Filter<'s> = (&'s [Constraint], Option<&'s [Constraint]>);
-
-/// One label filter's walk over the ready nodes: a cursor that keeps moving, so that
-/// successive placements look at new candidates instead of re-checking the ones the last
-/// placement rejected, and the filter's constraints as slots of the pool's memo.
-struct Candidates {
-    slots: Range<usize>,
-    cursor: usize,
-}
-
-const UNKNOWN: u8 = 0;
-const PASSES: u8 = 1;
-const FAILS: u8 = 2;
-
-/// One evaluation's candidates: the ready nodes in node order, and per distinct
-/// constraint which of them pass it, learnt as placements walk the nodes. Labels do not
-/// change during an evaluation, so a node is matched against a constraint at most once
-/// per evaluation — shared by every service with that constraint (`env==prod`) — and only
-/// when a placement reaches it: replacing 100 replicas walks a few hundred nodes, not
-/// every node of the fleet.
-struct Pool<'s> {
-    ready: Vec<&'s Node>,
-    /// Where every cursor starts: depends on the state, not always node 1, so that
-    /// successive evaluations do not pile onto the same nodes.
-    start: usize,
-    /// Per constraint (slot): per ready node `UNKNOWN`, `PASSES` or `FAILS`.
-    memo: Vec<(&'s Constraint, Vec<u8>)>,
-    slot_of: HashMap<&'s Constraint, usize>,
-    /// The slots of each filter's constraints, back to back ([`Candidates::slots`]).
-    filter_slots: Vec<usize>,
-    by_filter: HashMap<Filter<'s>, Candidates>,
-}
-
-impl<'s> Pool<'s> {
-    /// `offset`: how far past the state-derived start the cursors begin (the placements
-    /// of a prior plan still in flight, whose evaluation started there).
-    fn new(state: &'s State, offset: usize) -> Self {
-        let ready: Vec<&Node> = state
-            .nodes()
-            .filter(|n| n.status == NodeStatus::Ready)
-            .collect();
-        let start = match ready.len() {
-            0 => 0,
-            n => (state.allocation_count().wrapping_mul(2654435761) % n).wrapping_add(offset) % n,
-        };
-        Pool {
-            ready,
-            start,
-            memo: Vec::new(),
-            slot_of: HashMap::new(),
-            filter_slots: Vec::new(),
-            by_filter: HashMap::new(),
-        }
-    }
-
-    /// `filter`'s walk: its constraints' slots and where its cursor is.
-    fn candidates(&mut self, filter: Filter<'s>) -> (Range<usize>, usize) {
-        if let Some(c) = self.by_filter.get(&filter) {
-            return (c.slots.clone(), c.cursor);
-        }
-        let begin = self.filter_slots.len();
-        let (constraints, set) = filter;
-        for c in constraints.iter().chain(set.into_iter().flatten()) {
-            let slot = match self.slot_of.get(c) {
-                Some(&slot) => slot,
-                None => {
-                    self.memo.push((c, vec![UNKNOWN; self.ready.len()]));
-                    self.slot_of.insert(c, self.memo.len() - 1);
-                    self.memo.len() - 1
-                }
-            };
-            self.filter_slots.push(slot);
-        }
-        let slots = begin..self.filter_slots.len();
-        self.by_filter.insert(
-            filter,
-            Candidates {
-                slots: slots.clone(),
-                cursor: self.start,
-            },
-        );
-        (slots, self.start)
-    }
-
-    fn move_cursor(&mut self, filter: Filter<'s>, cursor: usize) {
-        if let Some(c) = self.by_filter.get_mut(&filter) {
-            c.cursor = cursor;
-        }
-    }
-
-    /// Does the `i`th ready node pass every constraint of `slots`?
-    fn passes(&mut self, slots: Range<usize>, i: usize) -> bool {
-        let labels = &self.ready[i].labels;
-        for &slot in &self.filter_slots[slots] {
-            let (c, fits) = &mut self.memo[slot];
-            if fits[i] == UNKNOWN {
-                fits[i] = if c.matches(labels) { PASSES } else { FAILS };
-            }
-            if fits[i] == FAILS {
-                return false;
-            }
-        }
-        true
+impl Clone for Scheduler {
+    fn clone(&self) -> Self {
+        Scheduler::new(self.config.clone())
     }
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
-        Scheduler { config }
+        Scheduler {
+            config,
+            labels: Mutex::default(),
+        }
     }
 
     /// Evaluate the named services against `state` (missing names are skipped: a removed
@@ -309,12 +216,14 @@ impl Scheduler {
         let mut plan = Plan::default();
         let mut ctx = PlanContext::default();
         ctx.absorb(state, prior);
-        let mut pool = Pool::new(state, prior.placements.len());
+        let memo = std::mem::take(&mut *self.labels.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut pool = Pool::new(state, prior.placements.len(), memo);
         for name in services {
             if let Some(svc) = state.service(name) {
                 self.evaluate_service(state, svc, &mut ctx, &mut pool, &mut plan);
             }
         }
+        *self.labels.lock().unwrap_or_else(|p| p.into_inner()) = pool.into_memo();
         plan
     }
 
@@ -337,11 +246,12 @@ impl Scheduler {
             .filter(|a| a.desired == Desired::Run)
             .collect();
         let back = failback_moves(state, svc, &allocs);
+        let fit = pool.fit_slots(svc);
         let buckets = reconcile(svc, &allocs, |id| {
             if back.contains(&id) {
                 NodeFit::Move
             } else {
-                node_fit(state, svc, id)
+                pool.node_fit(state, svc, &fit, id)
             }
         });
         let stopped: HashSet<AllocId> = buckets.stop.iter().map(|(id, _)| *id).collect();
@@ -400,20 +310,27 @@ impl Scheduler {
     ) -> Option<feasible::Infeasible<'a>> {
         feasible::node_ready(node)
             .or_else(|| feasible::placement_constraints(node, svc, set))
-            .or_else(|| Self::check_room(state, svc, ctx, node))
+            .or_else(|| Self::check_room(state, svc, ctx, node).err())
     }
 
     /// [`Self::check`] for a ready node whose labels are known to pass: what this plan
-    /// and the state have put on it.
+    /// and the state have put on it. Room for a replica: what is free on the node.
     fn check_room<'a>(
         state: &State,
         svc: &'a Service,
         ctx: &PlanContext,
         node: &Node,
-    ) -> Option<feasible::Infeasible<'a>> {
-        feasible::distinct(ctx, node, svc)
-            .or_else(|| feasible::resources(ctx.free(state, node), svc.spec.resources))
+    ) -> Result<Resources, feasible::Infeasible<'a>> {
+        if let Some(no) = feasible::distinct(ctx, node, svc) {
+            return Err(no);
+        }
+        let free = ctx.free(state, node);
+        match feasible::resources(free, svc.spec.resources)
             .or_else(|| feasible::host_ports(state, ctx, node, svc))
+        {
+            Some(no) => Err(no),
+            None => Ok(free),
+        }
     }
 
     /// Pick a node for one replica: the first failover set with a feasible node wins;
@@ -436,15 +353,16 @@ impl Scheduler {
                 let i = (cursor + scanned) % n;
                 let node = pool.ready[i];
                 scanned += 1;
-                if !pool.passes(slots.clone(), i)
-                    || Self::check_room(state, svc, ctx, node).is_some()
-                {
+                if !pool.passes(slots.clone(), i) {
                     continue;
                 }
+                let Ok(free) = Self::check_room(state, svc, ctx, node) else {
+                    continue;
+                };
                 found += 1;
                 let used_after = node
                     .allocatable
-                    .saturating_sub(ctx.free(state, node))
+                    .saturating_sub(free)
                     .saturating_add(svc.spec.resources);
                 let spread = match &svc.spec.spread {
                     Some(key) => node

@@ -79,7 +79,7 @@ pub fn serving(svc: &Service, a: &Allocation) -> bool {
 pub fn reconcile(
     svc: &Service,
     allocs: &[&Allocation],
-    fit: impl Fn(NodeId) -> NodeFit,
+    mut fit: impl FnMut(NodeId) -> NodeFit,
 ) -> Buckets {
     let replicas = svc.spec.replicas as usize;
     let max_parallel = svc.spec.update.max_parallel.max(1) as usize;

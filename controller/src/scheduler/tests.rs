@@ -726,3 +726,43 @@ proptest! {
         }
     }
 }
+
+/// The scheduler keeps which nodes pass which constraint between evaluations; relabelling
+/// nodes must be seen at once, both where replicas run and where new ones go.
+#[test]
+fn relabelled_nodes_are_seen_by_the_next_evaluation() {
+    let mut c = Cluster::new();
+    let a = c.node("a", &[("env", "prod")], 4000, 4096);
+    let b = c.node("b", &[("env", "dev")], 4000, 4096);
+    c.service("web", spec(1, 100, 64, &["env==prod"]));
+    c.eval();
+    c.run_all();
+    assert_eq!(c.running("web")[0].node, a);
+    let epoch = c.state.labels_epoch();
+    let relabel = |node, env: &str| Command::SetNodeLabels {
+        node,
+        labels: [("env".to_string(), env.to_string())].into(),
+    };
+    c.apply(relabel(a, "dev"));
+    c.apply(relabel(b, "prod"));
+    assert_ne!(c.state.labels_epoch(), epoch);
+    // The replica on a no longer fits: its replacement goes to b, then a's is stopped.
+    let plan = c.eval();
+    assert_eq!(
+        plan.placements.iter().map(|p| p.node).collect::<Vec<_>>(),
+        vec![b],
+        "{plan:?}"
+    );
+    c.run_all();
+    c.eval();
+    let web: Vec<NodeId> = c.wanted("web").iter().map(|a| a.node).collect();
+    assert_eq!(web, vec![b]);
+    // A new service with the same constraint goes to b too.
+    c.service("api", spec(1, 100, 64, &["env==prod"]));
+    let plan = c.eval();
+    assert_eq!(plan.placements[0].node, b, "{plan:?}");
+    // Relabelling a node to the labels it has already changes nothing.
+    let epoch = c.state.labels_epoch();
+    c.apply(relabel(b, "prod"));
+    assert_eq!(c.state.labels_epoch(), epoch);
+}

@@ -37,15 +37,26 @@ pub struct State {
     node_subnets: BTreeSet<ipnet::Ipv4Net>,
     services: BTreeMap<String, Service>,
     allocs: BTreeMap<AllocId, Allocation>,
-    by_node: HashMap<NodeId, BTreeSet<AllocId>>,
+    // Keyed by node id: looked up per candidate node by the scheduler and per placement
+    // by apply, so hashed with foldhash (ids are the controller's own, not user input).
+    by_node: foldhash::HashMap<NodeId, BTreeSet<AllocId>>,
     by_service: HashMap<String, BTreeSet<AllocId>>,
-    used: HashMap<NodeId, Resources>,
-    host_ports: HashMap<NodeId, HashSet<(Protocol, u16)>>,
+    used: foldhash::HashMap<NodeId, Resources>,
+    host_ports: foldhash::HashMap<NodeId, HashSet<(Protocol, u16)>>,
     next_node_id: NodeId,
     next_alloc_id: AllocId,
     tokens: BTreeMap<String, JoinToken>,
     /// The cluster network's address plan, once recorded (at bootstrap).
     cluster_network: Option<ClusterNetwork>,
+    /// Names the current labels of every node ([`State::labels_epoch`]); not replicated.
+    labels_epoch: u64,
+}
+
+/// Hands out labels epochs: unique in the process, so equal epochs mean equal labels.
+static NEXT_LABELS_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn new_labels_epoch() -> u64 {
+    NEXT_LABELS_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The serializable form of a [`State`] (snapshots); indexes are rebuilt on load.
@@ -394,6 +405,13 @@ impl State {
     pub fn recorded_cluster_network(&self) -> Option<ClusterNetwork> {
         self.cluster_network
     }
+    /// Names the current set of nodes and their labels: it changes (to a value no other
+    /// state of this process has had) whenever a node is added or its labels change, and
+    /// a clone keeps its original's. So two states with the same epoch have the same nodes'
+    /// labels; the scheduler keeps its label matches while the epoch stays the same.
+    pub fn labels_epoch(&self) -> u64 {
+        self.labels_epoch
+    }
     pub fn counters(&self) -> (NodeId, AllocId) {
         (self.next_node_id, self.next_alloc_id)
     }
@@ -463,16 +481,22 @@ impl State {
         for t in image.tokens {
             s.tokens.insert(t.id.clone(), t);
         }
+        s.labels_epoch = new_labels_epoch();
         s
     }
 
     /// Add an allocation to the secondary indexes (and usage, when it should run).
     fn index_alloc(&mut self, a: &Allocation) {
         self.by_node.entry(a.node).or_default().insert(a.id);
-        self.by_service
-            .entry(a.service.clone())
-            .or_default()
-            .insert(a.id);
+        match self.by_service.get_mut(&a.service) {
+            Some(ids) => {
+                ids.insert(a.id);
+            }
+            None => {
+                self.by_service
+                    .insert(a.service.clone(), BTreeSet::from([a.id]));
+            }
+        }
         if a.desired == Desired::Run {
             self.hold(a);
         }
@@ -751,7 +775,10 @@ impl State {
                     .get_mut(&id)
                     .expect("name index points at a node");
                 n.address = address.to_string();
-                n.labels = labels.clone();
+                if &n.labels != labels {
+                    n.labels = labels.clone();
+                    self.labels_epoch = new_labels_epoch();
+                }
                 n.capacity = capacity;
                 n.allocatable = allocatable;
                 n.api = api.map(str::to_string);
@@ -789,6 +816,7 @@ impl State {
                 self.node_names.insert(name.to_string(), id);
                 self.node_subnets.extend(subnet);
                 self.nodes.insert(id, n);
+                self.labels_epoch = new_labels_epoch();
                 id
             }
         };
@@ -841,6 +869,7 @@ impl State {
             .ok_or_else(|| ApplyError::not_found("node", format!("node {node}")))?;
         if &n.labels != labels {
             n.labels = labels.clone();
+            self.labels_epoch = new_labels_epoch();
             n.modify_index = index;
             changes.push(Change::Node(n.clone()));
         }
@@ -938,7 +967,7 @@ impl State {
     ) -> Response {
         // Validate everything against the state as it will be after the stops, before
         // changing anything: a plan is all or nothing.
-        let mut freed: HashMap<NodeId, Resources> = HashMap::new();
+        let mut freed: foldhash::HashMap<NodeId, Resources> = Default::default();
         let mut freed_ports: HashSet<(NodeId, Protocol, u16)> = HashSet::new();
         let mut seen_stops = HashSet::new();
         for (i, id) in stops.iter().enumerate() {
@@ -959,7 +988,7 @@ impl State {
                 }
             }
         }
-        let mut added: HashMap<NodeId, Resources> = HashMap::new();
+        let mut added: foldhash::HashMap<NodeId, Resources> = Default::default();
         let mut new_ports: HashSet<(NodeId, Protocol, u16)> = HashSet::new();
         for (i, p) in placements.iter().enumerate() {
             let svc = self.services.get(&p.service).ok_or_else(|| {
@@ -1063,10 +1092,15 @@ impl State {
                 observed: Observed::Pending,
                 container: None,
                 ports: p.ports.clone(),
-                history: vec![HistoryEntry {
-                    index,
-                    observed: Observed::Pending,
-                }],
+                // Room for the agent's first report (Running) without a reallocation.
+                history: {
+                    let mut h = Vec::with_capacity(2);
+                    h.push(HistoryEntry {
+                        index,
+                        observed: Observed::Pending,
+                    });
+                    h
+                },
                 modify_index: index,
                 address: None,
             };
