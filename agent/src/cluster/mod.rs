@@ -182,7 +182,7 @@ impl Mirror {
                     self.allocs.remove(&id);
                 }
                 Change::Service(s) => {
-                    self.services.insert(s.name.clone(), s);
+                    self.services.insert(s.name.clone(), *s);
                 }
                 Change::ServiceRemoved { name, .. } => {
                     self.services.remove(&name);

@@ -61,7 +61,7 @@ impl ClusterView {
                     self.nodes.insert(n.id, n);
                 }
                 Change::Service(s) => {
-                    self.services.insert(s.name.clone(), s);
+                    self.services.insert(s.name.clone(), *s);
                 }
                 Change::ServiceRemoved { name, .. } => {
                     self.services.remove(&name);

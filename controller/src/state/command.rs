@@ -175,10 +175,18 @@ pub type Response = Result<Reply, ApplyError>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     Node(Node),
-    Service(Service),
-    ServiceRemoved { name: String, index: u64 },
+    /// Boxed: a service is the largest object, and every batch's change vector (mostly
+    /// allocations) would otherwise be sized for it.
+    Service(Box<Service>),
+    ServiceRemoved {
+        name: String,
+        index: u64,
+    },
     Allocation(Allocation),
-    AllocationRemoved { id: AllocId, index: u64 },
+    AllocationRemoved {
+        id: AllocId,
+        index: u64,
+    },
     Token(JoinToken),
 }
 

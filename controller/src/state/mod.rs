@@ -37,12 +37,11 @@ pub struct State {
     node_subnets: BTreeSet<ipnet::Ipv4Net>,
     services: BTreeMap<String, Service>,
     allocs: BTreeMap<AllocId, Allocation>,
-    // Keyed by node id: looked up per candidate node by the scheduler and per placement
-    // by apply, so hashed with foldhash (ids are the controller's own, not user input).
-    by_node: foldhash::HashMap<NodeId, BTreeSet<AllocId>>,
+    /// Per node, what its allocations hold: looked up per candidate node by the scheduler
+    /// and per placement by apply, so one map (one lookup), hashed with foldhash (ids are
+    /// the controller's own, not user input).
+    on_node: foldhash::HashMap<NodeId, OnNode>,
     by_service: HashMap<String, BTreeSet<AllocId>>,
-    used: foldhash::HashMap<NodeId, Resources>,
-    host_ports: foldhash::HashMap<NodeId, HashSet<(Protocol, u16)>>,
     next_node_id: NodeId,
     next_alloc_id: AllocId,
     tokens: BTreeMap<String, JoinToken>,
@@ -50,6 +49,23 @@ pub struct State {
     cluster_network: Option<ClusterNetwork>,
     /// Names the current labels of every node ([`State::labels_epoch`]); not replicated.
     labels_epoch: u64,
+}
+
+/// One node's allocations and what those that should run hold.
+#[derive(Debug, Default, Clone)]
+struct OnNode {
+    allocs: BTreeSet<AllocId>,
+    used: Resources,
+    host_ports: HashSet<(Protocol, u16)>,
+}
+
+impl OnNode {
+    fn hold(&mut self, a: &Allocation) {
+        self.used = self.used.saturating_add(a.resources);
+        for p in &a.ports {
+            self.host_ports.insert((p.protocol, p.host));
+        }
+    }
 }
 
 /// Hands out labels epochs: unique in the process, so equal epochs mean equal labels.
@@ -420,10 +436,10 @@ impl State {
     }
     /// Allocations placed on a node, in id order.
     pub fn allocations_on(&self, node: NodeId) -> impl Iterator<Item = &Allocation> {
-        self.by_node
+        self.on_node
             .get(&node)
             .into_iter()
-            .flatten()
+            .flat_map(|n| &n.allocs)
             .filter_map(|id| self.allocs.get(id))
     }
     /// Allocations of a service (including stopped ones not yet purged), in id order.
@@ -436,13 +452,13 @@ impl State {
     }
     /// Resources held on a node by allocations that should run.
     pub fn used(&self, node: NodeId) -> Resources {
-        self.used.get(&node).copied().unwrap_or_default()
+        self.on_node.get(&node).map(|n| n.used).unwrap_or_default()
     }
     /// Is this host port taken on the node by an allocation that should run?
     pub fn host_port_taken(&self, node: NodeId, protocol: Protocol, port: u16) -> bool {
-        self.host_ports
+        self.on_node
             .get(&node)
-            .is_some_and(|s| s.contains(&(protocol, port)))
+            .is_some_and(|n| n.host_ports.contains(&(protocol, port)))
     }
 
     // ---- snapshots ----
@@ -487,7 +503,11 @@ impl State {
 
     /// Add an allocation to the secondary indexes (and usage, when it should run).
     fn index_alloc(&mut self, a: &Allocation) {
-        self.by_node.entry(a.node).or_default().insert(a.id);
+        let on_node = self.on_node.entry(a.node).or_default();
+        on_node.allocs.insert(a.id);
+        if a.desired == Desired::Run {
+            on_node.hold(a);
+        }
         match self.by_service.get_mut(&a.service) {
             Some(ids) => {
                 ids.insert(a.id);
@@ -497,27 +517,13 @@ impl State {
                     .insert(a.service.clone(), BTreeSet::from([a.id]));
             }
         }
-        if a.desired == Desired::Run {
-            self.hold(a);
-        }
-    }
-
-    fn hold(&mut self, a: &Allocation) {
-        let u = self.used.entry(a.node).or_default();
-        *u = u.saturating_add(a.resources);
-        let ports = self.host_ports.entry(a.node).or_default();
-        for p in &a.ports {
-            ports.insert((p.protocol, p.host));
-        }
     }
 
     fn release(&mut self, node: NodeId, resources: Resources, ports: &[PortMapping]) {
-        if let Some(u) = self.used.get_mut(&node) {
-            *u = u.saturating_sub(resources);
-        }
-        if let Some(set) = self.host_ports.get_mut(&node) {
+        if let Some(n) = self.on_node.get_mut(&node) {
+            n.used = n.used.saturating_sub(resources);
             for p in ports {
-                set.remove(&(p.protocol, p.host));
+                n.host_ports.remove(&(p.protocol, p.host));
             }
         }
     }
@@ -842,9 +848,9 @@ impl State {
         changes.push(Change::Node(n.clone()));
         if status == NodeStatus::Down {
             let ids: Vec<AllocId> = self
-                .by_node
+                .on_node
                 .get(&node)
-                .map(|s| s.iter().copied().collect())
+                .map(|n| n.allocs.iter().copied().collect())
                 .unwrap_or_default();
             for id in ids {
                 if let Some(a) = self.stop_alloc(id, index, true) {
@@ -932,7 +938,7 @@ impl State {
             version,
             modify_index: index,
         };
-        changes.push(Change::Service(svc.clone()));
+        changes.push(Change::Service(Box::new(svc.clone())));
         self.services.insert(name.to_string(), svc);
         Ok(Reply::ServiceUpserted { version })
     }
@@ -990,13 +996,19 @@ impl State {
         }
         let mut added: foldhash::HashMap<NodeId, Resources> = Default::default();
         let mut new_ports: HashSet<(NodeId, Protocol, u16)> = HashSet::new();
+        // A plan's placements come grouped by service: look each service up once.
+        let mut last: Option<&Service> = None;
         for (i, p) in placements.iter().enumerate() {
-            let svc = self.services.get(&p.service).ok_or_else(|| {
-                ApplyError::not_found(
-                    format!("placements[{i}].service"),
-                    format!("service {}", p.service),
-                )
-            })?;
+            let svc = match last {
+                Some(svc) if svc.name == p.service => svc,
+                _ => self.services.get(&p.service).ok_or_else(|| {
+                    ApplyError::not_found(
+                        format!("placements[{i}].service"),
+                        format!("service {}", p.service),
+                    )
+                })?,
+            };
+            last = Some(svc);
             if svc.version != p.version {
                 return Err(ApplyError::conflict(
                     format!("placements[{i}].version"),
@@ -1079,15 +1091,20 @@ impl State {
             }
         }
         let mut ids = Vec::with_capacity(placements.len());
+        let mut last: Option<(&str, Resources)> = None;
         for p in placements {
-            let svc = &self.services[&p.service];
+            let resources = match last {
+                Some((name, r)) if name == p.service => r,
+                _ => self.services[&p.service].spec.resources,
+            };
+            last = Some((&p.service, resources));
             self.next_alloc_id += 1;
             let a = Allocation {
                 id: self.next_alloc_id,
                 service: p.service.clone(),
                 version: p.version,
                 node: p.node,
-                resources: svc.spec.resources,
+                resources,
                 desired: Desired::Run,
                 observed: Observed::Pending,
                 container: None,
@@ -1235,8 +1252,8 @@ impl State {
         }
         for id in ids {
             if let Some(a) = self.allocs.remove(id) {
-                if let Some(s) = self.by_node.get_mut(&a.node) {
-                    s.remove(id);
+                if let Some(n) = self.on_node.get_mut(&a.node) {
+                    n.allocs.remove(id);
                 }
                 if let Some(s) = self.by_service.get_mut(&a.service) {
                     s.remove(id);
