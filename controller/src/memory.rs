@@ -12,12 +12,7 @@
 //!   a lagging member (a copy of the state) and after big plans; with 1,000,000
 //!   allocations, a quarter of its RSS was free heap that `malloc_trim` returned.
 //!
-//! - The controller's peak: with 1,000,000 allocations, freed heap built up by 200–300 MiB
-//!   across its arenas between two trims; with 2 arenas its VmHWM stayed under 1 GiB.
-//!
-//! So: few arenas (both daemons), a periodic trim, and a trim after each snapshot sent.
-//! `MALLOC_ARENA_MAX` in the environment overrides the cap (glibc reads it at start), for
-//! comparing both settings side by side.
+//! So: few arenas (the agent), a periodic trim, and a trim after each snapshot sent.
 
 use std::time::Duration;
 
@@ -28,17 +23,8 @@ pub const AGENT_TRIM_EVERY: Duration = Duration::from_secs(5);
 /// state it is not free, and the state changes in bursts).
 pub const CONTROLLER_TRIM_EVERY: Duration = Duration::from_secs(10);
 
-/// Arenas of the controller: see the module's notes.
-pub const CONTROLLER_ARENAS: i32 = 2;
-
-/// Arenas of the agent.
-pub const AGENT_ARENAS: i32 = 2;
-
-/// Caps glibc's arenas, unless `MALLOC_ARENA_MAX` is set. Call before any thread is started.
+/// Caps glibc's arenas. Call before any thread is started.
 pub fn limit_arenas(max: i32) {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters; called before threads exist.
     unsafe {

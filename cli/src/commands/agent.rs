@@ -148,7 +148,7 @@ pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
 
 pub fn main(args: AgentArgs) -> i32 {
     // Before any thread exists: see gantry_controller::memory.
-    gantry_controller::memory::limit_arenas(gantry_controller::memory::AGENT_ARENAS);
+    gantry_controller::memory::limit_arenas(2);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_json {

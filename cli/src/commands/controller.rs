@@ -165,8 +165,6 @@ struct RunArgs {
 }
 
 pub fn main(args: ControllerArgs) -> i32 {
-    // Before any thread exists: see gantry_controller::memory.
-    gantry_controller::memory::limit_arenas(gantry_controller::memory::CONTROLLER_ARENAS);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
