@@ -365,7 +365,22 @@ async fn rss_phase(procs: &[Proc], leader_addr: &str, nodes: u64, services: u64,
                     spec,
                     expected_index: None,
                 };
-                match c.write(&upsert).await.unwrap().1.unwrap() {
+                // While the leader commits plans of thousands of placements (each a sled
+                // transaction on every member), an upsert can miss the members' 5 s write
+                // timeout; it may still land later, and upserting the same spec again
+                // changes nothing, so retry (a few times: this is the setup, not a measure).
+                let mut attempt = 0;
+                let reply = loop {
+                    attempt += 1;
+                    match c.write(&upsert).await {
+                        Ok((_, r)) => break r.unwrap(),
+                        Err(e) if attempt < 10 => {
+                            eprintln!("upsert {name}: attempt {attempt}: {e}; retrying");
+                        }
+                        Err(e) => panic!("upsert {name}: {attempt} attempts: {e}"),
+                    }
+                };
+                match reply {
                     Reply::ServiceUpserted { .. } => {}
                     r => panic!("upsert: {r:?}"),
                 }
