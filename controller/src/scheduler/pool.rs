@@ -32,6 +32,8 @@ const MAX_SLOTS: usize = 256;
 #[derive(Default)]
 pub struct LabelMemo {
     epoch: u64,
+    /// Bytes per slot: one past the highest node id of the state it was last used with.
+    nodes: usize,
     /// Per slot: the constraint, and per node id `UNKNOWN`, `PASSES` or `FAILS`.
     slots: Vec<(Constraint, Vec<u8>)>,
     slot_of: HashMap<Constraint, usize>,
@@ -48,25 +50,19 @@ impl std::fmt::Debug for LabelMemo {
 
 impl LabelMemo {
     /// The memo, valid for `state`: emptied if the labels changed since it was filled,
-    /// with room for every node id.
-    fn for_state(mut self, state: &State) -> Self {
+    /// with room for node ids up to `max_id`.
+    fn for_state(mut self, state: &State, max_id: NodeId) -> Self {
         if self.epoch != state.labels_epoch() || self.slots.len() > MAX_SLOTS {
             self = LabelMemo {
                 epoch: state.labels_epoch(),
                 ..Default::default()
             };
         }
-        let len = Self::len_for(state);
+        self.nodes = self.nodes.max(max_id as usize + 1);
         for (_, fits) in &mut self.slots {
-            if fits.len() < len {
-                fits.resize(len, UNKNOWN);
-            }
+            fits.resize(self.nodes, UNKNOWN);
         }
         self
-    }
-
-    fn len_for(state: &State) -> usize {
-        state.counters().0 as usize + 1
     }
 }
 
@@ -114,11 +110,18 @@ impl<'s> Pool<'s> {
             0 => 0,
             n => (state.allocation_count().wrapping_mul(2654435761) % n).wrapping_add(offset) % n,
         };
+        let ready_ids: Vec<NodeId> = ready.iter().map(|n| n.id).collect();
+        // Node ids are dense and never reused (the last one given is the highest); the
+        // ready nodes' too, should a restored state say otherwise.
+        let max_id = state
+            .counters()
+            .0
+            .max(ready_ids.last().copied().unwrap_or(0));
         Pool {
-            ready_ids: ready.iter().map(|n| n.id).collect(),
+            ready_ids,
             ready,
             start,
-            memo: memo.for_state(state),
+            memo: memo.for_state(state, max_id),
             filter_slots: Vec::new(),
             by_filter: HashMap::new(),
         }
@@ -162,9 +165,9 @@ impl<'s> Pool<'s> {
         if let Some(&slot) = self.memo.slot_of.get(c) {
             return slot;
         }
-        let len = self.ready_ids.last().map_or(0, |&id| id as usize + 1);
-        let len = len.max(self.memo.slots.first().map_or(0, |(_, f)| f.len()));
-        self.memo.slots.push((c.clone(), vec![UNKNOWN; len]));
+        self.memo
+            .slots
+            .push((c.clone(), vec![UNKNOWN; self.memo.nodes]));
         self.memo
             .slot_of
             .insert(c.clone(), self.memo.slots.len() - 1);
