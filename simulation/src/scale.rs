@@ -425,10 +425,12 @@ impl Driver {
             for chunk in todo.chunks(self.cfg.services_per_eval.max(1)) {
                 let handle = self.leader_handle()?;
                 let waited = Instant::now();
-                let (plan, pending, t) = {
+                // Tens of milliseconds of CPU: off the runtime's worker, so that the
+                // members' Raft and apply tasks queued on it move to another thread.
+                let (lock_wait, evaluated) = tokio::task::block_in_place(|| {
                     let applied = handle.read();
                     // Time spent waiting for the state machine to release the state.
-                    lock_t += waited.elapsed();
+                    let lock_wait = waited.elapsed();
                     let t = Instant::now();
                     let pending: Vec<&str> = chunk
                         .iter()
@@ -436,7 +438,7 @@ impl Driver {
                         .filter(|n| !converged(&applied.state, n))
                         .collect();
                     if pending.is_empty() {
-                        continue;
+                        return (lock_wait, None);
                     }
                     let plan = match inflight.as_ref().filter(|f| !f.landed(&applied.state)) {
                         Some(prior) => {
@@ -446,7 +448,11 @@ impl Driver {
                         None => self.scheduler.evaluate(&applied.state, &pending),
                     };
                     let pending: Vec<String> = pending.into_iter().map(String::from).collect();
-                    (plan, pending, t)
+                    (lock_wait, Some((plan, pending, t)))
+                });
+                lock_t += lock_wait;
+                let Some((plan, pending, t)) = evaluated else {
+                    continue;
                 };
                 let mut took = t.elapsed();
                 rep.evaluations += 1;
@@ -459,13 +465,13 @@ impl Driver {
                 }
                 // The leader's re-check, on the newest state (the prior plan applied).
                 let t = Instant::now();
-                let (verified, next_alloc) = {
+                let (verified, next_alloc) = tokio::task::block_in_place(|| {
                     let applied = handle.read();
                     (
                         plan_apply::verify(&applied.state, &plan),
                         applied.state.counters().1,
                     )
-                };
+                });
                 took += t.elapsed();
                 eval_lat.push(took);
                 sched_t += took;
@@ -705,7 +711,8 @@ fn phase_name(p: Phase) -> &'static str {
     p.name()
 }
 
-/// Run the scale scenario and report.
+/// Run the scale scenario and report. Needs a multi-thread runtime: evaluations run in
+/// `block_in_place`, off the worker that would otherwise also carry the members' tasks.
 pub async fn run(cfg: ScaleConfig) -> Result<ScaleReport, ScaleError> {
     let total = Instant::now();
     let cluster = SimCluster::start(ClusterConfig {
