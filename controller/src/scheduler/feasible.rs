@@ -8,7 +8,7 @@ use crate::state::{Constraint, Node, NodeStatus, Op, Protocol, Resources, Servic
 use std::fmt;
 
 /// Why one node cannot take a replica: a value that costs nothing to make (the scheduler
-/// rejects thousands of nodes per evaluation) and becomes a [`Reason`] only when shown.
+/// rejects thousands of nodes per evaluation) and becomes text only when shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Infeasible<'a> {
     NodeDown,

@@ -251,7 +251,7 @@ impl Scheduler {
             if back.contains(&id) {
                 NodeFit::Move
             } else {
-                pool.node_fit(state, svc, &fit, id)
+                pool.node_fit(state, &fit, id)
             }
         });
         let stopped: HashSet<AllocId> = buckets.stop.iter().map(|(id, _)| *id).collect();
@@ -535,27 +535,4 @@ fn failback_moves(state: &State, svc: &Service, allocs: &[&Allocation]) -> HashS
         }
     }
     out
-}
-
-fn node_fit(state: &State, svc: &Service, id: NodeId) -> NodeFit {
-    let Some(node) = state.node(id) else {
-        return NodeFit::Gone;
-    };
-    match node.status {
-        NodeStatus::Down => NodeFit::Gone,
-        NodeStatus::Draining => NodeFit::Move,
-        NodeStatus::Ready => {
-            let in_some_set = svc.spec.failover.is_empty()
-                || svc
-                    .spec
-                    .failover
-                    .iter()
-                    .any(|set| Constraint::all_match(set, &node.labels));
-            if Constraint::all_match(&svc.spec.constraints, &node.labels) && in_some_set {
-                NodeFit::Fits
-            } else {
-                NodeFit::Move
-            }
-        }
-    }
 }

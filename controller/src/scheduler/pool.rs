@@ -211,17 +211,17 @@ impl<'s> Pool<'s> {
         }
     }
 
-    /// Does an allocation on node `id` still belong there: [`super::node_fit`] through
-    /// the memo, for a service whose slots are `fit` ([`Self::fit_slots`]).
-    pub(super) fn node_fit(
-        &mut self,
-        state: &State,
-        svc: &Service,
-        fit: &FitSlots,
-        id: NodeId,
-    ) -> NodeFit {
+    /// Does an allocation on node `id` still belong there: on a ready node, does the node
+    /// pass the service's constraints and one of its failover sets (`fit`, from
+    /// [`Self::fit_slots`]), through the memo; a draining node's must move, a down or
+    /// unknown node's are gone.
+    pub(super) fn node_fit(&mut self, state: &State, fit: &FitSlots, id: NodeId) -> NodeFit {
         let Some(i) = self.ready_ids.binary_search(&id).ok() else {
-            return super::node_fit(state, svc, id);
+            // Every ready node is in the pool: this one is draining, down or unknown.
+            return match state.node(id).map(|n| n.status) {
+                Some(NodeStatus::Down) | None => NodeFit::Gone,
+                Some(_) => NodeFit::Move,
+            };
         };
         let all = |pool: &mut Self, slots: &[usize]| slots.iter().all(|&s| pool.passes_slot(s, i));
         let in_some_set = fit.failover.is_empty() || fit.failover.iter().any(|set| all(self, set));
