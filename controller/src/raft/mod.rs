@@ -20,6 +20,7 @@ pub mod failover;
 pub mod log_store;
 pub mod mem;
 pub mod network;
+pub mod persist;
 pub mod runtime;
 pub mod service;
 pub mod state_machine;

@@ -10,23 +10,20 @@
 //! watcher that fell behind its floor gets a full state and continues from there.
 
 use super::db::{ControllerDb, DbError};
+use super::persist::{
+    node_key, to_json, AppliedMeta, Counters, Persister, CLUSTER_NETWORK, COUNTERS, LAST_APPLIED,
+    MEMBERSHIP,
+};
 use super::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::{Change, ClusterNetwork, Reply, Response, State, StateImage};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
 };
-use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use std::collections::VecDeque;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-const LAST_APPLIED: &[u8] = b"last_applied";
-const MEMBERSHIP: &[u8] = b"membership";
-const COUNTERS: &[u8] = b"counters";
-const CLUSTER_NETWORK: &[u8] = b"cluster_network";
 const SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 const INSTALLING: &[u8] = b"installing";
@@ -145,19 +142,15 @@ impl StateHandle {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Counters {
-    next_node_id: u64,
-    next_alloc_id: u64,
-}
-
 pub struct SledStateMachine {
     db: ControllerDb,
     handle: Arc<StateHandle>,
+    persister: Arc<Persister>,
 }
 
 pub struct SledSnapshotBuilder {
     handle: Arc<StateHandle>,
+    persister: Arc<Persister>,
 }
 
 fn corrupt(db: &ControllerDb, what: String, e: impl std::fmt::Display) -> DbError {
@@ -216,10 +209,6 @@ pub(crate) fn stored_snapshot(
     Ok(Some((meta, data.to_vec())))
 }
 
-fn node_key(id: u64) -> [u8; 8] {
-    id.to_be_bytes()
-}
-
 /// Write a whole state image into the object trees (after clearing them) and the metadata.
 pub(crate) fn write_image(
     db: &ControllerDb,
@@ -238,34 +227,33 @@ pub(crate) fn write_image(
     for t in [&db.nodes, &db.services, &db.allocations, &db.tokens] {
         t.clear().map_err(werr("object trees"))?;
     }
-    let json = |v: &dyn erased::Json| v.to_json();
     let mut b = sled::Batch::default();
     for n in &image.nodes {
-        b.insert(&node_key(n.id), json(n));
+        b.insert(&node_key(n.id), to_json(n));
     }
     db.nodes.apply_batch(b).map_err(werr("nodes"))?;
     let mut b = sled::Batch::default();
     for s in &image.services {
-        b.insert(s.name.as_bytes(), json(s));
+        b.insert(s.name.as_bytes(), to_json(s));
     }
     db.services.apply_batch(b).map_err(werr("services"))?;
     let mut b = sled::Batch::default();
     for a in &image.allocations {
-        b.insert(&node_key(a.id), json(a));
+        b.insert(&node_key(a.id), to_json(a));
     }
     db.allocations.apply_batch(b).map_err(werr("allocations"))?;
     let mut b = sled::Batch::default();
     for t in &image.tokens {
-        b.insert(t.id.as_bytes(), json(t));
+        b.insert(t.id.as_bytes(), to_json(t));
     }
     db.tokens.apply_batch(b).map_err(werr("tokens"))?;
     let mut m = sled::Batch::default();
-    m.insert(LAST_APPLIED, json(&last_applied));
-    m.insert(CLUSTER_NETWORK, json(&image.cluster_network));
-    m.insert(MEMBERSHIP, json(membership));
+    m.insert(LAST_APPLIED, to_json(&last_applied));
+    m.insert(CLUSTER_NETWORK, to_json(&image.cluster_network));
+    m.insert(MEMBERSHIP, to_json(membership));
     m.insert(
         COUNTERS,
-        json(&Counters {
+        to_json(&Counters {
             next_node_id: image.next_node_id,
             next_alloc_id: image.next_alloc_id,
         }),
@@ -275,19 +263,6 @@ pub(crate) fn write_image(
     db.db.flush().map_err(werr("flush"))?;
     Ok(())
 }
-
-mod erased {
-    /// Serialize anything serializable to JSON bytes (our types never fail to serialize).
-    pub trait Json {
-        fn to_json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).expect("state types serialize to JSON")
-        }
-    }
-}
-use erased::Json;
 
 impl SledStateMachine {
     /// Load the applied state from the trees (finishing an interrupted snapshot install).
@@ -330,24 +305,27 @@ impl SledStateMachine {
             last_applied: get_json::<Option<LogId>>(&db, LAST_APPLIED)?.flatten(),
             membership: get_json(&db, MEMBERSHIP)?.unwrap_or_default(),
         };
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        let persister = Persister::start(db.clone(), index).map_err(|e| DbError::Write {
+            path: db.path.clone(),
+            what: "the applied state (starting its writer thread)",
+            source: sled::Error::Io(e),
+        })?;
         Ok(SledStateMachine {
             handle: StateHandle::new(applied, capacity),
             db,
+            persister: Arc::new(persister),
         })
     }
 
     pub fn handle(&self) -> Arc<StateHandle> {
         self.handle.clone()
     }
-}
 
-/// What [`persist`] stores besides the changed objects: read from the state under its
-/// lock, so that the (slow) writes can run without holding it.
-pub(crate) struct AppliedMeta {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    cluster_network: Option<crate::state::ClusterNetwork>,
-    counters: (crate::state::NodeId, crate::state::AllocId),
+    #[cfg(test)]
+    pub(crate) fn persister(&self) -> Arc<Persister> {
+        self.persister.clone()
+    }
 }
 
 impl AppliedMeta {
@@ -361,76 +339,17 @@ impl AppliedMeta {
     }
 }
 
-/// Store the changed objects, last applied log id, membership and counters in one sled
-/// transaction.
-fn persist(
-    db: &ControllerDb,
-    changes: &[Change],
-    applied: &AppliedMeta,
-) -> Result<(), StorageError> {
-    let mut nodes = sled::Batch::default();
-    let mut services = sled::Batch::default();
-    let mut allocs = sled::Batch::default();
-    let mut tokens = sled::Batch::default();
-    for c in changes {
-        match c {
-            Change::Node(n) => nodes.insert(&node_key(n.id), n.to_json()),
-            Change::Service(s) => services.insert(s.name.as_bytes(), s.to_json()),
-            Change::ServiceRemoved { name, .. } => services.remove(name.as_bytes()),
-            Change::Allocation(a) => allocs.insert(&node_key(a.id), a.to_json()),
-            Change::AllocationRemoved { id, .. } => allocs.remove(&node_key(*id)),
-            Change::Token(t) => tokens.insert(t.id.as_bytes(), t.to_json()),
-        }
-    }
-    let (next_node_id, next_alloc_id) = applied.counters;
-    let mut meta = sled::Batch::default();
-    meta.insert(LAST_APPLIED, applied.last_applied.to_json());
-    meta.insert(CLUSTER_NETWORK, applied.cluster_network.to_json());
-    meta.insert(MEMBERSHIP, applied.membership.to_json());
-    meta.insert(
-        COUNTERS,
-        Counters {
-            next_node_id,
-            next_alloc_id,
-        }
-        .to_json(),
-    );
-    (
-        &db.nodes,
-        &db.services,
-        &db.allocations,
-        &db.tokens,
-        &db.sm_meta,
-    )
-        .transaction(|(n, s, a, t, m)| {
-            n.apply_batch(&nodes)?;
-            s.apply_batch(&services)?;
-            a.apply_batch(&allocs)?;
-            t.apply_batch(&tokens)?;
-            m.apply_batch(&meta)?;
-            Ok::<_, ConflictableTransactionError<()>>(())
-        })
-        .map_err(|e: TransactionError<()>| match e {
-            TransactionError::Storage(e) => io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e),
-            TransactionError::Abort(()) => io_err(
-                ErrorSubject::StateMachine,
-                ErrorVerb::Write,
-                std::io::Error::other("transaction aborted"),
-            ),
-        })
-}
-
-/// Apply committed entries to the state, persist what changed (`persist`: the changes and
-/// the meta of the state they produced, written after the state's write lock is released,
-/// so that readers — the scheduler, the API — do not wait for the disk), and tell
-/// watchers once it is durable. The one apply path of every state machine (sled's, and
-/// the simulator's in-memory one). openraft applies one batch at a time, so no other
-/// apply or snapshot install writes the store meanwhile; a member that crashes before
-/// `persist` returns replays these entries from its log.
+/// Apply committed entries to the state, hand what changed to `persist` (the changes and
+/// the meta of the state they produced, after the state's write lock is released, so that
+/// readers — the scheduler, the API — do not wait for it), and tell watchers. The one apply
+/// path of every state machine (sled's, which queues the changes for its [`Persister`],
+/// and the simulator's in-memory one). openraft applies one batch at a time, so no other
+/// apply or snapshot install writes the store meanwhile; a member that crashes before the
+/// changes are written replays these entries from its log.
 pub(crate) fn apply_entries(
     handle: &StateHandle,
     entries: Vec<Entry>,
-    persist: impl FnOnce(&[Change], &AppliedMeta) -> Result<(), StorageError>,
+    persist: impl FnOnce(&[Change], AppliedMeta) -> Result<(), StorageError>,
 ) -> Result<Vec<Response>, StorageError> {
     let mut out = Vec::with_capacity(entries.len());
     let mut changes = Vec::new();
@@ -460,9 +379,9 @@ pub(crate) fn apply_entries(
         }
     }
     let meta = AppliedMeta::of(applied);
-    drop(guard);
-    persist(&changes, &meta)?;
     let last = meta.last_applied.map_or(0, |l| l.index);
+    drop(guard);
+    persist(&changes, meta)?;
     {
         let mut log = handle.changes.lock().unwrap_or_else(|p| p.into_inner());
         for c in changes {
@@ -489,10 +408,10 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         // Applying and persisting a batch of big plans takes milliseconds of CPU: off the
         // runtime's threads, so that RaftCore and heartbeats are never queued behind it.
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let (db, handle) = (self.db.clone(), self.handle.clone());
+        let (persister, handle) = (self.persister.clone(), self.handle.clone());
         tokio::task::spawn_blocking(move || {
             apply_entries(&handle, entries, |changes, applied| {
-                persist(&db, changes, applied)
+                persister.queue(changes, applied)
             })
         })
         .await
@@ -508,6 +427,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SledSnapshotBuilder {
             handle: self.handle.clone(),
+            persister: self.persister.clone(),
         }
     }
 
@@ -530,9 +450,12 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         };
         // Decoding and writing a big state takes seconds: off the runtime's threads, so
         // RaftCore keeps answering heartbeats meanwhile.
-        let (db, m) = (self.db.clone(), meta.clone());
+        let (db, m, persister) = (self.db.clone(), meta.clone(), self.persister.clone());
         let state = tokio::task::spawn_blocking(move || {
             let image: StateImage = serde_json::from_slice(&data).map_err(|e| e.to_string())?;
+            // Nothing queued may be written over the image: write it all first.
+            persister.sync().map_err(|e| e.to_string())?;
+            persister.reset(m.last_log_id.map_or(0, |l| l.index));
             save_snapshot(&db, &m, &data).map_err(|e| e.to_string())?;
             write_image(&db, &image, m.last_log_id, &m.last_membership)
                 .map_err(|e| e.to_string())?;
@@ -546,9 +469,8 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        // The applied state is always a valid snapshot of itself (its objects are persisted
-        // in the trees with the last applied log id), so the current snapshot is taken from
-        // it on demand rather than stored as one big sled value.
+        // The applied state is always a valid snapshot of itself, so the current snapshot is
+        // taken from it on demand rather than stored as one big sled value.
         let handle = self.handle.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
             handle.read().last_applied?;
@@ -584,7 +506,7 @@ pub(crate) fn save_snapshot(
         source,
     };
     let mut b = sled::Batch::default();
-    b.insert(SNAPSHOT_META, meta.to_json());
+    b.insert(SNAPSHOT_META, to_json(meta));
     b.insert(SNAPSHOT_DATA, data);
     db.sm_meta.apply_batch(b).map_err(werr)?;
     db.db.flush().map_err(werr)?;
@@ -597,7 +519,7 @@ pub(crate) fn capture(handle: &StateHandle) -> (SnapshotMeta, Vec<u8>) {
     let image = a.state.to_image();
     let meta = meta_of(&a);
     drop(a);
-    (meta, image.to_json())
+    (meta, to_json(&image))
 }
 
 /// The snapshot meta of the applied state. Deterministic: the state at a log id is the
@@ -628,7 +550,21 @@ pub(crate) fn built_snapshot(handle: &StateHandle) -> Snapshot {
 
 impl RaftSnapshotBuilder<TypeConfig> for SledSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        // The applied state is already in the trees, durably: see [`built_snapshot`].
-        Ok(built_snapshot(&self.handle))
+        // The applied state is in the trees once the persister has written up to it (see
+        // [`built_snapshot`]); openraft may purge the log up to this snapshot afterwards, so
+        // the trees must not lag it.
+        let snapshot = built_snapshot(&self.handle);
+        let index = snapshot.meta.last_log_id.map_or(0, |l| l.index);
+        let persister = self.persister.clone();
+        tokio::task::spawn_blocking(move || persister.sync_to(index))
+            .await
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::Snapshot(None),
+                    ErrorVerb::Write,
+                    std::io::Error::other(e.to_string()),
+                )
+            })??;
+        Ok(snapshot)
     }
 }

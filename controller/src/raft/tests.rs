@@ -131,3 +131,110 @@ fn append_budget_halves_on_timeouts_and_grows_back_on_fast_rpcs() {
         "fast successes grow it back to the cap"
     );
 }
+
+fn register(index: u64, name: &str) -> Entry {
+    use crate::state::{Command, Resources};
+    use openraft::{CommittedLeaderId, EntryPayload};
+    let r = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 30,
+        pids: 100,
+    };
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+        payload: EntryPayload::Normal(Command::RegisterNode {
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            labels: Default::default(),
+            capacity: r,
+            allocatable: r,
+            api: None,
+        }),
+    }
+}
+
+/// Node names in the `nodes` tree of a data dir.
+fn nodes_in_trees(db: &ControllerDb) -> Vec<String> {
+    let mut names: Vec<String> = db
+        .nodes
+        .iter()
+        .map(|kv| {
+            let (_, v) = kv.unwrap();
+            serde_json::from_slice::<crate::state::Node>(&v).unwrap().name
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn last_applied_in_trees(db: &ControllerDb) -> Option<u64> {
+    let v = db.sm_meta.get(b"last_applied").unwrap()?;
+    serde_json::from_slice::<Option<LogId>>(&v).unwrap().map(|l| l.index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trees_catch_up_before_a_snapshot_is_built_and_when_the_state_machine_stops() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::RaftSnapshotBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let db = ControllerDb::open(dir.path()).unwrap();
+    let mut sm = SledStateMachine::open(db.clone()).unwrap();
+    sm.persister().hold(true);
+    sm.apply([register(1, "n1")]).await.unwrap();
+    sm.apply([register(2, "n2")]).await.unwrap();
+    assert_eq!(sm.handle().read().state.nodes().count(), 2, "applied");
+    assert!(nodes_in_trees(&db).is_empty(), "written behind the apply");
+    assert_eq!(last_applied_in_trees(&db), None);
+
+    // A built snapshot lets openraft purge the log up to it: it waits for the trees.
+    let mut builder = sm.get_snapshot_builder().await;
+    let build = tokio::spawn(async move { builder.build_snapshot().await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!build.is_finished(), "the snapshot waits for the trees");
+    sm.persister().hold(false);
+    let snap = build.await.unwrap().unwrap();
+    assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(2));
+    assert_eq!(nodes_in_trees(&db), ["n1", "n2"]);
+    assert_eq!(last_applied_in_trees(&db), Some(2));
+
+    // Stopping writes what is queued; reopening finds it.
+    sm.persister().hold(true);
+    sm.apply([register(3, "n3")]).await.unwrap();
+    drop(sm);
+    assert_eq!(nodes_in_trees(&db), ["n1", "n2", "n3"]);
+    assert_eq!(last_applied_in_trees(&db), Some(3));
+    let mut sm = SledStateMachine::open(db.clone()).unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(3));
+    assert_eq!(sm.handle().read().state.nodes().count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_queued_is_written_over_an_installed_snapshot() {
+    use openraft::storage::RaftStateMachine;
+    // The snapshot: a state with only node "x", at index 5.
+    let other = tempfile::tempdir().unwrap();
+    let mut source = SledStateMachine::open(ControllerDb::open(other.path()).unwrap()).unwrap();
+    source.apply([register(5, "x")]).await.unwrap();
+    let snap = source.get_current_snapshot().await.unwrap().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = ControllerDb::open(dir.path()).unwrap();
+    let mut sm = SledStateMachine::open(db.clone()).unwrap();
+    sm.persister().hold(true);
+    sm.apply([register(1, "n1"), register(2, "n2")]).await.unwrap();
+    // Still queued when the install begins: they must not land over the image.
+    let meta = snap.meta.clone();
+    let persister = sm.persister();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        persister.hold(false);
+    });
+    sm.install_snapshot(&meta, snap.snapshot).await.unwrap();
+    release.join().unwrap();
+    assert_eq!(nodes_in_trees(&db), ["x"]);
+    assert_eq!(last_applied_in_trees(&db), Some(5));
+    sm.apply([register(6, "n6")]).await.unwrap();
+    drop(sm);
+    assert_eq!(nodes_in_trees(&db), ["n6", "x"]);
+    assert_eq!(last_applied_in_trees(&db), Some(6));
+}
