@@ -306,9 +306,31 @@ fn check_apply(s: &mut State, index: u64, cmd: &Command) -> Result<(), TestCaseE
     let (r, changes) = s.apply(index, &decoded);
     match r {
         Ok(_) => {
-            // The indexes stay consistent with the objects.
+            // The indexes stay consistent with the objects: the same as rebuilt from them.
             let rebuilt = State::from_image(s.to_image());
             prop_assert_eq!(rebuilt.to_image(), s.to_image());
+            let ids = |it: &mut dyn Iterator<Item = &gantry_controller::state::Allocation>| {
+                it.map(|a| a.id).collect::<Vec<_>>()
+            };
+            for n in s.nodes() {
+                prop_assert_eq!(
+                    ids(&mut s.allocations_on(n.id)),
+                    ids(&mut rebuilt.allocations_on(n.id)),
+                    "allocations on node {}",
+                    n.id
+                );
+                prop_assert_eq!(s.used(n.id), rebuilt.used(n.id), "used on node {}", n.id);
+            }
+            let services: std::collections::BTreeSet<&str> =
+                s.allocations().map(|a| a.service.as_str()).collect();
+            for name in services {
+                prop_assert_eq!(
+                    ids(&mut s.allocations_of(name)),
+                    ids(&mut rebuilt.allocations_of(name)),
+                    "allocations of service {}",
+                    name
+                );
+            }
         }
         Err(e) => {
             prop_assert!(changes.is_empty(), "refused but changed: {e}");

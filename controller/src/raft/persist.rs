@@ -46,7 +46,12 @@ pub(crate) fn to_json<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
 }
 
 fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::StateMachine, ErrorVerb::Write, AnyError::new(&e)).into()
+    StorageIOError::new(
+        ErrorSubject::StateMachine,
+        ErrorVerb::Write,
+        AnyError::new(&e),
+    )
+    .into()
 }
 
 /// What is stored besides the changed objects: read from the state under its lock, so that
@@ -106,7 +111,11 @@ impl Queued {
 
     /// Write everything in one transaction.
     fn write(self, db: &ControllerDb) -> Result<(), String> {
-        let meta = self.meta.as_ref().map(AppliedMeta::batch).unwrap_or_default();
+        let meta = self
+            .meta
+            .as_ref()
+            .map(AppliedMeta::batch)
+            .unwrap_or_default();
         (
             &db.nodes,
             &db.services,

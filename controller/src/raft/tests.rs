@@ -160,7 +160,9 @@ fn nodes_in_trees(db: &ControllerDb) -> Vec<String> {
         .iter()
         .map(|kv| {
             let (_, v) = kv.unwrap();
-            serde_json::from_slice::<crate::state::Node>(&v).unwrap().name
+            serde_json::from_slice::<crate::state::Node>(&v)
+                .unwrap()
+                .name
         })
         .collect();
     names.sort();
@@ -169,7 +171,9 @@ fn nodes_in_trees(db: &ControllerDb) -> Vec<String> {
 
 fn last_applied_in_trees(db: &ControllerDb) -> Option<u64> {
     let v = db.sm_meta.get(b"last_applied").unwrap()?;
-    serde_json::from_slice::<Option<LogId>>(&v).unwrap().map(|l| l.index)
+    serde_json::from_slice::<Option<LogId>>(&v)
+        .unwrap()
+        .map(|l| l.index)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +208,10 @@ async fn the_trees_catch_up_before_a_snapshot_is_built_and_when_the_state_machin
     assert_eq!(nodes_in_trees(&db), ["n1", "n2", "n3"]);
     assert_eq!(last_applied_in_trees(&db), Some(3));
     let mut sm = SledStateMachine::open(db.clone()).unwrap();
-    assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(3));
+    assert_eq!(
+        sm.applied_state().await.unwrap().0.map(|l| l.index),
+        Some(3)
+    );
     assert_eq!(sm.handle().read().state.nodes().count(), 3);
 }
 
@@ -221,7 +228,9 @@ async fn nothing_queued_is_written_over_an_installed_snapshot() {
     let db = ControllerDb::open(dir.path()).unwrap();
     let mut sm = SledStateMachine::open(db.clone()).unwrap();
     sm.persister().hold(true);
-    sm.apply([register(1, "n1"), register(2, "n2")]).await.unwrap();
+    sm.apply([register(1, "n1"), register(2, "n2")])
+        .await
+        .unwrap();
     // Still queued when the install begins: they must not land over the image.
     let meta = snap.meta.clone();
     let persister = sm.persister();

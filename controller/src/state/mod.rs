@@ -41,7 +41,7 @@ pub struct State {
     /// and per placement by apply, so one map (one lookup), hashed with foldhash (ids are
     /// the controller's own, not user input).
     on_node: foldhash::HashMap<NodeId, OnNode>,
-    by_service: HashMap<String, BTreeSet<AllocId>>,
+    by_service: HashMap<String, IdList>,
     next_node_id: NodeId,
     next_alloc_id: AllocId,
     tokens: BTreeMap<String, JoinToken>,
@@ -51,10 +51,43 @@ pub struct State {
     labels_epoch: u64,
 }
 
+/// Allocation ids in increasing order. A new allocation takes the next id, so adding one is
+/// a push; removals (purges) come in batches, one pass per list.
+#[derive(Debug, Default, Clone)]
+struct IdList(Vec<AllocId>);
+
+impl IdList {
+    fn insert(&mut self, id: AllocId) {
+        match self.0.last() {
+            Some(&last) if last >= id => {
+                if let Err(at) = self.0.binary_search(&id) {
+                    self.0.insert(at, id);
+                }
+            }
+            _ => self.0.push(id),
+        }
+    }
+    /// Remove every id of `gone` (sorted).
+    fn remove_sorted(&mut self, gone: &[AllocId]) {
+        self.0.retain(|id| gone.binary_search(id).is_err());
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a IdList {
+    type Item = &'a AllocId;
+    type IntoIter = std::slice::Iter<'a, AllocId>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// One node's allocations and what those that should run hold.
 #[derive(Debug, Default, Clone)]
 struct OnNode {
-    allocs: BTreeSet<AllocId>,
+    allocs: IdList,
     used: Resources,
     host_ports: HashSet<(Protocol, u16)>,
 }
@@ -514,7 +547,7 @@ impl State {
             }
             None => {
                 self.by_service
-                    .insert(a.service.clone(), BTreeSet::from([a.id]));
+                    .insert(a.service.clone(), IdList(vec![a.id]));
             }
         }
     }
@@ -850,7 +883,7 @@ impl State {
             let ids: Vec<AllocId> = self
                 .on_node
                 .get(&node)
-                .map(|n| n.allocs.iter().copied().collect())
+                .map(|n| n.allocs.0.clone())
                 .unwrap_or_default();
             for id in ids {
                 if let Some(a) = self.stop_alloc(id, index, true) {
@@ -954,7 +987,7 @@ impl State {
         let ids: Vec<AllocId> = self
             .by_service
             .get(name)
-            .map(|s| s.iter().copied().collect())
+            .map(|s| s.0.clone())
             .unwrap_or_default();
         for id in ids {
             if let Some(a) = self.stop_alloc(id, index, false) {
@@ -1250,18 +1283,29 @@ impl State {
                 ));
             }
         }
+        // The indexes lose them in one pass per node and per service.
+        let mut gone_on: foldhash::HashMap<NodeId, Vec<AllocId>> = Default::default();
+        let mut gone_of: HashMap<String, Vec<AllocId>> = HashMap::new();
         for id in ids {
             if let Some(a) = self.allocs.remove(id) {
-                if let Some(n) = self.on_node.get_mut(&a.node) {
-                    n.allocs.remove(id);
-                }
-                if let Some(s) = self.by_service.get_mut(&a.service) {
-                    s.remove(id);
-                    if s.is_empty() {
-                        self.by_service.remove(&a.service);
-                    }
-                }
+                gone_on.entry(a.node).or_default().push(*id);
+                gone_of.entry(a.service).or_default().push(*id);
                 changes.push(Change::AllocationRemoved { id: *id, index });
+            }
+        }
+        for (node, mut gone) in gone_on {
+            gone.sort_unstable();
+            if let Some(n) = self.on_node.get_mut(&node) {
+                n.allocs.remove_sorted(&gone);
+            }
+        }
+        for (service, mut gone) in gone_of {
+            gone.sort_unstable();
+            if let Some(s) = self.by_service.get_mut(&service) {
+                s.remove_sorted(&gone);
+                if s.is_empty() {
+                    self.by_service.remove(&service);
+                }
             }
         }
         Ok(Reply::Done)

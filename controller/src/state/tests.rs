@@ -882,3 +882,17 @@ fn the_cluster_network_is_recorded_once_and_node_subnets_come_from_it() {
         Ok(Reply::Done)
     );
 }
+
+#[test]
+fn id_lists_stay_sorted_and_unique_and_lose_a_batch_in_one_pass() {
+    let mut l = IdList::default();
+    for id in [3, 5, 9, 7, 5, 1, 9, 11] {
+        l.insert(id);
+    }
+    assert_eq!(l.0, [1, 3, 5, 7, 9, 11]);
+    l.remove_sorted(&[1, 7, 8, 11]);
+    assert_eq!(l.0, [3, 5, 9]);
+    assert!(!l.is_empty());
+    l.remove_sorted(&[3, 5, 9]);
+    assert!(l.is_empty());
+}
