@@ -173,7 +173,7 @@ impl Mirror {
         for c in changes {
             match c {
                 Change::Allocation(a) if a.node == self.me => {
-                    self.allocs.insert(a.id, a);
+                    self.allocs.insert(a.id, std::sync::Arc::unwrap_or_clone(a));
                 }
                 Change::Allocation(a) => {
                     self.allocs.remove(&a.id);

@@ -58,7 +58,7 @@ impl ClusterView {
         for c in changes {
             match c {
                 Change::Node(n) => {
-                    self.nodes.insert(n.id, n);
+                    self.nodes.insert(n.id, *n);
                 }
                 Change::Service(s) => {
                     self.services.insert(s.name.clone(), *s);
@@ -67,7 +67,7 @@ impl ClusterView {
                     self.services.remove(&name);
                 }
                 Change::Allocation(a) => {
-                    self.allocs.insert(a.id, a);
+                    self.allocs.insert(a.id, std::sync::Arc::unwrap_or_clone(a));
                 }
                 Change::AllocationRemoved { id, .. } => {
                     self.allocs.remove(&id);
@@ -406,10 +406,10 @@ mod tests {
         view.apply(
             5,
             vec![
-                Change::Allocation(alloc(1, 1, None)),
-                Change::Allocation(alloc(2, 1, Some([10, 210, 0, 3]))),
-                Change::Allocation(alloc(3, 1, Some([10, 210, 0, 4]))),
-                Change::Allocation(alloc(4, 2, None)),
+                Change::Allocation(alloc(1, 1, None).into()),
+                Change::Allocation(alloc(2, 1, Some([10, 210, 0, 3])).into()),
+                Change::Allocation(alloc(3, 1, Some([10, 210, 0, 4])).into()),
+                Change::Allocation(alloc(4, 2, None).into()),
             ],
         );
         assert_eq!(view.index, 5);

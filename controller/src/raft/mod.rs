@@ -4,7 +4,8 @@
 //! response = [`Response`], node id = `u64`, node = [`BasicNode`] with the member's
 //! address); [`SledLogStore`] keeps the Raft log, vote and committed index (durable before
 //! acknowledged); [`SledStateMachine`] applies committed commands to the in-memory
-//! [`State`](crate::state::State) and persists every changed object in its kind's sled tree;
+//! [`State`](crate::state::State) and its [`persist::Persister`] writes every changed
+//! object to its kind's sled tree behind the apply path;
 //! a *snapshot* is the serialized state at an applied log id, streamed to lagging members in
 //! chunks; the *cluster id* names the cluster a data dir belongs to. [`GantryRuntime`] is
 //! openraft's tokio runtime with an election-timeout generator a simulation can seed;

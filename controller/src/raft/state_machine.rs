@@ -1,10 +1,11 @@
 //! [`SledStateMachine`]: applies committed [`Command`]s to the in-memory [`State`] (shared
-//! with the API through a [`StateHandle`]) and persists each changed object in its kind's
-//! sled tree, together with the last applied log id, the membership and the id counters, in
-//! one sled transaction per `apply` call. Snapshots are the JSON [`StateImage`] of the
-//! applied state, serialized when a member needs one (`get_current_snapshot`); building a
-//! snapshot only records its meta ([`built_snapshot`]). A received snapshot is kept in
-//! `sm_meta` until it is written out to the trees.
+//! with the API through a [`StateHandle`]) and queues each changed object for its
+//! [`Persister`], which writes them to their kind's sled tree together with the last applied
+//! log id, the membership and the id counters, in one sled transaction per write.
+//! Snapshots are the JSON [`StateImage`] of the applied state, serialized when a member
+//! needs one (`get_current_snapshot`); building a snapshot only records its meta
+//! ([`built_snapshot`]) once the trees have caught up with it. A received snapshot is kept
+//! in `sm_meta` until it is written out to the trees.
 //!
 //! The [`ChangeLog`] is a bounded in-memory list of recent changes for Watch streams: a
 //! watcher that fell behind its floor gets a full state and continues from there.

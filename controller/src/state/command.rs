@@ -174,20 +174,21 @@ pub type Response = Result<Reply, ApplyError>;
 /// One object changed by a command: the new version, or its removal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
-    Node(Node),
-    /// Boxed: a service is the largest object, and every batch's change vector (mostly
-    /// allocations) would otherwise be sized for it.
+    /// Nodes, services and tokens are boxed and allocations shared: every batch's change
+    /// vector (mostly allocations) would otherwise be sized for the largest object.
+    Node(Box<Node>),
     Service(Box<Service>),
     ServiceRemoved {
         name: String,
         index: u64,
     },
-    Allocation(Allocation),
+    /// Shared with the state (see `State`'s allocations): the allocation as of this change.
+    Allocation(std::sync::Arc<Allocation>),
     AllocationRemoved {
         id: AllocId,
         index: u64,
     },
-    Token(JoinToken),
+    Token(Box<JoinToken>),
 }
 
 impl Change {

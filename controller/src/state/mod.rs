@@ -26,6 +26,7 @@ pub use subnet::ClusterNetwork;
 use crate::limits::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 pub use crate::limits::MAX_REPLICAS;
 
@@ -36,7 +37,9 @@ pub struct State {
     /// Every node's subnet (nodes are never removed, so neither are these).
     node_subnets: BTreeSet<ipnet::Ipv4Net>,
     services: BTreeMap<String, Service>,
-    allocs: BTreeMap<AllocId, Allocation>,
+    /// Shared with the changes that carry them (the watch log, the persister), so that
+    /// recording a change does not copy the allocation; changed through `Arc::make_mut`.
+    allocs: BTreeMap<AllocId, Arc<Allocation>>,
     /// Per node, what its allocations hold: looked up per candidate node by the scheduler
     /// and per placement by apply, so one map (one lookup), hashed with foldhash (ids are
     /// the controller's own, not user input).
@@ -440,10 +443,10 @@ impl State {
         self.services.values()
     }
     pub fn allocation(&self, id: AllocId) -> Option<&Allocation> {
-        self.allocs.get(&id)
+        self.allocs.get(&id).map(|a| &**a)
     }
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
-        self.allocs.values()
+        self.allocs.values().map(|a| &**a)
     }
     /// The next ids to assign minus one: (nodes, allocations). Persisted with the state.
     /// The cluster network's plan: the recorded one, else the default.
@@ -473,7 +476,7 @@ impl State {
             .get(&node)
             .into_iter()
             .flat_map(|n| &n.allocs)
-            .filter_map(|id| self.allocs.get(id))
+            .filter_map(|id| self.allocs.get(id).map(|a| &**a))
     }
     /// Allocations of a service (including stopped ones not yet purged), in id order.
     pub fn allocations_of(&self, service: &str) -> impl Iterator<Item = &Allocation> {
@@ -481,7 +484,7 @@ impl State {
             .get(service)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.allocs.get(id))
+            .filter_map(|id| self.allocs.get(id).map(|a| &**a))
     }
     /// Resources held on a node by allocations that should run.
     pub fn used(&self, node: NodeId) -> Resources {
@@ -500,7 +503,7 @@ impl State {
         StateImage {
             nodes: self.nodes.values().cloned().collect(),
             services: self.services.values().cloned().collect(),
-            allocations: self.allocs.values().cloned().collect(),
+            allocations: self.allocs.values().map(|a| (**a).clone()).collect(),
             next_node_id: self.next_node_id,
             next_alloc_id: self.next_alloc_id,
             tokens: self.tokens.values().cloned().collect(),
@@ -525,7 +528,7 @@ impl State {
         }
         for a in image.allocations {
             s.index_alloc(&a);
-            s.allocs.insert(a.id, a);
+            s.allocs.insert(a.id, Arc::new(a));
         }
         for t in image.tokens {
             s.tokens.insert(t.id.clone(), t);
@@ -563,20 +566,21 @@ impl State {
 
     /// Tell an allocation to stop (and record it lost when `lost`); returns whether it
     /// changed.
-    fn stop_alloc(&mut self, id: AllocId, index: u64, lost: bool) -> Option<Allocation> {
-        let a = self.allocs.get_mut(&id)?;
-        let was_run = a.desired == Desired::Run;
-        let mark_lost = lost && !a.observed.is_terminal();
+    fn stop_alloc(&mut self, id: AllocId, index: u64, lost: bool) -> Option<Arc<Allocation>> {
+        let entry = self.allocs.get_mut(&id)?;
+        let was_run = entry.desired == Desired::Run;
+        let mark_lost = lost && !entry.observed.is_terminal();
         if !was_run && !mark_lost {
             return None;
         }
+        let a = Arc::make_mut(entry);
         a.desired = Desired::Stop;
         if mark_lost {
             a.observed = Observed::Lost;
             push_history(a, index);
         }
         a.modify_index = index;
-        let snapshot = a.clone();
+        let snapshot = Arc::clone(entry);
         if was_run {
             self.release(snapshot.node, snapshot.resources, &snapshot.ports);
         }
@@ -738,7 +742,7 @@ impl State {
             revoked: false,
             modify_index: index,
         };
-        changes.push(Change::Token(t.clone()));
+        changes.push(Change::Token(Box::new(t.clone())));
         self.tokens.insert(t.id.clone(), t);
         Ok(Reply::Done)
     }
@@ -750,7 +754,7 @@ impl State {
         if !t.revoked {
             t.revoked = true;
             t.modify_index = index;
-            changes.push(Change::Token(t.clone()));
+            changes.push(Change::Token(Box::new(t.clone())));
         }
         Ok(Reply::Done)
     }
@@ -825,7 +829,7 @@ impl State {
                     n.status = NodeStatus::Ready;
                 }
                 n.modify_index = index;
-                changes.push(Change::Node(n.clone()));
+                changes.push(Change::Node(Box::new(n.clone())));
                 id
             }
             None => {
@@ -851,7 +855,7 @@ impl State {
                     modify_index: index,
                     api: api.map(str::to_string),
                 };
-                changes.push(Change::Node(n.clone()));
+                changes.push(Change::Node(Box::new(n.clone())));
                 self.node_names.insert(name.to_string(), id);
                 self.node_subnets.extend(subnet);
                 self.nodes.insert(id, n);
@@ -878,7 +882,7 @@ impl State {
         }
         n.status = status;
         n.modify_index = index;
-        changes.push(Change::Node(n.clone()));
+        changes.push(Change::Node(Box::new(n.clone())));
         if status == NodeStatus::Down {
             let ids: Vec<AllocId> = self
                 .on_node
@@ -910,7 +914,7 @@ impl State {
             n.labels = labels.clone();
             self.labels_epoch = new_labels_epoch();
             n.modify_index = index;
-            changes.push(Change::Node(n.clone()));
+            changes.push(Change::Node(Box::new(n.clone())));
         }
         Ok(Reply::Done)
     }
@@ -1156,7 +1160,8 @@ impl State {
             };
             ids.push(a.id);
             self.index_alloc(&a);
-            changes.push(Change::Allocation(a.clone()));
+            let a = Arc::new(a);
+            changes.push(Change::Allocation(Arc::clone(&a)));
             self.allocs.insert(a.id, a);
         }
         Ok(Reply::PlanApplied { allocations: ids })
@@ -1207,21 +1212,21 @@ impl State {
             }
         }
         for r in batch {
-            let a = self.allocs.get_mut(&r.id).expect("validated above");
-            let mut changed = false;
+            let entry = self.allocs.get_mut(&r.id).expect("validated above");
+            let new_container = r.container.is_some() && entry.container != r.container;
+            if entry.observed == r.observed && !new_container {
+                continue;
+            }
+            let a = Arc::make_mut(entry);
             if a.observed != r.observed {
                 a.observed = r.observed.clone();
                 push_history(a, index);
-                changed = true;
             }
-            if r.container.is_some() && a.container != r.container {
+            if new_container {
                 a.container = r.container.clone();
-                changed = true;
             }
-            if changed {
-                a.modify_index = index;
-                changes.push(Change::Allocation(a.clone()));
-            }
+            a.modify_index = index;
+            changes.push(Change::Allocation(Arc::clone(entry)));
         }
         Ok(Reply::Done)
     }
@@ -1258,11 +1263,12 @@ impl State {
             }
         }
         for (id, addr) in addresses {
-            let a = self.allocs.get_mut(id).expect("validated above");
-            if a.address != *addr {
+            let entry = self.allocs.get_mut(id).expect("validated above");
+            if entry.address != *addr {
+                let a = Arc::make_mut(entry);
                 a.address = *addr;
                 a.modify_index = index;
-                changes.push(Change::Allocation(a.clone()));
+                changes.push(Change::Allocation(Arc::clone(entry)));
             }
         }
         Ok(Reply::Done)
@@ -1289,7 +1295,7 @@ impl State {
         for id in ids {
             if let Some(a) = self.allocs.remove(id) {
                 gone_on.entry(a.node).or_default().push(*id);
-                gone_of.entry(a.service).or_default().push(*id);
+                gone_of.entry(a.service.clone()).or_default().push(*id);
                 changes.push(Change::AllocationRemoved { id: *id, index });
             }
         }

@@ -120,7 +120,7 @@ fn register_node_assigns_ids_and_reregistration_keeps_them() {
     );
     assert_eq!(n.labels, labels(&[("env", "prod")]));
     assert_eq!(n.modify_index, 4);
-    assert_eq!(changes, vec![Change::Node(n.clone())]);
+    assert_eq!(changes, vec![Change::Node(Box::new(n.clone()))]);
     assert_eq!(s.nodes().count(), 2);
 }
 
@@ -895,4 +895,11 @@ fn id_lists_stay_sorted_and_unique_and_lose_a_batch_in_one_pass() {
     assert!(!l.is_empty());
     l.remove_sorted(&[3, 5, 9]);
     assert!(l.is_empty());
+}
+
+#[test]
+fn a_change_is_small_whatever_it_carries() {
+    // A batch's change vector holds mostly allocations: it must not be sized for the
+    // largest object (nodes, services and tokens are boxed; allocations shared).
+    assert!(std::mem::size_of::<Change>() <= 40);
 }
