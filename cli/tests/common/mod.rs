@@ -34,10 +34,37 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     root
 }
 
-/// A free port on a loopback address (bound then released).
+/// A free port on a loopback address (bound then released), below the kernel's ephemeral
+/// range: a port picked there with bind(0) could become the source port of some test's
+/// outgoing connection before the daemon it is meant for binds it ("Address already in
+/// use"). Never the same port twice in one test binary.
 pub fn free_addr(ip: &str) -> String {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind loopback");
-    l.local_addr().unwrap().to_string()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let first_ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    const LOWEST: u32 = 10_000;
+    assert!(
+        first_ephemeral > LOWEST + 1_000,
+        "ip_local_port_range starts at {first_ephemeral}: no room below it for test ports"
+    );
+    let span = first_ephemeral - LOWEST;
+    // Test binaries run side by side: each starts at its own offset (its pid).
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() * 97 % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(l) = std::net::TcpListener::bind(format!("{ip}:{port}")) {
+            return l.local_addr().unwrap().to_string();
+        }
+    }
+    panic!("no free port on {ip} between {LOWEST} and {first_ephemeral}");
 }
 
 pub fn require_root() {
