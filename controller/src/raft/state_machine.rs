@@ -40,6 +40,14 @@ fn io_err(
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
+/// A blocking task that did not finish (it panicked, or the runtime is shutting down).
+fn join_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+) -> impl FnOnce(tokio::task::JoinError) -> StorageError {
+    move |e| io_err(subject, verb, std::io::Error::other(e.to_string()))
+}
+
 /// What the state machine has applied: the state and the log position it reflects.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -416,13 +424,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             })
         })
         .await
-        .map_err(|e| {
-            io_err(
-                ErrorSubject::StateMachine,
-                ErrorVerb::Write,
-                std::io::Error::other(e.to_string()),
-            )
-        })?
+        .map_err(join_err(ErrorSubject::StateMachine, ErrorVerb::Write))?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -481,13 +483,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
             Some(captured)
         })
         .await
-        .map_err(|e| {
-            io_err(
-                ErrorSubject::Snapshot(None),
-                ErrorVerb::Read,
-                std::io::Error::other(e.to_string()),
-            )
-        })?
+        .map_err(join_err(ErrorSubject::Snapshot(None), ErrorVerb::Read))?
         .unzip();
         Ok(meta.zip(data).map(|(meta, data)| Snapshot {
             meta,
@@ -559,13 +555,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SledSnapshotBuilder {
         let persister = self.persister.clone();
         tokio::task::spawn_blocking(move || persister.sync_to(index))
             .await
-            .map_err(|e| {
-                io_err(
-                    ErrorSubject::Snapshot(None),
-                    ErrorVerb::Write,
-                    std::io::Error::other(e.to_string()),
-                )
-            })??;
+            .map_err(join_err(ErrorSubject::Snapshot(None), ErrorVerb::Write))??;
         Ok(snapshot)
     }
 }
