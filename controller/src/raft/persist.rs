@@ -67,7 +67,8 @@ impl AppliedMeta {
     fn index(&self) -> u64 {
         self.last_applied.map_or(0, |l| l.index)
     }
-    fn batch(&self) -> sled::Batch {
+    /// The `sm_meta` entries of this state.
+    pub(crate) fn batch(&self) -> sled::Batch {
         let (next_node_id, next_alloc_id) = self.counters;
         let mut meta = sled::Batch::default();
         meta.insert(LAST_APPLIED, to_json(&self.last_applied));

@@ -256,17 +256,13 @@ pub(crate) fn write_image(
         b.insert(t.id.as_bytes(), to_json(t));
     }
     db.tokens.apply_batch(b).map_err(werr("tokens"))?;
-    let mut m = sled::Batch::default();
-    m.insert(LAST_APPLIED, to_json(&last_applied));
-    m.insert(CLUSTER_NETWORK, to_json(&image.cluster_network));
-    m.insert(MEMBERSHIP, to_json(membership));
-    m.insert(
-        COUNTERS,
-        to_json(&Counters {
-            next_node_id: image.next_node_id,
-            next_alloc_id: image.next_alloc_id,
-        }),
-    );
+    let mut m = AppliedMeta {
+        last_applied,
+        membership: membership.clone(),
+        cluster_network: image.cluster_network,
+        counters: (image.next_node_id, image.next_alloc_id),
+    }
+    .batch();
     m.remove(INSTALLING);
     db.sm_meta.apply_batch(m).map_err(werr("sm_meta"))?;
     db.db.flush().map_err(werr("flush"))?;
