@@ -4,7 +4,7 @@
 //! free"). "Does not fit" is a value, not an error.
 
 use super::PlanContext;
-use crate::state::{Constraint, Node, NodeStatus, Op, Protocol, Resources, Service, State};
+use crate::state::{Constraint, Node, NodeId, NodeStatus, Op, Protocol, Resources, Service, State};
 use std::fmt;
 
 /// Why one node cannot take a replica: a value that costs nothing to make (the scheduler
@@ -136,7 +136,7 @@ fn proto_name(p: Protocol) -> &'static str {
 pub fn host_ports(
     state: &State,
     ctx: &PlanContext,
-    node: &Node,
+    node: NodeId,
     service: &Service,
 ) -> Option<Infeasible<'static>> {
     service
@@ -144,16 +144,16 @@ pub fn host_ports(
         .ports
         .iter()
         .filter_map(|p| p.host.map(|h| (p.protocol, h)))
-        .find(|&(proto, h)| ctx.port_taken(state, node.id, proto, h))
+        .find(|&(proto, h)| ctx.port_taken(state, node, proto, h))
         .map(|(proto, h)| Infeasible::PortInUse(proto, h))
 }
 
 /// Replicas of one service go to distinct nodes.
 pub fn distinct<'a>(
     ctx: &PlanContext,
-    node: &Node,
+    node: NodeId,
     service: &'a Service,
 ) -> Option<Infeasible<'a>> {
-    ctx.service_on_node(node.id)
+    ctx.service_on_node(node)
         .then_some(Infeasible::AlreadyRuns(&service.name))
 }

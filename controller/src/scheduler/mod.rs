@@ -103,11 +103,15 @@ pub struct PlanContext {
 impl PlanContext {
     /// What is free on the node for this plan.
     pub fn free(&self, state: &State, node: &Node) -> Resources {
-        let used = state
-            .used(node.id)
-            .saturating_sub(self.freed.get(&node.id).copied().unwrap_or_default())
-            .saturating_add(self.added.get(&node.id).copied().unwrap_or_default());
-        node.allocatable.saturating_sub(used)
+        self.free_given(node.id, node.allocatable, state.used(node.id))
+    }
+
+    /// [`Self::free`] from what the node offers and what the state's allocations hold on it.
+    fn free_given(&self, node: NodeId, allocatable: Resources, used: Resources) -> Resources {
+        let used = used
+            .saturating_sub(self.freed.get(&node).copied().unwrap_or_default())
+            .saturating_add(self.added.get(&node).copied().unwrap_or_default());
+        allocatable.saturating_sub(used)
     }
 
     pub fn port_taken(&self, state: &State, node: NodeId, proto: Protocol, port: u16) -> bool {
@@ -321,10 +325,28 @@ impl Scheduler {
         ctx: &PlanContext,
         node: &Node,
     ) -> Result<Resources, feasible::Infeasible<'a>> {
+        Self::check_room_given(
+            state,
+            svc,
+            ctx,
+            node.id,
+            (node.allocatable, state.used(node.id)),
+        )
+    }
+
+    /// [`Self::check_room`] with the node's allocatable and used resources given (`room`,
+    /// as [`Pool::room`] keeps them).
+    fn check_room_given<'a>(
+        state: &State,
+        svc: &'a Service,
+        ctx: &PlanContext,
+        node: NodeId,
+        (allocatable, used): (Resources, Resources),
+    ) -> Result<Resources, feasible::Infeasible<'a>> {
         if let Some(no) = feasible::distinct(ctx, node, svc) {
             return Err(no);
         }
-        let free = ctx.free(state, node);
+        let free = ctx.free_given(node, allocatable, used);
         match feasible::resources(free, svc.spec.resources)
             .or_else(|| feasible::host_ports(state, ctx, node, svc))
         {
@@ -351,14 +373,15 @@ impl Scheduler {
             let mut scanned = 0;
             while scanned < n && found < self.config.candidate_limit {
                 let i = (cursor + scanned) % n;
-                let node = pool.ready[i];
                 scanned += 1;
                 if !pool.passes(slots.clone(), i) {
                     continue;
                 }
-                let Ok(free) = Self::check_room(state, svc, ctx, node) else {
+                let id = pool.ready_ids[i];
+                let Ok(free) = Self::check_room_given(state, svc, ctx, id, pool.room[i]) else {
                     continue;
                 };
+                let node = pool.ready[i];
                 found += 1;
                 let used_after = node
                     .allocatable

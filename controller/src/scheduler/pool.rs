@@ -10,7 +10,7 @@
 //!   labels; the memo is valid while it stays the same, and is cleared when it changes.
 
 use super::reconcile::NodeFit;
-use crate::state::{Constraint, Node, NodeId, NodeStatus, Service, State};
+use crate::state::{Constraint, Node, NodeId, NodeStatus, Resources, Service, State};
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -81,7 +81,11 @@ struct Candidates {
 pub(super) struct Pool<'s> {
     pub(super) ready: Vec<&'s Node>,
     /// The ready nodes' ids, for finding a node's place by binary search.
-    ready_ids: Vec<NodeId>,
+    pub(super) ready_ids: Vec<NodeId>,
+    /// Per ready node: its allocatable resources and what the state's allocations hold on
+    /// it — read in order while a placement walks the nodes, so that a node rejected for
+    /// room costs no look-up of the node or of its allocations.
+    pub(super) room: Vec<(Resources, Resources)>,
     /// Where every cursor starts: depends on the state, not always node 1, so that
     /// successive evaluations do not pile onto the same nodes.
     start: usize,
@@ -111,6 +115,10 @@ impl<'s> Pool<'s> {
             n => (state.allocation_count().wrapping_mul(2654435761) % n).wrapping_add(offset) % n,
         };
         let ready_ids: Vec<NodeId> = ready.iter().map(|n| n.id).collect();
+        let room = ready
+            .iter()
+            .map(|n| (n.allocatable, state.used(n.id)))
+            .collect();
         // Node ids are dense and never reused (the last one given is the highest); the
         // ready nodes' too, should a restored state say otherwise.
         let max_id = state
@@ -120,6 +128,7 @@ impl<'s> Pool<'s> {
         Pool {
             ready_ids,
             ready,
+            room,
             start,
             memo: memo.for_state(state, max_id),
             filter_slots: Vec::new(),
