@@ -49,7 +49,7 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         /// Services per evaluation (one plan, one Raft entry each).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 25)]
         services_per_eval: usize,
         /// Give up on a phase after this many seconds.
         #[arg(long, default_value_t = 900)]

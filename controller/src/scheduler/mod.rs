@@ -96,8 +96,9 @@ pub struct PlanContext {
     ports_freed: foldhash::HashSet<(NodeId, Protocol, u16)>,
     /// Nodes that hold a current replica of the service being placed.
     service_nodes: foldhash::HashSet<NodeId>,
-    /// Replicas of the service being placed per value of its spread label.
-    spread_counts: HashMap<String, i64>,
+    /// Replicas of the service being placed per value of its spread label, by the
+    /// value's number in the pool's memo ([`Pool::spread_value`]).
+    spread_counts: Vec<i64>,
 }
 
 impl PlanContext {
@@ -132,18 +133,33 @@ impl PlanContext {
         }
     }
 
-    fn place(&mut self, node: &Node, svc: &Service, ports: &[PortMapping]) {
+    /// `spread`: the number of the node's value of the service's spread label, if any.
+    fn place(&mut self, node: &Node, svc: &Service, ports: &[PortMapping], spread: Option<u32>) {
         let a = self.added.entry(node.id).or_default();
         *a = a.saturating_add(svc.spec.resources);
         for p in ports {
             self.ports_added.insert((node.id, p.protocol, p.host));
         }
         self.service_nodes.insert(node.id);
-        if let Some(key) = &svc.spec.spread {
-            if let Some(v) = node.labels.get(key) {
-                *self.spread_counts.entry(v.clone()).or_default() += 1;
-            }
+        if let Some(v) = spread {
+            self.count_spread(v);
         }
+    }
+
+    fn count_spread(&mut self, value: u32) {
+        if value == pool::NO_VALUE {
+            return;
+        }
+        let v = value as usize;
+        if self.spread_counts.len() <= v {
+            self.spread_counts.resize(v + 1, 0);
+        }
+        self.spread_counts[v] += 1;
+    }
+
+    /// Replicas of the service being placed on nodes with this spread value.
+    fn spread_count(&self, value: u32) -> i64 {
+        self.spread_counts.get(value as usize).copied().unwrap_or(0)
     }
 
     /// Take in a plan that is not in the state yet (see [`Scheduler::evaluate_after`]).
@@ -166,17 +182,24 @@ impl PlanContext {
     }
 
     /// Start placing `svc`: remember where its kept, current allocations are.
-    fn begin_service(&mut self, state: &State, svc: &Service, kept: &[&Allocation]) {
+    /// `spread`: the memo slot of its spread label, if it has one.
+    fn begin_service(
+        &mut self,
+        state: &State,
+        svc: &Service,
+        kept: &[&Allocation],
+        pool: &mut Pool<'_>,
+        spread: Option<usize>,
+    ) {
         self.service_nodes.clear();
         self.spread_counts.clear();
         for a in kept {
             if a.version >= svc.version {
                 self.service_nodes.insert(a.node);
             }
-            if let (Some(key), Some(node)) = (&svc.spec.spread, state.node(a.node)) {
-                if let Some(v) = node.labels.get(key) {
-                    *self.spread_counts.entry(v.clone()).or_default() += 1;
-                }
+            if let Some(slot) = spread {
+                let v = pool.spread_value(slot, state, a.node);
+                self.count_spread(v);
             }
         }
     }
@@ -270,11 +293,13 @@ impl Scheduler {
             .copied()
             .filter(|a| !stopped.contains(&a.id))
             .collect();
-        ctx.begin_service(state, svc, &kept);
+        let spread = svc.spec.spread.as_deref().map(|key| pool.spread_slot(key));
+        ctx.begin_service(state, svc, &kept, pool, spread);
         for placed in 0..buckets.place {
-            match self.select(state, svc, ctx, pool) {
+            match self.select(state, svc, ctx, pool, spread) {
                 Some((node, ports)) => {
-                    ctx.place(node, svc, &ports);
+                    let value = spread.map(|slot| pool.spread_value(slot, state, node.id));
+                    ctx.place(node, svc, &ports, value);
                     plan.placements.push(Placement {
                         service: svc.name.clone(),
                         version: svc.version,
@@ -356,19 +381,22 @@ impl Scheduler {
     }
 
     /// Pick a node for one replica: the first failover set with a feasible node wins;
-    /// within it, the best-scored of up to `candidate_limit` feasible nodes.
+    /// within it, the best-scored of up to `candidate_limit` feasible nodes. `spread`:
+    /// the memo slot of the service's spread label.
     fn select<'s>(
         &self,
         state: &'s State,
         svc: &'s Service,
         ctx: &PlanContext,
         pool: &mut Pool<'s>,
+        spread: Option<usize>,
     ) -> Option<(&'s Node, Vec<PortMapping>)> {
         for set in Self::failover_sets(svc) {
             let filter = (svc.spec.constraints.as_slice(), set);
             let (slots, cursor) = pool.candidates(filter);
             let n = pool.ready.len();
-            let mut best: Option<(&Node, Score)> = None;
+            // The best so far: its place in the pool, and its score.
+            let mut best: Option<(usize, Score)> = None;
             let mut found = 0;
             let mut scanned = 0;
             while scanned < n && found < self.config.candidate_limit {
@@ -378,35 +406,35 @@ impl Scheduler {
                     continue;
                 }
                 let id = pool.ready_ids[i];
-                let Ok(free) = Self::check_room_given(state, svc, ctx, id, pool.room[i]) else {
+                let room = pool.room[i];
+                let Ok(free) = Self::check_room_given(state, svc, ctx, id, room) else {
                     continue;
                 };
-                let node = pool.ready[i];
                 found += 1;
-                let used_after = node
-                    .allocatable
+                let allocatable = room.0;
+                let used_after = allocatable
                     .saturating_sub(free)
                     .saturating_add(svc.spec.resources);
-                let spread = match &svc.spec.spread {
-                    Some(key) => node
-                        .labels
-                        .get(key)
-                        .map(|v| -ctx.spread_counts.get(v).copied().unwrap_or(0))
-                        .unwrap_or(i64::MIN / 2),
+                let spread = match spread {
+                    Some(slot) => match pool.spread_value(slot, state, id) {
+                        pool::NO_VALUE => i64::MIN / 2,
+                        v => -ctx.spread_count(v),
+                    },
                     None => 0,
                 };
                 let score = Score {
                     spread,
-                    binpack: rank::binpack(node.allocatable, used_after),
+                    binpack: rank::binpack(allocatable, used_after),
                 };
                 if best.as_ref().is_none_or(|(_, b)| score.better_than(b)) {
-                    best = Some((node, score));
+                    best = Some((i, score));
                 }
             }
             if n > 0 {
                 pool.move_cursor(filter, (cursor + scanned) % n);
             }
-            if let Some((node, _)) = best {
+            if let Some((i, _)) = best {
+                let node = pool.ready[i];
                 if let Some(ports) = self.assign_ports(state, ctx, node, svc) {
                     return Some((node, ports));
                 }

@@ -37,6 +37,23 @@ pub struct LabelMemo {
     /// Per slot: the constraint, and per node id `UNKNOWN`, `PASSES` or `FAILS`.
     slots: Vec<(Constraint, Vec<u8>)>,
     slot_of: HashMap<Constraint, usize>,
+    /// Per spread label (`site`): each node's value of it, as a small number.
+    spreads: Vec<SpreadMemo>,
+    spread_of: HashMap<String, usize>,
+}
+
+/// A node without the spread label.
+pub(super) const NO_VALUE: u32 = u32::MAX;
+/// Not looked up yet.
+const UNSEEN: u32 = u32::MAX - 1;
+
+/// One spread label's values: each distinct value gets a number, and per node id the
+/// number of its value, [`NO_VALUE`] or [`UNSEEN`].
+#[derive(Default)]
+struct SpreadMemo {
+    key: String,
+    values: HashMap<String, u32>,
+    of_node: Vec<u32>,
 }
 
 impl std::fmt::Debug for LabelMemo {
@@ -61,6 +78,9 @@ impl LabelMemo {
         self.nodes = self.nodes.max(max_id as usize + 1);
         for (_, fits) in &mut self.slots {
             fits.resize(self.nodes, UNKNOWN);
+        }
+        for s in &mut self.spreads {
+            s.of_node.resize(self.nodes, UNSEEN);
         }
         self
     }
@@ -205,6 +225,50 @@ impl<'s> Pool<'s> {
             }
         }
         true
+    }
+
+    /// The memo of spread label `key`, made on first use.
+    pub(super) fn spread_slot(&mut self, key: &str) -> usize {
+        if let Some(&slot) = self.memo.spread_of.get(key) {
+            return slot;
+        }
+        self.memo.spreads.push(SpreadMemo {
+            key: key.to_string(),
+            values: HashMap::new(),
+            of_node: vec![UNSEEN; self.memo.nodes],
+        });
+        self.memo
+            .spread_of
+            .insert(key.to_string(), self.memo.spreads.len() - 1);
+        self.memo.spreads.len() - 1
+    }
+
+    /// The number of node `id`'s value of the spread label of `slot` (from
+    /// [`Self::spread_slot`]), or [`NO_VALUE`] when it has none or is unknown. Equal
+    /// values get equal numbers while the labels epoch lasts.
+    pub(super) fn spread_value(&mut self, slot: usize, state: &State, id: NodeId) -> u32 {
+        let memo = &mut self.memo.spreads[slot];
+        if let Some(&v) = memo.of_node.get(id as usize) {
+            if v != UNSEEN {
+                return v;
+            }
+        }
+        let v = match state.node(id).and_then(|n| n.labels.get(&memo.key)) {
+            None => NO_VALUE,
+            Some(value) => match memo.values.get(value) {
+                Some(&v) => v,
+                None => {
+                    // Fewer distinct values than u32::MAX - 1: each needs a node.
+                    let v = memo.values.len() as u32;
+                    memo.values.insert(value.clone(), v);
+                    v
+                }
+            },
+        };
+        if let Some(slot) = memo.of_node.get_mut(id as usize) {
+            *slot = v;
+        }
+        v
     }
 
     /// The slots of `svc`'s constraints and failover sets.

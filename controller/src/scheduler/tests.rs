@@ -230,6 +230,46 @@ fn spread_over_site_balances_replicas() {
 }
 
 #[test]
+fn spread_follows_relabelled_nodes_and_never_prefers_an_unlabelled_one() {
+    // One scheduler for every evaluation: what it remembers of the nodes' spread values
+    // must not outlive a change of labels.
+    let mut c = Cluster::new();
+    for i in 0..3 {
+        c.node(&format!("on{i}"), &[("site", "onprem")], 4000, 4096);
+        c.node(&format!("cl{i}"), &[("site", "cloud")], 4000, 4096);
+    }
+    // Emptier than every labelled node once they hold a replica: binpack alone would not
+    // pick it first, spread must not pick it at all.
+    c.node("bare", &[], 4000, 4096);
+    let mut s = spec(2, 100, 64, &[]);
+    s.spread = Some("site".into());
+    c.service("web", s.clone());
+    c.eval();
+    let onprem = c
+        .wanted("web")
+        .into_iter()
+        .find(|a| c.label_of(a, "site") == "onprem")
+        .map(|a| a.node)
+        .expect("one replica per site");
+    c.apply(Command::SetNodeLabels {
+        node: onprem,
+        labels: [("site".to_string(), "cloud".to_string())].into(),
+    });
+    // Both current replicas are in the cloud now: the two new ones go on-prem.
+    s.replicas = 4;
+    c.service("web", s);
+    c.eval();
+    let mut per_site: BTreeMap<String, u32> = BTreeMap::new();
+    for a in c.wanted("web") {
+        let node = c.state.node(a.node).unwrap();
+        assert_ne!(node.name, "bare", "a node without the spread label was chosen");
+        *per_site.entry(c.label_of(a, "site")).or_default() += 1;
+    }
+    assert_eq!(per_site.get("onprem"), Some(&2), "{per_site:?}");
+    assert_eq!(per_site.get("cloud"), Some(&2), "{per_site:?}");
+}
+
+#[test]
 fn scale_down_stops_pending_before_running() {
     let mut c = three_envs();
     c.service("web", spec(3, 100, 64, &[]));
