@@ -24,6 +24,9 @@ const FAILS: u8 = 2;
 
 /// Distinct constraints the memo holds before it starts over (each costs a byte per node).
 const MAX_SLOTS: usize = 256;
+/// Distinct spread labels the memo holds before it starts over (each costs 4 bytes per
+/// node; a cluster spreads over a handful, such as `site` and `zone`).
+const MAX_SPREADS: usize = 16;
 
 /// Which nodes pass which constraint, learnt as evaluations reach them and kept across
 /// evaluations while the nodes' labels stay as they were: labels change rarely, while
@@ -61,6 +64,7 @@ impl std::fmt::Debug for LabelMemo {
         f.debug_struct("LabelMemo")
             .field("epoch", &self.epoch)
             .field("constraints", &self.slots.len())
+            .field("spread_labels", &self.spreads.len())
             .finish()
     }
 }
@@ -69,7 +73,10 @@ impl LabelMemo {
     /// The memo, valid for `state`: emptied if the labels changed since it was filled,
     /// with room for node ids up to `max_id`.
     fn for_state(mut self, state: &State, max_id: NodeId) -> Self {
-        if self.epoch != state.labels_epoch() || self.slots.len() > MAX_SLOTS {
+        if self.epoch != state.labels_epoch()
+            || self.slots.len() > MAX_SLOTS
+            || self.spreads.len() > MAX_SPREADS
+        {
             self = LabelMemo {
                 epoch: state.labels_epoch(),
                 ..Default::default()

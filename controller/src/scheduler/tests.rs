@@ -262,7 +262,10 @@ fn spread_follows_relabelled_nodes_and_never_prefers_an_unlabelled_one() {
     let mut per_site: BTreeMap<String, u32> = BTreeMap::new();
     for a in c.wanted("web") {
         let node = c.state.node(a.node).unwrap();
-        assert_ne!(node.name, "bare", "a node without the spread label was chosen");
+        assert_ne!(
+            node.name, "bare",
+            "a node without the spread label was chosen"
+        );
         *per_site.entry(c.label_of(a, "site")).or_default() += 1;
     }
     assert_eq!(per_site.get("onprem"), Some(&2), "{per_site:?}");
