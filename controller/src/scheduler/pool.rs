@@ -26,7 +26,7 @@ const FAILS: u8 = 2;
 const MAX_SLOTS: usize = 256;
 /// Distinct spread labels the memo holds before it starts over (each costs 4 bytes per
 /// node; a cluster spreads over a handful, such as `site` and `zone`).
-const MAX_SPREADS: usize = 16;
+pub(super) const MAX_SPREADS: usize = 16;
 
 /// Which nodes pass which constraint, learnt as evaluations reach them and kept across
 /// evaluations while the nodes' labels stay as they were: labels change rarely, while
@@ -90,6 +90,14 @@ impl LabelMemo {
             s.of_node.resize(self.nodes, UNSEEN);
         }
         self
+    }
+}
+
+#[cfg(test)]
+impl LabelMemo {
+    /// How many spread labels the memo holds.
+    pub(super) fn spread_labels(&self) -> usize {
+        self.spreads.len()
     }
 }
 

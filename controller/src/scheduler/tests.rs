@@ -273,6 +273,45 @@ fn spread_follows_relabelled_nodes_and_never_prefers_an_unlabelled_one() {
 }
 
 #[test]
+fn the_memo_holds_a_bounded_number_of_spread_labels() {
+    let mut c = Cluster::new();
+    for i in 0..4 {
+        let zone = format!("z{}", i % 2);
+        let labels: Vec<(String, String)> =
+            (0..40).map(|k| (format!("k{k}"), zone.clone())).collect();
+        let labels: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        c.node(&format!("n{i}"), &labels, 64_000, 65_536);
+    }
+    for k in 0..40 {
+        let mut s = spec(2, 10, 1, &[]);
+        s.spread = Some(format!("k{k}"));
+        let name = format!("s{k}");
+        c.service(&name, s);
+        // This service alone: an evaluation holds the spread labels of the services in it.
+        let plan = c.sched.evaluate(&c.state, &[name.as_str()]);
+        let cmd = plan_apply::verify(&c.state, &plan)
+            .into_command()
+            .expect("placements");
+        c.apply(cmd);
+        let held = c.sched.labels.lock().unwrap().spread_labels();
+        assert!(
+            held <= pool::MAX_SPREADS + 1,
+            "{held} spread labels held after {k} services"
+        );
+        // Still spread: one replica per zone.
+        let zones: std::collections::BTreeSet<String> = c
+            .wanted(&format!("s{k}"))
+            .iter()
+            .map(|a| c.label_of(a, &format!("k{k}")))
+            .collect();
+        assert_eq!(zones.len(), 2, "service s{k}: {zones:?}");
+    }
+}
+
+#[test]
 fn scale_down_stops_pending_before_running() {
     let mut c = three_envs();
     c.service("web", spec(3, 100, 64, &[]));
