@@ -102,12 +102,8 @@ pub struct PlanContext {
 }
 
 impl PlanContext {
-    /// What is free on the node for this plan.
-    pub fn free(&self, state: &State, node: &Node) -> Resources {
-        self.free_given(node.id, node.allocatable, state.used(node.id))
-    }
-
-    /// [`Self::free`] from what the node offers and what the state's allocations hold on it.
+    /// What is free on the node for this plan, from what the node offers and what the
+    /// state's allocations hold on it.
     fn free_given(&self, node: NodeId, allocatable: Resources, used: Resources) -> Resources {
         let used = used
             .saturating_sub(self.freed.get(&node).copied().unwrap_or_default())

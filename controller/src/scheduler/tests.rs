@@ -113,6 +113,15 @@ impl Cluster {
     fn label_of(&self, a: &Allocation, key: &str) -> String {
         self.state.node(a.node).unwrap().labels[key].clone()
     }
+
+    /// The service's allocations that should run, counted per value of the nodes' label.
+    fn per_label(&self, svc: &str, key: &str) -> BTreeMap<String, u32> {
+        let mut per: BTreeMap<String, u32> = BTreeMap::new();
+        for a in self.wanted(svc) {
+            *per.entry(self.label_of(a, key)).or_default() += 1;
+        }
+        per
+    }
 }
 
 fn spec(replicas: u32, cpu: u64, mem_mi: u64, constraints: &[&str]) -> ServiceSpec {
@@ -221,10 +230,7 @@ fn spread_over_site_balances_replicas() {
     s.spread = Some("site".into());
     c.service("web", s);
     c.eval();
-    let mut per_site: BTreeMap<String, u32> = BTreeMap::new();
-    for a in c.wanted("web") {
-        *per_site.entry(c.label_of(a, "site")).or_default() += 1;
-    }
+    let per_site = c.per_label("web", "site");
     assert_eq!(per_site.get("onprem"), Some(&2), "{per_site:?}");
     assert_eq!(per_site.get("cloud"), Some(&2), "{per_site:?}");
 }
@@ -259,15 +265,14 @@ fn spread_follows_relabelled_nodes_and_never_prefers_an_unlabelled_one() {
     s.replicas = 4;
     c.service("web", s);
     c.eval();
-    let mut per_site: BTreeMap<String, u32> = BTreeMap::new();
     for a in c.wanted("web") {
         let node = c.state.node(a.node).unwrap();
         assert_ne!(
             node.name, "bare",
             "a node without the spread label was chosen"
         );
-        *per_site.entry(c.label_of(a, "site")).or_default() += 1;
     }
+    let per_site = c.per_label("web", "site");
     assert_eq!(per_site.get("onprem"), Some(&2), "{per_site:?}");
     assert_eq!(per_site.get("cloud"), Some(&2), "{per_site:?}");
 }
