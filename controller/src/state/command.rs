@@ -96,6 +96,23 @@ pub enum Command {
 }
 
 impl Command {
+    /// Encoding this takes microseconds, not milliseconds: a handful of objects at most.
+    /// The log store writes such entries on the calling thread and big ones (plans,
+    /// large batches) off the runtime.
+    pub fn is_small(&self) -> bool {
+        const ITEMS: usize = 32;
+        match self {
+            Command::ApplyPlan { placements, stops } => placements.len() + stops.len() <= ITEMS,
+            Command::ReportAllocStatus { batch, .. } => batch.len() <= ITEMS,
+            Command::PurgeAllocations { ids } => ids.len() <= ITEMS,
+            Command::SetAllocAddresses { addresses, .. } => addresses.len() <= ITEMS,
+            Command::Batch { commands } => {
+                commands.len() <= ITEMS && commands.iter().all(Command::is_small)
+            }
+            _ => true,
+        }
+    }
+
     /// The verb, for logs and errors.
     pub fn verb(&self) -> &'static str {
         match self {
