@@ -89,13 +89,6 @@ fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn is_small(entry: &Entry) -> bool {
-    match &entry.payload {
-        openraft::EntryPayload::Normal(cmd) => cmd.is_small(),
-        _ => true,
-    }
-}
-
 /// Write `entries` in index order, one insert each. Not a `sled::Batch`: sled writes out
 /// its log buffer twice around every batch (two more synchronous writes per append), and
 /// Raft needs no atomic multi-entry append — sled recovers a prefix of its log, so a crash
@@ -250,7 +243,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         // Small entries are written here (a few microseconds each). Encoding and writing
         // big ones (plans) takes milliseconds: off the runtime's threads, so that heartbeats
         // and election timers are not queued behind it.
-        if entries.len() <= 8 && entries.iter().all(is_small) {
+        if super::all_small(&entries) {
             write_entries(&log, &entries)?;
         } else {
             tokio::task::spawn_blocking(move || write_entries(&log, &entries))

@@ -234,6 +234,12 @@ impl Persister {
         Ok(())
     }
 
+    /// Can a small apply be queued now without waiting for the flusher? (Only the apply
+    /// path queues, one apply at a time, so the answer holds until it does.)
+    pub(crate) fn has_room(&self) -> bool {
+        self.shared.lock().queued.objects < MAX_QUEUED - 4096
+    }
+
     /// Wait until the trees hold the state at `index` or later (it must be applied, or
     /// about to be queued by the apply in progress).
     pub(crate) fn sync_to(&self, index: u64) -> Result<(), StorageError> {
