@@ -96,9 +96,11 @@ pub enum Command {
 }
 
 impl Command {
-    /// Encoding this takes microseconds, not milliseconds: a handful of objects at most.
-    /// The log store writes such entries on the calling thread and big ones (plans,
-    /// large batches) off the runtime.
+    /// The command itself is short: encoding it takes microseconds. The log store writes
+    /// and the state machine applies such entries on the calling thread, big ones (plans,
+    /// large batches) off the runtime. Applying a few short ones can still touch many
+    /// objects (a removed service stops all its allocations, a node down marks its
+    /// allocations lost): a millisecond or two at this cluster's sizes.
     pub fn is_small(&self) -> bool {
         const ITEMS: usize = 32;
         match self {
