@@ -38,6 +38,8 @@ pub const MAX_QUEUED: usize = 65_536;
 /// share one sled log) and cost more CPU than the commits. The trees lag by this much more
 /// at most; a crash replays it from the Raft log.
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Queued objects at which the flusher writes without holding back.
+const FLUSH_NOW: usize = MAX_QUEUED / 4;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Counters {
@@ -165,6 +167,13 @@ struct Inner {
     hold: bool,
 }
 
+impl Inner {
+    /// Queueing waits for the flusher (checked before an apply's changes are added).
+    fn full(&self) -> bool {
+        self.queued.objects >= MAX_QUEUED
+    }
+}
+
 struct Shared {
     inner: Mutex<Inner>,
     /// Signalled when something is queued, written, taken, or on stop.
@@ -211,7 +220,7 @@ impl Persister {
     /// Queue the changes of one apply and the meta of the state they produced.
     pub(crate) fn queue(&self, changes: &[Change], meta: AppliedMeta) -> Result<(), StorageError> {
         let mut g = self.shared.lock();
-        while g.failed.is_none() && g.queued.objects >= MAX_QUEUED {
+        while g.failed.is_none() && g.full() {
             g = self.shared.wait(g);
         }
         if let Some(e) = &g.failed {
@@ -237,7 +246,7 @@ impl Persister {
     /// Can a small apply be queued now without waiting for the flusher? (Only the apply
     /// path queues, one apply at a time, so the answer holds until it does.)
     pub(crate) fn has_room(&self) -> bool {
-        self.shared.lock().queued.objects < MAX_QUEUED - 4096
+        !self.shared.lock().full()
     }
 
     /// Wait until the trees hold the state at `index` or later (it must be applied, or
@@ -287,9 +296,6 @@ impl Persister {
         g.durable_index = index;
     }
 }
-
-/// Queued objects at which the flusher writes without holding back.
-const FLUSH_NOW: usize = MAX_QUEUED / 4;
 
 fn flusher(shared: &Shared, db: &ControllerDb) {
     let mut g = shared.lock();

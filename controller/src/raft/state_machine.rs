@@ -410,8 +410,6 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // Applying and persisting a batch of big plans takes milliseconds of CPU: off the
-        // runtime's threads, so that RaftCore and heartbeats are never queued behind it.
         let entries: Vec<Entry> = entries.into_iter().collect();
         // Small entries are applied here, unless the persister's queue is full (queueing
         // would then wait for its thread, which must not happen on a runtime thread).
@@ -421,6 +419,8 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                 persister.queue(changes, applied)
             });
         }
+        // Applying and persisting a batch of big plans takes milliseconds of CPU: off the
+        // runtime's threads, so that RaftCore and heartbeats are never queued behind it.
         let (persister, handle) = (self.persister.clone(), self.handle.clone());
         tokio::task::spawn_blocking(move || {
             apply_entries(&handle, entries, |changes, applied| {
