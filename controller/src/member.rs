@@ -4,7 +4,7 @@
 
 use crate::api::{ApiSecurity, ClusterService, ControllerClient};
 use crate::leader::{LeaderConfig, LeaderShared};
-use crate::raft::db::{new_cluster_id, ControllerDb, DbError};
+use crate::raft::db::{new_cluster_id, ControllerDb, DbClosed, DbError};
 use crate::raft::failover::{FailoverTiming, LeaderWatch, Tracked};
 use crate::raft::network::Transport;
 use crate::raft::{
@@ -130,7 +130,13 @@ pub struct Member {
     leader_loop: JoinHandle<()>,
     /// Campaigns when the leader hung up ([`crate::raft::failover`]).
     failover: JoinHandle<()>,
+    /// Closed once every task and thread has let go of the database.
+    db_closed: DbClosed,
 }
+
+/// How long a stop waits for the database to close after Raft has shut down: its tasks and
+/// threads let go within milliseconds; this bounds a stuck one.
+const DB_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 impl Member {
     pub async fn start(cfg: MemberConfig, mode: StartMode) -> Result<Member, MemberError> {
@@ -184,6 +190,7 @@ impl Member {
             None => None,
         };
         let db = ControllerDb::open(&cfg.data_dir)?;
+        let db_closed = db.closed();
         let cluster_id = match (&mode, db.cluster_id()?) {
             (StartMode::Join(target), ours) => {
                 let theirs =
@@ -365,6 +372,7 @@ impl Member {
             server: Some(server),
             leader_loop,
             failover,
+            db_closed,
         };
         match mode {
             // initialized before the API served (above)
@@ -420,6 +428,12 @@ impl Member {
         self.stop_inner().await;
     }
 
+    /// Closed once every handle of this member's database is gone: after [`Member::stop`]
+    /// (which waits for it, within a bound) the data dir may be reopened or removed.
+    pub fn db_closed(&self) -> DbClosed {
+        self.db_closed.clone()
+    }
+
     async fn stop_inner(&mut self) {
         self.leader_loop.abort();
         self.failover.abort();
@@ -430,6 +444,18 @@ impl Member {
         if let Some(s) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
         }
+        self.wait_db_closed().await;
+    }
+
+    /// Raft's tasks end soon after its shutdown; wait until they have dropped the database
+    /// (sled flushes and closes it on the last drop).
+    async fn wait_db_closed(&self) {
+        if !self.db_closed.wait(DB_CLOSE_WAIT).await {
+            tracing::warn!(
+                member = self.id,
+                "the database is still open {DB_CLOSE_WAIT:?} after the member stopped"
+            );
+        }
     }
 
     /// Run until the listener fails (daemon mode).
@@ -439,6 +465,7 @@ impl Member {
         self.leader_loop.abort();
         self.failover.abort();
         let _ = self.raft.shutdown().await;
+        self.wait_db_closed().await;
         match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

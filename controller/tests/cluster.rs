@@ -91,7 +91,12 @@ impl Cluster {
 
     async fn stop(&mut self, id: u64) {
         if let Some(m) = self.members.remove(&id) {
+            let closed = m.db_closed();
             m.stop().await;
+            assert!(
+                closed.is_closed(),
+                "member {id} stopped with its database still open"
+            );
         }
     }
 
@@ -150,8 +155,17 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Raft tasks die with the test's runtime; nothing outlives the test.
-        self.members.clear();
+        // Stop every member before the data dirs go: a member writing into a removed dir
+        // can hang sled's flush (and with it every database in this process) for good.
+        // Every test here runs on a multi-thread runtime, so a blocking wait is allowed.
+        let members = std::mem::take(&mut self.members);
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                for (_, m) in members {
+                    m.stop().await;
+                }
+            })
+        });
     }
 }
 

@@ -56,6 +56,17 @@ impl One {
     }
 }
 
+impl Drop for One {
+    /// A test that panics before [`One::stop`] still stops its member before the data dir
+    /// goes: a member writing into a removed dir can hang sled for every database here.
+    fn drop(&mut self) {
+        if let Some(m) = self.member.take() {
+            // the tests here run on a multi-thread runtime: a blocking wait is allowed
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(m.stop()));
+        }
+    }
+}
+
 fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
     kv.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -17,9 +17,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// One member and its data dir. The member is declared first: it stops (on drop) before
+/// the dir is removed.
 struct One {
+    member: Running,
     _dir: tempfile::TempDir,
-    member: Member,
+}
+
+/// A member that is stopped when dropped, even when a test panics: a member writing into a
+/// removed data dir can hang sled for every database in this process.
+struct Running(Option<Member>);
+
+impl std::ops::Deref for Running {
+    type Target = Member;
+    fn deref(&self) -> &Member {
+        self.0.as_ref().expect("the member runs until dropped")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            // the tests here run on a multi-thread runtime: a blocking wait is allowed
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(m.stop()));
+        }
+    }
 }
 
 async fn one_member() -> One {
@@ -40,7 +62,10 @@ async fn one_member() -> One {
         assert!(Instant::now() < deadline, "no leader within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    One { _dir: dir, member }
+    One {
+        member: Running(Some(member)),
+        _dir: dir,
+    }
 }
 
 async fn channel(addr: &str) -> Channel {

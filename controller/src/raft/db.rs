@@ -4,6 +4,8 @@
 //! `services`, `allocations`).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -55,6 +57,36 @@ pub struct ControllerDb {
     pub(crate) allocations: sled::Tree,
     /// Join tokens by id (hashes only).
     pub(crate) tokens: sled::Tree,
+    /// One strong count per open handle (every clone): [`DbClosed`] watches it.
+    open: Arc<()>,
+}
+
+/// Tells when every handle of one [`ControllerDb`] (every clone, wherever a task or thread
+/// keeps one) has been dropped, so that sled has flushed and closed its files. A member
+/// waits for this before its stop returns: its data dir may then be reopened, copied or
+/// removed. Removing it while a handle lives is not safe with sled 0.34: a write that
+/// needs a new blob file then fails after taking its place in the log buffer, that buffer
+/// is never written, and the next flush (every handle's last drop flushes) waits forever
+/// while holding sled's process-wide lock, which stops every other database in the process.
+#[derive(Clone, Debug)]
+pub struct DbClosed(Weak<()>);
+
+impl DbClosed {
+    pub fn is_closed(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+
+    /// Wait until closed, polling, for at most `within`; true when it closed.
+    pub async fn wait(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.is_closed() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
 }
 
 impl ControllerDb {
@@ -95,7 +127,13 @@ impl ControllerDb {
             allocations: tree("allocations")?,
             tokens: tree("tokens")?,
             db,
+            open: Arc::new(()),
         })
+    }
+
+    /// Watches for the last handle of this database to be dropped.
+    pub fn closed(&self) -> DbClosed {
+        DbClosed(Arc::downgrade(&self.open))
     }
 
     pub fn path(&self) -> &Path {

@@ -32,13 +32,15 @@ pub struct SledLogStore {
 /// Most appends completed by one flush.
 const GROUP_MAX: usize = 4096;
 
-fn start_flusher(log: sled::Tree) -> UnboundedSender<LogFlushed<TypeConfig>> {
+/// The group-commit task. It holds the whole handle, not just the log tree, so that the
+/// database counts as open ([`super::db::DbClosed`]) until this task has ended.
+fn start_flusher(db: ControllerDb) -> UnboundedSender<LogFlushed<TypeConfig>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
     tokio::spawn(async move {
         let mut group = Vec::new();
         while rx.recv_many(&mut group, GROUP_MAX).await > 0 {
             // Everything queued was written before this flush starts, so it covers them all.
-            let flushed = flush(&log).await;
+            let flushed = flush(&db.log).await;
             for done in group.drain(..) {
                 done.log_io_completed(match &flushed {
                     Ok(_) => Ok(()),
@@ -232,9 +234,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             )
         })??;
         // Durable before acknowledged: the callback fires after the group's flush.
-        let queue = self
-            .flusher
-            .get_or_init(|| start_flusher(self.db.log.clone()));
+        let queue = self.flusher.get_or_init(|| start_flusher(self.db.clone()));
         if let Err(back) = queue.send(callback) {
             back.0
                 .log_io_completed(Err(std::io::Error::other("the log flusher has stopped")));

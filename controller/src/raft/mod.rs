@@ -28,7 +28,7 @@ pub mod state_machine;
 #[cfg(test)]
 mod tests;
 
-pub use db::{ControllerDb, DbError};
+pub use db::{ControllerDb, DbClosed, DbError};
 pub use failover::LeaderWatch;
 pub use log_store::SledLogStore;
 pub use mem::{MemDisk, MemLogStore, MemStateMachine};

@@ -247,3 +247,26 @@ async fn nothing_queued_is_written_over_an_installed_snapshot() {
     assert_eq!(nodes_in_trees(&db), ["n6", "x"]);
     assert_eq!(last_applied_in_trees(&db), Some(6));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_counts_as_closed_once_every_handle_let_go() {
+    use openraft::storage::RaftStateMachine;
+    let dir = tempfile::tempdir().unwrap();
+    let db = ControllerDb::open(dir.path()).unwrap();
+    let closed = db.closed();
+    // the state machine and its persister thread hold clones
+    let mut sm = SledStateMachine::open(db.clone()).unwrap();
+    sm.apply([register(1, "n1")]).await.unwrap();
+    let log = SledLogStore::new(db);
+    assert!(!closed.is_closed());
+    drop(sm);
+    assert!(
+        !closed.is_closed(),
+        "the log store still holds the database"
+    );
+    drop(log);
+    assert!(closed.wait(std::time::Duration::from_secs(10)).await);
+    // sled let go of its files: the dir reopens, with what the state machine wrote
+    let db = ControllerDb::open(dir.path()).unwrap();
+    assert_eq!(nodes_in_trees(&db), vec!["n1".to_string()]);
+}
