@@ -63,6 +63,18 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 
+/// A few entries of small commands (`Command::is_small`): cheap enough to encode, write and
+/// apply on the runtime's thread that asks, where a hand-off to the blocking pool and back
+/// would cost more than the work. Anything bigger (plans) goes to the blocking pool, so
+/// that heartbeats and election timers never queue behind it.
+pub(crate) fn all_small(entries: &[Entry]) -> bool {
+    entries.len() <= 8
+        && entries.iter().all(|e| match &e.payload {
+            openraft::EntryPayload::Normal(cmd) => cmd.is_small(),
+            _ => true,
+        })
+}
+
 /// Timings of a controller member's Raft. Tests use short ones.
 #[derive(Debug, Clone)]
 pub struct RaftTimings {

@@ -31,6 +31,16 @@ pub(crate) const CLUSTER_NETWORK: &[u8] = b"cluster_network";
 /// Queued objects at which applying waits for the flusher.
 pub const MAX_QUEUED: usize = 65_536;
 
+/// The flusher writes at most once per this long, unless someone waits for the trees (a
+/// snapshot, a stop) or a quarter of [`MAX_QUEUED`] is queued. Each sled transaction costs
+/// two synchronous writes of sled's log; under a steady stream of small commits, writing
+/// each apply alone put those writes in the way of the Raft log's own flushes (all trees
+/// share one sled log) and cost more CPU than the commits. The trees lag by this much more
+/// at most; a crash replays it from the Raft log.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
+/// Queued objects at which the flusher writes without holding back.
+const FLUSH_NOW: usize = MAX_QUEUED / 4;
+
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Counters {
     pub next_node_id: u64,
@@ -148,9 +158,20 @@ struct Inner {
     /// The first write that failed: every later apply and sync reports it.
     failed: Option<String>,
     stop: bool,
+    /// Callers of [`Persister::sync_to`] waiting: the flusher does not hold back for them.
+    syncing: usize,
+    /// Transactions written so far.
+    transactions: u64,
     /// Tests: the flusher takes nothing while set.
     #[cfg(test)]
     hold: bool,
+}
+
+impl Inner {
+    /// Queueing waits for the flusher (checked before an apply's changes are added).
+    fn full(&self) -> bool {
+        self.queued.objects >= MAX_QUEUED
+    }
 }
 
 struct Shared {
@@ -199,41 +220,64 @@ impl Persister {
     /// Queue the changes of one apply and the meta of the state they produced.
     pub(crate) fn queue(&self, changes: &[Change], meta: AppliedMeta) -> Result<(), StorageError> {
         let mut g = self.shared.lock();
-        while g.failed.is_none() && g.queued.objects >= MAX_QUEUED {
+        while g.failed.is_none() && g.full() {
             g = self.shared.wait(g);
         }
         if let Some(e) = &g.failed {
             return Err(write_err(std::io::Error::other(e.clone())));
         }
+        let before = g.queued.objects;
+        let was_empty = g.queued.meta.is_none();
         for c in changes {
             g.queued.add(c);
         }
         g.queued_index = g.queued_index.max(meta.index());
         g.queued.meta = Some(meta);
+        // The flusher sleeps without a deadline only on an empty queue; while it holds back
+        // it wakes by itself, unless the queue grows past its threshold.
+        let wake = was_empty || (before < FLUSH_NOW && g.queued.objects >= FLUSH_NOW);
         drop(g);
-        self.shared.changed.notify_all();
+        if wake {
+            self.shared.changed.notify_all();
+        }
         Ok(())
+    }
+
+    /// Can a small apply be queued now without waiting for the flusher? (Only the apply
+    /// path queues, one apply at a time, so the answer holds until it does.)
+    pub(crate) fn has_room(&self) -> bool {
+        !self.shared.lock().full()
     }
 
     /// Wait until the trees hold the state at `index` or later (it must be applied, or
     /// about to be queued by the apply in progress).
     pub(crate) fn sync_to(&self, index: u64) -> Result<(), StorageError> {
         let mut g = self.shared.lock();
-        loop {
+        g.syncing += 1;
+        self.shared.changed.notify_all();
+        let r = loop {
             if let Some(e) = &g.failed {
-                return Err(write_err(std::io::Error::other(e.clone())));
+                break Err(write_err(std::io::Error::other(e.clone())));
             }
             if g.durable_index >= index {
-                return Ok(());
+                break Ok(());
             }
             g = self.shared.wait(g);
-        }
+        };
+        g.syncing -= 1;
+        r
     }
 
     /// Wait until everything queued so far is in the trees.
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
         let index = self.shared.lock().queued_index;
         self.sync_to(index)
+    }
+
+    /// Tests: how many transactions the flusher has written.
+    #[cfg(test)]
+    pub(crate) fn transactions(&self) -> u64 {
+        self.shared.lock().transactions
     }
 
     /// Tests: stop (or let) the flusher take what is queued.
@@ -255,6 +299,7 @@ impl Persister {
 
 fn flusher(shared: &Shared, db: &ControllerDb) {
     let mut g = shared.lock();
+    let mut last_write: Option<std::time::Instant> = None;
     loop {
         #[cfg(test)]
         let held = g.hold && !g.stop;
@@ -267,15 +312,30 @@ fn flusher(shared: &Shared, db: &ControllerDb) {
             g = shared.wait(g);
             continue;
         }
+        let wait = last_write
+            .map(|t| COALESCE.saturating_sub(t.elapsed()))
+            .unwrap_or_default();
+        if !wait.is_zero() && !g.stop && g.syncing == 0 && g.queued.objects < FLUSH_NOW {
+            g = shared
+                .changed
+                .wait_timeout(g, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            continue;
+        }
         let batch = std::mem::take(&mut g.queued);
         let index = batch.meta.as_ref().map_or(0, AppliedMeta::index);
         drop(g);
         // A queue waiting for room can go on now.
         shared.changed.notify_all();
         let written = batch.write(db);
+        last_write = Some(std::time::Instant::now());
         g = shared.lock();
         match written {
-            Ok(()) => g.durable_index = g.durable_index.max(index),
+            Ok(()) => {
+                g.durable_index = g.durable_index.max(index);
+                g.transactions += 1;
+            }
             Err(e) => {
                 tracing::error!(path = %db.path.display(), "writing the applied state: {e}");
                 g.failed.get_or_insert(e);

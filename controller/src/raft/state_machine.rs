@@ -410,9 +410,17 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Small entries are applied here, unless the persister's queue is full (queueing
+        // would then wait for its thread, which must not happen on a runtime thread).
+        if super::all_small(&entries) && self.persister.has_room() {
+            let persister = &self.persister;
+            return apply_entries(&self.handle, entries, |changes, applied| {
+                persister.queue(changes, applied)
+            });
+        }
         // Applying and persisting a batch of big plans takes milliseconds of CPU: off the
         // runtime's threads, so that RaftCore and heartbeats are never queued behind it.
-        let entries: Vec<Entry> = entries.into_iter().collect();
         let (persister, handle) = (self.persister.clone(), self.handle.clone());
         tokio::task::spawn_blocking(move || {
             apply_entries(&handle, entries, |changes, applied| {

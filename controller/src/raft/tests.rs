@@ -270,3 +270,29 @@ async fn the_database_counts_as_closed_once_every_handle_let_go() {
     let db = ControllerDb::open(dir.path()).unwrap();
     assert_eq!(nodes_in_trees(&db), vec!["n1".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_small_applies_is_written_in_few_transactions_and_sync_still_waits() {
+    use openraft::storage::RaftStateMachine;
+    let dir = tempfile::tempdir().unwrap();
+    let db = ControllerDb::open(dir.path()).unwrap();
+    let mut sm = SledStateMachine::open(db.clone()).unwrap();
+    sm.apply([register(1, "n1")]).await.unwrap();
+    sm.persister().sync().unwrap();
+    let before = sm.persister().transactions();
+    assert_eq!(before, 1, "the first apply is written at once");
+    // 50 applies, 1 ms or more apart: the flusher could write each alone; it gathers them.
+    for i in 2..=51u64 {
+        sm.apply([register(i, &format!("n{i}"))]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    sm.persister().sync().unwrap();
+    let written = sm.persister().transactions() - before;
+    assert!(
+        (1..25).contains(&written),
+        "50 applies took {written} transactions"
+    );
+    // Whatever was gathered is in the trees once sync returns.
+    assert_eq!(nodes_in_trees(&db).len(), 51);
+    assert_eq!(last_applied_in_trees(&db), Some(51));
+}

@@ -96,6 +96,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command itself is short: encoding it takes microseconds. The log store writes
+    /// and the state machine applies such entries on the calling thread, big ones (plans,
+    /// large batches) off the runtime. Applying a few short ones can still touch many
+    /// objects (a removed service stops all its allocations, a node down marks its
+    /// allocations lost): a millisecond or two at this cluster's sizes.
+    pub fn is_small(&self) -> bool {
+        const ITEMS: usize = 32;
+        match self {
+            Command::ApplyPlan { placements, stops } => placements.len() + stops.len() <= ITEMS,
+            Command::ReportAllocStatus { batch, .. } => batch.len() <= ITEMS,
+            Command::PurgeAllocations { ids } => ids.len() <= ITEMS,
+            Command::SetAllocAddresses { addresses, .. } => addresses.len() <= ITEMS,
+            Command::Batch { commands } => {
+                commands.len() <= ITEMS && commands.iter().all(Command::is_small)
+            }
+            _ => true,
+        }
+    }
+
     /// The verb, for logs and errors.
     pub fn verb(&self) -> &'static str {
         match self {
