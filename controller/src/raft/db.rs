@@ -57,12 +57,13 @@ pub struct ControllerDb {
     pub(crate) allocations: sled::Tree,
     /// Join tokens by id (hashes only).
     pub(crate) tokens: sled::Tree,
-    /// One strong count per open handle (every clone): [`DbClosed`] watches it.
+    /// One strong count per open handle (every clone): [`DbClosed`] watches it. Declared
+    /// last, so dropped last: after the trees and the database, whose drops flush.
     open: Arc<()>,
 }
 
 /// Tells when every handle of one [`ControllerDb`] (every clone, wherever a task or thread
-/// keeps one) has been dropped, so that sled has flushed and closed its files. A member
+/// keeps one) has been dropped, so that sled has flushed what it held. A member
 /// waits for this before its stop returns: its data dir may then be reopened, copied or
 /// removed. Removing it while a handle lives is not safe with sled 0.34: a write that
 /// needs a new blob file then fails after taking its place in the log buffer, that buffer
