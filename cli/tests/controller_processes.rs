@@ -3,7 +3,7 @@
 //! save → restore into a new cluster, and recover from one survivor.
 
 use gantry_controller::api::ControllerClient;
-use gantry_controller::state::{Command, Node, Resources, StateImage};
+use gantry_controller::state::{Command, Node, Resources, ServiceSpec, StateImage};
 use gantry_proto::cluster::ReadKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -307,4 +307,63 @@ async fn cli_status_snapshot_restore_and_recover_with_real_processes() {
     assert_eq!(image.nodes.len(), 25);
     let (_, r) = sc.write(&register("after-recover")).await.unwrap();
     r.unwrap();
+}
+
+/// A member whose storage fails under it exits with an error naming its data dir, instead
+/// of hanging: sled 0.34, unable to create a blob file, would leave a write it never
+/// finishes, and the member would hold its address without serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_data_dir_is_removed_exits_with_an_error_instead_of_hanging() {
+    let root = tempfile::tempdir().unwrap();
+    let addr = common::free_addr("127.0.0.5");
+    let dir = root.path().join("m1");
+    let mut p = Proc::spawn(
+        1,
+        &addr,
+        &dir,
+        &["--bootstrap", "--storage-stall-ms", "3000"],
+    );
+    wait_ready(std::slice::from_ref(&addr), 1).await;
+    let mut c = ControllerClient::new(vec![addr.clone()]);
+    c.write(&register("n1")).await.unwrap().1.unwrap();
+
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A command over sled's blob threshold (128 KiB): its log entry needs a blob file.
+    let env: BTreeMap<String, String> = (0..100)
+        .map(|i| (format!("K{i}"), "x".repeat(2000)))
+        .collect();
+    let big = Command::UpsertService {
+        name: "big".into(),
+        spec: ServiceSpec {
+            image: "registry.local/big:1".into(),
+            env,
+            ..Default::default()
+        },
+        expected_index: None,
+    };
+    c.retry_for = Duration::from_secs(1);
+    let acked = tokio::time::timeout(Duration::from_secs(10), c.write(&big)).await;
+    assert!(
+        !matches!(acked, Ok(Ok((_, Ok(_))))),
+        "a write into a removed data dir was acknowledged"
+    );
+
+    let child = p.child.as_mut().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member still runs 30 s after its data dir was removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "exited with {status}");
+    let log = std::fs::read_to_string(dir.with_extension("log")).unwrap();
+    assert!(
+        log.contains("storage failure") && log.contains(&dir.display().to_string()),
+        "the error names neither the failure nor the data dir:\n{log}"
+    );
 }

@@ -6,6 +6,7 @@ use crate::api::{ApiSecurity, ClusterService, ControllerClient};
 use crate::leader::{LeaderConfig, LeaderShared};
 use crate::raft::db::{new_cluster_id, ControllerDb, DbClosed, DbError};
 use crate::raft::failover::{FailoverTiming, LeaderWatch, Tracked};
+use crate::raft::log_store::FlushWatch;
 use crate::raft::network::Transport;
 use crate::raft::{
     BasicNode, GantryRaft, NetworkFactory, NodeId, RaftService, RaftTimings, SledLogStore,
@@ -132,6 +133,9 @@ pub struct Member {
     failover: JoinHandle<()>,
     /// Closed once every task and thread has let go of the database.
     db_closed: DbClosed,
+    /// The Raft log's group-commit flushes, for [`Member::storage_failure`].
+    flush_watch: FlushWatch,
+    data_dir: PathBuf,
 }
 
 /// How long a stop waits for the database to close after Raft has shut down: its tasks and
@@ -242,6 +246,7 @@ impl Member {
         }
         let log = SledLogStore::new(db);
         let committed = log.committed_index();
+        let flush_watch = log.flush_watch();
         let config = cfg
             .timings
             .config(&cluster_id)
@@ -373,6 +378,8 @@ impl Member {
             leader_loop,
             failover,
             db_closed,
+            flush_watch,
+            data_dir: cfg.data_dir.clone(),
         };
         match mode {
             // initialized before the API served (above)
@@ -432,6 +439,33 @@ impl Member {
     /// (which waits for it, within a bound) the data dir may be reopened or removed.
     pub fn db_closed(&self) -> DbClosed {
         self.db_closed.clone()
+    }
+
+    /// Resolves, with what went wrong, once this member cannot use its storage any more:
+    /// Raft stopped on a fatal error (a failed write of its log or state), or a flush of
+    /// the Raft log has not returned within `stall`. sled 0.34 hangs rather than fails
+    /// when writing a blob file fails (a full disk, a data dir removed under it): the
+    /// flush never returns, and neither would a stop. The daemon exits on this without a
+    /// stop: a member that is gone lets the others elect a leader and a supervisor restart
+    /// it; a hung one holds its address and does neither.
+    pub async fn storage_failure(&self, stall: Duration) -> String {
+        let dir = self.data_dir.display();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            if let Err(fatal) = &self.raft.metrics().borrow().running_state {
+                if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                    return format!("Raft stopped: {fatal} (data dir {dir})");
+                }
+            }
+            if let Some(busy) = self.flush_watch.busy_for().filter(|b| *b >= stall) {
+                return format!(
+                    "a flush of the Raft log in {dir} has not returned for {} s: \
+                     a full or failing disk, or the data dir removed while running",
+                    busy.as_secs()
+                );
+            }
+        }
     }
 
     async fn stop_inner(&mut self) {

@@ -153,6 +153,12 @@ struct RunArgs {
     /// How long a write waits for a quorum before failing.
     #[arg(long, default_value_t = 5000)]
     write_timeout_ms: u64,
+    /// Exit (status 1, without a clean stop) when a flush of the Raft log has not returned
+    /// for this long, or at once when Raft stops on a storage error: a full or failing disk,
+    /// or the data dir removed while running. The other members elect a leader; a
+    /// supervisor (systemd) restarts this one.
+    #[arg(long, default_value_t = 60_000)]
+    storage_stall_ms: u64,
     /// A node silent for this long is down (agents beat every second).
     #[arg(long, default_value_t = 3000)]
     node_ttl_ms: u64,
@@ -352,6 +358,13 @@ async fn daemon(a: RunArgs) -> Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        failure = member.storage_failure(Duration::from_millis(a.storage_stall_ms)) => {
+            // No stop and no destructors: with sled wedged, dropping the database would
+            // wait for a flush that never returns.
+            tracing::error!(id = member.id, "storage failure: {failure}; exiting");
+            eprintln!("gantry controller run: member {}: storage failure: {failure}; exiting", member.id);
+            std::process::exit(1);
+        }
     }
     tracing::info!("stopping");
     trimmer.abort();

@@ -27,6 +27,44 @@ pub struct SledLogStore {
     committed: Arc<AtomicU64>,
     /// The group-commit queue (its thread starts on the first append).
     flusher: Arc<OnceLock<Sender<LogFlushed<TypeConfig>>>>,
+    /// Since when the group-commit thread's flush in progress has been running.
+    flush_watch: FlushWatch,
+}
+
+/// How long the group-commit thread's flush in progress has been running: the member's
+/// storage watchdog reads it. sled 0.34 does not always fail when its storage does: when
+/// writing a blob file fails (a full disk, a data dir removed under it) it leaves a log
+/// buffer that is never written, and the next flush never returns.
+#[derive(Clone, Default)]
+pub struct FlushWatch(Arc<AtomicU64>);
+
+/// Milliseconds on a monotonic clock, from the first call in this process.
+fn monotonic_ms() -> u64 {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl FlushWatch {
+    fn begin(&self) {
+        // + 1: 0 means no flush in progress
+        self.0.store(monotonic_ms() + 1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the flush in progress has been running; None when none is.
+    pub fn busy_for(&self) -> Option<std::time::Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(std::time::Duration::from_millis(
+                (monotonic_ms() + 1).saturating_sub(since),
+            )),
+        }
+    }
 }
 
 /// Most appends completed by one flush.
@@ -38,7 +76,10 @@ const GROUP_MAX: usize = 4096;
 /// which is most of a lone commit's time on a small machine. It ends when the store (every
 /// clone) is dropped. It holds the whole handle, not just the log tree, so that the
 /// database counts as open ([`super::db::DbClosed`]) until this thread has ended.
-fn start_flusher(db: ControllerDb) -> std::io::Result<Sender<LogFlushed<TypeConfig>>> {
+fn start_flusher(
+    db: ControllerDb,
+    watch: FlushWatch,
+) -> std::io::Result<Sender<LogFlushed<TypeConfig>>> {
     let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
     std::thread::Builder::new()
         .name("gantry-log-flush".into())
@@ -53,7 +94,9 @@ fn start_flusher(db: ControllerDb) -> std::io::Result<Sender<LogFlushed<TypeConf
                     }
                 }
                 // Everything queued was written before this flush starts: it covers them all.
+                watch.begin();
                 let flushed = db.log.flush();
+                watch.end();
                 for done in group.drain(..) {
                     done.log_io_completed(match &flushed {
                         Ok(_) => Ok(()),
@@ -111,7 +154,13 @@ impl SledLogStore {
             db,
             committed: Arc::default(),
             flusher: Arc::default(),
+            flush_watch: FlushWatch::default(),
         }
+    }
+
+    /// Watches the group commit's flushes (for the member's storage watchdog).
+    pub fn flush_watch(&self) -> FlushWatch {
+        self.flush_watch.clone()
     }
 
     /// A live view of the committed index, updated as openraft reports it.
@@ -261,7 +310,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         let queue = match self.flusher.get() {
             Some(q) => q,
             None => {
-                let tx = start_flusher(self.db.clone())
+                let tx = start_flusher(self.db.clone(), self.flush_watch.clone())
                     .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
                 self.flusher.get_or_init(|| tx)
             }
@@ -301,5 +350,23 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             .apply_batch(batch)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FlushWatch;
+    use std::time::Duration;
+
+    #[test]
+    fn the_flush_watch_reports_how_long_the_flush_in_progress_has_run() {
+        let w = FlushWatch::default();
+        assert_eq!(w.busy_for(), None, "idle");
+        w.begin();
+        std::thread::sleep(Duration::from_millis(30));
+        let busy = w.busy_for().expect("a flush in progress");
+        assert!(busy >= Duration::from_millis(30), "{busy:?}");
+        w.end();
+        assert_eq!(w.busy_for(), None, "idle again");
     }
 }
