@@ -363,7 +363,9 @@ async fn a_member_whose_data_dir_is_removed_exits_with_an_error_instead_of_hangi
     assert!(!status.success(), "exited with {status}");
     let log = std::fs::read_to_string(dir.with_extension("log")).unwrap();
     assert!(
-        log.contains("storage failure") && log.contains(&dir.display().to_string()),
+        log.contains("Raft stopped on a storage error")
+            && log.contains("exiting")
+            && log.contains(&dir.display().to_string()),
         "the error names neither the failure nor the data dir:\n{log}"
     );
 }

@@ -133,7 +133,7 @@ pub struct Member {
     failover: JoinHandle<()>,
     /// Closed once every task and thread has let go of the database.
     db_closed: DbClosed,
-    /// The Raft log's group-commit flushes, for [`Member::storage_failure`].
+    /// The Raft log's group-commit flushes, for [`Member::failure`].
     flush_watch: FlushWatch,
     data_dir: PathBuf,
 }
@@ -441,22 +441,24 @@ impl Member {
         self.db_closed.clone()
     }
 
-    /// Resolves, with what went wrong, once this member cannot use its storage any more:
-    /// Raft stopped on a fatal error (a failed write of its log or state), or a flush of
+    /// Resolves, with what went wrong, once this member cannot go on: Raft stopped on a
+    /// fatal error (a failed write of its log or state, a panic), or a flush of
     /// the Raft log has not returned within `stall`. sled 0.34 hangs rather than fails
     /// when writing a blob file fails (a full disk, a data dir removed under it): the
     /// flush never returns, and neither would a stop. The daemon exits on this without a
     /// stop: a member that is gone lets the others elect a leader and a supervisor restart
     /// it; a hung one holds its address and does neither.
-    pub async fn storage_failure(&self, stall: Duration) -> String {
+    pub async fn failure(&self, stall: Duration) -> String {
         let dir = self.data_dir.display();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
-            if let Err(fatal) = &self.raft.metrics().borrow().running_state {
-                if !matches!(fatal, openraft::error::Fatal::Stopped) {
-                    return format!("Raft stopped: {fatal} (data dir {dir})");
+            match &self.raft.metrics().borrow().running_state {
+                Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
+                Err(openraft::error::Fatal::StorageError(e)) => {
+                    return format!("Raft stopped on a storage error: {e} (data dir {dir})")
                 }
+                Err(fatal) => return format!("Raft stopped: {fatal} (data dir {dir})"),
             }
             if let Some(busy) = self.flush_watch.busy_for().filter(|b| *b >= stall) {
                 return format!(

@@ -358,11 +358,11 @@ async fn daemon(a: RunArgs) -> Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        failure = member.storage_failure(Duration::from_millis(a.storage_stall_ms)) => {
+        failure = member.failure(Duration::from_millis(a.storage_stall_ms)) => {
             // No stop and no destructors: with sled wedged, dropping the database would
             // wait for a flush that never returns.
-            tracing::error!(id = member.id, "storage failure: {failure}; exiting");
-            eprintln!("gantry controller run: member {}: storage failure: {failure}; exiting", member.id);
+            tracing::error!(id = member.id, "{failure}; exiting");
+            eprintln!("gantry controller run: member {}: {failure}; exiting", member.id);
             std::process::exit(1);
         }
     }
