@@ -133,7 +133,7 @@ pub struct Member {
     failover: JoinHandle<()>,
     /// Closed once every task and thread has let go of the database.
     db_closed: DbClosed,
-    /// The Raft log's group-commit flushes, for [`Member::failure`].
+    /// The Raft log's flushes, for [`Member::failure_watch`].
     flush_watch: FlushWatch,
     data_dir: PathBuf,
 }
@@ -441,32 +441,20 @@ impl Member {
         self.db_closed.clone()
     }
 
-    /// Resolves, with what went wrong, once this member cannot go on: Raft stopped on a
-    /// fatal error (a failed write of its log or state, a panic), or a flush of
-    /// the Raft log has not returned within `stall`. sled 0.34 hangs rather than fails
-    /// when writing a blob file fails (a full disk, a data dir removed under it): the
-    /// flush never returns, and neither would a stop. The daemon exits on this without a
-    /// stop: a member that is gone lets the others elect a leader and a supervisor restart
-    /// it; a hung one holds its address and does neither.
-    pub async fn failure(&self, stall: Duration) -> String {
-        let dir = self.data_dir.display();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tick.tick().await;
-            match &self.raft.metrics().borrow().running_state {
-                Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
-                Err(openraft::error::Fatal::StorageError(e)) => {
-                    return format!("Raft stopped on a storage error: {e} (data dir {dir})")
-                }
-                Err(fatal) => return format!("Raft stopped: {fatal} (data dir {dir})"),
-            }
-            if let Some(busy) = self.flush_watch.busy_for().filter(|b| *b >= stall) {
-                return format!(
-                    "a flush of the Raft log in {dir} has not returned for {} s: \
-                     a full or failing disk, or the data dir removed while running",
-                    busy.as_secs()
-                );
-            }
+    /// Watches whether this member can go on: [`FailureWatch::check`] says what went
+    /// wrong once Raft stopped on a fatal error (a failed write of its log or state, a
+    /// panic), or a flush of the Raft log has not returned within `stall`. sled 0.34 hangs
+    /// rather than fails when writing a blob file fails (a full disk, a data dir removed
+    /// under it): the flush never returns, and neither would a stop. The daemon checks it
+    /// from a thread of its own (small appends flush on the runtime's threads, so a hung
+    /// flush can hold one of them) and exits without a stop: a member that is gone lets
+    /// the others elect a leader and a supervisor restart it; a hung one holds its address
+    /// and does neither.
+    pub fn failure_watch(&self) -> FailureWatch {
+        FailureWatch {
+            metrics: self.raft.metrics(),
+            flush_watch: self.flush_watch.clone(),
+            data_dir: self.data_dir.clone(),
         }
     }
 
@@ -532,5 +520,38 @@ async fn record_cluster_network(
         Err(e) => Err(MemberError::Raft(format!(
             "recording the cluster network: {e}"
         ))),
+    }
+}
+
+/// See [`Member::failure_watch`]. Needs no runtime: every check is a plain read.
+pub struct FailureWatch {
+    metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    flush_watch: FlushWatch,
+    data_dir: PathBuf,
+}
+
+impl FailureWatch {
+    /// What went wrong, if this member cannot go on (see [`Member::failure_watch`]).
+    pub fn check(&self, stall: Duration) -> Option<String> {
+        let dir = self.data_dir.display();
+        match &self.metrics.borrow().running_state {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => {}
+            Err(openraft::error::Fatal::StorageError(e)) => {
+                return Some(format!(
+                    "Raft stopped on a storage error: {e} (data dir {dir})"
+                ))
+            }
+            Err(fatal) => return Some(format!("Raft stopped: {fatal} (data dir {dir})")),
+        }
+        self.flush_watch
+            .busy_for()
+            .filter(|b| *b >= stall)
+            .map(|busy| {
+                format!(
+                    "a flush of the Raft log in {dir} has not returned for {} s: \
+                     a full or failing disk, or the data dir removed while running",
+                    busy.as_secs()
+                )
+            })
     }
 }

@@ -354,17 +354,25 @@ async fn daemon(a: RunArgs) -> Result<()> {
     let trimmer = tokio::spawn(gantry_controller::memory::trim_periodically(
         gantry_controller::memory::CONTROLLER_TRIM_EVERY,
     ));
+    // A thread, not a task: a hung flush can hold one of the runtime's threads.
+    let watch = member.failure_watch();
+    let (id, stall) = (member.id, Duration::from_millis(a.storage_stall_ms));
+    std::thread::Builder::new()
+        .name("gantry-watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(250));
+            if let Some(failure) = watch.check(stall) {
+                // No stop and no destructors: with sled wedged, dropping the database
+                // would wait for a flush that never returns.
+                tracing::error!(id, "{failure}; exiting");
+                eprintln!("gantry controller run: member {id}: {failure}; exiting");
+                std::process::exit(1);
+            }
+        })?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-        failure = member.failure(Duration::from_millis(a.storage_stall_ms)) => {
-            // No stop and no destructors: with sled wedged, dropping the database would
-            // wait for a flush that never returns.
-            tracing::error!(id = member.id, "{failure}; exiting");
-            eprintln!("gantry controller run: member {}: {failure}; exiting", member.id);
-            std::process::exit(1);
-        }
     }
     tracing::info!("stopping");
     trimmer.abort();

@@ -1,10 +1,14 @@
 //! [`SledLogStore`]: the Raft log (one sled key per index, big-endian so keys sort by
 //! index), the vote, the committed log id and the last purged log id. Appended entries and
 //! votes are flushed to disk before they are reported durable: Raft's promises rest on it.
-//! Appends use group commit: `append` writes the entries and queues its completion; one
-//! flusher thread flushes sled once for everything queued meanwhile and then completes those
-//! appends in order (openraft 0.9 issues one append per client write, so a flush per append
-//! would cap commits at one fsync each).
+//! openraft 0.9's RaftCore waits for each append's flush before it goes on (it replicates
+//! the entries only then), so one append is in flight at a time and concurrent client
+//! writes are grouped before Raft, by the proposer (`api/proposer.rs`). A small append
+//! (`raft::all_small`) is written and flushed on the calling thread: a hand-off to another
+//! thread and back costs two wake-ups per commit on each member. A big one (plans) is
+//! written on a blocking thread and flushed by the flusher thread, off the runtime's threads
+//! so that heartbeats and election timers never queue behind it; that thread completes what
+//! is queued in order, with one flush for all of it.
 
 use super::db::ControllerDb;
 use super::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -25,14 +29,16 @@ pub struct SledLogStore {
     db: ControllerDb,
     /// The last committed index this member learnt (0 before any), for `status`.
     committed: Arc<AtomicU64>,
-    /// The group-commit queue (its thread starts on the first append).
+    /// The flusher thread's queue (the thread starts on the first big append).
     flusher: Arc<OnceLock<Sender<LogFlushed<TypeConfig>>>>,
-    /// Since when the group-commit thread's flush in progress has been running.
+    /// Since when the flush in progress has been running.
     flush_watch: FlushWatch,
+    /// Appends handed to the flusher thread and not yet completed.
+    handed_off: Arc<AtomicU64>,
 }
 
-/// How long the group-commit thread's flush in progress has been running: the member's
-/// storage watchdog reads it. sled 0.34 does not always fail when its storage does: when
+/// How long the Raft log's flush in progress (on the flusher thread or inline) has been
+/// running: the member's storage watchdog reads it. sled 0.34 does not always fail when its storage does: when
 /// writing a blob file fails (a full disk, a data dir removed under it) it leaves a log
 /// buffer that is never written, and the next flush never returns.
 #[derive(Clone, Default)]
@@ -70,15 +76,15 @@ impl FlushWatch {
 /// Most appends completed by one flush.
 const GROUP_MAX: usize = 4096;
 
-/// The group-commit thread: takes every append queued since its last flush, flushes sled
-/// once for all of them and completes them in order. A thread of its own rather than a
-/// task that hands each flush to the blocking pool: one wake-up per group instead of three,
-/// which is most of a lone commit's time on a small machine. It ends when the store (every
-/// clone) is dropped. It holds the whole handle, not just the log tree, so that the
+/// The flusher thread: takes every append queued since its last flush, flushes sled once
+/// for all of them and completes them in order. A thread of its own rather than a task
+/// that hands each flush to the blocking pool: one wake-up per group instead of three. It
+/// ends when the store (every clone) is dropped. It holds the whole handle, not just the log tree, so that the
 /// database counts as open ([`super::db::DbClosed`]) until this thread has ended.
 fn start_flusher(
     db: ControllerDb,
     watch: FlushWatch,
+    handed_off: Arc<AtomicU64>,
 ) -> std::io::Result<Sender<LogFlushed<TypeConfig>>> {
     let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
     std::thread::Builder::new()
@@ -102,6 +108,7 @@ fn start_flusher(
                         Ok(_) => Ok(()),
                         Err(e) => Err(std::io::Error::other(e.to_string())),
                     });
+                    handed_off.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })?;
@@ -155,10 +162,11 @@ impl SledLogStore {
             committed: Arc::default(),
             flusher: Arc::default(),
             flush_watch: FlushWatch::default(),
+            handed_off: Arc::default(),
         }
     }
 
-    /// Watches the group commit's flushes (for the member's storage watchdog).
+    /// Watches the Raft log's flushes (for the member's storage watchdog).
     pub fn flush_watch(&self) -> FlushWatch {
         self.flush_watch.clone()
     }
@@ -295,6 +303,19 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         // and election timers are not queued behind it.
         if super::all_small(&entries) {
             write_entries(&log, &entries)?;
+            // RaftCore waits for this flush before it does anything else (see the module
+            // doc): flush here, unless appends handed off earlier still wait for theirs
+            // (their callbacks come first).
+            if self.handed_off.load(Ordering::Acquire) == 0 {
+                self.flush_watch.begin();
+                let flushed = log.flush();
+                self.flush_watch.end();
+                callback.log_io_completed(match flushed {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                });
+                return Ok(());
+            }
         } else {
             tokio::task::spawn_blocking(move || write_entries(&log, &entries))
                 .await
@@ -306,16 +327,22 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
                     )
                 })??;
         }
-        // Durable before acknowledged: the callback fires after the group's flush.
+        // Durable before acknowledged: the callback fires after the flusher's next flush.
         let queue = match self.flusher.get() {
             Some(q) => q,
             None => {
-                let tx = start_flusher(self.db.clone(), self.flush_watch.clone())
-                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                let tx = start_flusher(
+                    self.db.clone(),
+                    self.flush_watch.clone(),
+                    self.handed_off.clone(),
+                )
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
                 self.flusher.get_or_init(|| tx)
             }
         };
+        self.handed_off.fetch_add(1, Ordering::AcqRel);
         if let Err(back) = queue.send(callback) {
+            self.handed_off.fetch_sub(1, Ordering::AcqRel);
             back.0
                 .log_io_completed(Err(std::io::Error::other("the log flusher has stopped")));
         }
