@@ -217,12 +217,14 @@ enum Rpc {
 }
 
 impl PeerNetwork {
-    /// `entries`: how many log entries `req` carries (AppendEntries), for the byte budget.
+    /// `entries`: how many log entries `req` carries (AppendEntries), for the byte budget;
+    /// `big`: whether they take long to encode (`raft::all_small` says no).
     async fn call<Req, Resp, E>(
         &mut self,
         rpc: Rpc,
         req: Req,
         entries: usize,
+        big: bool,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
@@ -240,7 +242,9 @@ impl PeerNetwork {
                 "bad address".into()
             ))));
         };
-        let data = if entries > 0 {
+        // Encoding big entries (plans) takes milliseconds: off the runtime's threads. A
+        // small one is encoded here: the hand-off and back would cost more, on every commit.
+        let data = if big {
             tokio::task::spawn_blocking(move || serde_json::to_vec(&req))
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
@@ -304,8 +308,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let n = rpc.entries.len();
-        self.call(Rpc::Append, rpc, n, &option).await
+        let (n, big) = (rpc.entries.len(), !super::all_small(&rpc.entries));
+        self.call(Rpc::Append, rpc, n, big, &option).await
     }
 
     async fn install_snapshot(
@@ -316,7 +320,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, rpc, 0, &option).await
+        self.call(Rpc::Snapshot, rpc, 0, false, &option).await
     }
 
     async fn vote(
@@ -324,7 +328,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, rpc, 0, &option).await
+        self.call(Rpc::Vote, rpc, 0, false, &option).await
     }
 
     fn backoff(&self) -> Backoff {
