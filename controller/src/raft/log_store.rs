@@ -35,7 +35,22 @@ pub struct SledLogStore {
     flush_watch: FlushWatch,
     /// Appends handed to the flusher thread and not yet completed.
     handed_off: Arc<AtomicU64>,
+    /// Small appends flush inline only from this time on ([`monotonic_ms`]); see
+    /// [`INLINE_PAUSE_MS`].
+    inline_after: Arc<AtomicU64>,
 }
+
+/// A flush that runs on the calling thread holds one of the runtime's threads. While big
+/// entries (plans) are being written — for this long after the last big append, or after
+/// an inline flush that took over [`INLINE_FLUSH_MAX_MS`] (a busy or slow disk) — small
+/// appends hand their flush to the flusher thread instead: with plans in flight a sled
+/// flush can take milliseconds, and the API and replication tasks should not wait behind
+/// it for a thread. (A precaution: the 1,000,000-allocation runs vary too much from run to
+/// run — 39 to 196 s, 0 to 141 retried writes, with and without inline flushes — to show an
+/// effect either way; docs/benchmarks.md.)
+const INLINE_PAUSE_MS: u64 = 1000;
+/// See [`INLINE_PAUSE_MS`].
+const INLINE_FLUSH_MAX_MS: u64 = 2;
 
 /// How long the Raft log's flush in progress (on the flusher thread or inline) has been
 /// running: the member's storage watchdog reads it. sled 0.34 does not always fail when its storage does: when
@@ -163,6 +178,7 @@ impl SledLogStore {
             flusher: Arc::default(),
             flush_watch: FlushWatch::default(),
             handed_off: Arc::default(),
+            inline_after: Arc::default(),
         }
     }
 
@@ -306,10 +322,17 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             // RaftCore waits for this flush before it does anything else (see the module
             // doc): flush here, unless appends handed off earlier still wait for theirs
             // (their callbacks come first).
-            if self.handed_off.load(Ordering::Acquire) == 0 {
+            if self.handed_off.load(Ordering::Acquire) == 0
+                && monotonic_ms() >= self.inline_after.load(Ordering::Relaxed)
+            {
+                let started = monotonic_ms();
                 self.flush_watch.begin();
                 let flushed = log.flush();
                 self.flush_watch.end();
+                if monotonic_ms() - started > INLINE_FLUSH_MAX_MS {
+                    self.inline_after
+                        .store(monotonic_ms() + INLINE_PAUSE_MS, Ordering::Relaxed);
+                }
                 callback.log_io_completed(match flushed {
                     Ok(_) => Ok(()),
                     Err(e) => Err(std::io::Error::other(e.to_string())),
@@ -317,6 +340,8 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
                 return Ok(());
             }
         } else {
+            self.inline_after
+                .store(monotonic_ms() + INLINE_PAUSE_MS, Ordering::Relaxed);
             tokio::task::spawn_blocking(move || write_entries(&log, &entries))
                 .await
                 .map_err(|e| {
