@@ -54,8 +54,8 @@ const INLINE_FLUSH_MAX_MS: u64 = 2;
 
 /// How long the Raft log's flush in progress (on the flusher thread or inline) has been
 /// running: the member's storage watchdog reads it. sled 0.34 does not always fail when
-/// its storage does: when writing a blob file fails (a full disk, a data dir removed under it) it leaves a log
-/// buffer that is never written, and the next flush never returns.
+/// its storage does: when writing a blob file fails (a full disk, a data dir removed under
+/// it) it leaves a log buffer that is never written, and the next flush never returns.
 #[derive(Clone, Default)]
 pub struct FlushWatch(Arc<AtomicU64>);
 
@@ -95,7 +95,8 @@ const GROUP_MAX: usize = 4096;
 /// for all of them and completes them in order. A thread of its own rather than a task
 /// that hands each flush to the blocking pool: one wake-up per group instead of three. It
 /// ends when the store (every clone) is dropped. It holds the whole handle, not just the
-/// log tree, so that the database counts as open ([`super::db::DbClosed`]) until this thread has ended.
+/// log tree, so that the database counts as open ([`super::db::DbClosed`]) until this
+/// thread has ended.
 fn start_flusher(
     db: ControllerDb,
     watch: FlushWatch,
