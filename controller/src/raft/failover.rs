@@ -82,14 +82,21 @@ impl LeaderWatch {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self)
     }
-    /// A request of `leader` in `term` arrived on connection `conn`, or was accepted.
+    /// A request of `leader` in `term` arrived on connection `conn`, or was accepted. A
+    /// request accepted after its connection closed does not undo the hang-up: its sender
+    /// may be gone (a stopped leader's last heartbeat, accepted under load after the close
+    /// was seen, once left the followers to openraft's timer).
     pub fn heard(&self, leader: NodeId, term: u64, conn: Option<SocketAddr>) {
-        *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Heard {
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let closed = heard
+            .as_ref()
+            .is_some_and(|h| h.hung_up && conn.is_some() && h.conn == conn);
+        *heard = Some(Heard {
             leader,
             term,
             at: Instant::now(),
             conn,
-            hung_up: false,
+            hung_up: closed,
         });
     }
     /// The connection from `remote` closed.
@@ -552,9 +559,11 @@ mod tests {
             "the end of the stream was reported"
         );
         // a connection dropped by the server without reading to the end
-        w.heard(1, 7, Some(conn()));
+        let other: SocketAddr = "127.0.0.2:40001".parse().unwrap();
+        w.heard(1, 7, Some(other));
+        assert!(!w.view().0.unwrap().hung_up, "a new connection");
         let (a, _b) = tokio::io::duplex(64);
-        drop(Tracked::new(a, Some(conn()), w.clone()));
+        drop(Tracked::new(a, Some(other), w.clone()));
         assert!(w.view().0.unwrap().hung_up, "the drop was reported");
     }
 
@@ -598,6 +607,11 @@ mod tests {
         assert!(
             w.view().0.unwrap().hung_up,
             "the leader's connection closed"
+        );
+        w.heard(1, 7, Some(conn()));
+        assert!(
+            w.view().0.unwrap().hung_up,
+            "a request accepted after its connection closed does not undo the hang-up"
         );
         w.heard(1, 7, Some("127.0.0.2:40001".parse().unwrap()));
         assert!(
