@@ -120,15 +120,20 @@ fn start_flusher(
                 let flushed = db.log.flush();
                 watch.end();
                 for done in group.drain(..) {
-                    done.log_io_completed(match &flushed {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(std::io::Error::other(e.to_string())),
-                    });
+                    done.log_io_completed(flush_outcome(&flushed));
                     handed_off.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })?;
     Ok(tx)
+}
+
+/// What a log flush tells the appends it covers.
+fn flush_outcome(flushed: &sled::Result<usize>) -> std::io::Result<()> {
+    match flushed {
+        Ok(_) => Ok(()),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
 }
 
 /// Flush `tree` to disk on a blocking thread. Not sled's `flush_async`: with several
@@ -330,14 +335,12 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
                 self.flush_watch.begin();
                 let flushed = log.flush();
                 self.flush_watch.end();
-                if monotonic_ms() - started > INLINE_FLUSH_MAX_MS {
+                let done = monotonic_ms();
+                if done - started > INLINE_FLUSH_MAX_MS {
                     self.inline_after
-                        .store(monotonic_ms() + INLINE_PAUSE_MS, Ordering::Relaxed);
+                        .store(done + INLINE_PAUSE_MS, Ordering::Relaxed);
                 }
-                callback.log_io_completed(match flushed {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(std::io::Error::other(e.to_string())),
-                });
+                callback.log_io_completed(flush_outcome(&flushed));
                 return Ok(());
             }
         } else {
