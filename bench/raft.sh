@@ -5,6 +5,9 @@
 #        [--rss-nodes 10000 --rss-services 1000 --rss-replicas 1000]  (memory with 1M allocations)
 #        [--compare-mtls [--rounds 3]]  (commits: a --insecure cluster and a mutual-TLS one
 #                                        side by side, interleaved rounds, ratio)
+#        [--conns C]  (clients share C connections, as etcd's `benchmark --conns`)
+#        [--ceiling]  (after each commit row the same clients call Status, which needs no
+#                      Raft and no disk: what the gRPC stack alone allows on this machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p gantry --bin gantry

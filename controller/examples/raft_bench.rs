@@ -10,8 +10,12 @@
 //!   `--insecure` (plain TCP), one with mutual TLS (bootstrap CA, members joining with a
 //!   controller token, clients with the admin credential) — in interleaved rounds
 //!   (`--rounds R`, default 3), medians per mode and the mTLS/insecure ratio.
+//! - with `--ceiling`: after each commit row, the same clients on the same kind of
+//!   connections call `Status` (answered from the leader's metrics: no Raft, no disk) for
+//!   as long, to show what the gRPC stack alone allows on this machine.
 //!
 //! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256] [--conns C]
+//!        [--ceiling]
 //!        [--rss-nodes N --rss-services S --rss-replicas R] [--compare-mtls [--rounds R]]
 //!        [--heartbeat-ms MS --election-timeout-ms MS] (defaults 25 and 75; not for
 //!        --compare-mtls)
@@ -225,16 +229,25 @@ async fn main() {
         "# commits: 3 members on loopback (127.0.0.2-4), sled durable (flush before ack), {seconds} s per row, {}",
         conns.map_or("one connection per client".to_string(), |c| format!("clients sharing {c} connection(s)"))
     );
-    println!("| clients | commits/s | p50 ms | p99 ms | max ms |");
-    println!("|---:|---:|---:|---:|---:|");
+    let ceiling = args.iter().any(|a| a == "--ceiling");
+    println!("| clients | call | calls/s | p50 ms | p99 ms | max ms |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let calls: &[Call] = if ceiling {
+        &[Call::Write, Call::Status]
+    } else {
+        &[Call::Write]
+    };
     for &n in &clients {
-        let (rate, all) = commits(&leader_addr, &Transport::Plain, n, seconds, conns).await;
-        println!(
-            "| {n} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
-            pct(&all, 0.5),
-            pct(&all, 0.99),
-            pct(&all, 1.0)
-        );
+        for &call in calls {
+            let (rate, all) = load(&leader_addr, &Transport::Plain, n, seconds, conns, call).await;
+            println!(
+                "| {n} | {} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
+                call.name(),
+                pct(&all, 0.5),
+                pct(&all, 0.99),
+                pct(&all, 1.0)
+            );
+        }
     }
 
     println!();
@@ -526,18 +539,47 @@ async fn cluster(bin: &str, root: &std::path::Path, tls: bool) -> (Vec<Proc>, Tr
     (procs, transport, leader_addr)
 }
 
+/// What the benchmark's clients call in a loop.
+#[derive(Clone, Copy)]
+enum Call {
+    /// Commit a small command.
+    Write,
+    /// `Status`: answered from the member's Raft metrics, no log entry, no disk.
+    Status,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Call::Write => "write (commit)",
+            Call::Status => "Status (no Raft)",
+        }
+    }
+}
+
 /// `n` clients writing small commands for `seconds`: commits/s and latencies (sorted).
-/// `n` clients writing for `seconds`: commits/s and each write's latency. Every client
-/// connects (TCP, and the TLS handshake with --compare-mtls) and writes once before the
-/// clock starts: this measures commits on established connections, as long-lived agents
-/// and members make them, not `n` handshakes squeezed into the window.
-/// With `conns`, the clients share that many connections, round-robin.
 async fn commits(
     leader: &str,
     t: &Transport,
     n: usize,
     seconds: u64,
     conns: Option<usize>,
+) -> (f64, Vec<Duration>) {
+    load(leader, t, n, seconds, conns, Call::Write).await
+}
+
+/// `n` clients making `call` for `seconds`: calls/s and each successful call's latency
+/// (sorted). Every client connects (TCP, and the TLS handshake with --compare-mtls) and
+/// calls once before the clock starts: this measures calls on established connections, as
+/// long-lived agents and members make them, not `n` handshakes squeezed into the window.
+/// With `conns`, the clients share that many connections, round-robin.
+async fn load(
+    leader: &str,
+    t: &Transport,
+    n: usize,
+    seconds: u64,
+    conns: Option<usize>,
+    call: Call,
 ) -> (f64, Vec<Duration>) {
     let shared: Vec<tonic::transport::Channel> = (0..conns.unwrap_or(0))
         .map(|_| gantry_controller::raft::network::channel(leader, t).unwrap())
@@ -562,7 +604,11 @@ async fn commits(
             let mut lat = Vec::new();
             while Instant::now() < deadline {
                 let s = Instant::now();
-                if let Ok((_, Ok(_))) = c.write(&small(i)).await {
+                let ok = match call {
+                    Call::Write => matches!(c.write(&small(i)).await, Ok((_, Ok(_)))),
+                    Call::Status => c.status().await.is_ok(),
+                };
+                if ok {
                     lat.push(s.elapsed());
                 }
                 i += 1;
