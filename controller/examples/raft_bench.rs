@@ -12,7 +12,8 @@
 //!   (`--rounds R`, default 3), medians per mode and the mTLS/insecure ratio.
 //! - with `--ceiling`: after each commit row, the same clients on the same kind of
 //!   connections call `Status` (answered from the leader's metrics: no Raft, no disk) for
-//!   as long, to show what the gRPC stack alone allows on this machine.
+//!   as long, to show what the gRPC stack alone allows on this machine (also with
+//!   `--compare-mtls`: what TLS costs an RPC that does nothing else).
 //!
 //! Usage: raft_bench GANTRY_BIN [--seconds S] [--trials N] [--clients 1,16,256] [--conns C]
 //!        [--ceiling]
@@ -182,10 +183,16 @@ async fn main() {
     let rss_nodes: u64 = opt("--rss-nodes", "0").parse().unwrap();
     let rss_services: u64 = opt("--rss-services", "0").parse().unwrap();
     let rss_replicas: u64 = opt("--rss-replicas", "0").parse().unwrap();
+    // `--ceiling`: each write row is followed by a `Status` row (see the module doc).
+    let calls: &[Call] = if args.iter().any(|a| a == "--ceiling") {
+        &[Call::Write, Call::Status]
+    } else {
+        &[Call::Write]
+    };
     let root = tempfile::tempdir().unwrap();
     if args.iter().any(|a| a == "--compare-mtls") {
         let rounds: usize = opt("--rounds", "3").parse().unwrap();
-        compare_mtls(&bin, root.path(), seconds, rounds, &clients, conns).await;
+        compare_mtls(&bin, root.path(), seconds, rounds, &clients, conns, calls).await;
         return;
     }
     // Loopback-class timings by default (`--heartbeat-ms`, `--election-timeout-ms`):
@@ -229,14 +236,8 @@ async fn main() {
         "# commits: 3 members on loopback (127.0.0.2-4), sled durable (flush before ack), {seconds} s per row, {}",
         conns.map_or("one connection per client".to_string(), |c| format!("clients sharing {c} connection(s)"))
     );
-    let ceiling = args.iter().any(|a| a == "--ceiling");
     println!("| clients | call | calls/s | p50 ms | p99 ms | max ms |");
     println!("|---:|---|---:|---:|---:|---:|");
-    let calls: &[Call] = if ceiling {
-        &[Call::Write, Call::Status]
-    } else {
-        &[Call::Write]
-    };
     for &n in &clients {
         for &call in calls {
             let (rate, all) = load(&leader_addr, &Transport::Plain, n, seconds, conns, call).await;
@@ -557,17 +558,6 @@ impl Call {
     }
 }
 
-/// `n` clients writing small commands for `seconds`: commits/s and latencies (sorted).
-async fn commits(
-    leader: &str,
-    t: &Transport,
-    n: usize,
-    seconds: u64,
-    conns: Option<usize>,
-) -> (f64, Vec<Duration>) {
-    load(leader, t, n, seconds, conns, Call::Write).await
-}
-
 /// `n` clients making `call` for `seconds`: calls/s and each successful call's latency
 /// (sorted). Every client connects (TCP, and the TLS handshake with --compare-mtls) and
 /// calls once before the clock starts: this measures calls on established connections, as
@@ -639,6 +629,7 @@ async fn compare_mtls(
     rounds: usize,
     clients: &[usize],
     conns: Option<usize>,
+    calls: &[Call],
 ) {
     let (_plain_procs, plain_t, plain_leader) = cluster(bin, &root.join("plain"), false).await;
     let (_tls_procs, tls_t, tls_leader) = cluster(bin, &root.join("tls"), true).await;
@@ -646,29 +637,36 @@ async fn compare_mtls(
         "# commits, --insecure vs mutual TLS: two 3-member clusters on loopback side by side \
          (only one under load at a time), {rounds} interleaved rounds of {seconds} s (which goes first alternates), medians"
     );
-    println!("| clients | insecure commits/s | mTLS commits/s | mTLS/insecure | insecure p50 ms | mTLS p50 ms | mTLS/insecure p50 |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| clients | call | insecure calls/s | mTLS calls/s | mTLS/insecure | insecure p50 ms | mTLS p50 ms | mTLS/insecure p50 |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for &n in clients {
-        let (mut pr, mut tr, mut pp, mut tp) = (vec![], vec![], vec![], vec![]);
-        for round in 0..rounds {
-            // alternate which cluster goes first (a shared machine's load drifts)
-            for tls in [round % 2 == 1, round % 2 == 0] {
-                if tls {
-                    let (r, l) = commits(&tls_leader, &tls_t, n, seconds, conns).await;
-                    tr.push(r);
-                    tp.push(pct(&l, 0.5));
-                } else {
-                    let (r, l) = commits(&plain_leader, &plain_t, n, seconds, conns).await;
-                    pr.push(r);
-                    pp.push(pct(&l, 0.5));
+        for &call in calls {
+            let (mut pr, mut tr, mut pp, mut tp) = (vec![], vec![], vec![], vec![]);
+            for round in 0..rounds {
+                // alternate which cluster goes first (a shared machine's load drifts)
+                for tls in [round % 2 == 1, round % 2 == 0] {
+                    let (leader, t) = if tls {
+                        (&tls_leader, &tls_t)
+                    } else {
+                        (&plain_leader, &plain_t)
+                    };
+                    let (r, l) = load(leader, t, n, seconds, conns, call).await;
+                    let (rates, p50s) = if tls {
+                        (&mut tr, &mut tp)
+                    } else {
+                        (&mut pr, &mut pp)
+                    };
+                    rates.push(r);
+                    p50s.push(pct(&l, 0.5));
                 }
             }
+            let (pr, tr, pp, tp) = (median(pr), median(tr), median(pp), median(tp));
+            println!(
+                "| {n} | {} | {pr:.0} | {tr:.0} | {:.3} | {pp:.2} | {tp:.2} | {:.3} |",
+                call.name(),
+                tr / pr,
+                tp / pp
+            );
         }
-        let (pr, tr, pp, tp) = (median(pr), median(tr), median(pp), median(tp));
-        println!(
-            "| {n} | {pr:.0} | {tr:.0} | {:.3} | {pp:.2} | {tp:.2} | {:.3} |",
-            tr / pr,
-            tp / pp
-        );
     }
 }
