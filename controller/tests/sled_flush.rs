@@ -60,6 +60,17 @@ fn child(dir: &str) -> ! {
     unreachable!("the writers never stop")
 }
 
+/// The writer process, SIGKILLed and reaped when dropped: a failing assertion in this test
+/// never leaves it writing.
+struct Writer(std::process::Child);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn every_key_reported_flushed_is_there_after_the_writer_is_sigkilled() {
     if let Ok(dir) = std::env::var(CHILD_DIR) {
@@ -68,25 +79,27 @@ fn every_key_reported_flushed_is_there_after_the_writer_is_sigkilled() {
     for round in 0..3 {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("db");
-        let mut proc = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "every_key_reported_flushed_is_there_after_the_writer_is_sigkilled",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, &dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the writer");
-        let pid = proc.id() as libc::pid_t;
+        let mut proc = Writer(
+            Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "every_key_reported_flushed_is_there_after_the_writer_is_sigkilled",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_DIR, &dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn the writer"),
+        );
+        let pid = proc.0.id() as libc::pid_t;
         // Kill while it writes, at a different point each round.
         let stop_after = 300 + round * 250;
         let mut last = vec![None::<u64>; THREADS as usize];
         let mut seen = 0;
         let deadline = Instant::now() + Duration::from_secs(120);
-        let mut lines = BufReader::new(proc.stdout.take().expect("stdout")).lines();
+        let mut lines = BufReader::new(proc.0.stdout.take().expect("stdout")).lines();
         while seen < stop_after {
             assert!(
                 Instant::now() < deadline,
@@ -118,7 +131,7 @@ fn every_key_reported_flushed_is_there_after_the_writer_is_sigkilled() {
             0,
             "SIGKILL the writer"
         );
-        let status = proc.wait().expect("reap the writer");
+        let status = proc.0.wait().expect("reap the writer");
         assert!(
             !status.success(),
             "round {round}: the writer was killed, not finished"
