@@ -1191,28 +1191,16 @@ fn seal_and_write(
     drop(measure_assign_offset);
 
     // if writers is 0, it's our responsibility to write the buffer.
-    if header::n_writers(sealed) == 0 && inline {
-        iobufs.config.global_error()?;
-        trace!("writing iobuf with lsn {} to log from make_stable", lsn);
-        if let Err(e) = iobufs.write_to_log(iobuf) {
-            error!("hit error while writing iobuf with lsn {}: {:?}", lsn, e);
-
-            // as below: store the error, then wake every waiter so that it sees it
-            iobufs.config.set_global_error(e);
-            let intervals = iobufs.intervals.lock();
-            drop(intervals);
-            let _notified = iobufs.interval_updated.notify_all();
-        }
-        Ok(())
-    } else if header::n_writers(sealed) == 0 {
+    if header::n_writers(sealed) == 0 {
         iobufs.config.global_error()?;
         trace!(
-            "asynchronously writing iobuf with lsn {} to log from maybe_seal",
-            lsn
+            "writing iobuf with lsn {} to log (inline: {})",
+            lsn,
+            inline
         );
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
+        let write = move || {
             if let Err(e) = iobufs.write_to_log(&iobuf) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
@@ -1231,7 +1219,15 @@ fn seal_and_write(
 
                 let _notified = iobufs.interval_updated.notify_all();
             }
-        })?;
+        };
+
+        // gantry: a flush (`inline`) writes the buffer on the calling thread,
+        // through the same closure and error path as the pool
+        if inline {
+            write();
+            return Ok(());
+        }
+        let _result = threadpool::spawn(write)?;
 
         #[cfg(feature = "event_log")]
         _result.wait();
