@@ -645,17 +645,12 @@ async fn compare_mtls(
             for round in 0..rounds {
                 // alternate which cluster goes first (a shared machine's load drifts)
                 for tls in [round % 2 == 1, round % 2 == 0] {
-                    let (leader, t) = if tls {
-                        (&tls_leader, &tls_t)
+                    let (leader, t, rates, p50s) = if tls {
+                        (&tls_leader, &tls_t, &mut tr, &mut tp)
                     } else {
-                        (&plain_leader, &plain_t)
+                        (&plain_leader, &plain_t, &mut pr, &mut pp)
                     };
                     let (r, l) = load(leader, t, n, seconds, conns, call).await;
-                    let (rates, p50s) = if tls {
-                        (&mut tr, &mut tp)
-                    } else {
-                        (&mut pr, &mut pp)
-                    };
                     rates.push(r);
                     p50s.push(pct(&l, 0.5));
                 }

@@ -93,7 +93,6 @@ fn every_key_reported_flushed_is_there_after_the_writer_is_sigkilled() {
                 .spawn()
                 .expect("spawn the writer"),
         );
-        let pid = proc.0.id() as libc::pid_t;
         // Kill while it writes, at a different point each round.
         let stop_after = 300 + round * 250;
         let mut last = vec![None::<u64>; THREADS as usize];
@@ -125,16 +124,13 @@ fn every_key_reported_flushed_is_there_after_the_writer_is_sigkilled() {
             last[t] = Some(i);
             seen += 1;
         }
-        // SAFETY: kill(2) on the child this test spawned and has not reaped yet.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGKILL) },
-            0,
-            "SIGKILL the writer"
-        );
+        // `Child::kill` sends SIGKILL.
+        proc.0.kill().expect("SIGKILL the writer");
         let status = proc.0.wait().expect("reap the writer");
-        assert!(
-            !status.success(),
-            "round {round}: the writer was killed, not finished"
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "round {round}: the writer was killed, not finished: {status}"
         );
 
         let db = sled::Config::new()
