@@ -263,11 +263,13 @@ impl Member {
         .map_err(|e| MemberError::Raft(e.to_string()))?;
 
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let leader_shared = Arc::new(LeaderShared::default());
         let leader_watch = LeaderWatch::new();
         let raft_svc = RaftService::new(raft.clone(), cluster_id.clone())
             .secure(security.is_some())
             .with_leader_watch(leader_watch.clone())
+            .with_closing(closing)
             .into_server();
         let mut api = ClusterService::new(
             raft.clone(),
@@ -331,8 +333,10 @@ impl Member {
                 return Err(e);
             }
         }
-        let stop = async {
+        let stop = async move {
             let _ = rx.await;
+            // peers' append streams end with it (graceful shutdown waits for them)
+            let _ = closing_tx.send(true);
         };
         let conn_watch = leader_watch.clone();
         let server = match server_tls {

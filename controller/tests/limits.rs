@@ -323,6 +323,40 @@ async fn raft_peer_rpcs_refuse_oversized_foreign_and_malformed_requests() {
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     }
+    // The same on AppendStream: the bad request's answer is the stream's error, which
+    // ends it.
+    let streamed = |r: RaftRequest| {
+        let mut raft = raft.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(r).await.unwrap();
+            let mut replies = raft
+                .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("the stream opens")
+                .into_inner();
+            let e = replies
+                .message()
+                .await
+                .expect_err("a bad request ends the stream");
+            drop(tx);
+            e
+        }
+    };
+    // (tonic's stream decoder says OutOfRange where the unary one says ResourceExhausted)
+    let e = streamed(req(vec![b'x'; RAFT_MESSAGE_MAX + 1], &cluster_id)).await;
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("too large"), "{e:?}");
+    let e = streamed(req(b"{}".to_vec(), "another-cluster")).await;
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    for bad in [
+        b"".to_vec(),
+        b"\x00\x01".to_vec(),
+        "[".repeat(100_000).into_bytes(),
+    ] {
+        let e = streamed(req(bad, &cluster_id)).await;
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
     // Still the leader of the same term, and serving.
     let m = one.member.raft.metrics().borrow().clone();
     assert_eq!(m.current_term, term_before);

@@ -3,6 +3,14 @@
 //! replication streams, reconnected by tonic, kept alive with HTTP/2 pings). An unreachable
 //! peer answers `Unreachable`, and openraft then waits out [`PeerNetwork::backoff`].
 //!
+//! AppendEntries go over one long-lived `AppendStream` per [`PeerNetwork`] (openraft keeps
+//! one per replication stream and waits for each reply before the next request): each
+//! request is then one DATA frame on an open HTTP/2 stream, where a unary call costs a new
+//! stream whose HEADERS and DATA leave in two writes, a server task, and trailers. Measured
+//! on this project's VM: single-client commit p50 −0.2–0.3 ms, 16 clients +27–44% commits/s
+//! (docs/benchmarks.md). A call that fails or is dropped takes its stream with it; a peer
+//! without the RPC (an older member) is sent unary AppendEntries from then on.
+//!
 //! AppendEntries is capped in bytes by an [`AppendBudget`] per peer: openraft 0.9 gives
 //! each AppendEntries RPC one heartbeat interval to finish (a timeout resends the same
 //! range) and sends heartbeats on the same stream, behind it. Hundreds of plan entries in
@@ -15,7 +23,7 @@
 
 use super::{BasicNode, NodeId, TypeConfig};
 use gantry_proto::raft::raft_client::RaftClient;
-use gantry_proto::raft::RaftRequest;
+use gantry_proto::raft::{RaftReply, RaftRequest};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Unreachable,
@@ -190,8 +198,53 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                     .max_encoding_message_size(gantry_proto::limits::RAFT_MESSAGE_MAX)
             }),
             budget: Default::default(),
+            stream: None,
+            unary: false,
         }
     }
+}
+
+/// An open `AppendStream` to a peer: requests go in on `requests`, replies come back in
+/// order on `replies`.
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<RaftRequest>,
+    replies: tonic::Streaming<RaftReply>,
+}
+
+/// Sends `req` on the open stream in `slot`, or on a new one, and waits for its reply. The
+/// stream is put back only once the reply arrived, so a call that fails or is dropped
+/// (openraft's timeout) takes its stream with it and the next call opens a fresh one: a
+/// late reply can never be read as the answer to a later request.
+async fn over_stream(
+    client: &mut RaftClient<Channel>,
+    slot: &mut Option<AppendStream>,
+    req: RaftRequest,
+) -> Result<RaftReply, tonic::Status> {
+    let closed = || tonic::Status::unavailable("the peer closed the append stream");
+    let req = match slot.take() {
+        Some(mut open) => match open.requests.send(req).await {
+            // The stream ended before this request went in (its connection closed while
+            // idle: the peer restarted): the request goes on a new one.
+            Err(unsent) => unsent.0,
+            Ok(()) => {
+                let reply = open.replies.message().await?.ok_or_else(closed)?;
+                *slot = Some(open);
+                return Ok(reply);
+            }
+        },
+        None => req,
+    };
+    let (requests, queue) = tokio::sync::mpsc::channel(1);
+    requests
+        .try_send(req)
+        .map_err(|_| tonic::Status::internal("a new append stream's queue is full"))?;
+    let mut replies = client
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(queue))
+        .await?
+        .into_inner();
+    let reply = replies.message().await?.ok_or_else(closed)?;
+    *slot = Some(AppendStream { requests, replies });
+    Ok(reply)
 }
 
 pub struct PeerNetwork {
@@ -201,6 +254,10 @@ pub struct PeerNetwork {
     /// None when the address does not parse: every RPC is then unreachable.
     client: Option<RaftClient<Channel>>,
     budget: Arc<Mutex<AppendBudget>>,
+    /// AppendEntries go on this stream while it lasts.
+    stream: Option<AppendStream>,
+    /// The peer has no `AppendStream` (an older member): AppendEntries go unary.
+    unary: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,15 +326,35 @@ impl PeerNetwork {
             ttl: option.hard_ttl(),
             done: false,
         });
-        let mut request = tonic::Request::new(RaftRequest {
+        let request = RaftRequest {
             data,
             cluster_id: self.cluster_id.clone(),
-        });
-        request.set_timeout(option.hard_ttl());
+        };
+        let unary = |request| {
+            let mut request = tonic::Request::new(request);
+            request.set_timeout(option.hard_ttl());
+            request
+        };
         let reply = match rpc {
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
+            Rpc::Append if !self.unary => {
+                let r = over_stream(client, &mut self.stream, request).await;
+                if r.as_ref()
+                    .is_err_and(|s| s.code() == tonic::Code::Unimplemented)
+                {
+                    tracing::info!(peer = %addr, "the peer has no append stream: unary AppendEntries");
+                    self.unary = true;
+                }
+                r
+            }
+            Rpc::Append => client
+                .append_entries(unary(request))
+                .await
+                .map(|r| r.into_inner()),
+            Rpc::Vote => client.vote(unary(request)).await.map(|r| r.into_inner()),
+            Rpc::Snapshot => client
+                .install_snapshot(unary(request))
+                .await
+                .map(|r| r.into_inner()),
         };
         if let Some(f) = in_flight.as_mut() {
             f.done = true;
@@ -289,9 +366,8 @@ impl PeerNetwork {
                 _ => RPCError::Network(NetworkError::new(&e)),
             }
         })?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            serde_json::from_slice(&reply.into_inner().data)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,

@@ -22,6 +22,9 @@ pub struct RaftService {
     secure: bool,
     /// Contact from the leader, for the failover watchdog.
     watch: Arc<LeaderWatch>,
+    /// Turns true when the member stops: open append streams then end. The server's
+    /// graceful shutdown waits for open streams, and a peer's stream would never end.
+    closing: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The leader and term of a request's vote, when it is a leader's (committed) vote.
@@ -40,7 +43,13 @@ impl RaftService {
             cluster_id,
             secure: false,
             watch: LeaderWatch::new(),
+            closing: None,
         }
+    }
+    /// End open append streams once `closing` turns true (or its sender is gone).
+    pub fn with_closing(mut self, closing: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.closing = Some(closing);
+        self
     }
     /// Record contact from leaders in `watch`.
     pub fn with_leader_watch(mut self, watch: Arc<LeaderWatch>) -> Self {
@@ -58,7 +67,7 @@ impl RaftService {
     }
 
     /// The connection a request came on (its remote address), plain or TLS.
-    fn conn_of(req: &Request<RaftRequest>) -> Option<std::net::SocketAddr> {
+    fn conn_of<T>(req: &Request<T>) -> Option<std::net::SocketAddr> {
         req.remote_addr().or_else(|| {
             req.extensions()
                 .get::<gantry_security::tls::PeerInfo>()
@@ -66,13 +75,25 @@ impl RaftService {
         })
     }
 
+    /// Refuses a caller that is not a controller (mutual TLS).
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = crate::api::authz::Caller::of(req, self.secure);
+        crate::api::authz::check_rpc(&caller, crate::api::authz::Rpc::Raft)
+    }
+
     async fn decode<T: DeserializeOwned + Send + 'static>(
         &self,
         req: Request<RaftRequest>,
     ) -> Result<T, Status> {
-        let caller = crate::api::authz::Caller::of(&req, self.secure);
-        crate::api::authz::check_rpc(&caller, crate::api::authz::Rpc::Raft)?;
-        let req = req.into_inner();
+        self.authorize(&req)?;
+        self.decode_data(req.into_inner()).await
+    }
+
+    /// openraft's request from `req`, when it comes from this cluster.
+    async fn decode_data<T: DeserializeOwned + Send + 'static>(
+        &self,
+        req: RaftRequest,
+    ) -> Result<T, Status> {
         if req.cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(status_message(format!(
                 "this member belongs to cluster {}, the request comes from cluster {}",
@@ -94,23 +115,15 @@ impl RaftService {
             decode()
         }
     }
-}
 
-fn encode<T: Serialize>(v: &T) -> Result<Response<RaftReply>, Status> {
-    let data =
-        serde_json::to_vec(v).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
-    Ok(Response::new(RaftReply { data }))
-}
-
-#[tonic::async_trait]
-impl RaftRpc for RaftService {
-    async fn append_entries(
+    /// One AppendEntries, arrived on connection `conn` (unary or on a stream).
+    async fn append(
         &self,
-        req: Request<RaftRequest>,
-    ) -> Result<Response<RaftReply>, Status> {
+        req: RaftRequest,
+        conn: Option<std::net::SocketAddr>,
+    ) -> Result<RaftReply, Status> {
         let _in_flight = self.watch.begin();
-        let conn = Self::conn_of(&req);
-        let req: openraft::raft::AppendEntriesRequest<TypeConfig> = self.decode(req).await?;
+        let req: openraft::raft::AppendEntriesRequest<TypeConfig> = self.decode_data(req).await?;
         let leader = leader_of(&req.vote);
         // Arrived: its sender is alive, whether or not this request completes (a leader
         // under load times out and re-sends big entries).
@@ -125,9 +138,71 @@ impl RaftRpc for RaftService {
         }
         encode(&r)
     }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<RaftReply, Status> {
+    let data =
+        serde_json::to_vec(v).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    Ok(RaftReply { data })
+}
+
+/// The replies of one [`RaftRpc::append_stream`].
+type AppendReplies =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        self.authorize(&req)?;
+        let conn = Self::conn_of(&req);
+        self.append(req.into_inner(), conn).await.map(Response::new)
+    }
+
+    type AppendStreamStream = AppendReplies;
+
+    /// Each request is answered in order, on the stream's own task (no task or channel
+    /// in between); the first error ends the stream with that status.
+    async fn append_stream(
+        &self,
+        req: Request<tonic::Streaming<RaftRequest>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        self.authorize(&req)?;
+        let conn = Self::conn_of(&req);
+        let requests = req.into_inner();
+        let closing = self.closing.clone();
+        let replies = futures::stream::unfold(
+            Some((self.clone(), requests, closing)),
+            move |state| async move {
+                let (this, mut requests, mut closing) = state?;
+                let closed = async {
+                    match closing.as_mut() {
+                        Some(c) => {
+                            let _ = c.wait_for(|closing| *closing).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let reply = tokio::select! {
+                    biased;
+                    message = requests.message() => match message {
+                        Ok(Some(req)) => this.append(req, conn).await,
+                        Ok(None) => return None,
+                        Err(s) => Err(s),
+                    },
+                    () = closed => return None,
+                };
+                let next = reply.is_ok().then_some((this, requests, closing));
+                Some((reply, next))
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
+    }
     async fn vote(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let r = self.raft.vote(self.decode(req).await?).await;
-        encode(&r)
+        encode(&r).map(Response::new)
     }
     async fn install_snapshot(
         &self,
@@ -148,6 +223,6 @@ impl RaftRpc for RaftService {
                 self.watch.heard(l, term, conn);
             }
         }
-        encode(&r)
+        encode(&r).map(Response::new)
     }
 }
