@@ -153,10 +153,27 @@ impl Drop for PeerProcess {
     }
 }
 
-fn listener() -> (std::net::TcpListener, SocketAddr) {
+/// A fake peer on `listener` (what it saw, and its process).
+fn fake_peer_on(
+    listener: std::net::TcpListener,
+    no_stream: bool,
+    first_delay: Duration,
+) -> (Arc<Seen>, PeerProcess) {
+    let seen = Arc::new(Seen::default());
+    let peer = FakePeer {
+        seen: seen.clone(),
+        no_stream,
+        first_delay,
+    };
+    (seen, PeerProcess::start(listener, peer))
+}
+
+/// A fake peer on a free port of 127.0.0.1.
+fn fake_peer(no_stream: bool, first_delay: Duration) -> (Arc<Seen>, PeerProcess, SocketAddr) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    (l, a)
+    let addr = l.local_addr().unwrap();
+    let (seen, peer) = fake_peer_on(l, no_stream, first_delay);
+    (seen, peer, addr)
 }
 
 fn append(prev: Option<u64>) -> AppendEntriesRequest<TypeConfig> {
@@ -180,16 +197,7 @@ fn option() -> RPCOption {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_reuse_one_stream_and_get_their_own_replies_in_order() {
-    let (l, addr) = listener();
-    let seen = Arc::new(Seen::default());
-    let _peer = PeerProcess::start(
-        l,
-        FakePeer {
-            seen: seen.clone(),
-            no_stream: false,
-            first_delay: Duration::ZERO,
-        },
-    );
+    let (seen, _peer, addr) = fake_peer(false, Duration::ZERO);
     let mut net = client(addr).await;
     for i in 10..20 {
         let r = net.append_entries(append(Some(i)), option()).await.unwrap();
@@ -207,16 +215,7 @@ async fn appends_reuse_one_stream_and_get_their_own_replies_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_append_stream_is_sent_unary_append_entries() {
-    let (l, addr) = listener();
-    let seen = Arc::new(Seen::default());
-    let _peer = PeerProcess::start(
-        l,
-        FakePeer {
-            seen: seen.clone(),
-            no_stream: true,
-            first_delay: Duration::ZERO,
-        },
-    );
+    let (seen, _peer, addr) = fake_peer(true, Duration::ZERO);
     let mut net = client(addr).await;
     // The first call learns that the peer has no stream; openraft retries it.
     match net.append_entries(append(Some(1)), option()).await {
@@ -235,16 +234,7 @@ async fn a_peer_without_append_stream_is_sent_unary_append_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_dropped_before_its_reply_takes_its_stream_with_it() {
-    let (l, addr) = listener();
-    let seen = Arc::new(Seen::default());
-    let _peer = PeerProcess::start(
-        l,
-        FakePeer {
-            seen: seen.clone(),
-            no_stream: false,
-            first_delay: Duration::from_millis(300),
-        },
-    );
+    let (seen, _peer, addr) = fake_peer(false, Duration::from_millis(300));
     let mut net = client(addr).await;
     // Request 13 is answered `Conflict`, late: the caller gives up first, as openraft
     // does when an RPC outlives its TTL.
@@ -271,31 +261,14 @@ async fn a_call_dropped_before_its_reply_takes_its_stream_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_go_on_over_a_new_stream_after_the_peer_restarts() {
-    let (l, addr) = listener();
-    let first = Arc::new(Seen::default());
-    let peer = PeerProcess::start(
-        l,
-        FakePeer {
-            seen: first.clone(),
-            no_stream: false,
-            first_delay: Duration::ZERO,
-        },
-    );
+    let (first, peer, addr) = fake_peer(false, Duration::ZERO);
     let mut net = client(addr).await;
     net.append_entries(append(Some(1)), option()).await.unwrap();
     // The peer's process ends (its runtime and sockets with it) and starts again on the
     // same address while the stream is idle.
     drop(peer);
-    let second = Arc::new(Seen::default());
     let l = std::net::TcpListener::bind(addr).expect("the peer's address again");
-    let _peer = PeerProcess::start(
-        l,
-        FakePeer {
-            seen: second.clone(),
-            no_stream: false,
-            first_delay: Duration::ZERO,
-        },
-    );
+    let (second, _peer) = fake_peer_on(l, false, Duration::ZERO);
     // The client notices the closed connection on its own; give it a moment, as the
     // next heartbeat would.
     tokio::time::sleep(Duration::from_millis(100)).await;
