@@ -7,7 +7,7 @@
 //! one per replication stream and waits for each reply before the next request): each
 //! request is then one DATA frame on an open HTTP/2 stream, where a unary call costs a new
 //! stream whose HEADERS and DATA leave in two writes, a server task, and trailers. Measured
-//! on this project's VM: single-client commit p50 −0.2–0.3 ms, 16 clients +27–44% commits/s
+//! on this project's VM: single-client commit p50 −0.16 to −0.39 ms, 16 clients +22–28% commits/s
 //! (docs/benchmarks.md). A call that fails or is dropped takes its stream with it; a peer
 //! without the RPC (an older member) is sent unary AppendEntries from then on.
 //!
