@@ -19,7 +19,6 @@ use crate::raft::{BasicNode, GantryRaft};
 use crate::state::{Command, Reply, Response};
 use openraft::error::{ClientWriteError, RaftError};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -86,23 +85,21 @@ pub fn batch_len(sizes: &[usize], max_cmds: usize, max_bytes: usize) -> usize {
     n
 }
 
-type Proposal = Pin<Box<dyn Future<Output = Result<Committed, ProposeError>> + Send>>;
-
 /// A handle to the proposer task (cheap to clone).
 #[derive(Clone)]
-pub struct Proposer {
+pub struct Proposer<S = GantryRaft> {
     tx: mpsc::UnboundedSender<Pending>,
     /// Writes sent to the proposer task and not yet in a proposal.
     queued: Arc<AtomicUsize>,
     /// One permit per proposal uncommitted ([`MAX_IN_FLIGHT`]), shared with the task.
     in_flight: Arc<Semaphore>,
-    /// Proposes one write from the caller's task.
-    direct: Arc<dyn Fn(Command) -> Proposal + Send + Sync>,
+    /// Where a write proposed from the caller's task goes.
+    raft: S,
 }
 
-impl Proposer {
+impl<S: Submit> Proposer<S> {
     /// Start the proposer task (inside a tokio runtime).
-    pub fn start<S: Submit>(raft: S) -> Self {
+    pub fn start(raft: S) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -111,10 +108,7 @@ impl Proposer {
             tx,
             queued,
             in_flight,
-            direct: Arc::new(move |cmd| {
-                let raft = raft.clone();
-                Box::pin(async move { raft.submit(cmd).await })
-            }),
+            raft,
         }
     }
 
@@ -124,10 +118,8 @@ impl Proposer {
         // once. Proposed from here, it skips two hand-offs (to the task, and to the task
         // it spawns per proposal).
         if self.queued.load(Ordering::SeqCst) == 0 {
-            if let Ok(permit) = self.in_flight.clone().try_acquire_owned() {
-                let r = (self.direct)(cmd).await;
-                drop(permit);
-                return r;
+            if let Ok(_permit) = self.in_flight.try_acquire() {
+                return self.raft.submit(cmd).await;
             }
         }
         let (done, rx) = oneshot::channel();

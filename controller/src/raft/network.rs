@@ -330,7 +330,7 @@ impl PeerNetwork {
             data,
             cluster_id: self.cluster_id.clone(),
         };
-        let unary = |request| {
+        let with_deadline = |request| {
             let mut request = tonic::Request::new(request);
             request.set_timeout(option.hard_ttl());
             request
@@ -347,12 +347,15 @@ impl PeerNetwork {
                 r
             }
             Rpc::Append => client
-                .append_entries(unary(request))
+                .append_entries(with_deadline(request))
                 .await
                 .map(|r| r.into_inner()),
-            Rpc::Vote => client.vote(unary(request)).await.map(|r| r.into_inner()),
+            Rpc::Vote => client
+                .vote(with_deadline(request))
+                .await
+                .map(|r| r.into_inner()),
             Rpc::Snapshot => client
-                .install_snapshot(unary(request))
+                .install_snapshot(with_deadline(request))
                 .await
                 .map(|r| r.into_inner()),
         };
