@@ -10,7 +10,11 @@
 //!   server's graceful shutdown waits for open streams, so one that lasted would hold the
 //!   stop up (to its 5 s bound) and leave the server serving. With tonic 0.14 / h2 0.4 the
 //!   peer's client ends its half of the stream once the server says GOAWAY, and the
-//!   member's handler ends with it; this test keeps that true.
+//!   member's handler ends with it; this test keeps that true;
+//! - a unary request leaves in one write, its DATA with its HEADERS (the patch in
+//!   `vendor/hyper`, see its GANTRY.md): upstream hyper waits for send capacity that h2
+//!   gives a new stream only once its connection task has opened it, so the DATA went a
+//!   round later, in a second write.
 
 use gantry_controller::member::{Member, MemberConfig, StartMode};
 use gantry_controller::raft::network::Transport;
@@ -334,4 +338,136 @@ async fn a_stopping_member_ends_the_append_streams_held_open_to_it() {
     .await
     .expect("the member stopped and its peer's stream ended");
     drop(requests);
+}
+
+/// A connection that records what each write call put on the wire.
+struct Recording {
+    inner: tokio::net::TcpStream,
+    writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl tokio::io::AsyncRead for Recording {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Recording {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.writes.lock().unwrap().push(buf[..n].to_vec());
+        }
+        polled
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.writes.lock().unwrap().push(all[..n].to_vec());
+        }
+        polled
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The HTTP/2 frames of a client's recorded writes: (write number, type, stream id).
+fn h2_frames(writes: &[Vec<u8>]) -> Vec<(usize, u8, u32)> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut bytes = Vec::new();
+    let mut starts = Vec::new(); // (offset, write number)
+    for (i, w) in writes.iter().enumerate() {
+        starts.push((bytes.len(), i));
+        bytes.extend_from_slice(w);
+    }
+    assert!(
+        bytes.starts_with(PREFACE),
+        "the connection starts with the h2 preface"
+    );
+    let mut frames = Vec::new();
+    let mut at = PREFACE.len();
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let stream = u32::from_be_bytes(bytes[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+        let write = starts.iter().rev().find(|(o, _)| *o <= at).unwrap().1;
+        frames.push((write, bytes[at + 3], stream));
+        at += 9 + len;
+    }
+    assert_eq!(at, bytes.len(), "the writes end on a frame boundary");
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_request_leaves_in_one_write_with_its_headers() {
+    const DATA: u8 = 0x0;
+    const HEADERS: u8 = 0x1;
+    let (seen, _peer, addr) = fake_peer(true, Duration::ZERO);
+    let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = writes.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let writes = recorded.clone();
+            async move {
+                let inner = tokio::net::TcpStream::connect(addr).await?;
+                inner.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Recording { inner, writes }))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut raft = RaftClient::new(channel);
+    for _ in 0..3 {
+        let data = serde_json::to_vec(&append(Some(1))).unwrap();
+        raft.append_entries(RaftRequest {
+            cluster_id: CLUSTER.into(),
+            data,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(seen.unary.load(Ordering::SeqCst), 3);
+    let frames = h2_frames(&writes.lock().unwrap());
+    // Client streams are 1, 3, 5: each one's HEADERS and its (first) DATA in one write.
+    for stream in [1, 3, 5] {
+        let of = |kind| {
+            frames
+                .iter()
+                .find(|(_, t, s)| *t == kind && *s == stream)
+                .unwrap_or_else(|| panic!("no frame of type {kind} on stream {stream}: {frames:?}"))
+                .0
+        };
+        assert_eq!(
+            of(HEADERS),
+            of(DATA),
+            "stream {stream}: HEADERS and DATA in different writes (write numbers); frames \
+             (write, type, stream): {frames:?}"
+        );
+    }
 }
