@@ -635,10 +635,11 @@ async fn compare_mtls(
     let (_tls_procs, tls_t, tls_leader) = cluster(bin, &root.join("tls"), true).await;
     println!(
         "# commits, --insecure vs mutual TLS: two 3-member clusters on loopback side by side \
-         (only one under load at a time), {rounds} interleaved rounds of {seconds} s (which goes first alternates), medians"
+         (only one under load at a time), {rounds} interleaved rounds of {seconds} s (which goes first alternates), medians; \
+         per round: the ratio of the round's two runs, back to back (median, lowest, highest)"
     );
-    println!("| clients | call | insecure calls/s | mTLS calls/s | mTLS/insecure | insecure p50 ms | mTLS p50 ms | mTLS/insecure p50 |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("| clients | call | insecure calls/s | mTLS calls/s | mTLS/insecure | insecure p50 ms | mTLS p50 ms | mTLS/insecure p50 | per round: median | lowest | highest |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in clients {
         for &call in calls {
             let (mut pr, mut tr, mut pp, mut tp) = (vec![], vec![], vec![], vec![]);
@@ -655,9 +656,15 @@ async fn compare_mtls(
                     p50s.push(pct(&l, 0.5));
                 }
             }
+            // Each round's two runs ran back to back: their ratio leaves out the drift of
+            // the machine's speed between rounds.
+            let mut paired: Vec<f64> = tr.iter().zip(&pr).map(|(t, p)| t / p).collect();
+            paired.sort_by(|a, b| a.total_cmp(b));
+            let (lowest, highest) = (paired[0], paired[paired.len() - 1]);
+            let paired = median(paired);
             let (pr, tr, pp, tp) = (median(pr), median(tr), median(pp), median(tp));
             println!(
-                "| {n} | {} | {pr:.0} | {tr:.0} | {:.3} | {pp:.2} | {tp:.2} | {:.3} |",
+                "| {n} | {} | {pr:.0} | {tr:.0} | {:.3} | {pp:.2} | {tp:.2} | {:.3} | {paired:.3} | {lowest:.3} | {highest:.3} |",
                 call.name(),
                 tr / pr,
                 tp / pp
