@@ -571,6 +571,31 @@ async fn load(
     conns: Option<usize>,
     call: Call,
 ) -> (f64, Vec<Duration>) {
+    let (rate, all, _) = load_cpu(leader, t, n, seconds, conns, call, &[]).await;
+    (rate, all)
+}
+
+/// CPU time (user + system, all threads) a process has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command (which may hold spaces), from the 3rd: utime is the
+    // 14th field, stime the 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// [`load`], and the CPU ticks each of `pids` used while the clients ran (from when all
+/// were connected to when the last one ended).
+async fn load_cpu(
+    leader: &str,
+    t: &Transport,
+    n: usize,
+    seconds: u64,
+    conns: Option<usize>,
+    call: Call,
+    pids: &[u32],
+) -> (f64, Vec<Duration>, Vec<u64>) {
     let shared: Vec<tonic::transport::Channel> = (0..conns.unwrap_or(0))
         .map(|_| gantry_controller::raft::network::channel(leader, t).unwrap())
         .collect();
@@ -608,13 +633,19 @@ async fn load(
     }
     ready.wait().await;
     let start = Instant::now();
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.unwrap());
     }
     let secs = start.elapsed().as_secs_f64();
+    let used = pids
+        .iter()
+        .zip(before)
+        .map(|(&p, b)| cpu_ticks(p) - b)
+        .collect();
     all.sort();
-    (all.len() as f64 / secs, all)
+    (all.len() as f64 / secs, all, used)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -631,8 +662,23 @@ async fn compare_mtls(
     conns: Option<usize>,
     calls: &[Call],
 ) {
-    let (_plain_procs, plain_t, plain_leader) = cluster(bin, &root.join("plain"), false).await;
-    let (_tls_procs, tls_t, tls_leader) = cluster(bin, &root.join("tls"), true).await;
+    let (plain_procs, plain_t, plain_leader) = cluster(bin, &root.join("plain"), false).await;
+    let (tls_procs, tls_t, tls_leader) = cluster(bin, &root.join("tls"), true).await;
+    // Whose CPU a run is charged with: this process (the clients), the leader, the
+    // followers.
+    let accounted = |procs: &[Proc], leader: &str| -> Vec<u32> {
+        let pid = |p: &Proc| p.child.as_ref().unwrap().id();
+        let mut pids = vec![std::process::id()];
+        pids.extend(procs.iter().filter(|p| p.addr == leader).map(pid));
+        pids.extend(procs.iter().filter(|p| p.addr != leader).map(pid));
+        pids
+    };
+    let (plain_pids, tls_pids) = (
+        accounted(&plain_procs, &plain_leader),
+        accounted(&tls_procs, &tls_leader),
+    );
+    // CPU µs per call, by mode (insecure, mTLS) and by clients, leader, followers.
+    let mut cpu_rows = Vec::new();
     println!(
         "# commits, --insecure vs mutual TLS: two 3-member clusters on loopback side by side \
          (only one under load at a time), {rounds} interleaved rounds of {seconds} s (which goes first alternates), medians; \
@@ -643,19 +689,28 @@ async fn compare_mtls(
     for &n in clients {
         for &call in calls {
             let (mut pr, mut tr, mut pp, mut tp) = (vec![], vec![], vec![], vec![]);
+            // [mode][clients, leader, followers]: ticks, and calls
+            let mut ticks = [[0u64; 3]; 2];
+            let mut done = [0usize; 2];
             for round in 0..rounds {
                 // alternate which cluster goes first (a shared machine's load drifts)
                 for tls in [round % 2 == 1, round % 2 == 0] {
-                    let (leader, t, rates, p50s) = if tls {
-                        (&tls_leader, &tls_t, &mut tr, &mut tp)
+                    let (leader, t, rates, p50s, pids) = if tls {
+                        (&tls_leader, &tls_t, &mut tr, &mut tp, &tls_pids)
                     } else {
-                        (&plain_leader, &plain_t, &mut pr, &mut pp)
+                        (&plain_leader, &plain_t, &mut pr, &mut pp, &plain_pids)
                     };
-                    let (r, l) = load(leader, t, n, seconds, conns, call).await;
+                    let (r, l, used) = load_cpu(leader, t, n, seconds, conns, call, pids).await;
                     rates.push(r);
                     p50s.push(pct(&l, 0.5));
+                    let m = tls as usize;
+                    ticks[m][0] += used[0];
+                    ticks[m][1] += used[1];
+                    ticks[m][2] += used[2..].iter().sum::<u64>();
+                    done[m] += l.len();
                 }
             }
+            cpu_rows.push((n, call, ticks, done));
             // Each round's two runs ran back to back: their ratio leaves out the drift of
             // the machine's speed between rounds.
             let mut paired: Vec<f64> = tr.iter().zip(&pr).map(|(t, p)| t / p).collect();
@@ -670,5 +725,30 @@ async fn compare_mtls(
                 tp / pp
             );
         }
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    println!(
+        "# CPU per call (user + system, all threads, µs; {hz} ticks/s), over all rounds: \
+         the benchmark's clients (one process), the leader, the two followers together"
+    );
+    println!("| clients | call | clients insecure | clients mTLS | leader insecure | leader mTLS | followers insecure | followers mTLS | all insecure | all mTLS | all mTLS/insecure |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, call, ticks, done) in cpu_rows {
+        let us = |m: usize, k: usize| ticks[m][k] as f64 * 1e6 / hz / done[m].max(1) as f64;
+        let all = |m: usize| (0..3).map(|k| us(m, k)).sum::<f64>();
+        println!(
+            "| {n} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} |",
+            call.name(),
+            us(0, 0),
+            us(1, 0),
+            us(0, 1),
+            us(1, 1),
+            us(0, 2),
+            us(1, 2),
+            all(0),
+            all(1),
+            all(1) / all(0)
+        );
     }
 }
