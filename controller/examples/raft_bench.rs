@@ -240,7 +240,16 @@ async fn main() {
     println!("|---:|---|---:|---:|---:|---:|");
     for &n in &clients {
         for &call in calls {
-            let (rate, all) = load(&leader_addr, &Transport::Plain, n, seconds, conns, call).await;
+            let (rate, all, _) = load(
+                &leader_addr,
+                &Transport::Plain,
+                n,
+                seconds,
+                conns,
+                call,
+                &[],
+            )
+            .await;
             println!(
                 "| {n} | {} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
                 call.name(),
@@ -558,23 +567,6 @@ impl Call {
     }
 }
 
-/// `n` clients making `call` for `seconds`: calls/s and each successful call's latency
-/// (sorted). Every client connects (TCP, and the TLS handshake with --compare-mtls) and
-/// calls once before the clock starts: this measures calls on established connections, as
-/// long-lived agents and members make them, not `n` handshakes squeezed into the window.
-/// With `conns`, the clients share that many connections, round-robin.
-async fn load(
-    leader: &str,
-    t: &Transport,
-    n: usize,
-    seconds: u64,
-    conns: Option<usize>,
-    call: Call,
-) -> (f64, Vec<Duration>) {
-    let (rate, all, _) = load_cpu(leader, t, n, seconds, conns, call, &[]).await;
-    (rate, all)
-}
-
 /// CPU time (user + system, all threads) a process has used so far, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -585,9 +577,14 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-/// [`load`], and the CPU ticks each of `pids` used while the clients ran (from when all
+/// `n` clients making `call` for `seconds`: calls/s and each successful call's latency
+/// (sorted). Every client connects (TCP, and the TLS handshake with --compare-mtls) and
+/// calls once before the clock starts: this measures calls on established connections, as
+/// long-lived agents and members make them, not `n` handshakes squeezed into the window.
+/// With `conns`, the clients share that many connections, round-robin.
+/// With `pids`, also the CPU ticks each of them used while the clients ran (from when all
 /// were connected to when the last one ended).
-async fn load_cpu(
+async fn load(
     leader: &str,
     t: &Transport,
     n: usize,
@@ -700,7 +697,7 @@ async fn compare_mtls(
                     } else {
                         (&plain_leader, &plain_t, &mut pr, &mut pp, &plain_pids)
                     };
-                    let (r, l, used) = load_cpu(leader, t, n, seconds, conns, call, pids).await;
+                    let (r, l, used) = load(leader, t, n, seconds, conns, call, pids).await;
                     rates.push(r);
                     p50s.push(pct(&l, 0.5));
                     let m = tls as usize;
