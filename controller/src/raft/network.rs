@@ -6,10 +6,11 @@
 //! AppendEntries go over one long-lived `AppendStream` per [`PeerNetwork`] (openraft keeps
 //! one per replication stream and waits for each reply before the next request): each
 //! request is then one DATA frame on an open HTTP/2 stream, where a unary call costs a new
-//! stream whose HEADERS and DATA leave in two writes, a server task, and trailers. Measured
-//! on this project's VM: single-client commit p50 −0.16 to −0.39 ms, 16 clients +22–28% commits/s
-//! (docs/benchmarks.md). A call that fails or is dropped takes its stream with it; a peer
-//! without the RPC (an older member) is sent unary AppendEntries from then on.
+//! stream, a server task, and trailers. Measured on this project's VM (before the
+//! `vendor/hyper` patch, when a unary call also took two writes): single-client commit p50
+//! −0.16 to −0.39 ms, 16 clients +22–28% commits/s (docs/benchmarks.md). A call that fails
+//! or is dropped takes its stream with it; a peer without the RPC (an older member) is sent
+//! unary AppendEntries from then on.
 //!
 //! AppendEntries is capped in bytes by an [`AppendBudget`] per peer: openraft 0.9 gives
 //! each AppendEntries RPC one heartbeat interval to finish (a timeout resends the same
