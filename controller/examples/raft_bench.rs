@@ -704,14 +704,14 @@ async fn compare_mtls(
                     // Let this run's connections close before the other cluster's run starts,
                     // so their teardown does not land in its window.
                     tokio::time::sleep(Duration::from_millis(300)).await;
+                    let p50 = pct(&l, 0.5);
                     // each run on stderr: the spread behind the medians
                     eprintln!(
-                        "# round {round}, {}: {r:.0} calls/s, p50 {:.2} ms, CPU ticks (clients, leader, followers) {used:?}",
+                        "# round {round}, {}: {r:.0} calls/s, p50 {p50:.2} ms, CPU ticks (clients, leader, followers) {used:?}",
                         if tls { "mTLS" } else { "insecure" },
-                        pct(&l, 0.5)
                     );
                     rates.push(r);
-                    p50s.push(pct(&l, 0.5));
+                    p50s.push(p50);
                     let m = tls as usize;
                     ticks[m][0] += used[0];
                     ticks[m][1] += used[1];
